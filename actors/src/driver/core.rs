@@ -1,0 +1,263 @@
+//! [`Driver`]: one raft-rs `RawNode` and the bookkeeping of its Ready rounds.
+
+use raft::{
+    Config, RawNode, ReadOnlyOption, StateRole,
+    eraftpb::{ConfState, Entry, HardState, Message},
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::{Effects, logger::raft_logger, mem_log::MemLog};
+use crate::{
+    config::{NodeConfig, TICKS_PER_HEARTBEAT},
+    storage::PersistBatch,
+    types::{NodeId, Role},
+};
+
+/// Why the driver refused a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProposeRefused {
+    /// Only a leader appends proposals; this is the leader it knows of.
+    NotLeader(Option<NodeId>),
+    /// The leader is handing over leadership, or raft-rs dropped the proposal for another
+    /// reason (uncommitted size limit).
+    Dropped,
+}
+
+/// A cheap snapshot of the driver's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverStatus {
+    /// This node's role.
+    pub role: Role,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index (as reported by the runtime).
+    pub applied: u64,
+    /// Last index in the log (durable or not).
+    pub last_index: u64,
+    /// Highest index durable on this node.
+    pub persisted: u64,
+    /// Current voters.
+    pub voters: Vec<NodeId>,
+}
+
+/// raft-rs's `RawNode` plus a seeded election-jitter RNG.
+pub struct Driver {
+    raw: RawNode<MemLog>,
+    rng: StdRng,
+    election_ticks: usize,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("id", &self.raw.raft.id)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Driver {
+    /// Builds a driver over recovered state. `applied` is the index the state machine already
+    /// holds (its snapshot index); committed entries after it are handed out again for apply.
+    pub fn new(
+        config: &NodeConfig,
+        hard_state: HardState,
+        conf_state: ConfState,
+        entries: Vec<Entry>,
+        applied: u64,
+    ) -> Result<Self, raft::Error> {
+        let election_ticks = config.election_ticks();
+        let raft_config = Config {
+            id: config.node_id,
+            election_tick: election_ticks,
+            heartbeat_tick: TICKS_PER_HEARTBEAT,
+            applied,
+            max_size_per_msg: config.max_append_bytes,
+            max_inflight_msgs: config.max_inflight_appends,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let store = MemLog::new(hard_state, conf_state, entries);
+        let raw = RawNode::new(&raft_config, store, &raft_logger(config.node_id))?;
+        let seed = config.rng_seed.unwrap_or_else(rand::random);
+        let mut driver = Self {
+            raw,
+            rng: StdRng::seed_from_u64(seed ^ config.node_id.rotate_left(32)),
+            election_ticks,
+        };
+        driver.reseed_election_timeout();
+        Ok(driver)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.raw.raft.id
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        Role::from_raft(self.raw.raft.state)
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        Some(self.raw.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Current voters (the incoming configuration when joint).
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.raw.store().conf_state().voters.clone();
+        v.sort_unstable();
+        v
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.reseed_election_timeout();
+    }
+
+    /// Feeds a message from a peer. Errors (a message from a removed peer, a stale response) are
+    /// returned for logging; none of them harms the node.
+    pub fn step(&mut self, msg: Message) -> Result<(), raft::Error> {
+        let result = self.raw.step(msg);
+        self.reseed_election_timeout();
+        result
+    }
+
+    /// Starts an election now (tests and leadership handover).
+    pub fn campaign(&mut self) -> Result<(), raft::Error> {
+        let result = self.raw.campaign();
+        self.reseed_election_timeout();
+        result
+    }
+
+    /// Appends a proposal if this node leads; returns the index and term it was given.
+    pub fn propose(
+        &mut self,
+        context: Vec<u8>,
+        data: Vec<u8>,
+    ) -> Result<(u64, u64), ProposeRefused> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeRefused::NotLeader(self.leader()));
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose(context, data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                debug_assert_eq!(index, before + 1);
+                Ok((index, self.raw.raft.term))
+            }
+            Err(_) => Err(ProposeRefused::Dropped),
+        }
+    }
+
+    /// Starts a ReadIndex round identified by `context`.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.raw.read_index(context);
+    }
+
+    /// Tells raft-rs that a peer could not be reached, so it stops optimistic pipelining to it.
+    pub fn report_unreachable(&mut self, id: NodeId) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// Whether a Ready round has anything to do.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Runs one Ready round, following raft-rs's documented order: new entries and hard state
+    /// go to the in-memory log (so raft-rs can read them back) and into the persist batch, then
+    /// the round is advanced asynchronously; durability is confirmed later by number.
+    pub fn ready(&mut self) -> Option<Effects> {
+        if !self.raw.has_ready() {
+            return None;
+        }
+        let mut rd = self.raw.ready();
+        let role_change = rd.ss().map(|ss| {
+            let leader = Some(ss.leader_id).filter(|&id| id != raft::INVALID_ID);
+            (Role::from_raft(ss.raft_state), leader)
+        });
+        // Snapshots cannot arrive yet: MsgSnapshot is refused on the wire until snapshot
+        // transfer exists, and this node never compacts its log.
+        debug_assert!(rd.snapshot().get_metadata().index == 0);
+        let mut fx = Effects {
+            number: rd.number(),
+            send_now: rd.take_messages(),
+            committed: rd.take_committed_entries(),
+            read_states: rd.take_read_states(),
+            role_change,
+            ..Default::default()
+        };
+        let entries = rd.take_entries();
+        let hard_state = rd.hs().cloned();
+        let must_sync = rd.must_sync();
+        fx.send_after_persist = rd.take_persisted_messages();
+        let store = self.raw.mut_store();
+        store.append(&entries);
+        if let Some(hs) = &hard_state {
+            store.set_hard_state(hs.clone());
+        }
+        if !entries.is_empty() || hard_state.is_some() {
+            fx.persist = Some(PersistBatch {
+                number: fx.number,
+                entries,
+                hard_state,
+                conf_state: None,
+                must_sync,
+            });
+        }
+        self.raw.advance_append_async(rd);
+        Some(fx)
+    }
+
+    /// Every Ready up to `number` is durable.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+    }
+
+    /// The state machine has applied everything up to `index`.
+    pub fn advance_apply_to(&mut self, index: u64) {
+        self.raw.advance_apply_to(index);
+    }
+
+    /// Progress figures for status reports and tests.
+    pub fn status(&self) -> DriverStatus {
+        let raft = &self.raw.raft;
+        DriverStatus {
+            role: self.role(),
+            leader: self.leader(),
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
+            persisted: raft.raft_log.persisted,
+            voters: self.voters(),
+        }
+    }
+
+    /// raft-rs resets the election timer (and draws jitter from `thread_rng`) whenever it
+    /// resets `election_elapsed`; we redraw from our own seeded RNG right after, before any tick
+    /// can use raft-rs's draw.
+    fn reseed_election_timeout(&mut self) {
+        if self.raw.raft.election_elapsed == 0 {
+            let t = self
+                .rng
+                .random_range(self.election_ticks..2 * self.election_ticks);
+            self.raw.raft.set_randomized_election_timeout(t);
+        }
+    }
+}

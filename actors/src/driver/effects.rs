@@ -1,0 +1,43 @@
+//! [`Effects`]: what one Ready round asks the runtime to do, in the order it must be done.
+
+use raft::{
+    ReadState,
+    eraftpb::{Entry, Message},
+};
+
+use crate::{storage::PersistBatch, types::Role};
+
+/// The work one Ready round hands to the runtime. Handle the fields in declaration order:
+/// send `send_now`, apply `committed`, queue `persist`, hold `send_after_persist` until the
+/// StorageActor confirms `number`, then answer `read_states` once applied far enough.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// The Ready number; persistence is confirmed by number, in order.
+    pub number: u64,
+    /// A leader's messages, which may go out before its own write is durable (Raft thesis
+    /// 10.2.1: the leader's disk write and the followers' run in parallel).
+    pub send_now: Vec<Message>,
+    /// Committed entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// What must be made durable; `None` when this round changed nothing on disk.
+    pub persist: Option<PersistBatch>,
+    /// Messages that may only leave once `persist` is durable (votes, append responses).
+    pub send_after_persist: Vec<Message>,
+    /// ReadIndex confirmations: the read with this context may be served once the state machine
+    /// has applied `index`.
+    pub read_states: Vec<ReadState>,
+    /// New role and leader, when they changed.
+    pub role_change: Option<(Role, Option<u64>)>,
+}
+
+impl Effects {
+    /// True when the round produced nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.send_now.is_empty()
+            && self.committed.is_empty()
+            && self.persist.is_none()
+            && self.send_after_persist.is_empty()
+            && self.read_states.is_empty()
+            && self.role_change.is_none()
+    }
+}

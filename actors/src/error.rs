@@ -1,0 +1,200 @@
+//! Error types, one `#[non_exhaustive]` enum per operation family.
+//!
+//! The split that matters to callers: [`ProposeError`] and [`ReadError`] say "this call was
+//! refused or its outcome is unknown" (retry, redirect, give up); [`FatalError`] says "this node
+//! is dead" (its storage failed, or its actors stopped for good) and every later call returns it.
+
+use std::{path::PathBuf, sync::Arc};
+
+use crate::types::NodeId;
+
+/// Why a proposal did not produce a response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node cannot accept the proposal and could not forward it. Safe to retry elsewhere.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node believes in, if it knows one.
+        leader_hint: Option<NodeId>,
+    },
+    /// The entry was appended but a new leader overwrote it: it was never applied, so retrying is
+    /// safe.
+    #[error("proposal dropped at index {index}: a new leader overwrote it")]
+    Dropped {
+        /// The log index the proposal had been given.
+        index: u64,
+    },
+    /// No answer in time. The outcome is unknown: the command may or may not have been applied.
+    #[error("proposal timed out; its outcome is unknown")]
+    Timeout,
+    /// The encoded command is larger than a frame can carry.
+    #[error("command is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// Encoded size of the command.
+        size: usize,
+        /// [`crate::wire::MAX_COMMAND_SIZE`].
+        max: usize,
+    },
+    /// The command could not be encoded, or the applied entry could not be decoded.
+    #[error("command codec failed: {0}")]
+    Codec(#[source] CodecError),
+    /// The node is shutting down; the command was not accepted (or its outcome is unknown if it
+    /// had already been appended).
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// The node is dead.
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+}
+
+impl ProposeError {
+    /// True when the command was certainly not applied, so sending it again cannot apply it
+    /// twice.
+    pub fn is_safe_to_retry(&self) -> bool {
+        matches!(
+            self,
+            ProposeError::NotLeader { .. } | ProposeError::Dropped { .. }
+        )
+    }
+}
+
+/// Why a read did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No leader is known to confirm the read index; retry later.
+    #[error("no leader to confirm the read")]
+    NoLeader,
+    /// Leadership changed while the read waited for confirmation; retry.
+    #[error("leadership changed while the read waited")]
+    LeadershipChanged,
+    /// No confirmation in time.
+    #[error("read timed out")]
+    Timeout,
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// The node is dead.
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+}
+
+/// A command or response that serde could not (de)serialize.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    message: Arc<str>,
+}
+
+impl CodecError {
+    pub(crate) fn new(err: impl std::fmt::Display) -> Self {
+        Self {
+            message: err.to_string().into(),
+        }
+    }
+}
+
+/// The node can no longer serve: every later call returns this.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FatalError {
+    /// A write to durable storage failed; nothing after it was acknowledged.
+    #[error("storage failed: {0}")]
+    Storage(#[source] Arc<StorageError>),
+    /// The Raft core refused to continue (a storage invariant was broken).
+    #[error("raft core failed: {reason}")]
+    Raft {
+        /// What raft-rs reported.
+        reason: Arc<str>,
+    },
+    /// An actor of this node stopped for good (crashed more often than the supervisor allows).
+    #[error("actor {actor} stopped: {reason}")]
+    ActorStopped {
+        /// Which actor.
+        actor: &'static str,
+        /// Why it stopped.
+        reason: Arc<str>,
+    },
+}
+
+/// Failures of the durable log (redb) and of the data directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The database file could not be opened or created.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The redb file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The file is not a database we wrote, or its contents do not decode.
+    #[error("{path} is corrupt or was not written by iroh-raft: {reason}")]
+    Corrupt {
+        /// The redb file (empty for an in-memory database).
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The data dir was written by a version with another storage layout.
+    #[error("data dir format version {found} is not supported (this build reads {supported})")]
+    IncompatibleVersion {
+        /// The version recorded in the data dir.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// The data dir belongs to another node.
+    #[error(
+        "data dir belongs to node {stored_node} (endpoint {stored_endpoint}), not node {node} (endpoint {endpoint})"
+    )]
+    IdentityMismatch {
+        /// Node id recorded in the data dir.
+        stored_node: NodeId,
+        /// Endpoint id recorded in the data dir.
+        stored_endpoint: String,
+        /// Node id this process was started as.
+        node: NodeId,
+        /// Endpoint id this process was started with.
+        endpoint: String,
+    },
+    /// A read or write transaction failed (I/O error, disk full...).
+    #[error("storage {operation} failed: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// What redb said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageError::Io {
+            operation,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data dir could not be read, or belongs to someone else.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// raft-rs refused the recovered state or the configuration.
+    #[error("raft core refused to start: {reason}")]
+    Raft {
+        /// What raft-rs said.
+        reason: String,
+    },
+}

@@ -1,0 +1,79 @@
+//! The runtime of [iroh-raft](https://docs.rs/iroh-raft): kameo actors that drive raft-rs over
+//! iroh QUIC with a durable redb log. Most users want the `iroh-raft` facade; this crate is for
+//! those who spawn and supervise the actors themselves or mount the protocol on their own router.
+//!
+//! # Map of the runtime
+//!
+//! ```text
+//!  RaftCluster (facade) ──ask──▶ RaftActor ──try_send Outbound──▶ PeerActor ──QUIC uni stream──▶ peer
+//!        │                        │  ▲   ▲                                                       │
+//!        │ subscribe              │  │   └──tell Inbound── RaftProtocol (ALPN iroh-raft/0) ◀────┘
+//!        ▼                        │  │
+//!     EventBus ◀──try_send Publish┘  └──watch PersistProgress── StorageActor (own thread, redb)
+//!                                 └──────flume PersistBatch─────────▲
+//! ```
+//!
+//! | actor | owns | receives | sends |
+//! |---|---|---|---|
+//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], pending proposals and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `GetStatus`, `Shutdown` from the facade; [`peer::Inbound`] and [`peer::Admit`] from the protocol handler; `PeerUnreachable` from PeerActors; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); events to the EventBus (`try_send`) |
+//! | [`StorageActor`] | the redb [`LogDb`] | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Flush` | the highest persisted Ready number (watch) |
+//! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches | frames on the wire; `PeerUnreachable`; peer events |
+//! | [`EventBus`] | a bounded broadcast ring | `Publish`, `Subscribe` | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
+//!
+//! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
+//! future checks membership, validates frames and forwards them to the RaftActor.
+//!
+//! # One write, end to end
+//! 1. The facade encodes the command and `ask`s the RaftActor with `Propose`; the reply is
+//!    delegated and kept in the pending table under a proposal id that also goes into the entry
+//!    context. A follower forwards the command to the leader (`Frame::Forward`).
+//! 2. When the mailbox drains, one Ready round: the leader sends appends at once, queues one
+//!    `PersistBatch` (all new entries of the round) and advances raft-rs asynchronously.
+//! 3. The StorageActor writes every queued batch in one redb transaction (fsynced when needed)
+//!    and publishes the highest Ready number; the RaftActor calls `on_persist_ready` and sends
+//!    the messages that had to wait for durability.
+//! 4. Once a quorum has the entry durable it is committed; the RaftActor applies it and the node
+//!    whose proposal id is in the context answers the caller.
+//!
+//! # Streams
+//! One QUIC connection per direction per pair of members, one unidirectional stream on it,
+//! carrying the frames specified in [`wire`].
+//!
+//! # Seams for simulation
+//! The PeerActor reaches its peer through [`Dialer`] / [`Link`]; all timing is `tokio::time`;
+//! election jitter comes from a seeded RNG in the [`Driver`] ([`NodeConfig::rng_seed`]); the
+//! caller picks [`StorageSpawn`]; every `select!` is `biased` and no behaviour depends on
+//! `HashMap` order.
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod config;
+mod driver;
+mod error;
+mod events;
+mod node;
+pub mod peer;
+mod raft_actor;
+mod state_machine;
+mod storage;
+mod types;
+pub mod wire;
+
+pub use config::{NodeConfig, TICKS_PER_HEARTBEAT};
+pub use driver::{Driver, DriverStatus, Effects, ProposeRefused};
+pub use error::{CodecError, FatalError, ProposeError, ReadError, StartError, StorageError};
+pub use events::{
+    ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish, Subscribe,
+};
+pub use node::{Node, NodeSpec, StorageSpawn, recover_or_bootstrap};
+pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
+pub use raft_actor::{
+    GetStatus, LinearizableQuery, MAX_MESSAGES_PER_READY, Propose, Query, RAFT_MAILBOX, RaftActor,
+    RaftArgs, Shutdown,
+};
+pub use state_machine::StateMachine;
+pub use storage::{
+    FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member, PERSIST_QUEUE,
+    PersistBatch, PersistProgress, Recovered, StorageActor, StorageArgs,
+};
+pub use types::{NodeId, NodeStatus, Role};

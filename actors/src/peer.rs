@@ -1,0 +1,24 @@
+//! Connections between members.
+//!
+//! - [`PeerActor`]: one per peer this node sends to. It owns the outgoing connection (dialled on
+//!   demand, redialled with exponential backoff), encodes the RaftActor's outbound batches into
+//!   frames and writes them. Its mailbox is small and the RaftActor only ever `try_send`s to it:
+//!   a dead or slow peer costs dropped messages (Raft retransmits), never a blocked leader.
+//! - [`RaftProtocol`]: the iroh `ProtocolHandler` for [`crate::wire::ALPN`]. It admits only
+//!   members (asking the RaftActor), reads and validates frames, and forwards them to the
+//!   RaftActor with backpressure (a reader waits for mailbox room, so QUIC flow control slows
+//!   the sender).
+//! - [`Dialer`] / [`Link`]: the small interface through which a PeerActor reaches its peer.
+//!   [`IrohDialer`] is the production implementation; a simulation supplies an in-memory one.
+
+mod actor;
+mod handler;
+mod transport;
+
+pub use actor::{MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable};
+pub use handler::{Admit, Inbound, RaftProtocol};
+pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError};
+
+/// Outbound batches a PeerActor may have queued before new ones are dropped. Each batch is one
+/// Ready round's worth of messages for that peer, so this is far more than a healthy peer needs.
+pub const PEER_MAILBOX: usize = 128;

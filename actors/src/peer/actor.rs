@@ -1,0 +1,237 @@
+//! [`PeerActor`]: the outgoing side of one peer.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use iroh::EndpointAddr;
+use kameo::{
+    Actor,
+    actor::{ActorRef, WeakActorRef, WeakRecipient},
+    error::ActorStopReason,
+    message::{Context, Message},
+};
+use raft::eraftpb::Message as RaftMessage;
+use tokio::time::Instant;
+use tracing::{debug, trace};
+
+use super::{Dialer, Link};
+use crate::{
+    events::{ClusterEvent, EventBus, Publish},
+    types::NodeId,
+    wire::{
+        CloseCode, ForwardReply, ForwardedProposal, Frame, WireMessage, convert_outgoing,
+        encode_frame,
+    },
+};
+
+/// First redial delay after a failed connection.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest redial delay: a peer that comes back is found again within this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Target payload of one Raft frame; larger batches are split (a single message may exceed it).
+const FRAME_TARGET: usize = 1024 * 1024;
+
+/// Everything the RaftActor has for one peer after a Ready round.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    /// Raft messages, in order.
+    pub raft: Vec<RaftMessage>,
+    /// Proposals forwarded to the peer (it is the leader).
+    pub forwards: Vec<ForwardedProposal>,
+    /// Answers to proposals the peer forwarded to us.
+    pub replies: Vec<ForwardReply>,
+}
+
+impl Outbound {
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.raft.is_empty() && self.forwards.is_empty() && self.replies.is_empty()
+    }
+}
+
+/// Sent by a PeerActor to the RaftActor when messages to `peer` were lost.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerUnreachable {
+    /// The peer.
+    pub peer: NodeId,
+}
+
+/// What a PeerActor is started with.
+#[derive(Debug)]
+pub struct PeerArgs {
+    /// This node.
+    pub me: NodeId,
+    /// The peer.
+    pub peer: NodeId,
+    /// Where to reach it.
+    pub addr: EndpointAddr,
+    /// How to reach it.
+    pub dialer: Arc<dyn Dialer>,
+    /// Told when messages were lost (weak: a PeerActor must not keep the RaftActor alive).
+    pub raft: WeakRecipient<PeerUnreachable>,
+    /// Where connection events go.
+    pub events: ActorRef<EventBus>,
+}
+
+/// Owns the outgoing connection to one peer.
+#[derive(Debug)]
+pub struct PeerActor {
+    args: PeerArgs,
+    link: Option<Box<dyn Link>>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    buf: Vec<u8>,
+}
+
+impl PeerActor {
+    /// Returns a usable link, dialling if there is none and the backoff has expired.
+    async fn link(&mut self) -> Option<&mut Box<dyn Link>> {
+        if self.link.is_none() {
+            if self.retry_at.is_some_and(|t| Instant::now() < t) {
+                return None;
+            }
+            let dial = self
+                .args
+                .dialer
+                .dial(self.args.me, self.args.peer, self.args.addr.clone());
+            match dial.await {
+                Ok(link) => {
+                    debug!(peer = self.args.peer, "connected");
+                    self.link = Some(link);
+                    self.retry_at = None;
+                    self.backoff = MIN_BACKOFF;
+                    self.publish(ClusterEvent::PeerConnected {
+                        peer: self.args.peer,
+                    });
+                }
+                Err(e) => {
+                    self.failed(e.to_string());
+                    return None;
+                }
+            }
+        }
+        self.link.as_mut()
+    }
+
+    /// Drops the link (if any), schedules a redial and tells the RaftActor.
+    fn failed(&mut self, reason: String) {
+        let was_connected = self.link.take().is_some();
+        let first_failure = self.retry_at.is_none();
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        if was_connected || first_failure {
+            debug!(peer = self.args.peer, %reason, "peer unreachable");
+            self.publish(ClusterEvent::PeerDisconnected {
+                peer: self.args.peer,
+                reason,
+            });
+        }
+        if let Some(raft) = self.args.raft.upgrade() {
+            let _ = raft
+                .tell(PeerUnreachable {
+                    peer: self.args.peer,
+                })
+                .try_send();
+        }
+    }
+
+    fn publish(&self, ev: ClusterEvent) {
+        let _ = self.args.events.tell(Publish(ev)).try_send();
+    }
+
+    /// Encodes a batch into `self.buf` as one or more frames.
+    fn encode(&mut self, batch: Outbound) {
+        self.buf.clear();
+        let mut frame: Vec<WireMessage> = Vec::new();
+        let mut size = 0;
+        for m in &batch.raft {
+            let w = convert_outgoing(m);
+            size += 64
+                + w.entries
+                    .iter()
+                    .map(|e| e.data.len() + e.context.len() + 32)
+                    .sum::<usize>();
+            frame.push(w);
+            if size >= FRAME_TARGET {
+                self.push_frame(Frame::Raft(std::mem::take(&mut frame)));
+                size = 0;
+            }
+        }
+        if !frame.is_empty() {
+            self.push_frame(Frame::Raft(frame));
+        }
+        if !batch.forwards.is_empty() {
+            self.push_frame(Frame::Forward(batch.forwards));
+        }
+        if !batch.replies.is_empty() {
+            self.push_frame(Frame::ForwardReply(batch.replies));
+        }
+    }
+
+    fn push_frame(&mut self, frame: Frame) {
+        // Sizes are bounded where proposals enter (MAX_COMMAND_SIZE) and by max_append_bytes, so
+        // an oversized frame is a bug; drop it loudly rather than poison the stream.
+        if let Err(e) = encode_frame(&frame, &mut self.buf) {
+            tracing::error!(peer = self.args.peer, error = %e, "dropping unencodable frame");
+        }
+    }
+
+    async fn send(&mut self, batch: Outbound) {
+        self.encode(batch);
+        let buf = std::mem::take(&mut self.buf);
+        let result = match self.link().await {
+            Some(link) => link.send(&buf).await,
+            None => {
+                // Still backing off (or the dial just failed): the batch is lost and Raft will
+                // retransmit what matters.
+                self.buf = buf;
+                if let Some(raft) = self.args.raft.upgrade() {
+                    let _ = raft
+                        .tell(PeerUnreachable {
+                            peer: self.args.peer,
+                        })
+                        .try_send();
+                }
+                return;
+            }
+        };
+        self.buf = buf;
+        trace!(peer = self.args.peer, bytes = self.buf.len(), "sent");
+        if let Err(e) = result {
+            self.failed(e.to_string());
+        }
+    }
+}
+
+impl Actor for PeerActor {
+    type Args = PeerArgs;
+    type Error = Infallible;
+
+    async fn on_start(args: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        Ok(Self {
+            args,
+            link: None,
+            retry_at: None,
+            backoff: MIN_BACKOFF,
+            buf: Vec::new(),
+        })
+    }
+
+    async fn on_stop(
+        &mut self,
+        _: WeakActorRef<Self>,
+        _: ActorStopReason,
+    ) -> Result<(), Self::Error> {
+        if let Some(mut link) = self.link.take() {
+            link.close(CloseCode::ShuttingDown, "shutting down");
+        }
+        Ok(())
+    }
+}
+
+impl Message<Outbound> for PeerActor {
+    type Reply = ();
+
+    async fn handle(&mut self, batch: Outbound, _: &mut Context<Self, ()>) {
+        self.send(batch).await;
+    }
+}

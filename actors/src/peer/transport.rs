@@ -1,0 +1,120 @@
+//! The seam between a PeerActor and the network: [`Dialer`] opens a [`Link`], a link carries
+//! encoded frames. [`IrohDialer`] implements it over iroh QUIC.
+
+use std::{fmt::Debug, future::Future, pin::Pin, time::Duration};
+
+use iroh::{
+    Endpoint, EndpointAddr,
+    endpoint::{Connection, SendStream},
+};
+
+use crate::{
+    types::NodeId,
+    wire::{ALPN, CloseCode, Frame, Hello, PROTOCOL_VERSION, encode_frame},
+};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a link could not be opened or used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Dialling failed (unreachable, refused, handshake failed, timed out).
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// The connection or stream closed under us.
+    #[error("link closed: {0}")]
+    Closed(String),
+}
+
+/// Opens outgoing links to peers.
+pub trait Dialer: Send + Sync + Debug + 'static {
+    /// Dials `peer` at `addr` and opens its consensus stream, sending `Hello` from `me`.
+    fn dial(
+        &self,
+        me: NodeId,
+        peer: NodeId,
+        addr: EndpointAddr,
+    ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>>;
+}
+
+/// One outgoing consensus stream.
+pub trait Link: Send + Debug + 'static {
+    /// Writes already-encoded frames, in order.
+    fn send<'a>(&'a mut self, frames: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>>;
+    /// Closes the underlying connection with a code.
+    fn close(&mut self, code: CloseCode, reason: &str);
+}
+
+/// Dials peers over an iroh endpoint.
+#[derive(Debug, Clone)]
+pub struct IrohDialer {
+    endpoint: Endpoint,
+    timeout: Duration,
+}
+
+impl IrohDialer {
+    /// Dials through `endpoint`, giving up on a connection attempt after `timeout`.
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+        Self { endpoint, timeout }
+    }
+}
+
+impl Dialer for IrohDialer {
+    fn dial(
+        &self,
+        me: NodeId,
+        peer: NodeId,
+        addr: EndpointAddr,
+    ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
+        let endpoint = self.endpoint.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let connect = async {
+                let conn = endpoint
+                    .connect(addr, ALPN)
+                    .await
+                    .map_err(|e| LinkError::Connect(e.to_string()))?;
+                let stream = conn
+                    .open_uni()
+                    .await
+                    .map_err(|e| LinkError::Connect(e.to_string()))?;
+                let mut link = IrohLink { conn, stream };
+                let mut hello = Vec::new();
+                let frame = Frame::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    from: me,
+                    to: peer,
+                });
+                encode_frame(&frame, &mut hello).map_err(|e| LinkError::Connect(e.to_string()))?;
+                link.send(&hello).await?;
+                Ok(Box::new(link) as Box<dyn Link>)
+            };
+            tokio::time::timeout(timeout, connect)
+                .await
+                .unwrap_or_else(|_| Err(LinkError::Connect(format!("timed out after {timeout:?}"))))
+        })
+    }
+}
+
+#[derive(Debug)]
+struct IrohLink {
+    conn: Connection,
+    stream: SendStream,
+}
+
+impl Link for IrohLink {
+    fn send<'a>(&'a mut self, frames: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            self.stream
+                .write_all(frames)
+                .await
+                .map_err(|e| LinkError::Closed(e.to_string()))
+        })
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        self.conn.close(code.to_varint(), reason.as_bytes());
+    }
+}

@@ -1,0 +1,219 @@
+//! The RaftActor's messages, one struct each; handlers are short and call the actor's methods.
+
+use kameo::{
+    message::{Context, Message},
+    reply::DelegatedReply,
+};
+use tracing::{debug, trace};
+
+use super::{
+    actor::RaftActor,
+    pending::{ReadFn, encode_context},
+};
+use crate::{
+    error::{ProposeError, ReadError},
+    peer::{Admit, Inbound, PeerUnreachable},
+    state_machine::StateMachine,
+    types::{NodeId, NodeStatus, Role},
+    wire::{ForwardOutcome, ForwardReply, ForwardedProposal, InboundPayload},
+};
+
+/// Propose an encoded command; the reply comes once it is applied (or fails).
+#[derive(Debug)]
+pub struct Propose {
+    /// The command, serialized with postcard.
+    pub data: Vec<u8>,
+}
+
+impl<S: StateMachine> Message<Propose> for RaftActor<S> {
+    type Reply = DelegatedReply<Result<S::Response, ProposeError>>;
+
+    async fn handle(&mut self, msg: Propose, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let (delegated, reply) = ctx.reply_sender();
+        let Some(reply) = reply else {
+            return delegated;
+        };
+        if let Err(e) = self.check_running() {
+            reply.send(Err(e));
+            return delegated;
+        }
+        let id = self.next_id();
+        let deadline = self.deadline();
+        if self.driver.role() == Role::Leader {
+            match self.driver.propose(encode_context(self.id(), id), msg.data) {
+                Ok((index, _)) => self.proposals.insert(id, reply, Some(index), deadline),
+                Err(_) => reply.send(Err(ProposeError::NotLeader { leader_hint: None })),
+            }
+        } else if let Some(leader) = self.driver.leader() {
+            let forward = ForwardedProposal { id, data: msg.data };
+            self.outbox
+                .entry(leader)
+                .or_default()
+                .forwards
+                .push(forward);
+            self.proposals.insert(id, reply, None, deadline);
+        } else {
+            reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
+        }
+        delegated
+    }
+}
+
+/// Run a closure against the local state machine now (may be stale on a follower).
+pub struct Query<F>(pub F);
+
+impl<S, F, R> Message<Query<F>> for RaftActor<S>
+where
+    S: StateMachine,
+    F: FnOnce(&S) -> R + Send + 'static,
+    R: Send + 'static,
+{
+    type Reply = Result<R, ReadError>;
+
+    async fn handle(
+        &mut self,
+        Query(f): Query<F>,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        self.check_readable()?;
+        Ok(f(&self.sm))
+    }
+}
+
+/// Run a closure against the state machine once a ReadIndex round proves it is up to date.
+pub struct LinearizableQuery<F>(pub F);
+
+impl<S, F, R> Message<LinearizableQuery<F>> for RaftActor<S>
+where
+    S: StateMachine,
+    F: FnOnce(&S) -> R + Send + 'static,
+    R: Send + 'static,
+{
+    type Reply = DelegatedReply<Result<R, ReadError>>;
+
+    async fn handle(
+        &mut self,
+        LinearizableQuery(f): LinearizableQuery<F>,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        let (delegated, reply) = ctx.reply_sender();
+        let Some(reply) = reply else {
+            return delegated;
+        };
+        if let Err(e) = self.check_readable() {
+            reply.send(Err(e));
+            return delegated;
+        }
+        if self.driver.leader().is_none() {
+            reply.send(Err(ReadError::NoLeader));
+            return delegated;
+        }
+        let id = self.next_id();
+        let run: ReadFn<S> = Box::new(move |sm| reply.send(sm.map(f)));
+        // A read that is not confirmed within an election timeout was most likely dropped by a
+        // leader that was not ready (or no longer leads); the caller retries.
+        let deadline = self.now + self.config.election_ticks() as u64;
+        self.reads.insert(id, run, deadline);
+        self.driver.read_index(id.to_le_bytes().to_vec());
+        delegated
+    }
+}
+
+/// This node's status.
+#[derive(Debug, Clone, Copy)]
+pub struct GetStatus;
+
+impl<S: StateMachine> Message<GetStatus> for RaftActor<S> {
+    type Reply = NodeStatus;
+
+    async fn handle(&mut self, _: GetStatus, _: &mut Context<Self, NodeStatus>) -> NodeStatus {
+        self.status()
+    }
+}
+
+/// Stop taking work, fail what is pending with `ShuttingDown`, close peer connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Shutdown;
+
+impl<S: StateMachine> Message<Shutdown> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Shutdown, _: &mut Context<Self, ()>) {
+        self.shut_down().await;
+    }
+}
+
+impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: Inbound, _: &mut Context<Self, ()>) {
+        if self.check_running().is_err() {
+            return;
+        }
+        match msg.payload {
+            InboundPayload::Raft(msgs) => {
+                for m in msgs {
+                    trace!(from = msg.from, kind = ?m.msg_type, "step");
+                    if let Err(e) = self.driver.step(m) {
+                        debug!(from = msg.from, error = %e, "message ignored");
+                    }
+                }
+            }
+            InboundPayload::Forward(proposals) => self.accept_forwards(msg.from, proposals),
+            InboundPayload::ForwardReply(replies) => {
+                for r in replies {
+                    match r.outcome {
+                        ForwardOutcome::Appended { index, .. } => {
+                            self.proposals.set_index(r.id, index)
+                        }
+                        ForwardOutcome::NotLeader { leader_hint } => {
+                            let leader_hint = Some(leader_hint).filter(|&l| l != 0);
+                            self.proposals
+                                .fail(r.id, ProposeError::NotLeader { leader_hint })
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: StateMachine> RaftActor<S> {
+    /// As leader, appends proposals a follower forwarded and tells it where they went.
+    fn accept_forwards(&mut self, from: NodeId, proposals: Vec<ForwardedProposal>) {
+        for p in proposals {
+            let outcome = if self.driver.role() == Role::Leader {
+                match self.driver.propose(encode_context(from, p.id), p.data) {
+                    Ok((index, term)) => ForwardOutcome::Appended { index, term },
+                    Err(_) => ForwardOutcome::NotLeader { leader_hint: 0 },
+                }
+            } else {
+                ForwardOutcome::NotLeader {
+                    leader_hint: self.driver.leader().unwrap_or(0),
+                }
+            };
+            let reply = ForwardReply { id: p.id, outcome };
+            self.outbox.entry(from).or_default().replies.push(reply);
+        }
+    }
+}
+
+impl<S: StateMachine> Message<Admit> for RaftActor<S> {
+    type Reply = Option<NodeId>;
+
+    async fn handle(
+        &mut self,
+        msg: Admit,
+        _: &mut Context<Self, Option<NodeId>>,
+    ) -> Option<NodeId> {
+        self.peers.admit(&msg.endpoint)
+    }
+}
+
+impl<S: StateMachine> Message<PeerUnreachable> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: PeerUnreachable, _: &mut Context<Self, ()>) {
+        self.driver.report_unreachable(msg.peer);
+    }
+}

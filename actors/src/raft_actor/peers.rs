@@ -1,0 +1,97 @@
+//! The RaftActor's table of members and their PeerActors.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use iroh::{EndpointAddr, EndpointId};
+use kameo::{
+    actor::{ActorRef, Spawn, WeakRecipient},
+    mailbox,
+};
+
+use crate::{
+    events::EventBus,
+    peer::{Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable},
+    storage::Member,
+    types::NodeId,
+};
+
+/// Members by Raft id, and a PeerActor for each peer this node has sent to.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    me: NodeId,
+    members: BTreeMap<NodeId, EndpointAddr>,
+    actors: BTreeMap<NodeId, ActorRef<PeerActor>>,
+    dialer: Arc<dyn Dialer>,
+    raft: WeakRecipient<PeerUnreachable>,
+    events: ActorRef<EventBus>,
+}
+
+impl Peers {
+    pub(crate) fn new(
+        me: NodeId,
+        members: &[Member],
+        dialer: Arc<dyn Dialer>,
+        raft: WeakRecipient<PeerUnreachable>,
+        events: ActorRef<EventBus>,
+    ) -> Self {
+        Self {
+            me,
+            members: members
+                .iter()
+                .map(|m| (m.node_id, m.addr.clone()))
+                .collect(),
+            actors: BTreeMap::new(),
+            dialer,
+            raft,
+            events,
+        }
+    }
+
+    /// The member that owns `endpoint`, if any.
+    pub(crate) fn admit(&self, endpoint: &EndpointId) -> Option<NodeId> {
+        self.members
+            .iter()
+            .find(|(_, addr)| addr.id == *endpoint)
+            .map(|(&id, _)| id)
+    }
+
+    /// Hands a batch to the peer's actor without waiting. Returns false when it was dropped
+    /// (unknown peer, or its queue is full because it is slow or unreachable).
+    pub(crate) fn send(&mut self, to: NodeId, batch: Outbound) -> bool {
+        if to == self.me {
+            return false;
+        }
+        let Some(actor) = self.actor(to) else {
+            return false;
+        };
+        actor.tell(batch).try_send().is_ok()
+    }
+
+    fn actor(&mut self, to: NodeId) -> Option<&ActorRef<PeerActor>> {
+        if self.actors.get(&to).is_some_and(|a| !a.is_alive()) {
+            self.actors.remove(&to);
+        }
+        if !self.actors.contains_key(&to) {
+            let addr = self.members.get(&to)?.clone();
+            let args = PeerArgs {
+                me: self.me,
+                peer: to,
+                addr,
+                dialer: self.dialer.clone(),
+                raft: self.raft.clone(),
+                events: self.events.clone(),
+            };
+            let actor = PeerActor::spawn_with_mailbox(args, mailbox::bounded(PEER_MAILBOX));
+            self.actors.insert(to, actor);
+        }
+        self.actors.get(&to)
+    }
+
+    /// Stops every PeerActor; each closes its connection with a shutdown code.
+    pub(crate) async fn stop_all(&mut self) {
+        for (_, actor) in std::mem::take(&mut self.actors) {
+            let _ = actor.stop_gracefully().await;
+            actor.wait_for_shutdown().await;
+        }
+    }
+}

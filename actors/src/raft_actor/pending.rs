@@ -1,0 +1,221 @@
+//! Requests waiting on the Raft log: proposals waiting to be applied, reads waiting for their
+//! ReadIndex confirmation and then for the state machine to catch up.
+//!
+//! A proposal is identified by `(origin node, proposal id)`, carried in its entry's context, so
+//! the node that took the request recognises the entry when it applies it, whichever node led.
+//! Once the proposal's index is known, an applied entry at that index with another context
+//! proves it was overwritten: it fails with `Dropped` (certainly not applied), never a guess.
+
+use std::collections::BTreeMap;
+
+use kameo::reply::ReplySender;
+
+use crate::{
+    error::{ProposeError, ReadError},
+    types::NodeId,
+};
+
+/// Encodes the entry context that identifies a proposal.
+pub(crate) fn encode_context(origin: NodeId, id: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&origin.to_le_bytes());
+    ctx.extend_from_slice(&id.to_le_bytes());
+    ctx
+}
+
+/// Decodes an entry context written by [`encode_context`].
+pub(crate) fn decode_context(ctx: &[u8]) -> Option<(NodeId, u64)> {
+    let origin = u64::from_le_bytes(ctx.get(..8)?.try_into().ok()?);
+    let id = u64::from_le_bytes(ctx.get(8..16)?.try_into().ok()?);
+    Some((origin, id))
+}
+
+pub(crate) type ProposeReply<R> = ReplySender<Result<R, ProposeError>>;
+
+struct PendingProposal<R: Send + 'static> {
+    reply: ProposeReply<R>,
+    index: Option<u64>,
+    deadline: u64,
+}
+
+/// Proposals taken by this node and not yet answered.
+pub(crate) struct Proposals<R: Send + 'static> {
+    by_id: BTreeMap<u64, PendingProposal<R>>,
+    by_index: BTreeMap<u64, u64>,
+}
+
+impl<R: Send + 'static> Proposals<R> {
+    pub(crate) fn new() -> Self {
+        Self {
+            by_id: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Tracks a proposal; `index` is known when this node appended it itself.
+    pub(crate) fn insert(
+        &mut self,
+        id: u64,
+        reply: ProposeReply<R>,
+        index: Option<u64>,
+        deadline: u64,
+    ) {
+        if let Some(index) = index {
+            self.by_index.insert(index, id);
+        }
+        self.by_id.insert(
+            id,
+            PendingProposal {
+                reply,
+                index,
+                deadline,
+            },
+        );
+    }
+
+    /// The leader appended a forwarded proposal at `index`.
+    pub(crate) fn set_index(&mut self, id: u64, index: u64) {
+        if let Some(p) = self.by_id.get_mut(&id) {
+            p.index = Some(index);
+            self.by_index.insert(index, id);
+        }
+    }
+
+    /// Answers a proposal with an error.
+    pub(crate) fn fail(&mut self, id: u64, err: ProposeError) {
+        if let Some(p) = self.by_id.remove(&id) {
+            if let Some(index) = p.index {
+                self.by_index.remove(&index);
+            }
+            p.reply.send(Err(err));
+        }
+    }
+
+    /// The entry at `index` was applied; `ours` is its proposal id if this node took it. Fails
+    /// every tracked proposal whose index is at or below `index` but whose entry was another, and
+    /// returns the reply sender of the applied proposal, if it is waiting here.
+    pub(crate) fn applied(&mut self, index: u64, ours: Option<u64>) -> Option<ProposeReply<R>> {
+        let found = ours.and_then(|id| self.by_id.remove(&id));
+        if let Some(p) = &found {
+            if let Some(i) = p.index {
+                self.by_index.remove(&i);
+            }
+        }
+        while let Some((&i, &id)) = self.by_index.first_key_value() {
+            if i > index {
+                break;
+            }
+            self.by_index.pop_first();
+            if let Some(p) = self.by_id.remove(&id) {
+                p.reply.send(Err(ProposeError::Dropped { index: i }));
+            }
+        }
+        found.map(|p| p.reply)
+    }
+
+    /// Fails every proposal whose deadline (in ticks) has passed.
+    pub(crate) fn expire(&mut self, now: u64) {
+        let expired: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.fail(id, ProposeError::Timeout);
+        }
+    }
+
+    /// Fails everything.
+    pub(crate) fn fail_all(&mut self, err: impl Fn() -> ProposeError) {
+        self.by_index.clear();
+        for (_, p) in std::mem::take(&mut self.by_id) {
+            p.reply.send(Err(err()));
+        }
+    }
+}
+
+/// A read closure: runs against the state machine, or is told why it cannot.
+pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<&S, ReadError>) + Send>;
+
+/// Linearizable reads in flight.
+pub(crate) struct Reads<S> {
+    unconfirmed: BTreeMap<u64, (ReadFn<S>, u64)>,
+    confirmed: BTreeMap<(u64, u64), ReadFn<S>>,
+}
+
+impl<S> Reads<S> {
+    pub(crate) fn new() -> Self {
+        Self {
+            unconfirmed: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
+        }
+    }
+
+    /// A read waiting for its ReadIndex; it fails with `LeadershipChanged` at `deadline` ticks.
+    pub(crate) fn insert(&mut self, id: u64, f: ReadFn<S>, deadline: u64) {
+        self.unconfirmed.insert(id, (f, deadline));
+    }
+
+    /// The leader confirmed read `id` at `index`.
+    pub(crate) fn confirm(&mut self, id: u64, index: u64) {
+        if let Some((f, _)) = self.unconfirmed.remove(&id) {
+            self.confirmed.insert((index, id), f);
+        }
+    }
+
+    /// Serves every confirmed read whose index is applied.
+    pub(crate) fn serve(&mut self, applied: u64, sm: &S) {
+        while let Some(entry) = self.confirmed.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            entry.remove()(Ok(sm));
+        }
+    }
+
+    /// Fails unconfirmed reads past their deadline.
+    pub(crate) fn expire(&mut self, now: u64) {
+        let expired: Vec<u64> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some((f, _)) = self.unconfirmed.remove(&id) {
+                f(Err(ReadError::LeadershipChanged));
+            }
+        }
+    }
+
+    /// Fails the reads that still wait for confirmation (leadership changed under them).
+    pub(crate) fn fail_unconfirmed(&mut self, err: ReadError) {
+        for (_, (f, _)) in std::mem::take(&mut self.unconfirmed) {
+            f(Err(err.clone()));
+        }
+    }
+
+    /// Fails everything.
+    pub(crate) fn fail_all(&mut self, err: ReadError) {
+        self.fail_unconfirmed(err.clone());
+        for (_, f) in std::mem::take(&mut self.confirmed) {
+            f(Err(err.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_round_trip() {
+        assert_eq!(decode_context(&encode_context(3, 99)), Some((3, 99)));
+        assert_eq!(decode_context(&[1, 2, 3]), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! The [`StateMachine`] trait: the one piece of the runtime that users write.
+
+use std::io;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A deterministic state machine replicated by Raft.
+///
+/// Every node applies the same commands in the same order, so `apply` must depend on nothing but
+/// `self` and the command: no clocks, no randomness, no I/O, no `HashMap` iteration order that
+/// leaks into a response. It runs on the node's RaftActor, so it should be quick; reads run there
+/// too, as closures over `&self` (see the facade's `query`), which is how a read sees the state
+/// without copying it.
+///
+/// `apply` is synchronous on purpose: an `async` apply would let a slow command stall the
+/// consensus loop at an arbitrary point and makes deterministic simulation harder.
+///
+/// `Command` and `Response` only need serde derives; commands travel between nodes and to disk
+/// inside log entries, responses travel to remote clients.
+pub trait StateMachine: Send + 'static {
+    /// What clients propose.
+    type Command: Serialize + DeserializeOwned + Send + 'static;
+    /// What a proposer gets back once its command is applied.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Applies one committed command and returns the proposer's response. Domain failures
+    /// ("insufficient funds") belong in `Response`, not in a panic.
+    fn apply(&mut self, command: Self::Command) -> Self::Response;
+
+    /// Writes the whole state to `out`. The size need not be known in advance.
+    fn snapshot(&self, out: &mut dyn io::Write) -> io::Result<()>;
+
+    /// Replaces the whole state with the one read from `input` (written by `snapshot`).
+    fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()>;
+}

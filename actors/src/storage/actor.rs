@@ -1,0 +1,165 @@
+//! [`StorageActor`]: owns the [`LogDb`], group-commits persist batches, confirms on a watch.
+
+use std::{convert::Infallible, sync::Arc};
+
+use kameo::{
+    Actor,
+    actor::{ActorRef, WeakActorRef},
+    error::ActorStopReason,
+    mailbox::{MailboxReceiver, Signal},
+    message::{Context, Message},
+};
+use tokio::sync::watch;
+use tracing::{debug, error};
+
+use super::{LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch};
+use crate::error::StorageError;
+
+/// What the StorageActor has made durable so far, published after every commit.
+#[derive(Clone, Debug, Default)]
+pub struct PersistProgress {
+    /// Highest Ready number whose batch is persisted (every lower number is too).
+    pub number: u64,
+    /// Set once a write failed; the actor accepts no further writes after that.
+    pub failure: Option<Arc<StorageError>>,
+}
+
+/// What the StorageActor is started with.
+#[derive(Debug)]
+pub struct StorageArgs {
+    /// The open database.
+    pub db: LogDb,
+    /// Persist batches from the RaftActor, in Ready order.
+    pub requests: flume::Receiver<PersistBatch>,
+    /// Where progress is published.
+    pub progress: watch::Sender<PersistProgress>,
+    /// Whether batches that need it are fsynced.
+    pub fsync: bool,
+}
+
+/// Owns the node's redb database. Persist batches arrive on a flume channel and are written in
+/// groups (every batch waiting when a commit starts goes into that commit); control messages
+/// (flush) arrive on the kameo mailbox.
+#[derive(Debug)]
+pub struct StorageActor {
+    db: LogDb,
+    requests: flume::Receiver<PersistBatch>,
+    progress: watch::Sender<PersistProgress>,
+    fsync: bool,
+    failed: bool,
+    group: Vec<PersistBatch>,
+}
+
+impl StorageActor {
+    fn new(args: StorageArgs) -> Self {
+        Self {
+            db: args.db,
+            requests: args.requests,
+            progress: args.progress,
+            fsync: args.fsync,
+            failed: false,
+            group: Vec::with_capacity(MAX_BATCHES_PER_COMMIT),
+        }
+    }
+
+    /// Writes `first` and every batch already queued behind it (up to the group limit) in one
+    /// transaction, then publishes the highest Ready number.
+    fn write_group(&mut self, first: PersistBatch) {
+        self.group.push(first);
+        while self.group.len() < MAX_BATCHES_PER_COMMIT {
+            match self.requests.try_recv() {
+                Ok(batch) => self.group.push(batch),
+                Err(_) => break,
+            }
+        }
+        let durable = self.fsync && self.group.iter().any(|b| b.must_sync);
+        let number = self.group.last().map_or(0, |b| b.number);
+        let result = self.db.write(&self.group, durable);
+        debug!(
+            batches = self.group.len(),
+            number, durable, "group committed"
+        );
+        self.group.clear();
+        match result {
+            Ok(()) => self.progress.send_modify(|p| p.number = number),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: StorageError) {
+        error!(error = %e, "storage write failed; this node stops accepting writes");
+        self.failed = true;
+        let e = Arc::new(e);
+        self.progress.send_modify(|p| p.failure = Some(e));
+    }
+
+    /// Writes everything queued, then makes it all durable.
+    fn flush(&mut self) -> Result<(), Arc<StorageError>> {
+        while !self.failed {
+            match self.requests.try_recv() {
+                Ok(batch) => self.write_group(batch),
+                Err(_) => break,
+            }
+        }
+        if let Some(e) = &self.progress.borrow().failure {
+            return Err(e.clone());
+        }
+        if let Err(e) = self.db.flush() {
+            self.fail(e);
+            return Err(self.progress.borrow().failure.clone().expect("just set"));
+        }
+        Ok(())
+    }
+}
+
+impl Actor for StorageActor {
+    type Args = StorageArgs;
+    type Error = Infallible;
+
+    async fn on_start(args: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        Ok(Self::new(args))
+    }
+
+    async fn next(
+        &mut self,
+        _: WeakActorRef<Self>,
+        mailbox_rx: &mut MailboxReceiver<Self>,
+    ) -> Result<Option<Signal<Self>>, Self::Error> {
+        loop {
+            if self.failed || self.requests.is_disconnected() && self.requests.is_empty() {
+                return Ok(mailbox_rx.recv().await);
+            }
+            tokio::select! {
+                biased;
+                signal = mailbox_rx.recv() => return Ok(signal),
+                batch = self.requests.recv_async() => {
+                    if let Ok(batch) = batch {
+                        self.write_group(batch);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_stop(
+        &mut self,
+        _: WeakActorRef<Self>,
+        _: ActorStopReason,
+    ) -> Result<(), Self::Error> {
+        // Whatever reached us is made durable before the database closes.
+        let _ = self.flush();
+        Ok(())
+    }
+}
+
+/// Ask the StorageActor to write everything queued and fsync it.
+#[derive(Debug)]
+pub struct Flush;
+
+impl Message<Flush> for StorageActor {
+    type Reply = Result<(), Arc<StorageError>>;
+
+    async fn handle(&mut self, _: Flush, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        self.flush()
+    }
+}

@@ -1,0 +1,113 @@
+//! The consensus protocol, ALPN [`ALPN`] (`iroh-raft/0`). This module doc is its specification.
+//!
+//! # Connections
+//! Members talk over iroh QUIC connections authenticated by their endpoint keys. A connection
+//! carries consensus traffic in one direction only, from the member that dialled it to the one
+//! that accepted it: each member dials every peer it has something to send to, so a pair of
+//! members normally shares two connections. This keeps reconnection trivial (the sender alone
+//! decides when to redial) and there are no dial races to break.
+//!
+//! The acceptor checks the remote endpoint id against the membership before it reads anything:
+//! a non-member is closed with [`CloseCode::NotAMember`].
+//!
+//! # Streams and frames
+//! The dialer opens one unidirectional stream and sends frames on it in order. A frame is a
+//! little-endian `u32` payload length followed by the payload, an [rkyv] archive of [`Frame`].
+//! The length is at most [`MAX_FRAME_SIZE`]; a longer one closes the connection with
+//! [`CloseCode::FrameTooLarge`] before any of it is buffered.
+//!
+//! The first frame of a stream is [`Frame::Hello`]: protocol version, the sender's Raft id and
+//! the receiver's. The acceptor checks that the sender id is the one the membership records for
+//! the connection's endpoint id and that the receiver id is its own. Later frames are one of
+//! - [`Frame::Raft`]: a batch of Raft messages; every `from` must be the Hello sender and every
+//!   `to` the receiver;
+//! - [`Frame::Forward`]: proposals a follower forwards to the leader, each with the follower's
+//!   proposal id;
+//! - [`Frame::ForwardReply`]: the leader's answer per forwarded proposal: the index and term the
+//!   entry was given, or "not leader" with a hint.
+//!
+//! The receiver validates every frame in full (rkyv's bytecheck, then message types, entry
+//! types, sender and receiver ids) before anything reaches the Raft core. A frame that fails
+//! closes the connection with the matching [`CloseCode`] and a log line; the node keeps running
+//! and the peer may dial again.
+//!
+//! # Why rkyv and not raft-rs's protobuf
+//! raft-rs 0.7 uses protobuf 2.x, which carries RUSTSEC-2024-0437 (unbounded recursion when
+//! parsing untrusted input). Bytes from the network are therefore never parsed as protobuf: they
+//! are validated rkyv archives, converted field by field into raft-rs's types.
+//!
+//! # Versioning
+//! The ALPN names the major version: an incompatible change gets a new ALPN (`iroh-raft/1`), so an
+//! old peer fails at the handshake instead of misreading frames. [`Hello::version`] names the
+//! minor version within the ALPN; a receiver refuses a version it does not know with
+//! [`CloseCode::VersionMismatch`].
+
+mod codec;
+mod convert;
+mod frame;
+
+pub use codec::{WireError, decode_frame, encode_frame};
+pub(crate) use codec::{check_len, decode_aligned};
+pub(crate) use convert::message_to_wire as convert_outgoing;
+pub use convert::{InboundPayload, validate_frame};
+pub use frame::{
+    ForwardOutcome, ForwardReply, ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
+    WireSnapshotMeta,
+};
+
+/// ALPN of the consensus protocol.
+pub const ALPN: &[u8] = b"iroh-raft/0";
+
+/// Minor protocol version carried in [`Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame payload accepted (16 MiB). It must hold one append message of
+/// `max_append_bytes` (1 MiB by default) plus an entry of up to [`MAX_COMMAND_SIZE`]; anything
+/// bigger is refused before it is buffered, so a peer cannot make us allocate more.
+pub const MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
+
+/// Largest encoded command a proposal may carry (4 MiB): it must fit in one frame with room for
+/// the rest of an append message.
+pub const MAX_COMMAND_SIZE: usize = 4 * 1024 * 1024;
+
+/// Application close codes of the consensus protocol, sent in QUIC `CONNECTION_CLOSE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// Orderly close (a peer removed, a connection replaced).
+    Normal = 0,
+    /// The node is shutting down.
+    ShuttingDown = 1,
+    /// The remote endpoint id is not a member of this cluster.
+    NotAMember = 2,
+    /// A frame did not decode or failed validation.
+    MalformedFrame = 3,
+    /// A frame declared a length above [`MAX_FRAME_SIZE`].
+    FrameTooLarge = 4,
+    /// The Hello named another sender or receiver, or a frame claimed another sender.
+    ProtocolViolation = 5,
+    /// The Hello carried a protocol version this node does not speak.
+    VersionMismatch = 6,
+}
+
+impl CloseCode {
+    /// The code as a QUIC varint.
+    pub fn to_varint(self) -> iroh::endpoint::VarInt {
+        iroh::endpoint::VarInt::from_u32(self as u32)
+    }
+
+    /// The code a received close carried, if it is one of ours.
+    pub fn from_u64(code: u64) -> Option<Self> {
+        Some(match code {
+            0 => CloseCode::Normal,
+            1 => CloseCode::ShuttingDown,
+            2 => CloseCode::NotAMember,
+            3 => CloseCode::MalformedFrame,
+            4 => CloseCode::FrameTooLarge,
+            5 => CloseCode::ProtocolViolation,
+            6 => CloseCode::VersionMismatch,
+            _ => return None,
+        })
+    }
+}

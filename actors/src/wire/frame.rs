@@ -1,0 +1,109 @@
+//! The rkyv types that cross the wire. Field for field they mirror raft-rs's protobuf types, so
+//! conversion (in `convert`) is mechanical and validation is explicit.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// One frame of the consensus stream.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// First frame of every stream.
+    Hello(Hello),
+    /// Raft messages from the Hello sender to the receiver.
+    Raft(Vec<WireMessage>),
+    /// Proposals forwarded by a follower to the leader.
+    Forward(Vec<ForwardedProposal>),
+    /// The leader's answers to forwarded proposals.
+    ForwardReply(Vec<ForwardReply>),
+}
+
+/// Stream preamble.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// Minor protocol version ([`super::PROTOCOL_VERSION`]).
+    pub version: u32,
+    /// Raft id of the sender.
+    pub from: u64,
+    /// Raft id the sender believes the receiver has.
+    pub to: u64,
+}
+
+/// A raft-rs `eraftpb::Message`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct WireMessage {
+    pub msg_type: u8,
+    pub to: u64,
+    pub from: u64,
+    pub term: u64,
+    pub log_term: u64,
+    pub index: u64,
+    pub entries: Vec<WireEntry>,
+    pub commit: u64,
+    pub commit_term: u64,
+    pub snapshot: Option<WireSnapshotMeta>,
+    pub request_snapshot: u64,
+    pub reject: bool,
+    pub reject_hint: u64,
+    pub context: Vec<u8>,
+    pub priority: i64,
+}
+
+/// A raft-rs `eraftpb::Entry`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct WireEntry {
+    pub entry_type: u8,
+    pub term: u64,
+    pub index: u64,
+    pub data: Vec<u8>,
+    pub context: Vec<u8>,
+}
+
+/// The metadata of a raft-rs snapshot. Snapshot data never rides in a Raft frame: it has a stream
+/// of its own.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct WireSnapshotMeta {
+    pub index: u64,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub learners_next: Vec<u64>,
+    pub auto_leave: bool,
+}
+
+/// A proposal a follower forwards to the leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ForwardedProposal {
+    /// The follower's id for this proposal; it comes back in the entry context and the reply.
+    pub id: u64,
+    /// The encoded command.
+    pub data: Vec<u8>,
+}
+
+/// The leader's answer to one forwarded proposal.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ForwardReply {
+    /// The follower's proposal id.
+    pub id: u64,
+    /// What happened to it.
+    pub outcome: ForwardOutcome,
+}
+
+/// What the leader did with a forwarded proposal.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ForwardOutcome {
+    /// Appended to the leader's log at this index and term.
+    Appended {
+        /// Log index.
+        index: u64,
+        /// Term of the entry.
+        term: u64,
+    },
+    /// The receiver is not the leader; `leader_hint` is 0 when it knows none.
+    NotLeader {
+        /// The leader the receiver believes in, or 0.
+        leader_hint: u64,
+    },
+}
