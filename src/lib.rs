@@ -1,1 +1,30 @@
-//! x
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod builder;
+mod cluster;
+mod error;
+pub mod kv;
+pub mod net;
+
+pub use builder::{DB_FILE, Peer, Preset, RaftClusterBuilder};
+pub use cluster::RaftCluster;
+pub use error::{BuildError, ConfigError};
+pub use iroh_raft_actors::{
+    ClusterEvent, EventItem, EventStream, FatalError, NodeId, NodeStatus, ProposeError,
+    RaftProtocol, ReadError, Role, StateMachine, StorageError, wire::ALPN,
+};
+pub use kv::{KeyValueStore, KvCommand, KvResponse};
+pub use net::PeerAddr;
+
+/// The runtime crate, for applications that spawn or supervise the actors themselves.
+pub use iroh_raft_actors as actors;
+
+/// What most applications need.
+pub mod prelude {
+    pub use crate::{
+        ClusterEvent, EventItem, KeyValueStore, KvCommand, KvResponse, NodeId, PeerAddr, Preset,
+        ProposeError, RaftCluster, ReadError, StateMachine,
+    };
+}

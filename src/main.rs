@@ -1,1 +1,3 @@
+//! The `iroh-raft` binary.
+
 fn main() {}

@@ -88,7 +88,8 @@ pub struct CodecError {
 }
 
 impl CodecError {
-    pub(crate) fn new(err: impl std::fmt::Display) -> Self {
+    /// An error with the codec's message.
+    pub fn new(err: impl std::fmt::Display) -> Self {
         Self {
             message: err.to_string().into(),
         }

@@ -1,0 +1,433 @@
+//! [`RaftClusterBuilder`] and the [`Preset`]s it starts from.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
+use iroh_raft_actors::{
+    IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
+    StorageSpawn, wire::ALPN,
+};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use crate::{
+    cluster::{Lifetime, RaftCluster},
+    error::{BuildError, ConfigError},
+    net::{PeerAddr, bind_offline_endpoint, endpoint_peer_addr, load_or_create_secret_key},
+};
+
+/// Name of the redb file inside the data dir.
+pub const DB_FILE: &str = "raft.redb";
+
+/// How long a PeerActor waits for one connection attempt.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Starting points for timing and durability. Every value can be overridden on the builder.
+///
+/// | preset | heartbeat | election timeout | fsync | request timeout |
+/// |---|---|---|---|---|
+/// | `Development` | 100 ms | 1 s | off | 10 s |
+/// | `Testing` | 25 ms | 300 ms | off | 5 s |
+/// | `Production` (default) | 200 ms | 2 s | on, every write Raft needs durable | 10 s |
+///
+/// With fsync off, writes reach redb but are made durable only at shutdown: a crash of the
+/// machine (not just the process) can lose acknowledged writes. Use it for tests and local
+/// development only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Preset {
+    /// Moderate timeouts, no fsync.
+    Development,
+    /// Fast timeouts for tests on one machine, no fsync.
+    Testing,
+    /// Conservative timeouts, fsync on every write Raft needs durable.
+    #[default]
+    Production,
+}
+
+impl Preset {
+    fn heartbeat(self) -> Duration {
+        match self {
+            Preset::Development => Duration::from_millis(100),
+            Preset::Testing => Duration::from_millis(25),
+            Preset::Production => Duration::from_millis(200),
+        }
+    }
+
+    fn election_timeout(self) -> Duration {
+        match self {
+            Preset::Development => Duration::from_secs(1),
+            Preset::Testing => Duration::from_millis(300),
+            Preset::Production => Duration::from_secs(2),
+        }
+    }
+
+    fn fsync(self) -> bool {
+        matches!(self, Preset::Production)
+    }
+
+    fn request_timeout(self) -> Duration {
+        match self {
+            Preset::Testing => Duration::from_secs(5),
+            _ => Duration::from_secs(10),
+        }
+    }
+}
+
+/// One initial member: its Raft id and endpoint address.
+///
+/// Converts from `(id, "<endpoint-id>@<ip:port>")`, `(id, PeerAddr)` and `(id, EndpointAddr)`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    id: NodeId,
+    addr: Result<PeerAddr, ConfigError>,
+}
+
+impl From<(NodeId, &str)> for Peer {
+    fn from((id, s): (NodeId, &str)) -> Self {
+        Peer {
+            id,
+            addr: s.parse(),
+        }
+    }
+}
+
+impl From<(NodeId, String)> for Peer {
+    fn from((id, s): (NodeId, String)) -> Self {
+        Peer {
+            id,
+            addr: s.parse(),
+        }
+    }
+}
+
+impl From<(NodeId, PeerAddr)> for Peer {
+    fn from((id, addr): (NodeId, PeerAddr)) -> Self {
+        Peer { id, addr: Ok(addr) }
+    }
+}
+
+impl From<(NodeId, EndpointAddr)> for Peer {
+    fn from((id, addr): (NodeId, EndpointAddr)) -> Self {
+        Peer {
+            id,
+            addr: Ok(PeerAddr(addr)),
+        }
+    }
+}
+
+/// Builds a [`RaftCluster`] handle: validates the configuration, opens (or creates) the data
+/// dir, binds or adopts an iroh endpoint, recovers or bootstraps the log and spawns the node's
+/// actors.
+///
+/// Peers are the *initial* membership and are used only when the data dir is new; a restarted
+/// node uses the membership stored in its data dir. The list may include this node itself
+/// (the same list on every node, as with etcd's `initial-cluster`).
+#[must_use]
+pub struct RaftClusterBuilder<S> {
+    node_id: Option<NodeId>,
+    data_dir: Option<PathBuf>,
+    bind_address: Option<String>,
+    endpoint: Option<Endpoint>,
+    external_router: bool,
+    secret_key: Option<SecretKey>,
+    peers: Vec<Peer>,
+    state_machine: Option<S>,
+    preset: Preset,
+    heartbeat: Option<Duration>,
+    election: Option<Duration>,
+    max_log_entries: Option<u64>,
+    fsync: Option<bool>,
+    request_timeout: Option<Duration>,
+    rng_seed: Option<u64>,
+}
+
+impl<S: StateMachine> Default for RaftClusterBuilder<S> {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            data_dir: None,
+            bind_address: None,
+            endpoint: None,
+            external_router: false,
+            secret_key: None,
+            peers: Vec::new(),
+            state_machine: None,
+            preset: Preset::default(),
+            heartbeat: None,
+            election: None,
+            max_log_entries: None,
+            fsync: None,
+            request_timeout: None,
+            rng_seed: None,
+        }
+    }
+}
+
+impl<S: StateMachine> RaftClusterBuilder<S> {
+    /// This node's Raft id (required, not 0).
+    pub fn node_id(mut self, id: NodeId) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// Directory for the log (`raft.redb`) and the node's secret key (`secret.key`). Required.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Address the node's own endpoint binds to (default `127.0.0.1:0`). Not with
+    /// [`Self::endpoint`].
+    pub fn bind_address(mut self, addr: impl ToString) -> Self {
+        self.bind_address = Some(addr.to_string());
+        self
+    }
+
+    /// Uses the application's endpoint instead of binding one. Its key is the node's identity
+    /// (the data dir's `secret.key` is then not used). Unless [`Self::external_router`] is set,
+    /// the node spawns an iroh `Router` on it for [`ALPN`] and closes the endpoint at shutdown.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Do not spawn a router: the application mounts [`RaftCluster::protocol_handler`] under
+    /// [`ALPN`] on its own `Router`.
+    pub fn external_router(mut self) -> Self {
+        self.external_router = true;
+        self
+    }
+
+    /// Uses this secret key instead of the one in the data dir (ignored with [`Self::endpoint`]).
+    pub fn secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(key);
+        self
+    }
+
+    /// The initial members other than (or including) this node.
+    pub fn peers<I, P>(mut self, peers: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<Peer>,
+    {
+        self.peers.extend(peers.into_iter().map(Into::into));
+        self
+    }
+
+    /// The state machine, empty (a restarted node replays its log into it).
+    pub fn state_machine(mut self, sm: S) -> Self {
+        self.state_machine = Some(sm);
+        self
+    }
+
+    /// Timing and durability defaults; see [`Preset`].
+    pub fn preset(mut self, preset: Preset) -> Self {
+        self.preset = preset;
+        self
+    }
+
+    /// Leader heartbeat interval.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat = Some(d);
+        self
+    }
+
+    /// Minimum election timeout (the actual one is drawn from `[t, 2t)` each term); must be longer
+    /// than the heartbeat interval.
+    pub fn election_timeout(mut self, d: Duration) -> Self {
+        self.election = Some(d);
+        self
+    }
+
+    /// Applied entries between snapshots. Validated and carried now; it takes effect once log
+    /// compaction exists (until then the log is kept whole).
+    pub fn max_log_entries(mut self, n: u64) -> Self {
+        self.max_log_entries = Some(n);
+        self
+    }
+
+    /// Overrides the preset's fsync choice.
+    pub fn fsync(mut self, on: bool) -> Self {
+        self.fsync = Some(on);
+        self
+    }
+
+    /// How long `propose` and reads wait, retries included, before giving up.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = Some(d);
+        self
+    }
+
+    /// Seeds the election jitter (reproducible runs).
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    fn node_config(&self, node_id: NodeId) -> Result<NodeConfig, ConfigError> {
+        let heartbeat = self.heartbeat.unwrap_or(self.preset.heartbeat());
+        let election = self.election.unwrap_or(self.preset.election_timeout());
+        if heartbeat < Duration::from_millis(1) {
+            return Err(ConfigError::HeartbeatTooShort);
+        }
+        if election <= heartbeat {
+            return Err(ConfigError::ElectionTimeoutTooShort {
+                election,
+                heartbeat,
+            });
+        }
+        let max_log_entries = self.max_log_entries.unwrap_or(10_000);
+        if max_log_entries == 0 {
+            return Err(ConfigError::ZeroMaxLogEntries);
+        }
+        let mut config = NodeConfig::new(node_id);
+        config.heartbeat_interval = heartbeat;
+        config.election_timeout = election;
+        config.fsync = self.fsync.unwrap_or(self.preset.fsync());
+        config.request_timeout = self
+            .request_timeout
+            .unwrap_or(self.preset.request_timeout());
+        config.rng_seed = self.rng_seed;
+        config.max_log_entries = max_log_entries;
+        Ok(config)
+    }
+
+    /// Validates, binds, recovers and starts the node.
+    pub async fn build(mut self) -> Result<RaftCluster<S>, BuildError> {
+        let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
+        if node_id == 0 {
+            return Err(ConfigError::ZeroNodeId.into());
+        }
+        let config = self.node_config(node_id)?;
+        let state_machine = self
+            .state_machine
+            .take()
+            .ok_or(ConfigError::MissingStateMachine)?;
+        let data_dir = self.data_dir.clone().ok_or(ConfigError::MissingDataDir)?;
+        let peers = std::mem::take(&mut self.peers)
+            .into_iter()
+            .map(|p| p.addr.map(|a| (p.id, a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bind = match (&self.bind_address, &self.endpoint) {
+            (Some(_), Some(_)) => return Err(ConfigError::BindAddressAndEndpoint.into()),
+            (Some(s), None) => Some(
+                s.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::InvalidBindAddress { given: s.clone() })?,
+            ),
+            (None, _) => None,
+        };
+
+        std::fs::create_dir_all(&data_dir).map_err(|source| BuildError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let (endpoint, owns_endpoint) = match self.endpoint.take() {
+            Some(ep) => (ep, false),
+            None => {
+                let key = match self.secret_key.take() {
+                    Some(key) => key,
+                    None => load_or_create_secret_key(&data_dir)?,
+                };
+                let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+                (bind_offline_endpoint(key, bind).await?, true)
+            }
+        };
+        let members = match initial_members(node_id, &endpoint, peers) {
+            Ok(m) => m,
+            Err(e) => {
+                if owns_endpoint {
+                    endpoint.close().await;
+                }
+                return Err(e.into());
+            }
+        };
+        let db_path = data_dir.join(DB_FILE);
+        let db = tokio::task::spawn_blocking(move || LogDb::open(&db_path))
+            .await
+            .map_err(|e| StartError::Raft {
+                reason: format!("storage open task failed: {e}"),
+            })?
+            .map_err(StartError::from)?;
+        let storage_spawn = match Handle::current().runtime_flavor() {
+            RuntimeFlavor::CurrentThread => StorageSpawn::Task,
+            _ => StorageSpawn::Thread,
+        };
+        let request_timeout = config.request_timeout;
+        let retry_interval = config.heartbeat_interval;
+        let spec = NodeSpec {
+            config,
+            endpoint_id: endpoint.id(),
+            state_machine,
+            db,
+            initial_members: members,
+            dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
+            storage_spawn,
+        };
+        let node = match Node::start(spec) {
+            Ok(node) => node,
+            Err(e) => {
+                if owns_endpoint {
+                    endpoint.close().await;
+                }
+                return Err(e.into());
+            }
+        };
+        let router = (!self.external_router).then(|| {
+            Router::builder(endpoint.clone())
+                .accept(ALPN, node.protocol.clone())
+                .spawn()
+        });
+        Ok(RaftCluster::new(
+            node_id,
+            request_timeout,
+            retry_interval,
+            Lifetime::new(node, endpoint, router, owns_endpoint),
+        ))
+    }
+}
+
+/// The initial membership: the peers plus this node, checked for duplicates.
+fn initial_members(
+    me: NodeId,
+    endpoint: &Endpoint,
+    peers: Vec<(NodeId, PeerAddr)>,
+) -> Result<Vec<Member>, ConfigError> {
+    let mut ids = BTreeSet::new();
+    let mut endpoints = BTreeSet::new();
+    let mut members = vec![Member {
+        node_id: me,
+        addr: endpoint_peer_addr(endpoint).0,
+    }];
+    ids.insert(me);
+    endpoints.insert(endpoint.id());
+    for (id, addr) in peers {
+        if id == me {
+            if addr.id() != endpoint.id() {
+                return Err(ConfigError::SelfMismatch {
+                    node: me,
+                    listed: addr.id().to_string(),
+                    actual: endpoint.id().to_string(),
+                });
+            }
+            continue;
+        }
+        if !ids.insert(id) {
+            return Err(ConfigError::DuplicateNodeId(id));
+        }
+        if !endpoints.insert(addr.id()) {
+            return Err(ConfigError::DuplicateEndpoint(addr.id().to_string()));
+        }
+        members.push(Member {
+            node_id: id,
+            addr: addr.0,
+        });
+    }
+    if id_zero(&members) {
+        return Err(ConfigError::ZeroNodeId);
+    }
+    Ok(members)
+}
+
+fn id_zero(members: &[Member]) -> bool {
+    members.iter().any(|m| m.node_id == 0)
+}

@@ -1,0 +1,295 @@
+//! [`RaftCluster`]: the handle applications hold. A cheap `Clone` over actor references; every
+//! call is a message to the node's actors.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use iroh::{Endpoint, protocol::Router};
+use iroh_raft_actors::{
+    CodecError, EventStream, FatalError, GetStatus, LinearizableQuery, Node, NodeId, NodeStatus,
+    Propose, ProposeError, Query, RaftProtocol, ReadError, StateMachine, Subscribe,
+    wire::MAX_COMMAND_SIZE,
+};
+use kameo::error::SendError;
+use tokio::time::Instant;
+
+use crate::{
+    builder::RaftClusterBuilder,
+    net::{PeerAddr, endpoint_peer_addr},
+};
+
+/// Owns the node for as long as any handle exists; stops it when the last one goes away without
+/// `shutdown` having been called.
+pub(crate) struct Lifetime<S: StateMachine> {
+    node: Node<S>,
+    endpoint: Endpoint,
+    router: Option<Router>,
+    owns_endpoint: bool,
+    stopped: AtomicBool,
+}
+
+impl<S: StateMachine> Lifetime<S> {
+    pub(crate) fn new(
+        node: Node<S>,
+        endpoint: Endpoint,
+        router: Option<Router>,
+        owns_endpoint: bool,
+    ) -> Self {
+        Self {
+            node,
+            endpoint,
+            router,
+            owns_endpoint,
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for Lifetime<S> {
+    fn drop(&mut self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // No await in Drop: kill the actors (the StorageActor still makes what it received
+        // durable as it stops) and close the network in the background if a runtime is there.
+        self.node.kill();
+        let router = self.router.take();
+        let endpoint = self.owns_endpoint.then(|| self.endpoint.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Some(router) = router {
+                    let _ = router.shutdown().await;
+                } else if let Some(endpoint) = endpoint {
+                    endpoint.close().await;
+                }
+            });
+        }
+    }
+}
+
+/// A running node of a replicated state machine, and the way to use the cluster through it.
+///
+/// Cloning is cheap; all clones talk to the same node. The node stops at [`Self::shutdown`] or
+/// when the last clone is dropped.
+pub struct RaftCluster<S: StateMachine> {
+    node_id: NodeId,
+    node: Node<S>,
+    endpoint: Endpoint,
+    request_timeout: Duration,
+    retry_interval: Duration,
+    lifetime: Arc<Lifetime<S>>,
+}
+
+impl<S: StateMachine> Clone for RaftCluster<S> {
+    fn clone(&self) -> Self {
+        Self {
+            node_id: self.node_id,
+            node: self.node.clone(),
+            endpoint: self.endpoint.clone(),
+            request_timeout: self.request_timeout,
+            retry_interval: self.retry_interval,
+            lifetime: self.lifetime.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for RaftCluster<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftCluster")
+            .field("node_id", &self.node_id)
+            .field("endpoint", &self.endpoint.id())
+            .finish()
+    }
+}
+
+fn propose_send_error<M>(e: SendError<M, ProposeError>) -> ProposeError {
+    match e {
+        SendError::HandlerError(e) => e,
+        SendError::Timeout(_) => ProposeError::Timeout,
+        _ => ProposeError::ShuttingDown,
+    }
+}
+
+fn read_send_error<M>(e: SendError<M, ReadError>) -> ReadError {
+    match e {
+        SendError::HandlerError(e) => e,
+        SendError::Timeout(_) => ReadError::Timeout,
+        _ => ReadError::ShuttingDown,
+    }
+}
+
+impl<S: StateMachine> RaftCluster<S> {
+    /// Starts configuring a node.
+    pub fn builder() -> RaftClusterBuilder<S> {
+        RaftClusterBuilder::default()
+    }
+
+    pub(crate) fn new(
+        node_id: NodeId,
+        request_timeout: Duration,
+        retry_interval: Duration,
+        lifetime: Lifetime<S>,
+    ) -> Self {
+        Self {
+            node_id,
+            node: lifetime.node.clone(),
+            endpoint: lifetime.endpoint.clone(),
+            request_timeout,
+            retry_interval,
+            lifetime: Arc::new(lifetime),
+        }
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The iroh endpoint the node uses.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The address other members should use for this node.
+    pub fn peer_addr(&self) -> PeerAddr {
+        endpoint_peer_addr(&self.endpoint)
+    }
+
+    /// The consensus protocol handler, for applications that run their own iroh `Router`
+    /// (see [`RaftClusterBuilder::external_router`]); mount it under
+    /// [`iroh_raft_actors::wire::ALPN`].
+    pub fn protocol_handler(&self) -> RaftProtocol {
+        self.node.protocol.clone()
+    }
+
+    /// The node's actors, for applications that supervise or talk to them directly.
+    pub fn actors(&self) -> &Node<S> {
+        &self.node
+    }
+
+    /// Replicates `command` and returns the state machine's response once it is applied.
+    ///
+    /// Works on any node: a follower forwards to the leader. While there is no leader, or when
+    /// the command was certainly not applied ([`ProposeError::is_safe_to_retry`]), it retries
+    /// until the request timeout. An `Ok` means the entry is committed (durable on a quorum) and
+    /// applied here; [`ProposeError::Timeout`] means the outcome is unknown.
+    pub async fn propose(&self, command: S::Command) -> Result<S::Response, ProposeError> {
+        let data =
+            postcard::to_allocvec(&command).map_err(|e| ProposeError::Codec(CodecError::new(e)))?;
+        if data.len() > MAX_COMMAND_SIZE {
+            return Err(ProposeError::TooLarge {
+                size: data.len(),
+                max: MAX_COMMAND_SIZE,
+            });
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = self
+                .node
+                .raft
+                .ask(Propose { data: data.clone() })
+                .reply_timeout(remaining)
+                .await
+                .map_err(propose_send_error);
+            match result {
+                Err(e)
+                    if e.is_safe_to_retry() && Instant::now() + self.retry_interval < deadline =>
+                {
+                    tokio::time::sleep(self.retry_interval).await;
+                }
+                Err(e) if e.is_safe_to_retry() => return Err(e),
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs `f` on this node's state machine now. Fast, but on a follower (or a partitioned
+    /// leader) it may see a stale state.
+    pub async fn query<R, F>(&self, f: F) -> Result<R, ReadError>
+    where
+        F: FnOnce(&S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.node
+            .raft
+            .ask(Query(f))
+            .reply_timeout(self.request_timeout)
+            .await
+            .map_err(read_send_error)
+    }
+
+    /// Runs `f` on this node's state machine once a ReadIndex round proves the node has applied
+    /// everything committed before the call: the result is linearizable. Works on followers.
+    /// Retries while there is no leader, until the request timeout.
+    pub async fn linearizable_query<R, F>(&self, f: F) -> Result<R, ReadError>
+    where
+        F: FnOnce(&S) -> R + Send + Sync + Clone + 'static,
+        R: Send + 'static,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = self
+                .node
+                .raft
+                .ask(LinearizableQuery(f.clone()))
+                .reply_timeout(remaining)
+                .await
+                .map_err(read_send_error);
+            match result {
+                Err(ReadError::NoLeader | ReadError::LeadershipChanged)
+                    if Instant::now() + self.retry_interval < deadline =>
+                {
+                    tokio::time::sleep(self.retry_interval).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A stream of cluster events from now on.
+    pub async fn subscribe(&self) -> Result<EventStream, ReadError> {
+        self.node
+            .events
+            .ask(Subscribe)
+            .await
+            .map_err(|_| ReadError::ShuttingDown)
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Result<NodeStatus, ReadError> {
+        self.node
+            .raft
+            .ask(GetStatus)
+            .reply_timeout(self.request_timeout)
+            .await
+            .map_err(|_| ReadError::ShuttingDown)
+    }
+
+    /// The leader this node knows of.
+    pub async fn leader(&self) -> Option<NodeId> {
+        self.status().await.ok().and_then(|s| s.leader)
+    }
+
+    /// Stops the node: no new work, pending requests fail with `ShuttingDown`, connections close
+    /// with a close code, everything written is fsynced. Idempotent; other clones see
+    /// `ShuttingDown` afterwards.
+    pub async fn shutdown(&self) -> Result<(), FatalError> {
+        if self.lifetime.stopped.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self.node.shutdown().await;
+        if let Some(router) = &self.lifetime.router {
+            let _ = router.shutdown().await;
+        } else if self.lifetime.owns_endpoint {
+            self.endpoint.close().await;
+        }
+        result
+    }
+}

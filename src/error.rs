@@ -1,0 +1,118 @@
+//! Errors of building a cluster handle. Errors of running one ([`ProposeError`](crate::ProposeError),
+//! [`ReadError`](crate::ReadError), [`FatalError`](crate::FatalError)) come from the runtime crate.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use iroh_raft_actors::{NodeId, StartError};
+
+/// A builder setting that cannot work. Returned by `build`, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `node_id` was not set.
+    #[error("node_id is required")]
+    MissingNodeId,
+    /// Node id 0 is reserved by Raft for "nobody".
+    #[error("node id 0 is reserved; use 1 or more")]
+    ZeroNodeId,
+    /// `state_machine` was not set.
+    #[error("state_machine is required")]
+    MissingStateMachine,
+    /// `data_dir` was not set.
+    #[error("data_dir is required")]
+    MissingDataDir,
+    /// Followers would call elections between heartbeats.
+    #[error(
+        "election timeout {election:?} must be longer than the heartbeat interval {heartbeat:?}"
+    )]
+    ElectionTimeoutTooShort {
+        /// The election timeout.
+        election: Duration,
+        /// The heartbeat interval.
+        heartbeat: Duration,
+    },
+    /// A zero heartbeat interval.
+    #[error("heartbeat interval must be at least 1 ms")]
+    HeartbeatTooShort,
+    /// `max_log_entries` of 0.
+    #[error("max_log_entries must be at least 1")]
+    ZeroMaxLogEntries,
+    /// Two peers share a node id.
+    #[error("node id {0} appears more than once in the membership")]
+    DuplicateNodeId(NodeId),
+    /// Two peers share an endpoint id.
+    #[error("endpoint id {0} appears more than once in the membership")]
+    DuplicateEndpoint(String),
+    /// The peer list names this node's id with another endpoint id.
+    #[error("the peer list gives this node ({node}) endpoint {listed}, but its key is {actual}")]
+    SelfMismatch {
+        /// This node's id.
+        node: NodeId,
+        /// Endpoint id in the peer list.
+        listed: String,
+        /// This node's endpoint id.
+        actual: String,
+    },
+    /// A bare `ip:port`: iroh dials endpoint ids, not addresses.
+    #[error(
+        "'{given}' is a plain address; iroh dials endpoint ids: write it as <endpoint-id>@{given}"
+    )]
+    PlainSocketAddr {
+        /// What was given.
+        given: String,
+    },
+    /// A peer address that does not parse.
+    #[error("invalid peer address '{given}': {reason}")]
+    InvalidPeerAddress {
+        /// What was given.
+        given: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A bind address that does not parse.
+    #[error("invalid bind address '{given}': expected ip:port")]
+    InvalidBindAddress {
+        /// What was given.
+        given: String,
+    },
+    /// Both `bind_address` and `endpoint` were set.
+    #[error("set either bind_address or endpoint, not both")]
+    BindAddressAndEndpoint,
+}
+
+/// Why `build` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data dir cannot be created or read.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The secret key file is unusable.
+    #[error("secret key {path}: {reason}")]
+    Identity {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The endpoint could not bind.
+    #[error("cannot bind {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What iroh said.
+        reason: String,
+    },
+    /// Storage or the Raft core refused to start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}

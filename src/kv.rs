@@ -1,0 +1,161 @@
+//! The built-in replicated key-value store: [`KeyValueStore`] and its [`KvCommand`]s.
+
+use std::{collections::BTreeMap, io};
+
+use serde::{Deserialize, Serialize};
+
+use crate::StateMachine;
+
+/// A command on the [`KeyValueStore`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KvCommand {
+    /// Set `key` to `value`.
+    Set {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Set `key` to `new` (or remove it when `new` is `None`) only if its current value is
+    /// `expected` (`None`: absent).
+    CompareAndSwap {
+        /// The key.
+        key: String,
+        /// The value the key must have for the swap to happen.
+        expected: Option<String>,
+        /// The value to store (`None` removes the key).
+        new: Option<String>,
+    },
+}
+
+/// The result of a [`KvCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvResponse {
+    /// The key's value before the command.
+    pub previous: Option<String>,
+    /// False only for a compare-and-swap whose expectation did not hold.
+    pub applied: bool,
+}
+
+/// An ordered map of strings, replicated by Raft.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValueStore {
+    map: BTreeMap<String, String>,
+}
+
+impl KeyValueStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.map.get(key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Keys and values in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.map.iter()
+    }
+}
+
+impl StateMachine for KeyValueStore {
+    type Command = KvCommand;
+    type Response = KvResponse;
+
+    fn apply(&mut self, command: KvCommand) -> KvResponse {
+        match command {
+            KvCommand::Set { key, value } => KvResponse {
+                previous: self.map.insert(key, value),
+                applied: true,
+            },
+            KvCommand::Delete { key } => KvResponse {
+                previous: self.map.remove(&key),
+                applied: true,
+            },
+            KvCommand::CompareAndSwap { key, expected, new } => {
+                let previous = self.map.get(&key).cloned();
+                if previous != expected {
+                    return KvResponse {
+                        previous,
+                        applied: false,
+                    };
+                }
+                match new {
+                    Some(v) => self.map.insert(key, v),
+                    None => self.map.remove(&key),
+                };
+                KvResponse {
+                    previous,
+                    applied: true,
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        postcard::to_io(&self.map, out)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    }
+
+    fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        self.map = postcard::from_bytes(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(k: &str, v: &str) -> KvCommand {
+        KvCommand::Set {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn commands_and_snapshot() {
+        let mut kv = KeyValueStore::new();
+        assert_eq!(kv.apply(set("a", "1")).previous, None);
+        assert_eq!(kv.apply(set("a", "2")).previous.as_deref(), Some("1"));
+        let cas = |expected: Option<&str>, new: Option<&str>| KvCommand::CompareAndSwap {
+            key: "a".into(),
+            expected: expected.map(Into::into),
+            new: new.map(Into::into),
+        };
+        assert!(!kv.apply(cas(Some("1"), Some("3"))).applied);
+        assert!(kv.apply(cas(Some("2"), Some("3"))).applied);
+        assert_eq!(kv.get("a").map(String::as_str), Some("3"));
+        assert!(kv.apply(cas(Some("3"), None)).applied);
+        assert!(kv.get("a").is_none());
+        kv.apply(set("b", "x"));
+        let mut buf = Vec::new();
+        kv.snapshot(&mut buf).unwrap();
+        let mut restored = KeyValueStore::new();
+        restored.restore(&mut buf.as_slice()).unwrap();
+        assert_eq!(restored, kv);
+    }
+}

@@ -1,0 +1,203 @@
+//! Node identity and iroh endpoints: the secret key kept in a data dir, peer addresses in
+//! `<endpoint-id>@<ip:port>` form, and an endpoint that works offline (no relays, no DNS or pkarr
+//! lookups, no port mapping, bound to the given address only).
+
+use std::{fmt, net::SocketAddr, path::Path, str::FromStr};
+
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
+    endpoint::{PortmapperConfig, presets},
+};
+
+use crate::error::{BuildError, ConfigError};
+
+/// File in the data dir that holds the node's secret key (32 raw bytes, mode 0600).
+pub const SECRET_KEY_FILE: &str = "secret.key";
+
+/// A peer's endpoint id and direct addresses, written `<endpoint-id>@<ip:port>[,<ip:port>…]`.
+///
+/// iroh dials by endpoint id (the peer's public key, which is also how it is authenticated); a
+/// bare `ip:port` names no one and is refused with [`ConfigError::PlainSocketAddr`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub EndpointAddr);
+
+impl PeerAddr {
+    /// The endpoint id.
+    pub fn id(&self) -> EndpointId {
+        self.0.id
+    }
+}
+
+impl From<EndpointAddr> for PeerAddr {
+    fn from(addr: EndpointAddr) -> Self {
+        PeerAddr(addr)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.id)?;
+        for (i, ip) in self.0.ip_addrs().enumerate() {
+            write!(f, "{}{ip}", if i == 0 { '@' } else { ',' })?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidPeerAddress {
+            given: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some((id, addrs)) = s.split_once('@') else {
+            let host_port = s
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if s.parse::<SocketAddr>().is_ok() || host_port {
+                return Err(ConfigError::PlainSocketAddr {
+                    given: s.to_owned(),
+                });
+            }
+            let id = EndpointId::from_str(s).map_err(|_| invalid("not an endpoint id"))?;
+            return Ok(PeerAddr(EndpointAddr::new(id)));
+        };
+        let id = EndpointId::from_str(id.trim())
+            .map_err(|_| invalid("the part before '@' is not an endpoint id"))?;
+        let mut addr = EndpointAddr::new(id);
+        for part in addrs.split(',') {
+            let ip: SocketAddr = part
+                .trim()
+                .parse()
+                .map_err(|_| invalid("the part after '@' must be ip:port[,ip:port...]"))?;
+            addr = addr.with_ip_addr(ip);
+        }
+        Ok(PeerAddr(addr))
+    }
+}
+
+/// Loads the secret key from `data_dir`, creating the directory and a new key on first use.
+pub fn load_or_create_secret_key(data_dir: &Path) -> Result<SecretKey, BuildError> {
+    let data_dir_err = |source| BuildError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(data_dir_err)?;
+    let path = data_dir.join(SECRET_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let bytes: [u8; 32] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| BuildError::Identity {
+                        path: path.clone(),
+                        reason: format!("expected 32 bytes, found {}", bytes.len()),
+                    })?;
+            Ok(SecretKey::from_bytes(&bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate();
+            write_private(&path, &key.to_bytes()).map_err(data_dir_err)?;
+            Ok(key)
+        }
+        Err(e) => Err(data_dir_err(e)),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Binds an iroh endpoint that needs no internet: relays off, no address lookup services, no
+/// port mapping, minimal network probing, IP transport on `bind` only. Peers are dialled by the
+/// direct addresses in their [`PeerAddr`].
+pub async fn bind_offline_endpoint(
+    secret_key: SecretKey,
+    bind: SocketAddr,
+) -> Result<Endpoint, BuildError> {
+    let bind_err = |e: &dyn fmt::Display| BuildError::Bind {
+        addr: bind,
+        reason: e.to_string(),
+    };
+    Endpoint::builder(presets::Minimal)
+        .secret_key(secret_key)
+        .relay_mode(RelayMode::Disabled)
+        .clear_address_lookup()
+        .clear_ip_transports()
+        .bind_addr(bind)
+        .map_err(|e| bind_err(&e))?
+        .portmapper_config(PortmapperConfig::Disabled)
+        .net_report_config(iroh::NetReportConfig::minimal())
+        .bind()
+        .await
+        .map_err(|e| bind_err(&e))
+}
+
+/// Loads (or creates) the key in `data_dir` and binds an offline endpoint on `bind`: the usual
+/// first step when starting several nodes in one process, whose addresses must be known before
+/// any of them is built.
+pub async fn bind_endpoint(data_dir: &Path, bind: SocketAddr) -> Result<Endpoint, BuildError> {
+    let key = load_or_create_secret_key(data_dir)?;
+    bind_offline_endpoint(key, bind).await
+}
+
+/// The address peers should use for `endpoint`: its id and its bound sockets.
+pub fn endpoint_peer_addr(endpoint: &Endpoint) -> PeerAddr {
+    let addr = endpoint
+        .bound_sockets()
+        .into_iter()
+        .fold(EndpointAddr::new(endpoint.id()), |a, ip| a.with_ip_addr(ip));
+    PeerAddr(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addr_parses_and_prints() {
+        let id = SecretKey::generate().public();
+        let text = format!("{id}@127.0.0.1:7000,127.0.0.1:7001");
+        let addr: PeerAddr = text.parse().unwrap();
+        assert_eq!(addr.id(), id);
+        assert_eq!(addr.0.ip_addrs().count(), 2);
+        assert_eq!(addr.to_string(), text);
+        assert!(matches!(
+            "127.0.0.1:8080".parse::<PeerAddr>(),
+            Err(ConfigError::PlainSocketAddr { .. })
+        ));
+        assert!(matches!(
+            "nonsense@127.0.0.1:1".parse::<PeerAddr>(),
+            Err(ConfigError::InvalidPeerAddress { .. })
+        ));
+        assert!(matches!(
+            format!("{id}@not-an-addr").parse::<PeerAddr>(),
+            Err(ConfigError::InvalidPeerAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn secret_key_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_secret_key(dir.path()).unwrap();
+        let b = load_or_create_secret_key(dir.path()).unwrap();
+        assert_eq!(a.public(), b.public());
+        std::fs::write(dir.path().join(SECRET_KEY_FILE), b"short").unwrap();
+        assert!(matches!(
+            load_or_create_secret_key(dir.path()),
+            Err(BuildError::Identity { .. })
+        ));
+    }
+}

@@ -1,0 +1,196 @@
+//! A cluster of in-process nodes on loopback, with waiting helpers. Every wait polls a condition
+//! with a deadline; nothing sleeps for a fixed time and hopes.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+
+use iroh_raft::{
+    KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, Role,
+    net::{bind_endpoint, endpoint_peer_addr},
+};
+use tempfile::TempDir;
+
+pub type Node = RaftCluster<KeyValueStore>;
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds; panics with `what` after [`WAIT`].
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for_some(what, || {
+        let fut = cond();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `f` until it returns `Some`; panics with `what` after [`WAIT`].
+pub async fn wait_for_some<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn set(key: impl Into<String>, value: impl Into<String>) -> KvCommand {
+    KvCommand::Set {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// `n` nodes with ids 1..=n, each with its own data dir and a fixed loopback port so that a
+/// restarted node is found at the address its peers stored.
+pub struct TestCluster {
+    pub nodes: Vec<Option<Node>>,
+    pub addrs: Vec<PeerAddr>,
+    dirs: Vec<TempDir>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes that all know each other.
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, n).await
+    }
+
+    /// Creates identities for `members` nodes but starts only the first `running`.
+    pub async fn start_with(members: usize, running: usize) -> Self {
+        let dirs: Vec<TempDir> = (0..members).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut endpoints = Vec::new();
+        for dir in &dirs {
+            endpoints.push(
+                bind_endpoint(dir.path(), "127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let addrs: Vec<PeerAddr> = endpoints.iter().map(endpoint_peer_addr).collect();
+        let mut cluster = TestCluster {
+            nodes: (0..members).map(|_| None).collect(),
+            addrs,
+            dirs,
+        };
+        for (i, ep) in endpoints.into_iter().enumerate() {
+            if i < running {
+                let node = cluster.builder(i).endpoint(ep).build().await.unwrap();
+                cluster.nodes[i] = Some(node);
+            } else {
+                ep.close().await;
+            }
+        }
+        cluster
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dirs[i].path().to_owned()
+    }
+
+    fn port(&self, i: usize) -> SocketAddr {
+        *self.addrs[i].0.ip_addrs().next().unwrap()
+    }
+
+    /// A builder for node `i` (id `i + 1`) with the whole membership.
+    pub fn builder(&self, i: usize) -> iroh_raft::RaftClusterBuilder<KeyValueStore> {
+        let peers: Vec<(u64, PeerAddr)> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (j as u64 + 1, a.clone()))
+            .collect();
+        RaftCluster::builder()
+            .node_id(i as u64 + 1)
+            .data_dir(self.data_dir(i))
+            .peers(peers)
+            .state_machine(KeyValueStore::new())
+            .preset(Preset::Testing)
+            .rng_seed(i as u64 + 1)
+    }
+
+    /// Restarts node `i` on its data dir and port, with no peer list (as a real restart would).
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let node = RaftCluster::builder()
+            .node_id(i as u64 + 1)
+            .data_dir(self.data_dir(i))
+            .bind_address(self.port(i))
+            .state_machine(KeyValueStore::new())
+            .preset(Preset::Testing)
+            .build()
+            .await
+            .unwrap();
+        self.nodes[i] = Some(node);
+    }
+
+    /// Node with id `id`.
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Shuts node `id` down gracefully.
+    pub async fn stop(&mut self, id: u64) {
+        let node = self.nodes[id as usize - 1].take().expect("node is running");
+        node.shutdown().await.unwrap();
+    }
+
+    pub async fn statuses(&self) -> Vec<NodeStatus> {
+        let mut out = Vec::new();
+        for n in self.running() {
+            if let Ok(s) = n.status().await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly one running node leads and every running node follows it in the same
+    /// term; returns its id.
+    pub async fn wait_for_leader(&self) -> u64 {
+        wait_for_some("a leader every running node agrees on", || async {
+            let statuses = self.statuses().await;
+            let leaders: Vec<&NodeStatus> =
+                statuses.iter().filter(|s| s.role == Role::Leader).collect();
+            let [l] = leaders.as_slice() else { return None };
+            let agreed = statuses
+                .iter()
+                .all(|s| s.leader == Some(l.node_id) && s.term == l.term);
+            agreed.then_some(l.node_id)
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        wait_for(&format!("every running node to apply {index}"), || async {
+            let statuses = self.statuses().await;
+            statuses.len() == self.running().count()
+                && statuses.iter().all(|s| s.applied_index >= index)
+        })
+        .await;
+    }
+
+    pub async fn shutdown(mut self) {
+        for n in self.nodes.iter_mut().filter_map(Option::take) {
+            n.shutdown().await.unwrap();
+        }
+    }
+}
