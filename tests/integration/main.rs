@@ -4,3 +4,11 @@
 mod support;
 
 mod t10_election;
+mod t20_replication;
+mod t30_follower_propose;
+mod t40_leader_failover;
+mod t50_follower_catch_up;
+mod t60_full_restart;
+mod t70_admission;
+mod t80_malformed_frames;
+mod t90_config_errors;

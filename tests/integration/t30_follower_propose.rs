@@ -1,0 +1,41 @@
+use iroh_raft::{KvCommand, Role};
+
+use crate::support::{TestCluster, set};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_proposals_and_serves_linearizable_reads() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.running().find(|n| n.node_id() != leader).unwrap();
+    assert_ne!(follower.status().await.unwrap().role, Role::Leader);
+
+    let first = follower.propose(set("x", "1")).await.unwrap();
+    assert_eq!(first.previous, None);
+    let second = follower.propose(set("x", "2")).await.unwrap();
+    assert_eq!(second.previous.as_deref(), Some("1"));
+    let cas = follower
+        .propose(KvCommand::CompareAndSwap {
+            key: "x".into(),
+            expected: Some("1".into()),
+            new: Some("3".into()),
+        })
+        .await
+        .unwrap();
+    assert!(!cas.applied, "stale compare-and-swap must not apply");
+
+    // A write acknowledged by the leader is visible to a linearizable read on every follower,
+    // without waiting.
+    cluster
+        .node(leader)
+        .propose(set("y", "fresh"))
+        .await
+        .unwrap();
+    for node in cluster.running() {
+        let y = node
+            .linearizable_query(|kv| kv.get("y").cloned())
+            .await
+            .unwrap();
+        assert_eq!(y.as_deref(), Some("fresh"), "node {}", node.node_id());
+    }
+    cluster.shutdown().await;
+}
