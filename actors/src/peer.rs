@@ -15,7 +15,9 @@ mod actor;
 mod handler;
 mod transport;
 
-pub use actor::{MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable};
+pub use actor::{
+    MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, StopPeer,
+};
 pub use handler::{Admit, Inbound, RaftProtocol};
 pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError};
 

@@ -188,9 +188,12 @@ impl TestCluster {
         .await;
     }
 
+    /// Shuts every running node down, concurrently (closing an endpoint waits up to ~3 s for
+    /// close acknowledgements from peers that are gone).
     pub async fn shutdown(mut self) {
-        for n in self.nodes.iter_mut().filter_map(Option::take) {
-            n.shutdown().await.unwrap();
+        let nodes: Vec<Node> = self.nodes.iter_mut().filter_map(Option::take).collect();
+        for result in futures::future::join_all(nodes.iter().map(|n| n.shutdown())).await {
+            result.unwrap();
         }
     }
 }

@@ -235,3 +235,19 @@ impl Message<Outbound> for PeerActor {
         self.send(batch).await;
     }
 }
+
+/// Close the connection with [`CloseCode::ShuttingDown`] and stop. Unlike kameo's graceful stop
+/// it does not wait behind queued batches: they are dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct StopPeer;
+
+impl Message<StopPeer> for PeerActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: StopPeer, ctx: &mut Context<Self, ()>) {
+        if let Some(mut link) = self.link.take() {
+            link.close(CloseCode::ShuttingDown, "shutting down");
+        }
+        ctx.stop();
+    }
+}

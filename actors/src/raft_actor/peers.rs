@@ -1,6 +1,6 @@
 //! The RaftActor's table of members and their PeerActors.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use iroh::{EndpointAddr, EndpointId};
 use kameo::{
@@ -8,9 +8,12 @@ use kameo::{
     mailbox,
 };
 
+/// How long shutdown waits for a PeerActor to close its connection politely.
+const PEER_STOP_GRACE: Duration = Duration::from_millis(200);
+
 use crate::{
     events::EventBus,
-    peer::{Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable},
+    peer::{Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, StopPeer},
     storage::Member,
     types::NodeId,
 };
@@ -87,11 +90,21 @@ impl Peers {
         self.actors.get(&to)
     }
 
-    /// Stops every PeerActor; each closes its connection with a shutdown code.
+    /// Stops every PeerActor; each closes its connection with a shutdown code. One still busy
+    /// after [`PEER_STOP_GRACE`] (typically dialling a dead peer) is killed, which drops its
+    /// connection without a code.
     pub(crate) async fn stop_all(&mut self) {
-        for (_, actor) in std::mem::take(&mut self.actors) {
-            let _ = actor.stop_gracefully().await;
-            actor.wait_for_shutdown().await;
+        let actors: Vec<_> = std::mem::take(&mut self.actors).into_values().collect();
+        for actor in &actors {
+            let _ = actor.tell(StopPeer).try_send();
+        }
+        for actor in &actors {
+            if tokio::time::timeout(PEER_STOP_GRACE, actor.wait_for_shutdown())
+                .await
+                .is_err()
+            {
+                actor.kill();
+            }
         }
     }
 }
