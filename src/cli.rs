@@ -1,0 +1,3 @@
+//! Subcommands of the `iroh-raft` binary.
+
+pub(crate) mod demo;
