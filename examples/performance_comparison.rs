@@ -1,0 +1,147 @@
+//! Throughput and latency of the library API on a durable three-node cluster.
+//!
+//! Three nodes in one process on loopback (temp-dir redb, fsync on), 128-byte
+//! `KvCommand::Set` commands, closed-loop proposers on the leader's handle. One line per
+//! concurrency level:
+//!
+//! ```text
+//! mode=library clients=256 ops/s=41234 p50=3.1ms p99=8.7ms
+//! ```
+//!
+//! Run: `cargo run --release --example performance_comparison -- --clients 1,64,256`
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use iroh_raft::{
+    KeyValueStore, KvCommand, NodeId, PeerAddr, Preset, RaftCluster, Role,
+    net::{bind_endpoint, endpoint_peer_addr},
+};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Concurrency levels (closed-loop proposers), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
+    clients: Vec<usize>,
+    /// Measured seconds per level.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Warm-up seconds per level (not measured).
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Turn fsync off (not the target configuration; for comparison only).
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+type Node = RaftCluster<KeyValueStore>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let mut endpoints = Vec::new();
+    for dir in &dirs {
+        endpoints.push(bind_endpoint(dir.path(), ([127, 0, 0, 1], 0).into()).await?);
+    }
+    let members: Vec<(NodeId, PeerAddr)> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| (i as NodeId + 1, endpoint_peer_addr(ep)))
+        .collect();
+    let mut nodes = Vec::new();
+    for ((i, ep), dir) in endpoints.into_iter().enumerate().zip(&dirs) {
+        nodes.push(
+            RaftCluster::builder()
+                .node_id(i as NodeId + 1)
+                .data_dir(dir.path())
+                .endpoint(ep)
+                .peers(members.clone())
+                .state_machine(KeyValueStore::new())
+                .preset(Preset::Development)
+                .fsync(!args.no_fsync)
+                .build()
+                .await?,
+        );
+    }
+    let leader = wait_for_leader(&nodes).await?;
+    eprintln!(
+        "3 nodes, fsync {}, leader {}",
+        if args.no_fsync { "off" } else { "on" },
+        leader.node_id()
+    );
+    for &clients in &args.clients {
+        run_level(&leader, clients, Duration::from_secs(args.warmup), false).await?;
+        let (ops, hist, elapsed) =
+            run_level(&leader, clients, Duration::from_secs(args.seconds), true).await?;
+        println!(
+            "mode=library clients={clients} ops/s={:.0} p50={:.2}ms p99={:.2}ms",
+            ops as f64 / elapsed.as_secs_f64(),
+            hist.value_at_quantile(0.5) as f64 / 1000.0,
+            hist.value_at_quantile(0.99) as f64 / 1000.0,
+        );
+    }
+    for n in &nodes {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A `Set` whose postcard encoding is 128 bytes.
+fn command(client: usize, seq: u64) -> KvCommand {
+    let key = format!("c{client:04}-{seq:012}");
+    let value = "x".repeat(128 - 3 - key.len());
+    KvCommand::Set { key, value }
+}
+
+async fn run_level(
+    leader: &Node,
+    clients: usize,
+    duration: Duration,
+    measure: bool,
+) -> anyhow::Result<(u64, Histogram<u64>, Duration)> {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let node = leader.clone();
+        tasks.spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("valid precision");
+            let mut seq = 0u64;
+            while Instant::now() < end {
+                let t = Instant::now();
+                node.propose(command(client, seq)).await?;
+                hist.record(t.elapsed().as_micros() as u64)
+                    .expect("in range");
+                seq += 1;
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let mut total = Histogram::<u64>::new(3)?;
+    while let Some(done) = tasks.join_next().await {
+        total.add(done.context("client task")??)?;
+    }
+    let elapsed = start.elapsed();
+    if measure && total.len() == 0 {
+        bail!("no operation completed");
+    }
+    Ok((total.len(), total, elapsed))
+}
+
+async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<Node> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        for n in nodes {
+            if n.status().await?.role == Role::Leader {
+                return Ok(n.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("no leader after 30 s")
+}
