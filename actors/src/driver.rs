@@ -13,3 +13,6 @@ mod mem_log;
 
 pub use self::core::{Driver, DriverStatus, ProposeRefused};
 pub use effects::Effects;
+
+#[cfg(test)]
+mod tests;

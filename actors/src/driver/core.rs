@@ -46,7 +46,7 @@ pub struct DriverStatus {
 
 /// raft-rs's `RawNode` plus a seeded election-jitter RNG.
 pub struct Driver {
-    raw: RawNode<MemLog>,
+    pub(super) raw: RawNode<MemLog>,
     rng: StdRng,
     election_ticks: usize,
 }
