@@ -32,16 +32,31 @@ fn a_single_voter_elects_itself_and_commits_after_persisting() {
     d.campaign().unwrap();
     let fx = d.ready().unwrap();
     assert_eq!(fx.role_change, Some((Role::Leader, Some(1))));
-    let batch = fx.persist.as_ref().expect("term, vote and the leader's first entry");
+    let batch = fx
+        .persist
+        .as_ref()
+        .expect("term, vote and the leader's first entry");
     assert!(batch.must_sync);
-    assert_eq!(batch.hard_state.as_ref().map(|hs| (hs.term, hs.vote)), Some((1, 1)));
-    assert_eq!(batch.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        batch.hard_state.as_ref().map(|hs| (hs.term, hs.vote)),
+        Some((1, 1))
+    );
+    assert_eq!(
+        batch.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1]
+    );
     // Nothing is committed before the leader's own write is durable.
     assert!(fx.committed.is_empty());
     d.on_persisted(fx.number);
     let fx = d.ready().unwrap();
-    assert_eq!(fx.committed.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1]);
-    assert_eq!(fx.persist.and_then(|b| b.hard_state).map(|hs| hs.commit), Some(1));
+    assert_eq!(
+        fx.committed.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        fx.persist.and_then(|b| b.hard_state).map(|hs| hs.commit),
+        Some(1)
+    );
 }
 
 /// Delivers every message in `msgs` to its driver.
@@ -97,7 +112,10 @@ fn leader_replicates_before_its_own_write_and_followers_ack_after_theirs() {
     assert!(follower.send_now.is_empty());
     assert_eq!(follower.persist.as_ref().unwrap().entries[0].term, term);
     assert_eq!(follower.send_after_persist.len(), 1);
-    assert_eq!(follower.send_after_persist[0].msg_type, MessageType::MsgAppendResponse);
+    assert_eq!(
+        follower.send_after_persist[0].msg_type,
+        MessageType::MsgAppendResponse
+    );
 
     // Once the follower's write and the leader's are durable, the entry commits.
     nodes[1].on_persisted(follower.number);
@@ -110,10 +128,16 @@ fn leader_replicates_before_its_own_write_and_followers_ack_after_theirs() {
 #[test]
 fn followers_refuse_proposals_with_a_leader_hint() {
     let mut nodes: Vec<Driver> = (1..=3).map(|id| driver(id, &[1, 2, 3], id)).collect();
-    assert_eq!(nodes[1].propose(vec![], vec![1]), Err(ProposeRefused::NotLeader(None)));
+    assert_eq!(
+        nodes[1].propose(vec![], vec![1]),
+        Err(ProposeRefused::NotLeader(None))
+    );
     nodes[0].campaign().unwrap();
     settle(&mut nodes);
-    assert_eq!(nodes[1].propose(vec![], vec![1]), Err(ProposeRefused::NotLeader(Some(1))));
+    assert_eq!(
+        nodes[1].propose(vec![], vec![1]),
+        Err(ProposeRefused::NotLeader(Some(1)))
+    );
 }
 
 #[test]
@@ -128,7 +152,11 @@ fn read_index_is_confirmed_by_a_quorum() {
         for d in nodes.iter_mut() {
             while d.has_ready() {
                 let fx = round(d);
-                confirmed.extend(fx.read_states.into_iter().map(|rs| (rs.request_ctx, rs.index)));
+                confirmed.extend(
+                    fx.read_states
+                        .into_iter()
+                        .map(|rs| (rs.request_ctx, rs.index)),
+                );
                 msgs.extend(fx.send_now);
                 msgs.extend(fx.send_after_persist);
             }
