@@ -127,7 +127,7 @@ async fn run_level(
         total.add(done.context("client task")??)?;
     }
     let elapsed = start.elapsed();
-    if measure && total.len() == 0 {
+    if measure && total.is_empty() {
         bail!("no operation completed");
     }
     Ok((total.len(), total, elapsed))

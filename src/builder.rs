@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
     IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
-    StorageSpawn, wire::ALPN,
+    StateMachineSource, StorageSpawn, wire::ALPN,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -131,7 +131,7 @@ pub struct RaftClusterBuilder<S> {
     external_router: bool,
     secret_key: Option<SecretKey>,
     peers: Vec<Peer>,
-    state_machine: Option<S>,
+    state_machine: Option<StateMachineSource<S>>,
     preset: Preset,
     heartbeat: Option<Duration>,
     election: Option<Duration>,
@@ -215,8 +215,20 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
     }
 
     /// The state machine, empty (a restarted node replays its log into it).
+    ///
+    /// With a single instance the node cannot rebuild its state machine if the RaftActor crashes
+    /// (a panic in `apply`, say): such a crash stops the node with a fatal error. Use
+    /// [`Self::state_machine_factory`] to let the supervisor restart it instead.
     pub fn state_machine(mut self, sm: S) -> Self {
-        self.state_machine = Some(sm);
+        self.state_machine = Some(StateMachineSource::instance(sm));
+        self
+    }
+
+    /// A factory of empty state machines: the node starts with one, and after a RaftActor crash
+    /// the supervisor restarts it with a fresh one and replays the log (up to
+    /// [`iroh_raft_actors::MAX_RESTARTS`] times within [`iroh_raft_actors::RESTART_WINDOW`]).
+    pub fn state_machine_factory(mut self, f: impl Fn() -> S + Send + Sync + 'static) -> Self {
+        self.state_machine = Some(StateMachineSource::factory(f));
         self
     }
 
@@ -363,7 +375,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
             storage_spawn,
         };
-        let node = match Node::start(spec) {
+        let node = match Node::start(spec).await {
             Ok(node) => node,
             Err(e) => {
                 if owns_endpoint {

@@ -107,23 +107,54 @@ impl<S: StateMachine> std::fmt::Debug for RaftCluster<S> {
     }
 }
 
-fn propose_send_error<M>(e: SendError<M, ProposeError>) -> ProposeError {
-    match e {
-        SendError::HandlerError(e) => e,
-        SendError::Timeout(_) => ProposeError::Timeout,
-        _ => ProposeError::ShuttingDown,
-    }
+/// How an `ask` to the RaftActor failed, before it is turned into the caller's error type.
+enum AskFailure<E> {
+    /// The handler answered with an error.
+    Refused(E),
+    /// No answer within the deadline.
+    Timeout,
+    /// The actor stopped (crashed) with the request in hand.
+    Interrupted,
+    /// The actor is not running: shut down, or stopped for good after a fatal error.
+    NotRunning,
 }
 
-fn read_send_error<M>(e: SendError<M, ReadError>) -> ReadError {
-    match e {
-        SendError::HandlerError(e) => e,
-        SendError::Timeout(_) => ReadError::Timeout,
-        _ => ReadError::ShuttingDown,
+impl<E> AskFailure<E> {
+    fn from_send<M>(e: SendError<M, E>) -> Self {
+        match e {
+            SendError::HandlerError(e) => AskFailure::Refused(e),
+            SendError::Timeout(_) => AskFailure::Timeout,
+            SendError::ActorStopped | SendError::ActorRestarting(_) => AskFailure::Interrupted,
+            _ => AskFailure::NotRunning,
+        }
     }
 }
 
 impl<S: StateMachine> RaftCluster<S> {
+    async fn propose_error(&self, f: AskFailure<ProposeError>) -> ProposeError {
+        match f {
+            AskFailure::Refused(e) => e,
+            AskFailure::Timeout => ProposeError::Timeout,
+            AskFailure::Interrupted => ProposeError::Interrupted,
+            AskFailure::NotRunning => match self.node.failure().await {
+                Some(e) => ProposeError::Fatal(e),
+                None => ProposeError::ShuttingDown,
+            },
+        }
+    }
+
+    async fn read_error(&self, f: AskFailure<ReadError>) -> ReadError {
+        match f {
+            AskFailure::Refused(e) => e,
+            AskFailure::Timeout => ReadError::Timeout,
+            AskFailure::Interrupted => ReadError::Interrupted,
+            AskFailure::NotRunning => match self.node.failure().await {
+                Some(e) => ReadError::Fatal(e),
+                None => ReadError::ShuttingDown,
+            },
+        }
+    }
+
     /// Starts configuring a node.
     pub fn builder() -> RaftClusterBuilder<S> {
         RaftClusterBuilder::default()
@@ -190,13 +221,16 @@ impl<S: StateMachine> RaftCluster<S> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let result = self
+            let result = match self
                 .node
                 .raft
                 .ask(Propose { data: data.clone() })
                 .reply_timeout(remaining)
                 .await
-                .map_err(propose_send_error);
+            {
+                Ok(response) => Ok(response),
+                Err(e) => Err(self.propose_error(AskFailure::from_send(e)).await),
+            };
             match result {
                 Err(e)
                     if e.is_safe_to_retry() && Instant::now() + self.retry_interval < deadline =>
@@ -216,12 +250,16 @@ impl<S: StateMachine> RaftCluster<S> {
         F: FnOnce(&S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.node
+        match self
+            .node
             .raft
             .ask(Query(f))
             .reply_timeout(self.request_timeout)
             .await
-            .map_err(read_send_error)
+        {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.read_error(AskFailure::from_send(e)).await),
+        }
     }
 
     /// Runs `f` on this node's state machine once a ReadIndex round proves the node has applied
@@ -235,17 +273,20 @@ impl<S: StateMachine> RaftCluster<S> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let result = self
+            let result = match self
                 .node
                 .raft
                 .ask(LinearizableQuery(f.clone()))
                 .reply_timeout(remaining)
                 .await
-                .map_err(read_send_error);
+            {
+                Ok(r) => Ok(r),
+                Err(e) => Err(self.read_error(AskFailure::from_send(e)).await),
+            };
             match result {
-                Err(ReadError::NoLeader | ReadError::LeadershipChanged)
-                    if Instant::now() + self.retry_interval < deadline =>
-                {
+                Err(
+                    ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::Interrupted,
+                ) if Instant::now() + self.retry_interval < deadline => {
                     tokio::time::sleep(self.retry_interval).await;
                 }
                 other => return other,
@@ -264,12 +305,18 @@ impl<S: StateMachine> RaftCluster<S> {
 
     /// This node's view of the cluster.
     pub async fn status(&self) -> Result<NodeStatus, ReadError> {
-        self.node
+        match self
+            .node
             .raft
             .ask(GetStatus)
             .reply_timeout(self.request_timeout)
             .await
-            .map_err(|_| ReadError::ShuttingDown)
+        {
+            Ok(s) => Ok(s),
+            Err(SendError::Timeout(_)) => Err(ReadError::Timeout),
+            Err(SendError::ActorStopped) => Err(ReadError::Interrupted),
+            Err(_) => Err(self.read_error(AskFailure::NotRunning).await),
+        }
     }
 
     /// The leader this node knows of.

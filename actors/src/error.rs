@@ -43,6 +43,9 @@ pub enum ProposeError {
     /// had already been appended).
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The RaftActor crashed (and is being restarted) before answering. The outcome is unknown.
+    #[error("the node's Raft actor restarted before answering; outcome unknown")]
+    Interrupted,
     /// The node is dead.
     #[error(transparent)]
     Fatal(#[from] FatalError),
@@ -72,6 +75,9 @@ pub enum ReadError {
     /// No confirmation in time.
     #[error("read timed out")]
     Timeout,
+    /// The RaftActor crashed (and is being restarted) before answering; retry.
+    #[error("the node's Raft actor restarted before answering")]
+    Interrupted,
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -186,16 +192,36 @@ impl StorageError {
 }
 
 /// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The data dir could not be read, or belongs to someone else.
+    /// The data dir could not be read or written, or belongs to someone else.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(Arc<StorageError>),
+    /// The StorageActor is not running.
+    #[error("the storage actor is not running")]
+    StorageUnavailable,
+    /// A restart needed a fresh state machine, and no factory was given.
+    #[error("no state machine to start with (a restart needs a state machine factory)")]
+    NoStateMachine,
     /// raft-rs refused the recovered state or the configuration.
     #[error("raft core refused to start: {reason}")]
     Raft {
         /// What raft-rs said.
         reason: String,
     },
+    /// An actor panicked while starting.
+    #[error("{actor} panicked while starting: {reason}")]
+    Panicked {
+        /// Which actor.
+        actor: &'static str,
+        /// The panic message.
+        reason: String,
+    },
+}
+
+impl From<StorageError> for StartError {
+    fn from(e: StorageError) -> Self {
+        StartError::Storage(Arc::new(e))
+    }
 }

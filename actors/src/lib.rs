@@ -19,6 +19,7 @@
 //! | [`StorageActor`] | the redb [`LogDb`] | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Flush` | the highest persisted Ready number (watch) |
 //! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches | frames on the wire; `PeerUnreachable`; peer events |
 //! | [`EventBus`] | a bounded broadcast ring | `Publish`, `Subscribe` | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
+//! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
 //!
 //! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
 //! future checks membership, validates frames and forwards them to the RaftActor.
@@ -56,6 +57,7 @@ pub mod peer;
 mod raft_actor;
 mod state_machine;
 mod storage;
+mod supervisor;
 mod types;
 pub mod wire;
 
@@ -65,15 +67,16 @@ pub use error::{CodecError, FatalError, ProposeError, ReadError, StartError, Sto
 pub use events::{
     ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish, Subscribe,
 };
-pub use node::{Node, NodeSpec, StorageSpawn, recover_or_bootstrap};
+pub use node::{Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
     GetStatus, LinearizableQuery, MAX_MESSAGES_PER_READY, Propose, Query, RAFT_MAILBOX, RaftActor,
     RaftArgs, Shutdown,
 };
-pub use state_machine::StateMachine;
+pub use state_machine::{StateMachine, StateMachineSource};
 pub use storage::{
-    FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member, PERSIST_QUEUE,
-    PersistBatch, PersistProgress, Recovered, StorageActor, StorageArgs,
+    DbHandle, FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member,
+    PERSIST_QUEUE, PersistBatch, PersistProgress, Recover, Recovered, StorageActor, StorageArgs,
 };
+pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};
 pub use types::{NodeId, NodeStatus, Role};

@@ -1,12 +1,14 @@
-//! Assembling one node: recover or bootstrap its storage, build the driver, spawn the actors in
-//! dependency order (EventBus, StorageActor, RaftActor), hand out the protocol handler, and take
-//! them down again in reverse order.
+//! Assembling one node: check or bootstrap its data dir, spawn the actors in dependency order
+//! (EventBus, then under a [`NodeSupervisor`] the StorageActor and the RaftActor), hand out the
+//! protocol handler, and take them down again in reverse order.
 
 use std::sync::Arc;
 
 use kameo::{
     actor::{ActorRef, Spawn},
+    error::HookError,
     mailbox,
+    supervision::RestartPolicy,
 };
 use raft::eraftpb::ConfState;
 use tokio::sync::watch;
@@ -14,16 +16,15 @@ use tracing::info;
 
 use crate::{
     config::NodeConfig,
-    driver::Driver,
     error::{FatalError, StartError, StorageError},
     events::{EVENT_MAILBOX, EventBus},
     peer::{Dialer, RaftProtocol},
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
-    state_machine::StateMachine,
+    state_machine::{StateMachine, StateMachineSource},
     storage::{
-        Flush, Identity, LogDb, Member, PERSIST_QUEUE, PersistProgress, Recovered, StorageActor,
-        StorageArgs,
+        Flush, Identity, LogDb, Member, PERSIST_QUEUE, PersistProgress, StorageActor, StorageArgs,
     },
+    supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW},
 };
 
 /// Where the StorageActor runs. Production gives it its own OS thread, so redb's blocking
@@ -44,8 +45,8 @@ pub struct NodeSpec<S> {
     pub config: NodeConfig,
     /// This node's iroh endpoint id (checked against the data dir).
     pub endpoint_id: iroh::EndpointId,
-    /// The user's state machine, empty.
-    pub state_machine: S,
+    /// Where the empty state machine comes from.
+    pub state_machine: StateMachineSource<S>,
     /// The opened database.
     pub db: LogDb,
     /// Initial members including this node, used only when the data dir is new.
@@ -59,12 +60,14 @@ pub struct NodeSpec<S> {
 /// The running actors of one node.
 #[derive(Debug)]
 pub struct Node<S: StateMachine> {
-    /// The RaftActor.
+    /// The RaftActor (the same reference across supervised restarts).
     pub raft: ActorRef<RaftActor<S>>,
     /// The StorageActor.
     pub storage: ActorRef<StorageActor>,
     /// The EventBus.
     pub events: ActorRef<EventBus>,
+    /// The supervisor of the RaftActor and StorageActor.
+    pub supervisor: ActorRef<NodeSupervisor<S>>,
     /// The consensus protocol handler, to mount under [`crate::wire::ALPN`].
     pub protocol: RaftProtocol,
 }
@@ -75,20 +78,20 @@ impl<S: StateMachine> Clone for Node<S> {
             raft: self.raft.clone(),
             storage: self.storage.clone(),
             events: self.events.clone(),
+            supervisor: self.supervisor.clone(),
             protocol: self.protocol.clone(),
         }
     }
 }
 
-/// Reads the data dir; a new one is bootstrapped with the initial membership, an existing one is
-/// checked to belong to this node and its stored membership wins.
-pub fn recover_or_bootstrap(
+/// Checks that an existing data dir belongs to this node, or bootstraps a new one with the
+/// initial membership (a restarted node ignores `initial_members`: its stored membership wins).
+pub fn check_or_bootstrap(
     db: &mut LogDb,
     identity: Identity,
     initial_members: &[Member],
-) -> Result<Recovered, StorageError> {
-    let mut recovered = db.recover()?;
-    match recovered.identity {
+) -> Result<(), StorageError> {
+    match db.identity()? {
         Some(stored) if stored != identity => Err(StorageError::IdentityMismatch {
             stored_node: stored.node_id,
             stored_endpoint: stored.endpoint_id.to_string(),
@@ -99,10 +102,9 @@ pub fn recover_or_bootstrap(
             info!(
                 node = identity.node_id,
                 last_index = db.last_index(),
-                term = recovered.hard_state.term,
-                "recovered from data dir"
+                "restarting from data dir"
             );
-            Ok(recovered)
+            Ok(())
         }
         None => {
             let mut voters: Vec<u64> = initial_members.iter().map(|m| m.node_id).collect();
@@ -113,17 +115,29 @@ pub fn recover_or_bootstrap(
             };
             db.bootstrap(identity, &conf_state, initial_members)?;
             info!(node = identity.node_id, voters = ?conf_state.voters, "bootstrapped new node");
-            recovered.identity = Some(identity);
-            recovered.conf_state = conf_state;
-            recovered.members = initial_members.to_vec();
-            Ok(recovered)
+            Ok(())
         }
     }
 }
 
+fn startup_error<E: std::fmt::Display>(
+    actor: &'static str,
+    e: HookError<&E>,
+    map: impl FnOnce(&E) -> StartError,
+) -> StartError {
+    match e {
+        HookError::Error(e) => map(e),
+        HookError::Panicked(p) => StartError::Panicked {
+            actor,
+            reason: p.to_string(),
+        },
+    }
+}
+
 impl<S: StateMachine> Node<S> {
-    /// Recovers (or bootstraps) storage and spawns the node's actors.
-    pub fn start(spec: NodeSpec<S>) -> Result<Self, StartError> {
+    /// Checks or bootstraps storage and spawns the node's actors; returns once the RaftActor has
+    /// recovered the durable state.
+    pub async fn start(spec: NodeSpec<S>) -> Result<Self, StartError> {
         let NodeSpec {
             config,
             endpoint_id,
@@ -133,60 +147,94 @@ impl<S: StateMachine> Node<S> {
             dialer,
             storage_spawn,
         } = spec;
-        let identity = Identity {
-            node_id: config.node_id,
-            endpoint_id,
-        };
-        let recovered = recover_or_bootstrap(&mut db, identity, &initial_members)?;
-        let driver = Driver::new(
-            &config,
-            recovered.hard_state,
-            recovered.conf_state,
-            recovered.entries,
-            0,
-        )
-        .map_err(|e| StartError::Raft {
-            reason: e.to_string(),
-        })?;
+        let me = config.node_id;
+        check_or_bootstrap(
+            &mut db,
+            Identity {
+                node_id: me,
+                endpoint_id,
+            },
+            &initial_members,
+        )?;
 
         let events = EventBus::spawn_with_mailbox((), mailbox::bounded(EVENT_MAILBOX));
+        let supervisor = NodeSupervisor::<S>::spawn(me);
         let (persist_tx, persist_rx) = flume::bounded(PERSIST_QUEUE);
         let (progress_tx, progress_rx) = watch::channel(PersistProgress::default());
+
         let storage_args = StorageArgs {
-            db,
+            db: db.handle(),
             requests: persist_rx,
             progress: progress_tx,
             fsync: config.fsync,
         };
+        drop(db);
+        let storage = StorageActor::supervise_with(&supervisor, move || storage_args.clone())
+            .restart_policy(RestartPolicy::Transient)
+            .restart_limit(MAX_RESTARTS, RESTART_WINDOW);
         let storage = match storage_spawn {
             StorageSpawn::Thread => {
-                StorageActor::spawn_in_thread_with_mailbox(storage_args, mailbox::bounded(16))
+                storage
+                    .spawn_in_thread_with_mailbox(mailbox::bounded(16))
+                    .await
             }
-            StorageSpawn::Task => {
-                StorageActor::spawn_with_mailbox(storage_args, mailbox::bounded(16))
-            }
+            StorageSpawn::Task => storage.spawn_with_mailbox(mailbox::bounded(16)).await,
         };
-        let me = config.node_id;
+        let started = storage
+            .wait_for_startup_with_result(|r| {
+                r.map_err(|e| startup_error("StorageActor", e, |e| StartError::Storage(e.clone())))
+            })
+            .await;
+        if let Err(e) = started {
+            supervisor.kill();
+            events.kill();
+            return Err(e);
+        }
+
         let raft_args = RaftArgs {
             config,
-            driver,
             state_machine,
-            applied: 0,
-            members: recovered.members,
+            storage: storage.clone(),
             dialer,
             persist_tx,
             persist_progress: progress_rx,
             events: events.clone(),
         };
-        let raft = RaftActor::spawn_with_mailbox(raft_args, mailbox::bounded(RAFT_MAILBOX));
+        let raft = RaftActor::supervise_with(&supervisor, move || raft_args.clone())
+            .restart_policy(RestartPolicy::Transient)
+            .restart_limit(MAX_RESTARTS, RESTART_WINDOW)
+            .spawn_with_mailbox(mailbox::bounded(RAFT_MAILBOX))
+            .await;
+        let started = raft
+            .wait_for_startup_with_result(|r| {
+                r.map_err(|e| startup_error("RaftActor", e, StartError::clone))
+            })
+            .await;
+        if let Err(e) = started {
+            supervisor.kill();
+            events.kill();
+            return Err(e);
+        }
+        let _ = supervisor
+            .tell(Children {
+                raft: raft.clone(),
+                storage: storage.clone(),
+            })
+            .await;
         let protocol =
             RaftProtocol::new(me, raft.clone().recipient(), raft.clone().reply_recipient());
         Ok(Self {
             raft,
             storage,
             events,
+            supervisor,
             protocol,
         })
+    }
+
+    /// The fatal error that stopped this node, if one did.
+    pub async fn failure(&self) -> Option<FatalError> {
+        self.supervisor.ask(GetFailure).await.ok().flatten()
     }
 
     /// Graceful stop: refuse new connections, fail pending requests with `ShuttingDown`, close
@@ -196,34 +244,29 @@ impl<S: StateMachine> Node<S> {
         self.protocol.close();
         if self.raft.ask(Shutdown).await.is_ok() {
             let _ = self.raft.stop_gracefully().await;
+            self.raft.wait_for_shutdown().await;
         }
-        self.raft.wait_for_shutdown().await;
         let flushed = match self.storage.ask(Flush).await {
             Ok(()) => Ok(()),
             Err(kameo::error::SendError::HandlerError(e)) => Err(FatalError::Storage(e)),
             Err(_) => Ok(()), // already stopped; its on_stop flushed
         };
-        let _ = self.storage.stop_gracefully().await;
-        self.storage.wait_for_shutdown().await;
+        let failure = self.failure().await;
+        let _ = self.supervisor.stop_gracefully().await;
+        self.supervisor.wait_for_shutdown().await;
         let _ = self.events.stop_gracefully().await;
-        flushed
+        match failure {
+            Some(e) => Err(e),
+            None => flushed,
+        }
     }
 
-    /// Immediate stop without flushing (used when the last handle is dropped without shutdown;
-    /// the StorageActor still makes what it received durable as it stops).
+    /// Immediate stop without waiting (when the last handle is dropped without `shutdown`).
+    /// Stopping the supervisor stops its children; the StorageActor still makes what it received
+    /// durable as it stops.
     pub fn kill(&self) {
         self.protocol.close();
-        self.raft.kill();
-        let storage = self.storage.clone();
-        let events = self.events.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = storage.stop_gracefully().await;
-                let _ = events.stop_gracefully().await;
-            });
-        } else {
-            storage.kill();
-            events.kill();
-        }
+        self.supervisor.kill();
+        self.events.kill();
     }
 }

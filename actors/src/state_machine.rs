@@ -1,6 +1,9 @@
 //! The [`StateMachine`] trait: the one piece of the runtime that users write.
 
-use std::io;
+use std::{
+    io,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -32,4 +35,54 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces the whole state with the one read from `input` (written by `snapshot`).
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()>;
+}
+
+/// Where a (re)starting RaftActor gets its empty state machine: the instance given at build time
+/// for the first start, then the factory (if any) for every restart after a crash.
+pub struct StateMachineSource<S> {
+    first: Arc<Mutex<Option<S>>>,
+    factory: Option<Arc<dyn Fn() -> S + Send + Sync>>,
+}
+
+impl<S> Clone for StateMachineSource<S> {
+    fn clone(&self) -> Self {
+        Self {
+            first: self.first.clone(),
+            factory: self.factory.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for StateMachineSource<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineSource")
+            .field("restartable", &self.factory.is_some())
+            .finish()
+    }
+}
+
+impl<S> StateMachineSource<S> {
+    /// One instance: the node cannot rebuild its state machine after a RaftActor crash, so a
+    /// crash is fatal.
+    pub fn instance(sm: S) -> Self {
+        Self {
+            first: Arc::new(Mutex::new(Some(sm))),
+            factory: None,
+        }
+    }
+
+    /// A factory: every (re)start gets a fresh state machine and replays the log into it.
+    pub fn factory(f: impl Fn() -> S + Send + Sync + 'static) -> Self {
+        Self {
+            first: Arc::new(Mutex::new(None)),
+            factory: Some(Arc::new(f)),
+        }
+    }
+
+    /// The state machine for the next start, if there is one.
+    pub fn take(&self) -> Option<S> {
+        // The mutex only hands the first instance over once; it is never held across anything.
+        let first = self.first.lock().map(|mut g| g.take()).unwrap_or(None);
+        first.or_else(|| self.factory.as_ref().map(|f| f()))
+    }
 }

@@ -11,8 +11,8 @@ mod codec;
 mod db;
 mod tables;
 
-pub use actor::{Flush, PersistProgress, StorageActor, StorageArgs};
-pub use db::{Identity, LogDb, Member, PersistBatch, Recovered};
+pub use actor::{Flush, PersistProgress, Recover, StorageActor, StorageArgs};
+pub use db::{DbHandle, Identity, LogDb, Member, PersistBatch, Recovered};
 pub use tables::FORMAT_VERSION;
 
 /// Persist batches the RaftActor may queue ahead of the StorageActor (bounded backpressure: when

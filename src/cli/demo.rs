@@ -192,17 +192,15 @@ async fn wait_for_leader(nodes: &[Node], not: Option<NodeId>) -> anyhow::Result<
         if let Some(l) = statuses
             .iter()
             .find(|s| s.role == Role::Leader && Some(s.node_id) != not)
-        {
-            if statuses
+            && statuses
                 .iter()
                 .all(|s| s.leader == Some(l.node_id) && s.term == l.term)
-            {
-                let node = nodes
-                    .iter()
-                    .find(|n| n.node_id() == l.node_id)
-                    .expect("listed");
-                return Ok(node.clone());
-            }
+        {
+            let node = nodes
+                .iter()
+                .find(|n| n.node_id() == l.node_id)
+                .expect("listed");
+            return Ok(node.clone());
         }
         if Instant::now() > deadline {
             bail!("no leader after 30 s");

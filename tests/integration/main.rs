@@ -9,6 +9,7 @@ mod t30_follower_propose;
 mod t35_events;
 mod t40_leader_failover;
 mod t45_shutdown;
+mod t47_supervision;
 mod t50_follower_catch_up;
 mod t60_full_restart;
 mod t70_admission;

@@ -48,14 +48,17 @@ async fn a_full_restart_keeps_every_acknowledged_write() {
         .build()
         .await
         .unwrap_err();
+    let BuildError::Start(StartError::Storage(storage)) = &err else {
+        panic!("expected a storage error, got {err:?}");
+    };
     assert!(
         matches!(
-            err,
-            BuildError::Start(StartError::Storage(StorageError::IdentityMismatch {
+            **storage,
+            StorageError::IdentityMismatch {
                 stored_node: 1,
                 node: 2,
                 ..
-            }))
+            }
         ),
         "{err:?}"
     );

@@ -2,13 +2,13 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    convert::Infallible,
     sync::Arc,
 };
 
 use kameo::{
     Actor,
     actor::{ActorRef, WeakActorRef},
+    error::SendError,
     mailbox::{MailboxReceiver, Signal},
 };
 use raft::eraftpb::{Entry, EntryType, Message};
@@ -26,26 +26,23 @@ use super::{
 use crate::{
     config::NodeConfig,
     driver::Driver,
-    error::{CodecError, FatalError, ProposeError, ReadError},
+    error::{CodecError, FatalError, ProposeError, ReadError, StartError},
     events::{ClusterEvent, EventBus, Publish},
     peer::{Dialer, Outbound},
-    state_machine::StateMachine,
-    storage::{Member, PersistBatch, PersistProgress},
+    state_machine::{StateMachine, StateMachineSource},
+    storage::{PersistBatch, PersistProgress, Recover, StorageActor},
     types::{NodeId, NodeStatus, Role},
 };
 
-/// What the RaftActor is started with.
+/// What the RaftActor is started (and restarted) with. It builds its Raft core from what the
+/// StorageActor recovers, so a restart after a crash starts from durable state.
 pub struct RaftArgs<S: StateMachine> {
     /// Timing and limits.
     pub config: NodeConfig,
-    /// The Raft core, built over the recovered log.
-    pub driver: Driver,
-    /// The user's state machine, holding everything up to `applied`.
-    pub state_machine: S,
-    /// Index the state machine already reflects.
-    pub applied: u64,
-    /// Members and their addresses.
-    pub members: Vec<Member>,
+    /// Where the empty state machine comes from.
+    pub state_machine: StateMachineSource<S>,
+    /// The StorageActor, asked to recover the durable state at every start.
+    pub storage: ActorRef<StorageActor>,
     /// How PeerActors reach peers.
     pub dialer: Arc<dyn Dialer>,
     /// Where persist batches go (the StorageActor).
@@ -54,6 +51,20 @@ pub struct RaftArgs<S: StateMachine> {
     pub persist_progress: watch::Receiver<PersistProgress>,
     /// Where events go.
     pub events: ActorRef<EventBus>,
+}
+
+impl<S: StateMachine> Clone for RaftArgs<S> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            state_machine: self.state_machine.clone(),
+            storage: self.storage.clone(),
+            dialer: self.dialer.clone(),
+            persist_tx: self.persist_tx.clone(),
+            persist_progress: self.persist_progress.clone(),
+            events: self.events.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -344,25 +355,49 @@ impl<S: StateMachine> RaftActor<S> {
 
 impl<S: StateMachine> Actor for RaftActor<S> {
     type Args = RaftArgs<S>;
-    type Error = Infallible;
+    type Error = StartError;
 
-    async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(
+        mut args: Self::Args,
+        actor_ref: ActorRef<Self>,
+    ) -> Result<Self, Self::Error> {
         let me = args.config.node_id;
+        let recovered = match args.storage.ask(Recover).await {
+            Ok(r) => r,
+            Err(SendError::HandlerError(e)) => return Err(StartError::Storage(e)),
+            Err(_) => return Err(StartError::StorageUnavailable),
+        };
+        // Recovery restarted the Ready numbering; what the watch holds now is not news.
+        args.persist_progress.borrow_and_update();
+        let sm = args
+            .state_machine
+            .take()
+            .ok_or(StartError::NoStateMachine)?;
+        let driver = Driver::new(
+            &args.config,
+            recovered.hard_state,
+            recovered.conf_state,
+            recovered.entries,
+            0,
+        )
+        .map_err(|e| StartError::Raft {
+            reason: e.to_string(),
+        })?;
         let unreachable = actor_ref.recipient().downgrade();
         let mut ticker = tokio::time::interval(args.config.tick_interval());
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
             peers: Peers::new(
                 me,
-                &args.members,
+                &recovered.members,
                 args.dialer,
                 unreachable,
                 args.events.clone(),
             ),
             config: args.config,
-            driver: args.driver,
-            sm: args.state_machine,
-            applied: args.applied,
+            driver,
+            sm,
+            applied: 0,
             proposals: Proposals::new(),
             reads: Reads::new(),
             outbox: BTreeMap::new(),

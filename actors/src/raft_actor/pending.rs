@@ -100,10 +100,10 @@ impl<R: Send + 'static> Proposals<R> {
     /// returns the reply sender of the applied proposal, if it is waiting here.
     pub(crate) fn applied(&mut self, index: u64, ours: Option<u64>) -> Option<ProposeReply<R>> {
         let found = ours.and_then(|id| self.by_id.remove(&id));
-        if let Some(p) = &found {
-            if let Some(i) = p.index {
-                self.by_index.remove(&i);
-            }
+        if let Some(p) = &found
+            && let Some(i) = p.index
+        {
+            self.by_index.remove(&i);
         }
         while let Some((&i, &id)) = self.by_index.first_key_value() {
             if i > index {

@@ -1,6 +1,6 @@
 //! [`StorageActor`]: owns the [`LogDb`], group-commits persist batches, confirms on a watch.
 
-use std::{convert::Infallible, sync::Arc};
+use std::sync::Arc;
 
 use kameo::{
     Actor,
@@ -12,7 +12,7 @@ use kameo::{
 use tokio::sync::watch;
 use tracing::{debug, error};
 
-use super::{LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch};
+use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered};
 use crate::error::StorageError;
 
 /// What the StorageActor has made durable so far, published after every commit.
@@ -24,11 +24,11 @@ pub struct PersistProgress {
     pub failure: Option<Arc<StorageError>>,
 }
 
-/// What the StorageActor is started with.
-#[derive(Debug)]
+/// What the StorageActor is started (and restarted) with.
+#[derive(Debug, Clone)]
 pub struct StorageArgs {
     /// The open database.
-    pub db: LogDb,
+    pub db: DbHandle,
     /// Persist batches from the RaftActor, in Ready order.
     pub requests: flume::Receiver<PersistBatch>,
     /// Where progress is published.
@@ -51,15 +51,15 @@ pub struct StorageActor {
 }
 
 impl StorageActor {
-    fn new(args: StorageArgs) -> Self {
-        Self {
-            db: args.db,
+    fn new(args: StorageArgs) -> Result<Self, StorageError> {
+        Ok(Self {
+            db: LogDb::from_handle(args.db)?,
             requests: args.requests,
             progress: args.progress,
             fsync: args.fsync,
             failed: false,
             group: Vec::with_capacity(MAX_BATCHES_PER_COMMIT),
-        }
+        })
     }
 
     /// Writes `first` and every batch already queued behind it (up to the group limit) in one
@@ -114,10 +114,10 @@ impl StorageActor {
 
 impl Actor for StorageActor {
     type Args = StorageArgs;
-    type Error = Infallible;
+    type Error = Arc<StorageError>;
 
     async fn on_start(args: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
-        Ok(Self::new(args))
+        Self::new(args).map_err(Arc::new)
     }
 
     async fn next(
@@ -161,5 +161,20 @@ impl Message<Flush> for StorageActor {
 
     async fn handle(&mut self, _: Flush, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         self.flush()
+    }
+}
+
+/// Write everything queued, fsync it, restart the Ready numbering at 0 and read back the whole
+/// durable state: what a (re)starting RaftActor builds itself from.
+#[derive(Debug)]
+pub struct Recover;
+
+impl Message<Recover> for StorageActor {
+    type Reply = Result<Recovered, Arc<StorageError>>;
+
+    async fn handle(&mut self, _: Recover, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        self.flush()?;
+        self.progress.send_modify(|p| p.number = 0);
+        self.db.recover().map_err(Arc::new)
     }
 }

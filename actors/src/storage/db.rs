@@ -3,6 +3,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use iroh::{EndpointAddr, EndpointId};
@@ -81,10 +82,18 @@ pub struct Recovered {
 /// The redb database of one node.
 #[derive(Debug)]
 pub struct LogDb {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     last_index: u64,
     scratch: Vec<u8>,
+}
+
+/// A shareable reference to an open database: what a restarted StorageActor reopens its
+/// [`LogDb`] from (a crash of the actor does not close the file).
+#[derive(Debug, Clone)]
+pub struct DbHandle {
+    db: Arc<Database>,
+    path: PathBuf,
 }
 
 impl LogDb {
@@ -119,7 +128,7 @@ impl LogDb {
 
     fn init(db: Database, path: PathBuf) -> Result<Self, StorageError> {
         let mut this = Self {
-            db,
+            db: Arc::new(db),
             path,
             last_index: 0,
             scratch: Vec::new(),
@@ -164,6 +173,26 @@ impl LogDb {
         Ok(this)
     }
 
+    /// A handle sharing this database.
+    pub fn handle(&self) -> DbHandle {
+        DbHandle {
+            db: self.db.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Reopens a `LogDb` over a shared database (after a StorageActor restart).
+    pub fn from_handle(handle: DbHandle) -> Result<Self, StorageError> {
+        let mut this = Self {
+            db: handle.db,
+            path: handle.path,
+            last_index: 0,
+            scratch: Vec::new(),
+        };
+        this.last_index = this.read_last_index()?;
+        Ok(this)
+    }
+
     fn corrupt(&self, what: &str) -> StorageError {
         StorageError::Corrupt {
             path: self.path.clone(),
@@ -191,6 +220,35 @@ impl LogDb {
         self.last_index
     }
 
+    /// The identity recorded at bootstrap, if any.
+    pub fn identity(&self) -> Result<Option<Identity>, StorageError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| StorageError::io("begin read", e))?;
+        let meta = tx
+            .open_table(META)
+            .map_err(|e| StorageError::io("open meta", e))?;
+        let Some(bytes) = meta
+            .get(meta_key::IDENTITY)
+            .map_err(|e| StorageError::io("read meta", e))?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(None);
+        };
+        self.decode_identity(&bytes).map(Some)
+    }
+
+    fn decode_identity(&self, bytes: &[u8]) -> Result<Identity, StorageError> {
+        let r: IdentityRecord =
+            postcard::from_bytes(bytes).map_err(|_| self.corrupt("identity"))?;
+        Ok(Identity {
+            node_id: r.node_id,
+            endpoint_id: EndpointId::from_bytes(&r.endpoint_id)
+                .map_err(|_| self.corrupt("identity key"))?,
+        })
+    }
+
     /// Reads everything a restarting node needs.
     pub fn recover(&self) -> Result<Recovered, StorageError> {
         let tx = self
@@ -208,13 +266,7 @@ impl LogDb {
         };
         let mut out = Recovered::default();
         if let Some(bytes) = get(meta_key::IDENTITY)? {
-            let r: IdentityRecord =
-                postcard::from_bytes(&bytes).map_err(|_| self.corrupt("identity"))?;
-            out.identity = Some(Identity {
-                node_id: r.node_id,
-                endpoint_id: EndpointId::from_bytes(&r.endpoint_id)
-                    .map_err(|_| self.corrupt("identity key"))?,
-            });
+            out.identity = Some(self.decode_identity(&bytes)?);
         }
         if let Some(bytes) = get(meta_key::HARD_STATE)? {
             out.hard_state =
