@@ -168,6 +168,9 @@ pub enum StorageError {
         /// Endpoint id this process was started with.
         endpoint: String,
     },
+    /// The database was closed (the node shut down).
+    #[error("the database is closed")]
+    Closed,
     /// A read or write transaction failed (I/O error, disk full...).
     #[error("storage {operation} failed: {source}")]
     Io {

@@ -75,7 +75,7 @@ pub use raft_actor::{
 };
 pub use state_machine::{StateMachine, StateMachineSource};
 pub use storage::{
-    DbHandle, FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member,
+    Close, DbHandle, FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member,
     PERSIST_QUEUE, PersistBatch, PersistProgress, Recover, Recovered, StorageActor, StorageArgs,
 };
 pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};

@@ -22,7 +22,8 @@ use crate::{
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
     state_machine::{StateMachine, StateMachineSource},
     storage::{
-        Flush, Identity, LogDb, Member, PERSIST_QUEUE, PersistProgress, StorageActor, StorageArgs,
+        Close, DbHandle, Identity, LogDb, Member, PERSIST_QUEUE, PersistProgress, StorageActor,
+        StorageArgs,
     },
     supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW},
 };
@@ -68,6 +69,8 @@ pub struct Node<S: StateMachine> {
     pub events: ActorRef<EventBus>,
     /// The supervisor of the RaftActor and StorageActor.
     pub supervisor: ActorRef<NodeSupervisor<S>>,
+    /// The database, released at shutdown.
+    pub db: DbHandle,
     /// The consensus protocol handler, to mount under [`crate::wire::ALPN`].
     pub protocol: RaftProtocol,
 }
@@ -79,6 +82,7 @@ impl<S: StateMachine> Clone for Node<S> {
             storage: self.storage.clone(),
             events: self.events.clone(),
             supervisor: self.supervisor.clone(),
+            db: self.db.clone(),
             protocol: self.protocol.clone(),
         }
     }
@@ -162,11 +166,13 @@ impl<S: StateMachine> Node<S> {
         let (persist_tx, persist_rx) = flume::bounded(PERSIST_QUEUE);
         let (progress_tx, progress_rx) = watch::channel(PersistProgress::default());
 
+        let db_handle = db.handle();
         let storage_args = StorageArgs {
-            db: db.handle(),
+            db: db_handle.clone(),
             requests: persist_rx,
             progress: progress_tx,
             fsync: config.fsync,
+            node_id: me,
         };
         drop(db);
         let storage = StorageActor::supervise_with(&supervisor, move || storage_args.clone())
@@ -186,6 +192,7 @@ impl<S: StateMachine> Node<S> {
             })
             .await;
         if let Err(e) = started {
+            db_handle.close();
             supervisor.kill();
             events.kill();
             return Err(e);
@@ -211,6 +218,8 @@ impl<S: StateMachine> Node<S> {
             })
             .await;
         if let Err(e) = started {
+            let _ = storage.ask(Close).await;
+            db_handle.close();
             supervisor.kill();
             events.kill();
             return Err(e);
@@ -228,6 +237,7 @@ impl<S: StateMachine> Node<S> {
             storage,
             events,
             supervisor,
+            db: db_handle,
             protocol,
         })
     }
@@ -246,11 +256,13 @@ impl<S: StateMachine> Node<S> {
             let _ = self.raft.stop_gracefully().await;
             self.raft.wait_for_shutdown().await;
         }
-        let flushed = match self.storage.ask(Flush).await {
+        // Write back, fsync and close: when this returns the data dir is free for reuse.
+        let flushed = match self.storage.ask(Close).await {
             Ok(()) => Ok(()),
             Err(kameo::error::SendError::HandlerError(e)) => Err(FatalError::Storage(e)),
             Err(_) => Ok(()), // already stopped; its on_stop flushed
         };
+        self.db.close();
         let failure = self.failure().await;
         let _ = self.supervisor.stop_gracefully().await;
         self.supervisor.wait_for_shutdown().await;
@@ -266,6 +278,7 @@ impl<S: StateMachine> Node<S> {
     /// durable as it stops.
     pub fn kill(&self) {
         self.protocol.close();
+        self.db.close();
         self.supervisor.kill();
         self.events.kill();
     }

@@ -11,7 +11,7 @@ mod codec;
 mod db;
 mod tables;
 
-pub use actor::{Flush, PersistProgress, Recover, StorageActor, StorageArgs};
+pub use actor::{Close, Flush, PersistProgress, Recover, StorageActor, StorageArgs};
 pub use db::{DbHandle, Identity, LogDb, Member, PersistBatch, Recovered};
 pub use tables::FORMAT_VERSION;
 

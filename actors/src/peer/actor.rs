@@ -11,7 +11,7 @@ use kameo::{
 };
 use raft::eraftpb::Message as RaftMessage;
 use tokio::time::Instant;
-use tracing::{debug, trace};
+use tracing::{Instrument, Span, debug, info_span, trace};
 
 use super::{Dialer, Link};
 use crate::{
@@ -80,6 +80,7 @@ pub struct PeerActor {
     retry_at: Option<Instant>,
     backoff: Duration,
     buf: Vec<u8>,
+    span: Span,
 }
 
 impl PeerActor {
@@ -208,6 +209,7 @@ impl Actor for PeerActor {
 
     async fn on_start(args: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
         Ok(Self {
+            span: info_span!("peer", node = args.me, peer = args.peer),
             args,
             link: None,
             retry_at: None,
@@ -232,7 +234,8 @@ impl Message<Outbound> for PeerActor {
     type Reply = ();
 
     async fn handle(&mut self, batch: Outbound, _: &mut Context<Self, ()>) {
-        self.send(batch).await;
+        let span = self.span.clone();
+        self.send(batch).instrument(span).await;
     }
 }
 

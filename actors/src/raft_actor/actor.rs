@@ -10,13 +10,15 @@ use kameo::{
     actor::{ActorRef, WeakActorRef},
     error::SendError,
     mailbox::{MailboxReceiver, Signal},
+    message::BoxMessage,
+    reply::{BoxReplySender, ReplyError},
 };
 use raft::eraftpb::{Entry, EntryType, Message};
 use tokio::{
     sync::watch,
     time::{Interval, MissedTickBehavior},
 };
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::{
     MAX_MESSAGES_PER_READY,
@@ -104,6 +106,8 @@ pub struct RaftActor<S: StateMachine> {
     handled: usize,
     next_id: u64,
     lifecycle: Lifecycle,
+    /// `raft{node=…}`: every handler and every Ready round runs inside it.
+    span: Span,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -411,7 +415,23 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             handled: 0,
             next_id: 0,
             lifecycle: Lifecycle::Running,
+            span: info_span!("raft", node = me),
         })
+    }
+
+    fn on_message(
+        &mut self,
+        msg: BoxMessage<Self>,
+        actor_ref: ActorRef<Self>,
+        tx: Option<BoxReplySender>,
+        stop: &mut bool,
+    ) -> impl Future<Output = Result<(), Box<dyn ReplyError>>> + Send {
+        let span = self.span.clone();
+        async move {
+            msg.handle_dyn(self, actor_ref, tx, stop)
+                .instrument(span)
+                .await
+        }
     }
 
     async fn next(
@@ -419,16 +439,17 @@ impl<S: StateMachine> Actor for RaftActor<S> {
         _: WeakActorRef<Self>,
         mailbox_rx: &mut MailboxReceiver<Self>,
     ) -> Result<Option<Signal<Self>>, Self::Error> {
+        let span = self.span.clone();
         loop {
             if self.has_work() && (mailbox_rx.is_empty() || self.handled >= MAX_MESSAGES_PER_READY)
             {
-                self.run_ready().await;
+                self.run_ready().instrument(span.clone()).await;
             }
             tokio::select! {
                 biased;
-                _ = self.ticker.tick() => self.on_tick(),
+                _ = self.ticker.tick() => span.in_scope(|| self.on_tick()),
                 changed = self.progress.changed(), if !self.storage_gone => match changed {
-                    Ok(()) => self.on_persist_progress(),
+                    Ok(()) => span.in_scope(|| self.on_persist_progress()),
                     Err(_) => {
                         self.storage_gone = true;
                         if matches!(self.lifecycle, Lifecycle::Running) {

@@ -10,10 +10,10 @@ use kameo::{
     message::{Context, Message},
 };
 use tokio::sync::watch;
-use tracing::{debug, error};
+use tracing::{Span, debug, error, info_span};
 
 use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered};
-use crate::error::StorageError;
+use crate::{error::StorageError, types::NodeId};
 
 /// What the StorageActor has made durable so far, published after every commit.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +35,8 @@ pub struct StorageArgs {
     pub progress: watch::Sender<PersistProgress>,
     /// Whether batches that need it are fsynced.
     pub fsync: bool,
+    /// The node's id, for log spans.
+    pub node_id: NodeId,
 }
 
 /// Owns the node's redb database. Persist batches arrive on a flume channel and are written in
@@ -42,23 +44,26 @@ pub struct StorageArgs {
 /// (flush) arrive on the kameo mailbox.
 #[derive(Debug)]
 pub struct StorageActor {
-    db: LogDb,
+    /// `None` once closed at shutdown.
+    db: Option<LogDb>,
     requests: flume::Receiver<PersistBatch>,
     progress: watch::Sender<PersistProgress>,
     fsync: bool,
     failed: bool,
     group: Vec<PersistBatch>,
+    span: Span,
 }
 
 impl StorageActor {
     fn new(args: StorageArgs) -> Result<Self, StorageError> {
         Ok(Self {
-            db: LogDb::from_handle(args.db)?,
+            db: Some(LogDb::from_handle(args.db)?),
             requests: args.requests,
             progress: args.progress,
             fsync: args.fsync,
             failed: false,
             group: Vec::with_capacity(MAX_BATCHES_PER_COMMIT),
+            span: info_span!("storage", node = args.node_id),
         })
     }
 
@@ -74,7 +79,10 @@ impl StorageActor {
         }
         let durable = self.fsync && self.group.iter().any(|b| b.must_sync);
         let number = self.group.last().map_or(0, |b| b.number);
-        let result = self.db.write(&self.group, durable);
+        let result = match self.db.as_mut() {
+            Some(db) => db.write(&self.group, durable),
+            None => Err(StorageError::Closed),
+        };
         debug!(
             batches = self.group.len(),
             number, durable, "group committed"
@@ -104,7 +112,10 @@ impl StorageActor {
         if let Some(e) = &self.progress.borrow().failure {
             return Err(e.clone());
         }
-        if let Err(e) = self.db.flush() {
+        let Some(db) = self.db.as_mut() else {
+            return Err(Arc::new(StorageError::Closed));
+        };
+        if let Err(e) = db.flush() {
             self.fail(e);
             return Err(self.progress.borrow().failure.clone().expect("just set"));
         }
@@ -134,7 +145,8 @@ impl Actor for StorageActor {
                 signal = mailbox_rx.recv() => return Ok(signal),
                 batch = self.requests.recv_async() => {
                     if let Ok(batch) = batch {
-                        self.write_group(batch);
+                        let span = self.span.clone();
+                        span.in_scope(|| self.write_group(batch));
                     }
                 }
             }
@@ -175,6 +187,26 @@ impl Message<Recover> for StorageActor {
     async fn handle(&mut self, _: Recover, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         self.flush()?;
         self.progress.send_modify(|p| p.number = 0);
-        self.db.recover().map_err(Arc::new)
+        let db = self.db.as_ref().ok_or(StorageError::Closed)?;
+        db.recover().map_err(Arc::new)
+    }
+}
+
+/// Write everything queued, fsync it and close this actor's database handle (shutdown). Later
+/// writes fail with [`StorageError::Closed`].
+#[derive(Debug)]
+pub struct Close;
+
+impl Message<Close> for StorageActor {
+    type Reply = Result<(), Arc<StorageError>>;
+
+    async fn handle(&mut self, _: Close, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let flushed = if self.db.is_some() {
+            self.flush()
+        } else {
+            Ok(())
+        };
+        self.db = None;
+        flushed
     }
 }

@@ -3,7 +3,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use iroh::{EndpointAddr, EndpointId};
@@ -89,11 +89,24 @@ pub struct LogDb {
 }
 
 /// A shareable reference to an open database: what a restarted StorageActor reopens its
-/// [`LogDb`] from (a crash of the actor does not close the file).
+/// [`LogDb`] from (a crash of the actor does not close the file). [`DbHandle::close`] lets go
+/// of it at shutdown, so the file is closed once the StorageActor drops its own `LogDb`.
 #[derive(Debug, Clone)]
 pub struct DbHandle {
-    db: Arc<Database>,
+    // The mutex guards a slot that is read at (re)start and emptied at shutdown, never on a
+    // hot path.
+    slot: Arc<Mutex<Option<Arc<Database>>>>,
     path: PathBuf,
+}
+
+impl DbHandle {
+    /// Lets go of the database; later [`LogDb::from_handle`] calls fail with
+    /// [`StorageError::Closed`].
+    pub fn close(&self) {
+        if let Ok(mut slot) = self.slot.lock() {
+            slot.take();
+        }
+    }
 }
 
 impl LogDb {
@@ -176,15 +189,21 @@ impl LogDb {
     /// A handle sharing this database.
     pub fn handle(&self) -> DbHandle {
         DbHandle {
-            db: self.db.clone(),
+            slot: Arc::new(Mutex::new(Some(self.db.clone()))),
             path: self.path.clone(),
         }
     }
 
     /// Reopens a `LogDb` over a shared database (after a StorageActor restart).
     pub fn from_handle(handle: DbHandle) -> Result<Self, StorageError> {
+        let db = handle
+            .slot
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or(StorageError::Closed)?;
         let mut this = Self {
-            db: handle.db,
+            db,
             path: handle.path,
             last_index: 0,
             scratch: Vec::new(),
