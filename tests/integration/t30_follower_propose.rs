@@ -39,3 +39,25 @@ async fn a_follower_forwards_proposals_and_serves_linearizable_reads() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_commands_travel_and_oversized_ones_are_refused() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.running().find(|n| n.node_id() != leader).unwrap();
+    // Eight 3 MiB commands forwarded at once: more than one frame's worth.
+    let big = "x".repeat(3 * 1024 * 1024);
+    let writes = (0..8).map(|i| follower.propose(set(format!("big{i}"), big.clone())));
+    for r in futures::future::join_all(writes).await {
+        r.unwrap();
+    }
+    let len = follower
+        .linearizable_query(|kv| kv.get("big7").map(String::len))
+        .await
+        .unwrap();
+    assert_eq!(len, Some(big.len()));
+    let too_big = "x".repeat(iroh_raft::actors::wire::MAX_COMMAND_SIZE + 1);
+    let err = follower.propose(set("huge", too_big)).await.unwrap_err();
+    assert!(matches!(err, iroh_raft::ProposeError::TooLarge { .. }), "{err:?}");
+    cluster.shutdown().await;
+}

@@ -160,8 +160,19 @@ impl PeerActor {
         if !frame.is_empty() {
             self.push_frame(Frame::Raft(frame));
         }
-        if !batch.forwards.is_empty() {
-            self.push_frame(Frame::Forward(batch.forwards));
+        // Forwarded commands can be up to MAX_COMMAND_SIZE each: split them by size too.
+        let mut forwards = Vec::new();
+        let mut size = 0;
+        for f in batch.forwards {
+            size += f.data.len() + 16;
+            forwards.push(f);
+            if size >= FRAME_TARGET {
+                self.push_frame(Frame::Forward(std::mem::take(&mut forwards)));
+                size = 0;
+            }
+        }
+        if !forwards.is_empty() {
+            self.push_frame(Frame::Forward(forwards));
         }
         if !batch.replies.is_empty() {
             self.push_frame(Frame::ForwardReply(batch.replies));
