@@ -18,7 +18,10 @@ const ECHO: &[u8] = b"app/echo/0";
 impl ProtocolHandler for Echo {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let (mut send, mut recv) = conn.accept_bi().await?;
-        let msg = recv.read_to_end(1024).await.map_err(AcceptError::from_err)?;
+        let msg = recv
+            .read_to_end(1024)
+            .await
+            .map_err(AcceptError::from_err)?;
         send.write_all(&msg).await.map_err(AcceptError::from_err)?;
         send.finish().map_err(AcceptError::from_err)?;
         conn.closed().await;
@@ -31,7 +34,11 @@ async fn nodes_run_on_the_applications_endpoint_and_router() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut endpoints = Vec::new();
     for d in &dirs {
-        endpoints.push(bind_endpoint(d.path(), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+        endpoints.push(
+            bind_endpoint(d.path(), "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
     }
     let members: Vec<_> = endpoints
         .iter()
@@ -71,11 +78,20 @@ async fn nodes_run_on_the_applications_endpoint_and_router() {
     .await;
     leader.propose(set("k", "v")).await.unwrap();
     for n in &nodes {
-        assert_eq!(n.linearizable_query(|kv| kv.get("k").cloned()).await.unwrap().as_deref(), Some("v"));
+        assert_eq!(
+            n.linearizable_query(|kv| kv.get("k").cloned())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v")
+        );
     }
 
     // The application's protocol works on the same endpoints.
-    let conn = endpoints[0].connect(endpoint_peer_addr(&endpoints[1]).0, ECHO).await.unwrap();
+    let conn = endpoints[0]
+        .connect(endpoint_peer_addr(&endpoints[1]).0, ECHO)
+        .await
+        .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(b"hello").await.unwrap();
     send.finish().unwrap();

@@ -58,6 +58,9 @@ async fn large_commands_travel_and_oversized_ones_are_refused() {
     assert_eq!(len, Some(big.len()));
     let too_big = "x".repeat(iroh_raft::actors::wire::MAX_COMMAND_SIZE + 1);
     let err = follower.propose(set("huge", too_big)).await.unwrap_err();
-    assert!(matches!(err, iroh_raft::ProposeError::TooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err, iroh_raft::ProposeError::TooLarge { .. }),
+        "{err:?}"
+    );
     cluster.shutdown().await;
 }

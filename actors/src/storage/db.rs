@@ -139,6 +139,21 @@ impl LogDb {
         Self::init(db, PathBuf::new())
     }
 
+    /// A database over any redb backend (fault injection in tests, simulated disks). `label`
+    /// names it in errors.
+    pub fn with_backend(
+        backend: impl redb::StorageBackend,
+        label: PathBuf,
+    ) -> Result<Self, StorageError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| StorageError::Open {
+                path: label.clone(),
+                source: Box::new(e),
+            })?;
+        Self::init(db, label)
+    }
+
     fn init(db: Database, path: PathBuf) -> Result<Self, StorageError> {
         let mut this = Self {
             db: Arc::new(db),
