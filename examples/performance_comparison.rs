@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use iroh_raft::{
-    KeyValueStore, KvCommand, NodeId, PeerAddr, Preset, RaftCluster, Role,
-    net::{bind_endpoint, endpoint_peer_addr},
-};
+use iroh_raft::{KeyValueStore, KvCommand, Preset, RaftCluster, Role, start_local_cluster};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -44,30 +41,13 @@ async fn main() -> anyhow::Result<()> {
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
-    let mut endpoints = Vec::new();
-    for dir in &dirs {
-        endpoints.push(bind_endpoint(dir.path(), ([127, 0, 0, 1], 0).into()).await?);
-    }
-    let members: Vec<(NodeId, PeerAddr)> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| (i as NodeId + 1, endpoint_peer_addr(ep)))
-        .collect();
-    let mut nodes = Vec::new();
-    for ((i, ep), dir) in endpoints.into_iter().enumerate().zip(&dirs) {
-        nodes.push(
-            RaftCluster::builder()
-                .node_id(i as NodeId + 1)
-                .data_dir(dir.path())
-                .endpoint(ep)
-                .peers(members.clone())
-                .state_machine(KeyValueStore::new())
-                .preset(Preset::Development)
-                .fsync(!args.no_fsync)
-                .build()
-                .await?,
-        );
-    }
+    let fsync = !args.no_fsync;
+    let nodes = start_local_cluster(&dirs, |_, b| {
+        b.state_machine(KeyValueStore::new())
+            .preset(Preset::Development)
+            .fsync(fsync)
+    })
+    .await?;
     let leader = wait_for_leader(&nodes).await?;
     eprintln!(
         "3 nodes, fsync {}, leader {}",

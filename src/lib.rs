@@ -6,6 +6,7 @@ mod builder;
 mod cluster;
 mod error;
 pub mod kv;
+mod local;
 pub mod net;
 
 pub use builder::{DB_FILE, Peer, Preset, RaftClusterBuilder};
@@ -16,6 +17,7 @@ pub use iroh_raft_actors::{
     RaftProtocol, ReadError, Role, StateMachine, StorageError, wire::ALPN,
 };
 pub use kv::{KeyValueStore, KvCommand, KvResponse};
+pub use local::start_local_cluster;
 pub use net::PeerAddr;
 
 /// The runtime crate, for applications that spawn or supervise the actors themselves.

@@ -5,10 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use iroh_raft::{
-    KeyValueStore, KvCommand, NodeId, PeerAddr, Preset, RaftCluster, Role,
-    net::{bind_endpoint, endpoint_peer_addr},
-};
+use iroh_raft::{KeyValueStore, KvCommand, NodeId, Preset, RaftCluster, Role, start_local_cluster};
 
 type Node = RaftCluster<KeyValueStore>;
 
@@ -31,33 +28,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()
         .context("creating temp data dirs")?;
-    let mut endpoints = Vec::new();
-    for dir in &dirs {
-        endpoints.push(bind_endpoint(dir.path(), ([127, 0, 0, 1], 0).into()).await?);
-    }
-    let members: Vec<(NodeId, PeerAddr)> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| (i as NodeId + 1, endpoint_peer_addr(ep)))
-        .collect();
     println!(
         "starting {} nodes on loopback (data in temp dirs, fsync on)",
         args.nodes
     );
-    let mut nodes = Vec::new();
-    for ((i, ep), dir) in endpoints.into_iter().enumerate().zip(&dirs) {
-        let node = RaftCluster::builder()
-            .node_id(i as NodeId + 1)
-            .data_dir(dir.path())
-            .endpoint(ep)
-            .peers(members.clone())
-            .state_machine(KeyValueStore::new())
+    let nodes = start_local_cluster(&dirs, |_, b| {
+        b.state_machine(KeyValueStore::new())
             .preset(Preset::Development)
             .fsync(true)
-            .build()
-            .await?;
+    })
+    .await?;
+    for node in &nodes {
         println!("  node {} = {}", node.node_id(), node.peer_addr());
-        nodes.push(node);
     }
 
     let started = Instant::now();

@@ -235,10 +235,7 @@ impl LogDb {
     }
 
     fn read_last_index(&self) -> Result<u64, StorageError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| StorageError::io("begin read", e))?;
+        let tx = self.begin_read()?;
         let log = tx
             .open_table(LOG)
             .map_err(|e| StorageError::io("open log", e))?;
@@ -256,21 +253,17 @@ impl LogDb {
 
     /// The identity recorded at bootstrap, if any.
     pub fn identity(&self) -> Result<Option<Identity>, StorageError> {
-        let tx = self
-            .db
+        let tx = self.begin_read()?;
+        match meta_value(&tx, meta_key::IDENTITY)? {
+            Some(bytes) => self.decode_identity(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.db
             .begin_read()
-            .map_err(|e| StorageError::io("begin read", e))?;
-        let meta = tx
-            .open_table(META)
-            .map_err(|e| StorageError::io("open meta", e))?;
-        let Some(bytes) = meta
-            .get(meta_key::IDENTITY)
-            .map_err(|e| StorageError::io("read meta", e))?
-            .map(|v| v.value().to_vec())
-        else {
-            return Ok(None);
-        };
-        self.decode_identity(&bytes).map(Some)
+            .map_err(|e| StorageError::io("begin read", e))
     }
 
     fn decode_identity(&self, bytes: &[u8]) -> Result<Identity, StorageError> {
@@ -285,19 +278,8 @@ impl LogDb {
 
     /// Reads everything a restarting node needs.
     pub fn recover(&self) -> Result<Recovered, StorageError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| StorageError::io("begin read", e))?;
-        let meta = tx
-            .open_table(META)
-            .map_err(|e| StorageError::io("open meta", e))?;
-        let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(meta
-                .get(key)
-                .map_err(|e| StorageError::io("read meta", e))?
-                .map(|v| v.value().to_vec()))
-        };
+        let tx = self.begin_read()?;
+        let get = |key: &str| meta_value(&tx, key);
         let mut out = Recovered::default();
         if let Some(bytes) = get(meta_key::IDENTITY)? {
             out.identity = Some(self.decode_identity(&bytes)?);
@@ -434,6 +416,16 @@ impl LogDb {
     pub fn flush(&mut self) -> Result<(), StorageError> {
         self.write(&[], true)
     }
+}
+
+fn meta_value(tx: &redb::ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    let meta = tx
+        .open_table(META)
+        .map_err(|e| StorageError::io("open meta", e))?;
+    let value = meta
+        .get(key)
+        .map_err(|e| StorageError::io("read meta", e))?;
+    Ok(value.map(|v| v.value().to_vec()))
 }
 
 fn encode_members(members: &[Member]) -> Vec<u8> {
