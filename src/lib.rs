@@ -8,8 +8,9 @@ mod error;
 pub mod kv;
 mod local;
 pub mod net;
+mod preset;
 
-pub use builder::{DB_FILE, Peer, Preset, RaftClusterBuilder};
+pub use builder::{DB_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
 pub use iroh_raft_actors::{
@@ -19,6 +20,7 @@ pub use iroh_raft_actors::{
 pub use kv::{KeyValueStore, KvCommand, KvResponse};
 pub use local::start_local_cluster;
 pub use net::PeerAddr;
+pub use preset::Preset;
 
 /// The runtime crate, for applications that spawn or supervise the actors themselves.
 pub use iroh_raft_actors as actors;

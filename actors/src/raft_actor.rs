@@ -11,6 +11,7 @@ mod actor;
 mod messages;
 mod peers;
 mod pending;
+mod ready;
 
 pub use actor::{RaftActor, RaftArgs};
 pub use messages::{GetStatus, LinearizableQuery, Propose, Query, Shutdown};

@@ -13,27 +13,27 @@ use kameo::{
     message::BoxMessage,
     reply::{BoxReplySender, ReplyError},
 };
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::Message;
 use tokio::{
     sync::watch,
     time::{Interval, MissedTickBehavior},
 };
-use tracing::{Instrument, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info_span};
 
 use super::{
     MAX_MESSAGES_PER_READY,
     peers::Peers,
-    pending::{Proposals, Reads, decode_context},
+    pending::{Proposals, Reads},
 };
 use crate::{
     config::NodeConfig,
     driver::Driver,
-    error::{CodecError, FatalError, ProposeError, ReadError, StartError},
+    error::{FatalError, ProposeError, ReadError, StartError},
     events::{ClusterEvent, EventBus, Publish},
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
     storage::{PersistBatch, PersistProgress, Recover, StorageActor},
-    types::{NodeId, NodeStatus, Role},
+    types::{NodeId, NodeStatus},
 };
 
 /// What the RaftActor is started (and restarted) with. It builds its Raft core from what the
@@ -70,19 +70,19 @@ impl<S: StateMachine> Clone for RaftArgs<S> {
 }
 
 #[derive(Debug, Clone)]
-enum Lifecycle {
+pub(super) enum Lifecycle {
     Running,
     ShuttingDown,
     Failed(FatalError),
 }
 
 /// A Ready round whose persistence is not confirmed yet.
-struct InFlight {
-    number: u64,
+pub(super) struct InFlight {
+    pub(super) number: u64,
     /// False for a round that wrote nothing: it completes as soon as every earlier one has.
-    stored: bool,
+    pub(super) stored: bool,
     /// Messages that may leave once it is durable.
-    messages: Vec<Message>,
+    pub(super) messages: Vec<Message>,
 }
 
 /// Owns the Raft core and the state machine. See the module docs.
@@ -95,19 +95,19 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) reads: Reads<S>,
     pub(super) peers: Peers,
     pub(super) outbox: BTreeMap<NodeId, Outbound>,
-    persist_tx: flume::Sender<PersistBatch>,
-    progress: watch::Receiver<PersistProgress>,
-    storage_gone: bool,
-    in_flight: VecDeque<InFlight>,
-    events: ActorRef<EventBus>,
-    ticker: Interval,
+    pub(super) persist_tx: flume::Sender<PersistBatch>,
+    pub(super) progress: watch::Receiver<PersistProgress>,
+    pub(super) storage_gone: bool,
+    pub(super) in_flight: VecDeque<InFlight>,
+    pub(super) events: ActorRef<EventBus>,
+    pub(super) ticker: Interval,
     /// Ticks since start: the clock of request deadlines.
     pub(super) now: u64,
-    handled: usize,
-    next_id: u64,
-    lifecycle: Lifecycle,
+    pub(super) handled: usize,
+    pub(super) next_id: u64,
+    pub(super) lifecycle: Lifecycle,
     /// `raft{node=…}`: every handler and every Ready round runs inside it.
-    span: Span,
+    pub(super) span: Span,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -159,173 +159,6 @@ impl<S: StateMachine> RaftActor<S> {
     pub(super) fn publish(&self, ev: ClusterEvent) {
         // Never wait on the bus: a full mailbox drops the event.
         let _ = self.events.tell(Publish(ev)).try_send();
-    }
-
-    fn has_work(&self) -> bool {
-        matches!(self.lifecycle, Lifecycle::Running)
-            && (self.driver.has_ready() || !self.outbox.is_empty())
-    }
-
-    fn on_tick(&mut self) {
-        if !matches!(self.lifecycle, Lifecycle::Running) {
-            return;
-        }
-        self.now += 1;
-        self.driver.tick();
-        self.proposals.expire(self.now);
-        self.reads.expire(self.now);
-    }
-
-    /// Runs Ready rounds until raft-rs has nothing more, then serves reads and sends.
-    async fn run_ready(&mut self) {
-        self.handled = 0;
-        for _ in 0..8 {
-            if !matches!(self.lifecycle, Lifecycle::Running) {
-                break;
-            }
-            let Some(fx) = self.driver.ready() else { break };
-            for m in fx.send_now {
-                self.route(m);
-            }
-            self.apply(fx.committed);
-            if let Some((role, leader)) = fx.role_change {
-                self.on_role_change(role, leader);
-            }
-            for rs in fx.read_states {
-                if let Some(id) = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()) {
-                    self.reads.confirm(u64::from_le_bytes(id), rs.index);
-                }
-            }
-            self.queue_persist(fx.number, fx.persist, fx.send_after_persist)
-                .await;
-        }
-        self.reads.serve(self.applied, &self.sm);
-        self.flush_outbox();
-    }
-
-    pub(super) fn route(&mut self, m: Message) {
-        self.outbox.entry(m.to).or_default().raft.push(m);
-    }
-
-    fn flush_outbox(&mut self) {
-        for (to, batch) in std::mem::take(&mut self.outbox) {
-            if !self.peers.send(to, batch) {
-                self.driver.report_unreachable(to);
-            }
-        }
-    }
-
-    async fn queue_persist(
-        &mut self,
-        number: u64,
-        batch: Option<PersistBatch>,
-        after: Vec<Message>,
-    ) {
-        let stored = batch.is_some();
-        if let Some(batch) = batch {
-            if self.persist_tx.send_async(batch).await.is_err() {
-                self.fail(FatalError::ActorStopped {
-                    actor: "StorageActor",
-                    reason: "persist queue closed".into(),
-                });
-                return;
-            }
-        } else if self.in_flight.is_empty() {
-            // Nothing to wait for: this round is as durable as the last one.
-            self.driver.on_persisted(number);
-            for m in after {
-                self.route(m);
-            }
-            return;
-        }
-        self.in_flight.push_back(InFlight {
-            number,
-            stored,
-            messages: after,
-        });
-    }
-
-    fn on_persist_progress(&mut self) {
-        let (number, failure) = {
-            let p = self.progress.borrow_and_update();
-            (p.number, p.failure.clone())
-        };
-        if let Some(e) = failure {
-            self.fail(FatalError::Storage(e));
-            return;
-        }
-        let mut done = None;
-        while let Some(f) = self.in_flight.front() {
-            if f.stored && f.number > number {
-                break;
-            }
-            let f = self.in_flight.pop_front().expect("front exists");
-            for m in f.messages {
-                self.route(m);
-            }
-            done = Some(f.number);
-        }
-        if let Some(n) = done {
-            self.driver.on_persisted(n);
-        }
-    }
-
-    fn apply(&mut self, entries: Vec<Entry>) {
-        let Some(last) = entries.last().map(|e| e.index) else {
-            return;
-        };
-        for e in entries {
-            self.apply_entry(e);
-        }
-        self.applied = last;
-        self.driver.advance_apply_to(last);
-        self.publish(ClusterEvent::Applied { index: last });
-    }
-
-    fn apply_entry(&mut self, e: Entry) {
-        let me = self.id();
-        let ours = decode_context(&e.context)
-            .filter(|&(origin, _)| origin == me)
-            .map(|(_, id)| id);
-        let reply = self.proposals.applied(e.index, ours);
-        match e.entry_type {
-            EntryType::EntryNormal if e.data.is_empty() => {} // a new leader's first entry
-            EntryType::EntryNormal => {
-                let response = postcard::from_bytes::<S::Command>(&e.data)
-                    .map(|cmd| self.sm.apply(cmd))
-                    .map_err(|err| ProposeError::Codec(CodecError::new(err)));
-                match (reply, response) {
-                    (Some(reply), response) => reply.send(response),
-                    (None, Err(err)) => {
-                        warn!(index = e.index, error = %err, "entry is not a command; skipped")
-                    }
-                    (None, Ok(_)) => {}
-                }
-            }
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                // No API proposes membership changes yet, so only a foreign log could hold one.
-                warn!(
-                    index = e.index,
-                    "membership change entries are not supported yet; skipped"
-                );
-            }
-        }
-    }
-
-    fn on_role_change(&mut self, role: Role, leader: Option<NodeId>) {
-        let term = self.driver.term();
-        info!(node = self.id(), ?role, ?leader, term, "role changed");
-        self.publish(ClusterEvent::RoleChanged {
-            node: self.id(),
-            role,
-            term,
-        });
-        if let Some(new_leader) = leader {
-            self.publish(ClusterEvent::LeaderElected { new_leader, term });
-        }
-        // A ReadIndex request in flight may have been dropped by the old leader: let the
-        // caller retry against the new one.
-        self.reads.fail_unconfirmed(ReadError::LeadershipChanged);
     }
 
     /// The node can no longer serve: answer everything waiting and refuse all further work.
