@@ -11,6 +11,16 @@ use tempfile::TempDir;
 
 pub type Node = RaftCluster<KeyValueStore>;
 
+/// Logs to the test output when `RUST_LOG` is set (e.g. `RUST_LOG=iroh_raft_actors=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -69,6 +79,7 @@ impl TestCluster {
 
     /// Creates identities for `members` nodes but starts only the first `running`.
     pub async fn start_with(members: usize, running: usize) -> Self {
+        init_tracing();
         let dirs: Vec<TempDir> = (0..members).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut endpoints = Vec::new();
         for dir in &dirs {
@@ -117,6 +128,9 @@ impl TestCluster {
             .peers(peers)
             .state_machine(KeyValueStore::new())
             .preset(Preset::Testing)
+            // Fast elections, but a generous bound on each request: tests run unoptimised and in
+            // parallel on two cores, and a request that needs longer is still a failure.
+            .request_timeout(Duration::from_secs(20))
             .rng_seed(i as u64 + 1)
     }
 
@@ -129,6 +143,7 @@ impl TestCluster {
             .bind_address(self.port(i))
             .state_machine(KeyValueStore::new())
             .preset(Preset::Testing)
+            .request_timeout(Duration::from_secs(20))
             .build()
             .await
             .unwrap();

@@ -164,6 +164,12 @@ impl Driver {
         }
     }
 
+    /// True once this node, as leader, has committed an entry of its own term: before that
+    /// raft-rs ignores ReadIndex requests.
+    pub fn committed_in_term(&self) -> bool {
+        self.raw.raft.commit_to_current_term()
+    }
+
     /// Starts a ReadIndex round identified by `context`.
     pub fn read_index(&mut self, context: Vec<u8>) {
         self.raw.read_index(context);

@@ -11,6 +11,7 @@ use super::{
     pending::{ReadFn, encode_context},
 };
 use crate::{
+    config::TICKS_PER_HEARTBEAT,
     error::{ProposeError, ReadError},
     peer::{Admit, Inbound, PeerUnreachable},
     state_machine::StateMachine,
@@ -110,11 +111,16 @@ where
         }
         let id = self.next_id();
         let run: ReadFn<S> = Box::new(move |sm| reply.send(sm.map(f)));
-        // A read that is not confirmed within an election timeout was most likely dropped by a
-        // leader that was not ready (or no longer leads); the caller retries.
-        let deadline = self.now + self.config.election_ticks() as u64;
-        self.reads.insert(id, run, deadline);
-        self.driver.read_index(id.to_le_bytes().to_vec());
+        // A read not confirmed within two heartbeats was most likely dropped (by a leader that
+        // lost its term, or by a new leader not yet ready): the caller retries.
+        let deadline = self.now + 2 * TICKS_PER_HEARTBEAT as u64;
+        // A new leader serves ReadIndex only once it has committed in its term (raft-rs drops
+        // earlier requests); until then the read waits here.
+        let issue = self.driver.role() != Role::Leader || self.driver.committed_in_term();
+        self.reads.insert(id, run, deadline, issue);
+        if issue {
+            self.driver.read_index(id.to_le_bytes().to_vec());
+        }
         delegated
     }
 }

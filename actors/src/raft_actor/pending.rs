@@ -142,9 +142,17 @@ impl<R: Send + 'static> Proposals<R> {
 /// A read closure: runs against the state machine, or is told why it cannot.
 pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<&S, ReadError>) + Send>;
 
+struct PendingRead<S> {
+    run: ReadFn<S>,
+    deadline: u64,
+    /// False while the read waits for this node (a new leader) to commit in its term: raft-rs
+    /// drops ReadIndex requests until then, so they are held here instead.
+    issued: bool,
+}
+
 /// Linearizable reads in flight.
 pub(crate) struct Reads<S> {
-    unconfirmed: BTreeMap<u64, (ReadFn<S>, u64)>,
+    unconfirmed: BTreeMap<u64, PendingRead<S>>,
     confirmed: BTreeMap<(u64, u64), ReadFn<S>>,
 }
 
@@ -157,14 +165,26 @@ impl<S> Reads<S> {
     }
 
     /// A read waiting for its ReadIndex; it fails with `LeadershipChanged` at `deadline` ticks.
-    pub(crate) fn insert(&mut self, id: u64, f: ReadFn<S>, deadline: u64) {
-        self.unconfirmed.insert(id, (f, deadline));
+    pub(crate) fn insert(&mut self, id: u64, run: ReadFn<S>, deadline: u64, issued: bool) {
+        self.unconfirmed.insert(id, PendingRead { run, deadline, issued });
+    }
+
+    /// Ids of reads held back until the leader may serve them; marks them issued.
+    pub(crate) fn take_unissued(&mut self) -> Vec<u64> {
+        self.unconfirmed
+            .iter_mut()
+            .filter(|(_, r)| !r.issued)
+            .map(|(&id, r)| {
+                r.issued = true;
+                id
+            })
+            .collect()
     }
 
     /// The leader confirmed read `id` at `index`.
     pub(crate) fn confirm(&mut self, id: u64, index: u64) {
-        if let Some((f, _)) = self.unconfirmed.remove(&id) {
-            self.confirmed.insert((index, id), f);
+        if let Some(r) = self.unconfirmed.remove(&id) {
+            self.confirmed.insert((index, id), r.run);
         }
     }
 
@@ -183,20 +203,20 @@ impl<S> Reads<S> {
         let expired: Vec<u64> = self
             .unconfirmed
             .iter()
-            .filter(|(_, (_, d))| *d <= now)
+            .filter(|(_, r)| r.deadline <= now)
             .map(|(&id, _)| id)
             .collect();
         for id in expired {
-            if let Some((f, _)) = self.unconfirmed.remove(&id) {
-                f(Err(ReadError::LeadershipChanged));
+            if let Some(r) = self.unconfirmed.remove(&id) {
+                (r.run)(Err(ReadError::LeadershipChanged));
             }
         }
     }
 
     /// Fails the reads that still wait for confirmation (leadership changed under them).
     pub(crate) fn fail_unconfirmed(&mut self, err: ReadError) {
-        for (_, (f, _)) in std::mem::take(&mut self.unconfirmed) {
-            f(Err(err.clone()));
+        for (_, r) in std::mem::take(&mut self.unconfirmed) {
+            (r.run)(Err(err.clone()));
         }
     }
 

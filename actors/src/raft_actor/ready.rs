@@ -57,6 +57,11 @@ impl<S: StateMachine> RaftActor<S> {
             self.queue_persist(fx.number, fx.persist, fx.send_after_persist)
                 .await;
         }
+        if self.driver.role() == Role::Leader && self.driver.committed_in_term() {
+            for id in self.reads.take_unissued() {
+                self.driver.read_index(id.to_le_bytes().to_vec());
+            }
+        }
         self.reads.serve(self.applied, &self.sm);
         self.flush_outbox();
     }
