@@ -18,6 +18,13 @@ pub enum ProposeError {
         /// The leader this node believes in, if it knows one.
         leader_hint: Option<NodeId>,
     },
+    /// The leader could not be reached (its queue was full or its connection down) and the
+    /// command was never sent to it. Safe to retry.
+    #[error("leader {leader} unreachable; the command was not sent")]
+    LeaderUnreachable {
+        /// The leader the command was meant for.
+        leader: NodeId,
+    },
     /// The entry was appended but a new leader overwrote it: it was never applied, so retrying is
     /// safe.
     #[error("proposal dropped at index {index}: a new leader overwrote it")]

@@ -49,10 +49,13 @@ impl Outbound {
 }
 
 /// Sent by a PeerActor to the RaftActor when messages to `peer` were lost.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PeerUnreachable {
     /// The peer.
     pub peer: NodeId,
+    /// Forwarded proposals that were certainly not sent (dropped before any byte was written):
+    /// their proposers may safely retry.
+    pub unsent_forwards: Vec<u64>,
 }
 
 /// What a PeerActor is started with.
@@ -126,10 +129,15 @@ impl PeerActor {
                 reason,
             });
         }
+        self.report_unreachable(Vec::new());
+    }
+
+    fn report_unreachable(&self, unsent_forwards: Vec<u64>) {
         if let Some(raft) = self.args.raft.upgrade() {
             let _ = raft
                 .tell(PeerUnreachable {
                     peer: self.args.peer,
+                    unsent_forwards,
                 })
                 .try_send();
         }
@@ -188,23 +196,17 @@ impl PeerActor {
     }
 
     async fn send(&mut self, batch: Outbound) {
+        if self.link().await.is_none() {
+            // Still backing off (or the dial just failed): the batch is lost. Raft retransmits
+            // its messages; forwarded proposals were never sent, so their proposers may retry.
+            self.report_unreachable(batch.forwards.iter().map(|f| f.id).collect());
+            return;
+        }
         self.encode(batch);
         let buf = std::mem::take(&mut self.buf);
-        let result = match self.link().await {
+        let result = match self.link.as_mut() {
             Some(link) => link.send(&buf).await,
-            None => {
-                // Still backing off (or the dial just failed): the batch is lost and Raft will
-                // retransmit what matters.
-                self.buf = buf;
-                if let Some(raft) = self.args.raft.upgrade() {
-                    let _ = raft
-                        .tell(PeerUnreachable {
-                            peer: self.args.peer,
-                        })
-                        .try_send();
-                }
-                return;
-            }
+            None => Ok(()),
         };
         self.buf = buf;
         trace!(peer = self.args.peer, bytes = self.buf.len(), "sent");

@@ -221,5 +221,6 @@ impl<S: StateMachine> Message<PeerUnreachable> for RaftActor<S> {
 
     async fn handle(&mut self, msg: PeerUnreachable, _: &mut Context<Self, ()>) {
         self.driver.report_unreachable(msg.peer);
+        self.unsent_forwards(msg.peer, msg.unsent_forwards);
     }
 }

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use iroh::{EndpointAddr, EndpointId};
 use kameo::{
     actor::{ActorRef, Spawn, WeakRecipient},
+    error::SendError,
     mailbox,
 };
 
@@ -58,16 +59,21 @@ impl Peers {
             .map(|(&id, _)| id)
     }
 
-    /// Hands a batch to the peer's actor without waiting. Returns false when it was dropped
-    /// (unknown peer, or its queue is full because it is slow or unreachable).
-    pub(crate) fn send(&mut self, to: NodeId, batch: Outbound) -> bool {
+    /// Hands a batch to the peer's actor without waiting. Gives the batch back when it could not
+    /// be queued (unknown peer, or its queue is full because it is slow or unreachable).
+    pub(crate) fn send(&mut self, to: NodeId, batch: Outbound) -> Result<(), Outbound> {
         if to == self.me {
-            return false;
+            return Err(batch);
         }
         let Some(actor) = self.actor(to) else {
-            return false;
+            return Err(batch);
         };
-        actor.tell(batch).try_send().is_ok()
+        actor.tell(batch).try_send().map_err(|e| match e {
+            SendError::ActorNotRunning(b)
+            | SendError::MailboxFull(b)
+            | SendError::ActorRestarting(b) => b,
+            _ => Outbound::default(),
+        })
     }
 
     fn actor(&mut self, to: NodeId) -> Option<&ActorRef<PeerActor>> {

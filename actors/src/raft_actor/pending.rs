@@ -166,7 +166,14 @@ impl<S> Reads<S> {
 
     /// A read waiting for its ReadIndex; it fails with `LeadershipChanged` at `deadline` ticks.
     pub(crate) fn insert(&mut self, id: u64, run: ReadFn<S>, deadline: u64, issued: bool) {
-        self.unconfirmed.insert(id, PendingRead { run, deadline, issued });
+        self.unconfirmed.insert(
+            id,
+            PendingRead {
+                run,
+                deadline,
+                issued,
+            },
+        );
     }
 
     /// Ids of reads held back until the leader may serve them; marks them issued.

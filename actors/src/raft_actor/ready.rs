@@ -72,8 +72,9 @@ impl<S: StateMachine> RaftActor<S> {
 
     fn flush_outbox(&mut self) {
         for (to, batch) in std::mem::take(&mut self.outbox) {
-            if !self.peers.send(to, batch) {
+            if let Err(dropped) = self.peers.send(to, batch) {
                 self.driver.report_unreachable(to);
+                self.unsent_forwards(to, dropped.forwards.iter().map(|f| f.id));
             }
         }
     }
@@ -172,6 +173,14 @@ impl<S: StateMachine> RaftActor<S> {
                     "membership change entries are not supported yet; skipped"
                 );
             }
+        }
+    }
+
+    /// Forwarded proposals that never left this node: their callers may retry.
+    pub(super) fn unsent_forwards(&mut self, leader: NodeId, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            self.proposals
+                .fail(id, ProposeError::LeaderUnreachable { leader });
         }
     }
 
