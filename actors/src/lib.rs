@@ -16,13 +16,17 @@
 //! | actor | owns | receives | sends |
 //! |---|---|---|---|
 //! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], pending proposals and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `GetStatus`, `Shutdown` from the facade; [`peer::Inbound`] and [`peer::Admit`] from the protocol handler; `PeerUnreachable` from PeerActors; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); events to the EventBus (`try_send`) |
-//! | [`StorageActor`] | the redb [`LogDb`] | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Flush` | the highest persisted Ready number (watch) |
-//! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches | frames on the wire; `PeerUnreachable`; peer events |
+//! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
+//! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches, `StopPeer` | frames on the wire; `PeerUnreachable` (with the forwarded proposals it could not send); peer events |
 //! | [`EventBus`] | a bounded broadcast ring | `Publish`, `Subscribe` | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
 //! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
 //!
 //! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
 //! future checks membership, validates frames and forwards them to the RaftActor.
+//!
+//! [`Node::start`] wires these together; an application that runs its own kameo supervision
+//! tree can link [`Node::supervisor`] into it (`ActorRef::link`) or assemble the actors itself
+//! from their public `Args`.
 //!
 //! # One write, end to end
 //! 1. The facade encodes the command and `ask`s the RaftActor with `Propose`; the reply is

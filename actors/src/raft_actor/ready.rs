@@ -18,6 +18,11 @@ use crate::{
     types::{NodeId, Role},
 };
 
+/// Ready rounds run back to back before the actor looks at its mailbox and timers again. A
+/// round can enable another (a commit that releases a leader's next messages); the bound keeps
+/// ticks and incoming messages from waiting behind a long chain.
+const MAX_ROUNDS_PER_RUN: usize = 8;
+
 impl<S: StateMachine> RaftActor<S> {
     pub(super) fn has_work(&self) -> bool {
         matches!(self.lifecycle, Lifecycle::Running)
@@ -37,7 +42,7 @@ impl<S: StateMachine> RaftActor<S> {
     /// Runs Ready rounds until raft-rs has nothing more, then serves reads and sends.
     pub(super) async fn run_ready(&mut self) {
         self.handled = 0;
-        for _ in 0..8 {
+        for _ in 0..MAX_ROUNDS_PER_RUN {
             if !matches!(self.lifecycle, Lifecycle::Running) {
                 break;
             }
