@@ -112,6 +112,13 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
     }
 }
 
+impl<S: StateMachine> RaftCluster<S> {
+    /// Starts configuring a node.
+    pub fn builder() -> RaftClusterBuilder<S> {
+        RaftClusterBuilder::default()
+    }
+}
+
 impl<S: StateMachine> RaftClusterBuilder<S> {
     /// This node's Raft id (required, not 0).
     pub fn node_id(mut self, id: NodeId) -> Self {

@@ -18,10 +18,7 @@ use iroh_raft_actors::{
 use kameo::error::SendError;
 use tokio::time::Instant;
 
-use crate::{
-    builder::RaftClusterBuilder,
-    net::{PeerAddr, endpoint_peer_addr},
-};
+use crate::net::{PeerAddr, endpoint_peer_addr};
 
 /// Owns the node for as long as any handle exists; stops it when the last one goes away without
 /// `shutdown` having been called.
@@ -153,11 +150,6 @@ impl<S: StateMachine> RaftCluster<S> {
                 None => ReadError::ShuttingDown,
             },
         }
-    }
-
-    /// Starts configuring a node.
-    pub fn builder() -> RaftClusterBuilder<S> {
-        RaftClusterBuilder::default()
     }
 
     pub(crate) fn new(
