@@ -15,9 +15,9 @@ pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
 pub use iroh_raft_actors::{
     ClusterEvent, EventItem, EventStream, FatalError, NodeId, NodeStatus, ProposeError,
-    RaftProtocol, ReadError, Role, StateMachine, StorageError, wire::ALPN,
+    RaftProtocol, ReadError, Role, StateMachine, StorageError, WriteSnapshot, wire::ALPN,
 };
-pub use kv::{KeyValueStore, KvCommand, KvResponse};
+pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
 pub use local::start_local_cluster;
 pub use net::PeerAddr;
 pub use preset::Preset;
@@ -29,6 +29,6 @@ pub use iroh_raft_actors as actors;
 pub mod prelude {
     pub use crate::{
         ClusterEvent, EventItem, KeyValueStore, KvCommand, KvResponse, NodeId, PeerAddr, Preset,
-        ProposeError, RaftCluster, ReadError, StateMachine,
+        ProposeError, RaftCluster, ReadError, StateMachine, WriteSnapshot,
     };
 }

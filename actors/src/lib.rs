@@ -77,7 +77,7 @@ pub use raft_actor::{
     GetStatus, LinearizableQuery, MAX_MESSAGES_PER_READY, Propose, Query, RAFT_MAILBOX, RaftActor,
     RaftArgs, Shutdown,
 };
-pub use state_machine::{StateMachine, StateMachineSource};
+pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{
     Close, DbHandle, FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member,
     PERSIST_QUEUE, PersistBatch, PersistProgress, Recover, Recovered, StorageActor, StorageArgs,

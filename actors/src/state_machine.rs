@@ -30,11 +30,26 @@ pub trait StateMachine: Send + 'static {
     /// ("insufficient funds") belong in `Response`, not in a panic.
     fn apply(&mut self, command: Self::Command) -> Self::Response;
 
-    /// Writes the whole state to `out`. The size need not be known in advance.
-    fn snapshot(&self, out: &mut dyn io::Write) -> io::Result<()>;
+    /// A point-in-time view of the state that can be written out while the node goes on
+    /// applying (a clone, an `Arc` of a persistent structure, a database snapshot handle).
+    type Snapshot: WriteSnapshot;
 
-    /// Replaces the whole state with the one read from `input` (written by `snapshot`).
+    /// Captures the state as of the last applied command. It runs on the Raft loop, so it should
+    /// be cheap; writing the view out ([`WriteSnapshot::write_to`]) happens on another thread
+    /// while the node keeps appending and committing.
+    fn snapshot(&self) -> Self::Snapshot;
+
+    /// Replaces the whole state with the one read from `input` (written by the snapshot's
+    /// `write_to`). An error leaves the node unable to continue: the snapshot was checksummed
+    /// before this is called, so an error here is a bug in the state machine.
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()>;
+}
+
+/// Writes a captured state out. The size need not be known in advance: the runtime streams what
+/// is written in bounded chunks to disk (and to followers that need it).
+pub trait WriteSnapshot: Send + 'static {
+    /// Writes the whole captured state to `out`.
+    fn write_to(self, out: &mut dyn io::Write) -> io::Result<()>;
 }
 
 /// Where a (re)starting RaftActor gets its empty state machine: the instance given at build time

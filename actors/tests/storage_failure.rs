@@ -13,7 +13,7 @@ use std::{
 use iroh::{EndpointAddr, SecretKey};
 use iroh_raft_actors::{
     FatalError, GetStatus, LogDb, Member, Node, NodeConfig, NodeSpec, Propose, ProposeError, Role,
-    StateMachine, StateMachineSource, StorageSpawn,
+    StateMachine, StateMachineSource, StorageSpawn, WriteSnapshot,
     peer::{BoxFuture, Dialer, Link, LinkError},
 };
 use kameo::error::SendError;
@@ -76,15 +76,24 @@ impl Dialer for NoNetwork {
 #[derive(Default)]
 struct Counter(u64);
 
+struct CounterSnapshot(u64);
+
+impl WriteSnapshot for CounterSnapshot {
+    fn write_to(self, out: &mut dyn io::Write) -> io::Result<()> {
+        out.write_all(&self.0.to_le_bytes())
+    }
+}
+
 impl StateMachine for Counter {
     type Command = u64;
     type Response = u64;
+    type Snapshot = CounterSnapshot;
     fn apply(&mut self, add: u64) -> u64 {
         self.0 += add;
         self.0
     }
-    fn snapshot(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        out.write_all(&self.0.to_le_bytes())
+    fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot(self.0)
     }
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
         let mut b = [0; 8];

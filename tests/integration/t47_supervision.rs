@@ -7,8 +7,8 @@ use std::{
 };
 
 use iroh_raft::{
-    FatalError, KeyValueStore, KvCommand, KvResponse, Preset, ProposeError, RaftCluster,
-    StateMachine,
+    FatalError, KeyValueStore, KvCommand, KvResponse, KvSnapshot, Preset, ProposeError,
+    RaftCluster, StateMachine,
 };
 
 use crate::support::{set, wait_for};
@@ -23,6 +23,7 @@ struct Fragile {
 impl StateMachine for Fragile {
     type Command = KvCommand;
     type Response = KvResponse;
+    type Snapshot = KvSnapshot;
 
     fn apply(&mut self, command: KvCommand) -> KvResponse {
         if let KvCommand::Set { key, .. } = &command {
@@ -36,8 +37,8 @@ impl StateMachine for Fragile {
         self.kv.apply(command)
     }
 
-    fn snapshot(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        self.kv.snapshot(out)
+    fn snapshot(&self) -> KvSnapshot {
+        self.kv.snapshot()
     }
 
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
