@@ -80,7 +80,8 @@ pub use raft_actor::{
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{
     Close, DbHandle, FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member,
-    PERSIST_QUEUE, PersistBatch, PersistProgress, Recover, Recovered, StorageActor, StorageArgs,
+    PERSIST_QUEUE, PersistBatch, PersistProgress, Recover, Recovered, SNAPSHOT_CHUNK,
+    SnapshotReader, SnapshotRecord, SnapshotWriter, StorageActor, StorageArgs,
 };
 pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};
 pub use types::{NodeId, NodeStatus, Role};

@@ -1,18 +1,25 @@
-//! Durable state: the Raft log, hard state and membership in redb.
+//! Durable state: the Raft log, hard state, membership and snapshots in redb.
 //!
 //! [`LogDb`] is the synchronous store (tables, codecs, one write transaction per call), tested on
 //! its own. [`StorageActor`] owns a `LogDb` on a dedicated OS thread (production) or a task
 //! (simulation): the RaftActor feeds it [`PersistBatch`]es through a bounded flume channel, it
 //! writes every batch that is waiting in one transaction (group commit) and publishes the highest
-//! persisted Ready number on a watch channel, which never blocks it.
+//! persisted Ready number on a watch channel, which never blocks it. Snapshot bytes arrive as
+//! bounded chunks (`WriteChunk`) from whoever produces them (the local snapshot writer, or a
+//! leader's transfer stream) and are written in their own small transactions, interleaved with
+//! log commits, so a 100 MB snapshot never holds up the log.
 
 mod actor;
 mod codec;
 mod db;
+mod records;
+mod snapshot;
 mod tables;
 
 pub use actor::{Close, Flush, PersistProgress, Recover, StorageActor, StorageArgs};
-pub use db::{DbHandle, Identity, LogDb, Member, PersistBatch, Recovered};
+pub use db::{DbHandle, LogDb};
+pub use records::{Identity, Member, PersistBatch, Recovered, SnapshotRecord};
+pub use snapshot::{SNAPSHOT_CHUNK, SnapshotReader, SnapshotWriter};
 pub use tables::FORMAT_VERSION;
 
 /// Persist batches the RaftActor may queue ahead of the StorageActor (bounded backpressure: when

@@ -220,6 +220,7 @@ impl Driver {
         if !entries.is_empty() || hard_state.is_some() {
             fx.persist = Some(PersistBatch {
                 number: fx.number,
+                snapshot: None,
                 entries,
                 hard_state,
                 conf_state: None,

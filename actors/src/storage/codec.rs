@@ -66,7 +66,7 @@ pub(crate) fn decode_hard_state(bytes: &[u8]) -> Result<HardState, String> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct ConfStateRecord {
+pub(crate) struct ConfStateRecord {
     voters: Vec<u64>,
     learners: Vec<u64>,
     voters_outgoing: Vec<u64>,
@@ -74,27 +74,34 @@ struct ConfStateRecord {
     auto_leave: bool,
 }
 
-pub(crate) fn encode_conf_state(cs: &ConfState) -> Vec<u8> {
-    let record = ConfStateRecord {
+pub(crate) fn conf_state_record(cs: &ConfState) -> ConfStateRecord {
+    ConfStateRecord {
         voters: cs.voters.clone(),
         learners: cs.learners.clone(),
         voters_outgoing: cs.voters_outgoing.clone(),
         learners_next: cs.learners_next.clone(),
         auto_leave: cs.auto_leave,
-    };
-    postcard::to_allocvec(&record).expect("in-memory serialization of plain vectors")
+    }
 }
 
-pub(crate) fn decode_conf_state(bytes: &[u8]) -> Result<ConfState, String> {
-    let r: ConfStateRecord = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-    Ok(ConfState {
+pub(crate) fn conf_state_from_record(r: ConfStateRecord) -> ConfState {
+    ConfState {
         voters: r.voters,
         learners: r.learners,
         voters_outgoing: r.voters_outgoing,
         learners_next: r.learners_next,
         auto_leave: r.auto_leave,
         ..Default::default()
-    })
+    }
+}
+
+pub(crate) fn encode_conf_state(cs: &ConfState) -> Vec<u8> {
+    postcard::to_allocvec(&conf_state_record(cs)).expect("in-memory serialization of plain vectors")
+}
+
+pub(crate) fn decode_conf_state(bytes: &[u8]) -> Result<ConfState, String> {
+    let r: ConfStateRecord = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    Ok(conf_state_from_record(r))
 }
 
 #[cfg(test)]

@@ -1,102 +1,59 @@
-//! [`LogDb`]: the synchronous redb store behind the StorageActor.
+//! [`LogDb`]: the synchronous redb store behind the StorageActor: log, hard state, membership,
+//! and (in `snapshot.rs`) snapshots.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
-use iroh::{EndpointAddr, EndpointId};
-use raft::eraftpb::{ConfState, Entry, HardState};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, backends::InMemoryBackend};
-use serde::{Deserialize, Serialize};
+use raft::eraftpb::ConfState;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction,
+    backends::InMemoryBackend,
+};
 
 use super::{
     codec,
-    tables::{FORMAT_VERSION, LOG, META, meta_key},
+    records::{
+        self, Identity, Member, PersistBatch, Recovered, decode_identity, decode_index_term,
+        decode_members, decode_snapshot, encode_identity, encode_index_term, encode_members,
+        encode_snapshot,
+    },
+    tables::{FORMAT_VERSION, LOG, META, SNAPSHOT_CHUNKS, meta_key},
 };
-use crate::{error::StorageError, types::NodeId};
+use crate::error::StorageError;
 
-/// Who a data dir belongs to: written once at bootstrap, checked at every start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// The node's Raft id.
-    pub node_id: NodeId,
-    /// The node's iroh endpoint id.
-    pub endpoint_id: EndpointId,
+/// Adds the operation's name to a redb error.
+pub(crate) trait IoContext<T> {
+    fn io(self, operation: &'static str) -> Result<T, StorageError>;
 }
 
-/// A cluster member: Raft id and how to reach it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// Raft id.
-    pub node_id: NodeId,
-    /// Endpoint id and last known direct addresses.
-    pub addr: EndpointAddr,
-}
-
-#[derive(Serialize, Deserialize)]
-struct MemberRecord {
-    node_id: NodeId,
-    endpoint_id: [u8; 32],
-    addrs: Vec<SocketAddr>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct IdentityRecord {
-    node_id: NodeId,
-    endpoint_id: [u8; 32],
-}
-
-/// What one Ready round asks to make durable.
-#[derive(Debug, Default)]
-pub struct PersistBatch {
-    /// The Ready number, confirmed back to the RaftActor once durable.
-    pub number: u64,
-    /// New entries; any stored entry at or after the first one's index is replaced.
-    pub entries: Vec<Entry>,
-    /// New hard state, if it changed.
-    pub hard_state: Option<HardState>,
-    /// New conf state, if it changed.
-    pub conf_state: Option<ConfState>,
-    /// True when Raft needs this batch on disk before acting on it (entries, term or vote
-    /// changed); false for commit-index-only updates.
-    pub must_sync: bool,
-}
-
-/// Everything a restarting node needs from its data dir.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// `None` for a fresh data dir.
-    pub identity: Option<Identity>,
-    /// Term, vote and commit index.
-    pub hard_state: HardState,
-    /// Voters and learners.
-    pub conf_state: ConfState,
-    /// Members with their endpoint addresses.
-    pub members: Vec<Member>,
-    /// The whole stored log, in index order.
-    pub entries: Vec<Entry>,
+impl<T, E: std::error::Error + Send + Sync + 'static> IoContext<T> for Result<T, E> {
+    fn io(self, operation: &'static str) -> Result<T, StorageError> {
+        self.map_err(|e| StorageError::io(operation, e))
+    }
 }
 
 /// The redb database of one node.
 #[derive(Debug)]
 pub struct LogDb {
-    db: Arc<Database>,
-    path: PathBuf,
+    pub(super) db: Arc<Database>,
+    pub(super) path: PathBuf,
     last_index: u64,
+    pub(super) next_snapshot_id: u64,
     scratch: Vec<u8>,
 }
 
 /// A shareable reference to an open database: what a restarted StorageActor reopens its
-/// [`LogDb`] from (a crash of the actor does not close the file). [`DbHandle::close`] lets go
-/// of it at shutdown, so the file is closed once the StorageActor drops its own `LogDb`.
+/// [`LogDb`] from (a crash of the actor does not close the file), and what snapshot readers
+/// read from. [`DbHandle::close`] lets go of it at shutdown, so the file is closed once the
+/// StorageActor drops its own `LogDb`.
 #[derive(Debug, Clone)]
 pub struct DbHandle {
     // The mutex guards a slot that is read at (re)start and emptied at shutdown, never on a
     // hot path.
     slot: Arc<Mutex<Option<Arc<Database>>>>,
-    path: PathBuf,
+    pub(super) path: PathBuf,
 }
 
 impl DbHandle {
@@ -106,6 +63,14 @@ impl DbHandle {
         if let Ok(mut slot) = self.slot.lock() {
             slot.take();
         }
+    }
+
+    pub(super) fn database(&self) -> Result<Arc<Database>, StorageError> {
+        self.slot
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or(StorageError::Closed)
     }
 }
 
@@ -130,13 +95,7 @@ impl LogDb {
 
     /// A database that lives in memory only (tests, simulation).
     pub fn in_memory() -> Result<Self, StorageError> {
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .map_err(|e| StorageError::Open {
-                path: PathBuf::new(),
-                source: Box::new(e),
-            })?;
-        Self::init(db, PathBuf::new())
+        Self::with_backend(InMemoryBackend::new(), PathBuf::new())
     }
 
     /// A database over any redb backend (fault injection in tests, simulated disks). `label`
@@ -154,24 +113,22 @@ impl LogDb {
         Self::init(db, label)
     }
 
+    /// Checks (or writes) the format version, creates missing tables and deletes the chunks of
+    /// snapshots that were never committed.
     fn init(db: Database, path: PathBuf) -> Result<Self, StorageError> {
         let mut this = Self {
             db: Arc::new(db),
             path,
             last_index: 0,
+            next_snapshot_id: 1,
             scratch: Vec::new(),
         };
-        let tx = this
-            .db
-            .begin_write()
-            .map_err(|e| StorageError::io("begin", e))?;
+        let tx = this.db.begin_write().io("begin")?;
         {
-            let mut meta = tx
-                .open_table(META)
-                .map_err(|e| StorageError::io("open meta", e))?;
+            let mut meta = tx.open_table(META).io("open meta")?;
             let found = meta
                 .get(meta_key::FORMAT_VERSION)
-                .map_err(|e| StorageError::io("read version", e))?
+                .io("read version")?
                 .map(|v| v.value().to_vec());
             match found {
                 Some(bytes) => {
@@ -190,13 +147,24 @@ impl LogDb {
                         meta_key::FORMAT_VERSION,
                         FORMAT_VERSION.to_le_bytes().as_slice(),
                     )
-                    .map_err(|e| StorageError::io("write version", e))?;
+                    .io("write version")?;
                 }
             }
-            tx.open_table(LOG)
-                .map_err(|e| StorageError::io("open log", e))?;
+            let current = match meta.get(meta_key::SNAPSHOT).io("read snapshot")? {
+                Some(v) => Some(
+                    decode_snapshot(v.value()).ok_or_else(|| this.corrupt("snapshot record"))?,
+                ),
+                None => None,
+            };
+            tx.open_table(LOG).io("open log")?;
+            let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
+            let keep = current.as_ref().map_or(0, |s| s.id);
+            chunks
+                .retain(|(id, _), _| id == keep)
+                .io("delete uncommitted snapshots")?;
+            this.next_snapshot_id = keep + 1;
         }
-        tx.commit().map_err(|e| StorageError::io("commit", e))?;
+        tx.commit().io("commit")?;
         this.last_index = this.read_last_index()?;
         Ok(this)
     }
@@ -211,37 +179,46 @@ impl LogDb {
 
     /// Reopens a `LogDb` over a shared database (after a StorageActor restart).
     pub fn from_handle(handle: DbHandle) -> Result<Self, StorageError> {
-        let db = handle
-            .slot
-            .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
-            .ok_or(StorageError::Closed)?;
         let mut this = Self {
-            db,
+            db: handle.database()?,
             path: handle.path,
             last_index: 0,
+            next_snapshot_id: 1,
             scratch: Vec::new(),
         };
         this.last_index = this.read_last_index()?;
+        this.next_snapshot_id = this.current_snapshot()?.map_or(0, |s| s.id) + 1;
         Ok(this)
     }
 
-    fn corrupt(&self, what: &str) -> StorageError {
+    pub(super) fn corrupt(&self, what: &str) -> StorageError {
         StorageError::Corrupt {
             path: self.path.clone(),
             reason: format!("{what} does not decode"),
         }
     }
 
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.db.begin_read().io("begin read")
+    }
+
+    pub(super) fn begin_write(&self, durable: bool) -> Result<WriteTransaction, StorageError> {
+        let mut tx = self.db.begin_write().io("begin")?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        tx.set_durability(durability).io("set durability")?;
+        Ok(tx)
+    }
+
     fn read_last_index(&self) -> Result<u64, StorageError> {
         let tx = self.begin_read()?;
-        let log = tx
-            .open_table(LOG)
-            .map_err(|e| StorageError::io("open log", e))?;
+        let log = tx.open_table(LOG).io("open log")?;
         Ok(log
             .last()
-            .map_err(|e| StorageError::io("read log", e))?
+            .io("read log")?
             .map(|(k, _)| k.value())
             .unwrap_or(0))
     }
@@ -254,26 +231,17 @@ impl LogDb {
     /// The identity recorded at bootstrap, if any.
     pub fn identity(&self) -> Result<Option<Identity>, StorageError> {
         let tx = self.begin_read()?;
-        match meta_value(&tx, meta_key::IDENTITY)? {
-            Some(bytes) => self.decode_identity(&bytes).map(Some),
-            None => Ok(None),
-        }
+        meta_value(&tx, meta_key::IDENTITY)?
+            .map(|b| decode_identity(&b).ok_or_else(|| self.corrupt("identity")))
+            .transpose()
     }
 
-    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
-        self.db
-            .begin_read()
-            .map_err(|e| StorageError::io("begin read", e))
-    }
-
-    fn decode_identity(&self, bytes: &[u8]) -> Result<Identity, StorageError> {
-        let r: IdentityRecord =
-            postcard::from_bytes(bytes).map_err(|_| self.corrupt("identity"))?;
-        Ok(Identity {
-            node_id: r.node_id,
-            endpoint_id: EndpointId::from_bytes(&r.endpoint_id)
-                .map_err(|_| self.corrupt("identity key"))?,
-        })
+    /// The current snapshot's record, if there is one.
+    pub fn current_snapshot(&self) -> Result<Option<records::SnapshotRecord>, StorageError> {
+        let tx = self.begin_read()?;
+        meta_value(&tx, meta_key::SNAPSHOT)?
+            .map(|b| decode_snapshot(&b).ok_or_else(|| self.corrupt("snapshot record")))
+            .transpose()
     }
 
     /// Reads everything a restarting node needs.
@@ -281,40 +249,55 @@ impl LogDb {
         let tx = self.begin_read()?;
         let get = |key: &str| meta_value(&tx, key);
         let mut out = Recovered::default();
-        if let Some(bytes) = get(meta_key::IDENTITY)? {
-            out.identity = Some(self.decode_identity(&bytes)?);
+        if let Some(b) = get(meta_key::IDENTITY)? {
+            out.identity = Some(decode_identity(&b).ok_or_else(|| self.corrupt("identity"))?);
         }
-        if let Some(bytes) = get(meta_key::HARD_STATE)? {
+        if let Some(b) = get(meta_key::HARD_STATE)? {
             out.hard_state =
-                codec::decode_hard_state(&bytes).map_err(|_| self.corrupt("hard state"))?;
+                codec::decode_hard_state(&b).map_err(|_| self.corrupt("hard state"))?;
         }
-        if let Some(bytes) = get(meta_key::CONF_STATE)? {
+        if let Some(b) = get(meta_key::CONF_STATE)? {
             out.conf_state =
-                codec::decode_conf_state(&bytes).map_err(|_| self.corrupt("conf state"))?;
+                codec::decode_conf_state(&b).map_err(|_| self.corrupt("conf state"))?;
         }
-        if let Some(bytes) = get(meta_key::MEMBERS)? {
-            out.members = decode_members(&bytes).ok_or_else(|| self.corrupt("members"))?;
+        if let Some(b) = get(meta_key::MEMBERS)? {
+            out.members = decode_members(&b).ok_or_else(|| self.corrupt("members"))?;
         }
-        let log = tx
-            .open_table(LOG)
-            .map_err(|e| StorageError::io("open log", e))?;
-        let mut expected = None;
-        for row in log.iter().map_err(|e| StorageError::io("read log", e))? {
-            let (k, v) = row.map_err(|e| StorageError::io("read log", e))?;
+        if let Some(b) = get(meta_key::SNAPSHOT)? {
+            out.snapshot =
+                Some(decode_snapshot(&b).ok_or_else(|| self.corrupt("snapshot record"))?);
+        }
+        if let Some(b) = get(meta_key::LOG_START)? {
+            out.log_start = decode_index_term(&b).ok_or_else(|| self.corrupt("log start"))?;
+        }
+        let log = tx.open_table(LOG).io("open log")?;
+        let mut expected = out.log_start.0 + 1;
+        for row in log.iter().io("read log")? {
+            let (k, v) = row.io("read log")?;
             let index = k.value();
-            if expected.is_some_and(|x| x != index) {
+            if index != expected {
                 return Err(StorageError::Corrupt {
                     path: self.path.clone(),
-                    reason: format!("log has a gap before index {index}"),
+                    reason: format!("log has a gap: expected index {expected}, found {index}"),
                 });
             }
-            expected = Some(index + 1);
+            expected = index + 1;
             let entry =
                 codec::decode_entry(index, v.value()).map_err(|reason| StorageError::Corrupt {
                     path: self.path.clone(),
                     reason,
                 })?;
             out.entries.push(entry);
+        }
+        if out
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.index < out.log_start.0)
+        {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                reason: "the log was compacted past the snapshot".into(),
+            });
         }
         Ok(out)
     }
@@ -326,68 +309,59 @@ impl LogDb {
         conf_state: &ConfState,
         members: &[Member],
     ) -> Result<(), StorageError> {
-        let mut tx = self
-            .db
-            .begin_write()
-            .map_err(|e| StorageError::io("begin", e))?;
-        tx.set_durability(Durability::Immediate)
-            .map_err(|e| StorageError::io("set durability", e))?;
+        let tx = self.begin_write(true)?;
         {
-            let mut meta = tx
-                .open_table(META)
-                .map_err(|e| StorageError::io("open meta", e))?;
-            let record = IdentityRecord {
-                node_id: identity.node_id,
-                endpoint_id: *identity.endpoint_id.as_bytes(),
-            };
-            let bytes = postcard::to_allocvec(&record).expect("plain record");
-            meta.insert(meta_key::IDENTITY, bytes.as_slice())
-                .map_err(|e| StorageError::io("write identity", e))?;
+            let mut meta = tx.open_table(META).io("open meta")?;
+            meta.insert(meta_key::IDENTITY, encode_identity(&identity).as_slice())
+                .io("write identity")?;
             meta.insert(
                 meta_key::CONF_STATE,
                 codec::encode_conf_state(conf_state).as_slice(),
             )
-            .map_err(|e| StorageError::io("write conf state", e))?;
+            .io("write conf state")?;
             meta.insert(meta_key::MEMBERS, encode_members(members).as_slice())
-                .map_err(|e| StorageError::io("write members", e))?;
+                .io("write members")?;
         }
-        tx.commit().map_err(|e| StorageError::io("commit", e))
+        tx.commit().io("commit")
     }
 
     /// Writes a group of batches in one transaction, in order. `durable` selects an fsynced
     /// commit; otherwise the data reaches redb but only becomes durable with a later durable
     /// commit (see [`Self::flush`]).
     pub fn write(&mut self, batches: &[PersistBatch], durable: bool) -> Result<(), StorageError> {
-        let mut tx = self
-            .db
-            .begin_write()
-            .map_err(|e| StorageError::io("begin", e))?;
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        tx.set_durability(durability)
-            .map_err(|e| StorageError::io("set durability", e))?;
+        let tx = self.begin_write(durable)?;
         let mut last_index = self.last_index;
         {
-            let mut log = tx
-                .open_table(LOG)
-                .map_err(|e| StorageError::io("open log", e))?;
-            let mut meta = tx
-                .open_table(META)
-                .map_err(|e| StorageError::io("open meta", e))?;
+            let mut log = tx.open_table(LOG).io("open log")?;
+            let mut meta = tx.open_table(META).io("open meta")?;
             for batch in batches {
+                if let Some(snap) = &batch.snapshot {
+                    // An installed snapshot replaces the whole log: anything we held, committed
+                    // or a divergent uncommitted tail, is superseded by it.
+                    log.retain(|_, _| false).io("clear log")?;
+                    meta.insert(meta_key::SNAPSHOT, encode_snapshot(snap).as_slice())
+                        .io("write snapshot record")?;
+                    meta.insert(
+                        meta_key::LOG_START,
+                        encode_index_term((snap.index, snap.term)).as_slice(),
+                    )
+                    .io("write log start")?;
+                    let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
+                    let keep = snap.id;
+                    chunks
+                        .retain(|(id, _), _| id == keep)
+                        .io("delete old snapshots")?;
+                    last_index = snap.index;
+                }
                 if let Some(first) = batch.entries.first() {
                     if first.index <= last_index {
                         // A new leader replaced our uncommitted tail: drop it before appending.
                         log.retain_in(first.index.., |_, _| false)
-                            .map_err(|e| StorageError::io("truncate log", e))?;
+                            .io("truncate log")?;
                     }
                     for e in &batch.entries {
                         codec::encode_entry(e, &mut self.scratch);
-                        log.insert(e.index, self.scratch.as_slice())
-                            .map_err(|e| StorageError::io("append", e))?;
+                        log.insert(e.index, self.scratch.as_slice()).io("append")?;
                     }
                     last_index = batch.entries.last().map_or(last_index, |e| e.index);
                 }
@@ -396,19 +370,37 @@ impl LogDb {
                         meta_key::HARD_STATE,
                         codec::encode_hard_state(hs).as_slice(),
                     )
-                    .map_err(|e| StorageError::io("write hard state", e))?;
+                    .io("write hard state")?;
                 }
                 if let Some(cs) = &batch.conf_state {
                     meta.insert(
                         meta_key::CONF_STATE,
                         codec::encode_conf_state(cs).as_slice(),
                     )
-                    .map_err(|e| StorageError::io("write conf state", e))?;
+                    .io("write conf state")?;
                 }
             }
         }
-        tx.commit().map_err(|e| StorageError::io("commit", e))?;
+        tx.commit().io("commit")?;
         self.last_index = last_index;
+        Ok(())
+    }
+
+    /// Removes log entries up to and including `index` (whose term is `term`): they are covered
+    /// by a committed snapshot.
+    pub(super) fn purge_log(
+        tx: &WriteTransaction,
+        index: u64,
+        term: u64,
+    ) -> Result<(), StorageError> {
+        let mut log = tx.open_table(LOG).io("open log")?;
+        log.retain_in(..=index, |_, _| false).io("purge log")?;
+        let mut meta = tx.open_table(META).io("open meta")?;
+        meta.insert(
+            meta_key::LOG_START,
+            encode_index_term((index, term)).as_slice(),
+        )
+        .io("write log start")?;
         Ok(())
     }
 
@@ -419,47 +411,16 @@ impl LogDb {
 }
 
 fn meta_value(tx: &redb::ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-    let meta = tx
-        .open_table(META)
-        .map_err(|e| StorageError::io("open meta", e))?;
-    let value = meta
-        .get(key)
-        .map_err(|e| StorageError::io("read meta", e))?;
+    let meta = tx.open_table(META).io("open meta")?;
+    let value = meta.get(key).io("read meta")?;
     Ok(value.map(|v| v.value().to_vec()))
-}
-
-fn encode_members(members: &[Member]) -> Vec<u8> {
-    let records: Vec<MemberRecord> = members
-        .iter()
-        .map(|m| MemberRecord {
-            node_id: m.node_id,
-            endpoint_id: *m.addr.id.as_bytes(),
-            addrs: m.addr.ip_addrs().copied().collect(),
-        })
-        .collect();
-    postcard::to_allocvec(&records).expect("plain records")
-}
-
-fn decode_members(bytes: &[u8]) -> Option<Vec<Member>> {
-    let records: Vec<MemberRecord> = postcard::from_bytes(bytes).ok()?;
-    records
-        .into_iter()
-        .map(|r| {
-            let id = EndpointId::from_bytes(&r.endpoint_id).ok()?;
-            let addr = r
-                .addrs
-                .into_iter()
-                .fold(EndpointAddr::new(id), |a, ip| a.with_ip_addr(ip));
-            Some(Member {
-                node_id: r.node_id,
-                addr,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use iroh::EndpointAddr;
+    use raft::eraftpb::{Entry, HardState};
+
     use super::*;
 
     fn entry(index: u64, term: u64, data: &str) -> Entry {
@@ -481,8 +442,8 @@ mod tests {
                 commit,
                 ..Default::default()
             }),
-            conf_state: None,
             must_sync: true,
+            ..Default::default()
         }
     }
 

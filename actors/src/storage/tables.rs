@@ -6,11 +6,18 @@ use redb::TableDefinition;
 /// Version of the on-disk layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Node metadata: format version, identity, hard state, conf state, members.
+/// Node metadata: format version, identity, hard state, conf state, members, the current
+/// snapshot and where the log starts.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("iroh_raft_meta_v1");
 
 /// The Raft log: index → encoded entry.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("iroh_raft_log_v1");
+
+/// Snapshot bytes: (snapshot id, chunk number) → chunk. Only the id named by the `snapshot` meta
+/// record is current; any other id is a snapshot being written or received, and is deleted at
+/// start-up if the node stopped before it was committed.
+pub(crate) const SNAPSHOT_CHUNKS: TableDefinition<(u64, u32), &[u8]> =
+    TableDefinition::new("iroh_raft_snapshot_chunks_v1");
 
 /// Keys of [`META`].
 pub(crate) mod meta_key {
@@ -19,4 +26,8 @@ pub(crate) mod meta_key {
     pub(crate) const HARD_STATE: &str = "hard_state";
     pub(crate) const CONF_STATE: &str = "conf_state";
     pub(crate) const MEMBERS: &str = "members";
+    /// The current snapshot's record.
+    pub(crate) const SNAPSHOT: &str = "snapshot";
+    /// Index and term of the last entry removed from the front of the log (0, 0 if none).
+    pub(crate) const LOG_START: &str = "log_start";
 }

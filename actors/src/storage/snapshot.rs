@@ -1,0 +1,392 @@
+//! Snapshots in redb. A snapshot's bytes are stored as numbered chunks of at most
+//! [`SNAPSHOT_CHUNK`] bytes under a storage id; the `snapshot` meta record names the current one.
+//! Chunks are written in small non-durable transactions as they are produced (so a large
+//! snapshot neither holds up log commits nor needs to fit in memory), and the snapshot becomes
+//! current in one durable transaction that also deletes its predecessor and purges the log it
+//! covers. A CRC-32 over the whole stream is checked whenever the bytes are read back.
+
+use std::{io, sync::Arc};
+
+use redb::{Database, ReadableDatabase};
+
+use super::{
+    db::{DbHandle, IoContext, LogDb},
+    records::{SnapshotRecord, encode_snapshot},
+    tables::{META, SNAPSHOT_CHUNKS, meta_key},
+};
+use crate::error::StorageError;
+
+/// Size of one snapshot chunk (1 MiB): the unit of memory a snapshot costs in flight, of a redb
+/// write while it is stored, and of a frame on the transfer stream.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+impl LogDb {
+    /// A fresh storage id for a snapshot about to be written or received.
+    pub fn new_snapshot_id(&mut self) -> u64 {
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
+        id
+    }
+
+    /// Stores chunk `no` of snapshot `id` (not durable until the snapshot is committed).
+    pub fn write_snapshot_chunk(
+        &mut self,
+        id: u64,
+        no: u32,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        let tx = self.begin_write(false)?;
+        {
+            let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
+            chunks.insert((id, no), bytes).io("write snapshot chunk")?;
+        }
+        tx.commit().io("commit")
+    }
+
+    /// Deletes the chunks of a snapshot that will not be committed.
+    pub fn discard_snapshot(&mut self, id: u64) -> Result<(), StorageError> {
+        let tx = self.begin_write(false)?;
+        {
+            let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
+            chunks
+                .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                .io("discard snapshot")?;
+        }
+        tx.commit().io("commit")
+    }
+
+    /// Makes a fully written snapshot current, durably: deletes the previous one's chunks and,
+    /// with `purge_to = Some((index, term))`, the log entries up to `index`.
+    pub fn commit_snapshot(
+        &mut self,
+        record: &SnapshotRecord,
+        purge_to: Option<(u64, u64)>,
+    ) -> Result<(), StorageError> {
+        let previous = self.current_snapshot()?;
+        let tx = self.begin_write(true)?;
+        {
+            let mut meta = tx.open_table(META).io("open meta")?;
+            meta.insert(meta_key::SNAPSHOT, encode_snapshot(record).as_slice())
+                .io("write snapshot record")?;
+        }
+        if let Some(old) = previous.filter(|old| old.id != record.id) {
+            let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
+            chunks
+                .retain_in((old.id, 0)..=(old.id, u32::MAX), |_, _| false)
+                .io("delete old snapshot")?;
+        }
+        if let Some((index, term)) = purge_to {
+            LogDb::purge_log(&tx, index, term)?;
+        }
+        tx.commit().io("commit")
+    }
+
+    /// Reads a stored snapshot back.
+    pub fn snapshot_reader(&self, record: &SnapshotRecord) -> SnapshotReader {
+        SnapshotReader::new(self.db.clone(), record.clone())
+    }
+}
+
+impl DbHandle {
+    /// Reads a stored snapshot back.
+    pub fn snapshot_reader(&self, record: &SnapshotRecord) -> Result<SnapshotReader, StorageError> {
+        Ok(SnapshotReader::new(self.database()?, record.clone()))
+    }
+}
+
+/// Accumulates a snapshot's bytes into chunks, counting size and checksum. `emit` receives each
+/// full chunk (and the last, partial one at [`SnapshotWriter::finish`]).
+pub struct SnapshotWriter<F: FnMut(u32, Vec<u8>) -> io::Result<()>> {
+    emit: F,
+    buf: Vec<u8>,
+    chunks: u32,
+    size: u64,
+    hasher: crc32fast::Hasher,
+}
+
+impl<F: FnMut(u32, Vec<u8>) -> io::Result<()>> SnapshotWriter<F> {
+    /// A writer handing chunks to `emit`.
+    pub fn new(emit: F) -> Self {
+        Self {
+            emit,
+            buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+            chunks: 0,
+            size: 0,
+            hasher: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn emit_chunk(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+        (self.emit)(self.chunks, chunk)?;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// Emits the last chunk; returns `(size, chunks, checksum)`.
+    pub fn finish(mut self) -> io::Result<(u64, u32, u32)> {
+        if !self.buf.is_empty() {
+            self.emit_chunk()?;
+        }
+        Ok((self.size, self.chunks, self.hasher.finalize()))
+    }
+}
+
+impl<F: FnMut(u32, Vec<u8>) -> io::Result<()>> io::Write for SnapshotWriter<F> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(SNAPSHOT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() == SNAPSHOT_CHUNK {
+            self.emit_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a stored snapshot chunk by chunk (one short read transaction each, so a slow reader does
+/// not pin old pages), and fails at the end if the size or checksum differ from the record.
+pub struct SnapshotReader {
+    db: Arc<Database>,
+    record: SnapshotRecord,
+    next: u32,
+    buf: Vec<u8>,
+    pos: usize,
+    read: u64,
+    hasher: crc32fast::Hasher,
+}
+
+impl std::fmt::Debug for SnapshotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotReader")
+            .field("record", &self.record)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl SnapshotReader {
+    fn new(db: Arc<Database>, record: SnapshotRecord) -> Self {
+        Self {
+            db,
+            record,
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+            read: 0,
+            hasher: crc32fast::Hasher::new(),
+        }
+    }
+
+    /// The snapshot being read.
+    pub fn record(&self) -> &SnapshotRecord {
+        &self.record
+    }
+
+    /// The next stored chunk, `None` after the last one (once size and checksum matched).
+    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.next == self.record.chunks {
+            let checksum = self.hasher.clone().finalize();
+            if self.read != self.record.size || checksum != self.record.checksum {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "snapshot {} does not match its record: {} bytes, crc {checksum:08x}; expected {} bytes, crc {:08x}",
+                        self.record.index, self.read, self.record.size, self.record.checksum
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let chunk = {
+            let tx = self.db.begin_read().map_err(io::Error::other)?;
+            let chunks = tx.open_table(SNAPSHOT_CHUNKS).map_err(io::Error::other)?;
+            let value = chunks
+                .get((self.record.id, self.next))
+                .map_err(io::Error::other)?;
+            value.map(|v| v.value().to_vec())
+        };
+        let chunk = chunk.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "snapshot {} is missing chunk {}",
+                    self.record.index, self.next
+                ),
+            )
+        })?;
+        self.next += 1;
+        self.read += chunk.len() as u64;
+        self.hasher.update(&chunk);
+        Ok(Some(chunk))
+    }
+}
+
+impl io::Read for SnapshotReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.next_chunk()? {
+                Some(chunk) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use raft::eraftpb::{ConfState, Entry, HardState};
+
+    use super::*;
+    use crate::storage::PersistBatch;
+
+    fn write_snapshot(db: &mut LogDb, index: u64, data: &[u8]) -> SnapshotRecord {
+        let id = db.new_snapshot_id();
+        let mut chunks = Vec::new();
+        let mut w = SnapshotWriter::new(|no, c| {
+            chunks.push((no, c));
+            Ok(())
+        });
+        w.write_all(data).unwrap();
+        let (size, n, checksum) = w.finish().unwrap();
+        for (no, c) in chunks {
+            db.write_snapshot_chunk(id, no, &c).unwrap();
+        }
+        SnapshotRecord {
+            id,
+            index,
+            term: 2,
+            conf_state: ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            },
+            size,
+            chunks: n,
+            checksum,
+        }
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> PersistBatch {
+        PersistBatch {
+            entries: range
+                .map(|index| Entry {
+                    index,
+                    term: 2,
+                    ..Default::default()
+                })
+                .collect(),
+            hard_state: Some(HardState {
+                term: 2,
+                commit: 10,
+                ..Default::default()
+            }),
+            must_sync: true,
+            ..Default::default()
+        }
+    }
+
+    fn read_all(db: &LogDb, r: &SnapshotRecord) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        db.snapshot_reader(r).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_multi_chunk_snapshot_round_trips_and_compacts_the_log() {
+        let mut db = LogDb::in_memory().unwrap();
+        db.write(&[entries(1..=20)], true).unwrap();
+        let data: Vec<u8> = (0..(SNAPSHOT_CHUNK * 2 + 77))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let record = write_snapshot(&mut db, 15, &data);
+        assert_eq!(record.chunks, 3);
+        db.commit_snapshot(&record, Some((10, 2))).unwrap();
+        assert_eq!(read_all(&db, &record).unwrap(), data);
+        let r = db.recover().unwrap();
+        assert_eq!(r.snapshot, Some(record.clone()));
+        assert_eq!(r.log_start, (10, 2));
+        assert_eq!(r.entries.first().map(|e| e.index), Some(11));
+        assert_eq!(r.entries.last().map(|e| e.index), Some(20));
+
+        // A newer snapshot replaces the old one's chunks.
+        let newer = write_snapshot(&mut db, 20, b"newer");
+        db.commit_snapshot(&newer, Some((18, 2))).unwrap();
+        assert!(read_all(&db, &record).is_err(), "old chunks are gone");
+        assert_eq!(read_all(&db, &newer).unwrap(), b"newer");
+        assert_eq!(db.recover().unwrap().log_start, (18, 2));
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_whole_log_including_a_divergent_tail() {
+        let mut db = LogDb::in_memory().unwrap();
+        db.write(&[entries(1..=30)], true).unwrap();
+        let record = write_snapshot(&mut db, 25, b"leader state");
+        let install = PersistBatch {
+            snapshot: Some(record.clone()),
+            hard_state: Some(HardState {
+                term: 3,
+                commit: 25,
+                ..Default::default()
+            }),
+            must_sync: true,
+            ..Default::default()
+        };
+        db.write(&[install, entries(26..=27)], true).unwrap();
+        let r = db.recover().unwrap();
+        assert_eq!(r.log_start, (25, 2));
+        assert_eq!(
+            r.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![26, 27]
+        );
+        assert_eq!(r.snapshot, Some(record));
+        assert_eq!(db.last_index(), 27);
+    }
+
+    #[test]
+    fn corruption_and_missing_chunks_are_detected() {
+        let mut db = LogDb::in_memory().unwrap();
+        let data = vec![9u8; SNAPSHOT_CHUNK + 10];
+        let mut record = write_snapshot(&mut db, 5, &data);
+        let good = record.clone();
+        record.checksum ^= 1;
+        assert_eq!(
+            read_all(&db, &record).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        db.discard_snapshot(good.id).unwrap();
+        assert_eq!(
+            read_all(&db, &good).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+
+    #[test]
+    fn uncommitted_snapshot_chunks_are_dropped_at_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut db = LogDb::open(&path).unwrap();
+        let committed = write_snapshot(&mut db, 3, b"kept");
+        db.commit_snapshot(&committed, None).unwrap();
+        let abandoned = write_snapshot(&mut db, 9, b"half written");
+        db.flush().unwrap();
+        drop(db);
+        let mut db = LogDb::open(&path).unwrap();
+        assert_eq!(read_all(&db, &committed).unwrap(), b"kept");
+        assert!(read_all(&db, &abandoned).is_err());
+        assert!(db.new_snapshot_id() > committed.id);
+    }
+}
