@@ -61,9 +61,8 @@ fn batches(start: u64, per_batch: usize, count: usize) -> Vec<PersistBatch> {
                     ..Default::default()
                 })
                 .collect(),
-            hard_state: None,
-            conf_state: None,
             must_sync: true,
+            ..Default::default()
         })
         .collect()
 }
