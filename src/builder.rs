@@ -85,6 +85,7 @@ pub struct RaftClusterBuilder<S> {
     heartbeat: Option<Duration>,
     election: Option<Duration>,
     max_log_entries: Option<u64>,
+    snapshot_trailing_entries: Option<u64>,
     fsync: Option<bool>,
     request_timeout: Option<Duration>,
     rng_seed: Option<u64>,
@@ -105,6 +106,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             heartbeat: None,
             election: None,
             max_log_entries: None,
+            snapshot_trailing_entries: None,
             fsync: None,
             request_timeout: None,
             rng_seed: None,
@@ -207,10 +209,17 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
-    /// Applied entries between snapshots. Validated and carried now; it takes effect once log
-    /// compaction exists (until then the log is kept whole).
+    /// Applied entries between snapshots (default 10,000): once this many were applied since
+    /// the last snapshot, the node snapshots its state machine and compacts its log behind it.
     pub fn max_log_entries(mut self, n: u64) -> Self {
         self.max_log_entries = Some(n);
+        self
+    }
+
+    /// Entries kept in the log behind each snapshot (default 1,000), so a follower slightly behind
+    /// catches up from the log rather than needing the whole snapshot.
+    pub fn snapshot_trailing_entries(mut self, n: u64) -> Self {
+        self.snapshot_trailing_entries = Some(n);
         self
     }
 
@@ -257,6 +266,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             .unwrap_or(self.preset.request_timeout());
         config.rng_seed = self.rng_seed;
         config.max_log_entries = max_log_entries;
+        config.snapshot_trailing_entries = self.snapshot_trailing_entries.unwrap_or(1_000);
         Ok(config)
     }
 

@@ -12,8 +12,8 @@ use std::{
 use iroh::{Endpoint, protocol::Router};
 use iroh_raft_actors::{
     CodecError, EventStream, FatalError, GetStatus, LinearizableQuery, Node, NodeId, NodeStatus,
-    Propose, ProposeError, Query, RaftProtocol, ReadError, StateMachine, Subscribe,
-    wire::MAX_COMMAND_SIZE,
+    Propose, ProposeError, Query, RaftProtocol, ReadError, SnapshotError, StateMachine, Subscribe,
+    TriggerSnapshot, wire::MAX_COMMAND_SIZE,
 };
 use kameo::error::SendError;
 use tokio::time::Instant;
@@ -283,6 +283,19 @@ impl<S: StateMachine> RaftCluster<S> {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Takes a snapshot of this node's state machine now and compacts its log behind it; returns
+    /// the index the snapshot covers once it is durable. Appends and commits go on meanwhile.
+    pub async fn trigger_snapshot(&self) -> Result<u64, SnapshotError> {
+        match self.node.raft.ask(TriggerSnapshot).await {
+            Ok(index) => Ok(index),
+            Err(SendError::HandlerError(e)) => Err(e),
+            Err(_) => match self.node.failure().await {
+                Some(e) => Err(SnapshotError::Fatal(e)),
+                None => Err(SnapshotError::ShuttingDown),
+            },
         }
     }
 

@@ -15,7 +15,8 @@ pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
 pub use iroh_raft_actors::{
     ClusterEvent, EventItem, EventStream, FatalError, NodeId, NodeStatus, ProposeError,
-    RaftProtocol, ReadError, Role, StateMachine, StorageError, WriteSnapshot, wire::ALPN,
+    RaftProtocol, ReadError, Role, SnapshotError, StateMachine, StorageError, WriteSnapshot,
+    wire::ALPN,
 };
 pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
 pub use local::start_local_cluster;

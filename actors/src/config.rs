@@ -30,8 +30,11 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Seed for this node's election jitter; `None` draws one from the OS.
     pub rng_seed: Option<u64>,
-    /// Applied entries between snapshots (used by log compaction).
+    /// Applied entries after the last snapshot that trigger the next one.
     pub max_log_entries: u64,
+    /// Entries kept in the log behind a snapshot, so a follower slightly behind catches up from
+    /// the log instead of needing the whole snapshot.
+    pub snapshot_trailing_entries: u64,
 }
 
 impl NodeConfig {
@@ -47,6 +50,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(10),
             rng_seed: None,
             max_log_entries: 10_000,
+            snapshot_trailing_entries: 1_000,
         }
     }
 

@@ -11,7 +11,7 @@ mod effects;
 mod logger;
 mod mem_log;
 
-pub use self::core::{Driver, DriverStatus, ProposeRefused};
+pub use self::core::{Driver, DriverStatus, InitialLog, ProposeRefused};
 pub use effects::Effects;
 
 #[cfg(test)]

@@ -50,8 +50,9 @@ pub enum ProposeError {
     /// had already been appended).
     #[error("node is shutting down")]
     ShuttingDown,
-    /// The RaftActor crashed (and is being restarted) before answering. The outcome is unknown.
-    #[error("the node's Raft actor restarted before answering; outcome unknown")]
+    /// The outcome is unknown: the RaftActor crashed (and is being restarted) before answering,
+    /// or this node caught up through a snapshot that may or may not include the command.
+    #[error("the proposal's outcome is unknown (the node restarted or installed a snapshot)")]
     Interrupted,
     /// The node is dead.
     #[error(transparent)]
@@ -85,6 +86,30 @@ pub enum ReadError {
     /// The RaftActor crashed (and is being restarted) before answering; retry.
     #[error("the node's Raft actor restarted before answering")]
     Interrupted,
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// The node is dead.
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+}
+
+/// Why a snapshot could not be taken.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The state machine failed to write its state.
+    #[error("the state machine failed to write its snapshot: {reason}")]
+    StateMachine {
+        /// The I/O error it returned.
+        reason: Arc<str>,
+    },
+    /// Writing the snapshot to disk failed (the node is now failed too).
+    #[error("storing the snapshot failed: {0}")]
+    Storage(#[source] Arc<StorageError>),
+    /// A newer snapshot (installed from the leader) replaced the one being taken.
+    #[error("a newer snapshot was installed meanwhile")]
+    Superseded,
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -214,6 +239,14 @@ pub enum StartError {
     /// A restart needed a fresh state machine, and no factory was given.
     #[error("no state machine to start with (a restart needs a state machine factory)")]
     NoStateMachine,
+    /// The state machine could not restore the stored snapshot.
+    #[error("restoring the snapshot at index {index} failed: {reason}")]
+    Restore {
+        /// The snapshot's index.
+        index: u64,
+        /// What `restore` (or the checksum check) said.
+        reason: String,
+    },
     /// raft-rs refused the recovered state or the configuration.
     #[error("raft core refused to start: {reason}")]
     Raft {

@@ -50,6 +50,16 @@ pub enum ClusterEvent {
         /// Highest applied index.
         index: u64,
     },
+    /// This node took a snapshot of its state machine and compacted its log behind it.
+    SnapshotTaken {
+        /// The last index it covers.
+        index: u64,
+    },
+    /// This node installed a snapshot streamed from the leader.
+    SnapshotInstalled {
+        /// The last index it covers.
+        index: u64,
+    },
     /// The voter or learner set changed.
     MembershipChanged {
         /// Voters after the change.

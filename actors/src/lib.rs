@@ -66,8 +66,10 @@ mod types;
 pub mod wire;
 
 pub use config::{NodeConfig, TICKS_PER_HEARTBEAT};
-pub use driver::{Driver, DriverStatus, Effects, ProposeRefused};
-pub use error::{CodecError, FatalError, ProposeError, ReadError, StartError, StorageError};
+pub use driver::{Driver, DriverStatus, Effects, InitialLog, ProposeRefused};
+pub use error::{
+    CodecError, FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError,
+};
 pub use events::{
     ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish, Subscribe,
 };
@@ -75,13 +77,14 @@ pub use node::{Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
     GetStatus, LinearizableQuery, MAX_MESSAGES_PER_READY, Propose, Query, RAFT_MAILBOX, RaftActor,
-    RaftArgs, Shutdown,
+    RaftArgs, Shutdown, TriggerSnapshot,
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{
-    Close, DbHandle, FORMAT_VERSION, Flush, Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member,
-    PERSIST_QUEUE, PersistBatch, PersistProgress, Recover, Recovered, SNAPSHOT_CHUNK,
-    SnapshotReader, SnapshotRecord, SnapshotWriter, StorageActor, StorageArgs,
+    Close, CommitSnapshot, DbHandle, DiscardSnapshot, FORMAT_VERSION, Flush, Identity, LogDb,
+    MAX_BATCHES_PER_COMMIT, Member, NewSnapshotId, PERSIST_QUEUE, PersistBatch, PersistProgress,
+    Recover, Recovered, SNAPSHOT_CHUNK, SnapshotReader, SnapshotRecord, SnapshotWriter,
+    StorageActor, StorageArgs, WriteChunk,
 };
 pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};
 pub use types::{NodeId, NodeStatus, Role};

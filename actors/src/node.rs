@@ -202,6 +202,7 @@ impl<S: StateMachine> Node<S> {
             config,
             state_machine,
             storage: storage.clone(),
+            db: db_handle.clone(),
             dialer,
             persist_tx,
             persist_progress: progress_rx,
@@ -230,8 +231,13 @@ impl<S: StateMachine> Node<S> {
                 storage: storage.clone(),
             })
             .await;
-        let protocol =
-            RaftProtocol::new(me, raft.clone().recipient(), raft.clone().reply_recipient());
+        let protocol = RaftProtocol::new(
+            me,
+            raft.clone().recipient(),
+            raft.clone().reply_recipient(),
+            raft.clone().recipient(),
+            storage.clone(),
+        );
         Ok(Self {
             raft,
             storage,

@@ -8,6 +8,12 @@
 //!   members (asking the RaftActor), reads and validates frames, and forwards them to the
 //!   RaftActor with backpressure (a reader waits for mailbox room, so QUIC flow control slows
 //!   the sender).
+//! - Snapshot transfers: when the RaftActor hands a PeerActor a [`SnapshotOffer`], the PeerActor
+//!   starts a task that opens a second stream on the same connection and streams the snapshot's
+//!   chunks from redb, one at a time; the consensus stream keeps flowing meanwhile, and the
+//!   outcome goes back to the RaftActor as [`SnapshotSent`]. The receiving handler stores chunks
+//!   through the StorageActor as they arrive and reports [`SnapshotReceived`] once the checksum
+//!   matched.
 //! - [`Dialer`] / [`Link`]: the small interface through which a PeerActor reaches its peer.
 //!   [`IrohDialer`] is the production implementation; a simulation supplies an in-memory one.
 
@@ -16,10 +22,11 @@ mod handler;
 mod transport;
 
 pub use actor::{
-    MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, StopPeer,
+    MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, SnapshotOffer,
+    SnapshotSent, StopPeer,
 };
-pub use handler::{Admit, Inbound, RaftProtocol};
-pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError};
+pub use handler::{Admit, Inbound, RaftProtocol, SnapshotReceived};
+pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, StreamSink};
 
 /// Outbound batches a PeerActor may have queued before new ones are dropped. Each batch is one
 /// Ready round's worth of messages for that peer, so this is far more than a healthy peer needs.

@@ -12,9 +12,11 @@ mod messages;
 mod peers;
 mod pending;
 mod ready;
+mod snapshot;
 
 pub use actor::{RaftActor, RaftArgs};
 pub use messages::{GetStatus, LinearizableQuery, Propose, Query, Shutdown};
+pub use snapshot::TriggerSnapshot;
 
 /// Most mailbox messages handled between two Ready rounds: bounds the latency a long burst adds
 /// to the first message in it.

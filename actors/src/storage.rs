@@ -16,7 +16,10 @@ mod records;
 mod snapshot;
 mod tables;
 
-pub use actor::{Close, Flush, PersistProgress, Recover, StorageActor, StorageArgs};
+pub use actor::{
+    Close, CommitSnapshot, DiscardSnapshot, Flush, NewSnapshotId, PersistProgress, Recover,
+    StorageActor, StorageArgs, WriteChunk,
+};
 pub use db::{DbHandle, LogDb};
 pub use records::{Identity, Member, PersistBatch, Recovered, SnapshotRecord};
 pub use snapshot::{SNAPSHOT_CHUNK, SnapshotReader, SnapshotWriter};

@@ -50,6 +50,10 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// Highest index known durable on this node's disk.
     pub persisted_index: u64,
+    /// First index still in the log (entries before it were compacted into a snapshot).
+    pub first_index: u64,
+    /// Last index covered by this node's current snapshot (0: none).
+    pub snapshot_index: u64,
     /// The current voters.
     pub voters: Vec<NodeId>,
 }

@@ -26,6 +26,17 @@
 //! - [`Frame::ForwardReply`]: the leader's answer per forwarded proposal: the index and term the
 //!   entry was given, or "not leader" with a hint.
 //!
+//! # Snapshot streams
+//! When a follower needs entries the leader no longer has, the leader opens another
+//! unidirectional stream on the same connection, so heartbeats and appends to everyone (that
+//! follower included) never wait behind snapshot bytes. After the Hello it carries
+//! [`Frame::SnapshotHeader`] (the `MsgSnapshot` with the snapshot's index, term and
+//! configuration), then [`Frame::SnapshotChunk`]s of at most 1 MiB, then [`Frame::SnapshotEnd`]
+//! with the total size and CRC-32, and finishes. The receiver stores chunks as they arrive (never
+//! the whole snapshot in memory), checks size and checksum, and only then hands the message to
+//! Raft; a mismatch stops the stream with [`CloseCode::MalformedFrame`] (the connection stays up)
+//! and the leader retries later. The size need not be known in advance.
+//!
 //! The receiver validates every frame in full (rkyv's bytecheck, then message types, entry
 //! types, sender and receiver ids) before anything reaches the Raft core. A frame that fails
 //! closes the connection with the matching [`CloseCode`] and a log line; the node keeps running
@@ -49,7 +60,7 @@ mod frame;
 pub use codec::{WireError, decode_frame, encode_frame};
 pub(crate) use codec::{check_len, decode_aligned};
 pub(crate) use convert::message_to_wire as convert_outgoing;
-pub use convert::{InboundPayload, validate_frame};
+pub use convert::{InboundPayload, validate_frame, validate_snapshot_header};
 pub use frame::{
     ForwardOutcome, ForwardReply, ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
     WireSnapshotMeta,

@@ -1,8 +1,8 @@
 //! [`Driver`]: one raft-rs `RawNode` and the bookkeeping of its Ready rounds.
 
 use raft::{
-    Config, RawNode, ReadOnlyOption, StateRole,
-    eraftpb::{ConfState, Entry, HardState, Message},
+    Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage,
+    eraftpb::{ConfState, Entry, HardState, Message, SnapshotMetadata},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -21,6 +21,21 @@ pub enum ProposeRefused {
     /// The leader is handing over leadership, or raft-rs dropped the proposal for another
     /// reason (uncommitted size limit).
     Dropped,
+}
+
+/// The durable state a driver starts from.
+#[derive(Debug, Default)]
+pub struct InitialLog {
+    /// Term, vote, commit.
+    pub hard_state: HardState,
+    /// Voters and learners.
+    pub conf_state: ConfState,
+    /// Index and term just before the first entry.
+    pub start: (u64, u64),
+    /// The current snapshot's metadata (index 0: none).
+    pub snapshot: SnapshotMetadata,
+    /// The log after `start`.
+    pub entries: Vec<Entry>,
 }
 
 /// A cheap snapshot of the driver's progress.
@@ -63,13 +78,7 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Builds a driver over recovered state. `applied` is the index the state machine already
     /// holds (its snapshot index); committed entries after it are handed out again for apply.
-    pub fn new(
-        config: &NodeConfig,
-        hard_state: HardState,
-        conf_state: ConfState,
-        entries: Vec<Entry>,
-        applied: u64,
-    ) -> Result<Self, raft::Error> {
+    pub fn new(config: &NodeConfig, log: InitialLog, applied: u64) -> Result<Self, raft::Error> {
         let election_ticks = config.election_ticks();
         let raft_config = Config {
             id: config.node_id,
@@ -84,7 +93,16 @@ impl Driver {
             ..Default::default()
         };
         raft_config.validate()?;
-        let store = MemLog::new(hard_state, conf_state, entries);
+        let mut hard_state = log.hard_state;
+        // A snapshot implies its index is committed, even if the commit index on disk lagged.
+        hard_state.commit = hard_state.commit.max(log.snapshot.index);
+        let store = MemLog::new(
+            hard_state,
+            log.conf_state,
+            log.start,
+            log.snapshot,
+            log.entries,
+        );
         let raw = RawNode::new(&raft_config, store, &raft_logger(config.node_id))?;
         let seed = config.rng_seed.unwrap_or_else(rand::random);
         let mut driver = Self {
@@ -175,6 +193,42 @@ impl Driver {
         self.raw.read_index(context);
     }
 
+    /// A local snapshot at `meta.index` is durable: raft-rs may send it from now on, and the log
+    /// up to `purge_to` is dropped.
+    pub fn snapshot_taken(&mut self, meta: SnapshotMetadata, purge_to: u64) {
+        self.raw.mut_store().snapshot_taken(meta, purge_to);
+    }
+
+    /// The latest snapshot's metadata (index 0: none).
+    pub fn snapshot_meta(&self) -> &SnapshotMetadata {
+        self.raw.store().snapshot_meta()
+    }
+
+    /// The term of the entry at `index`, if the log still holds it.
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.raw.store().term(index).ok()
+    }
+
+    /// The current configuration.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.store().conf_state().clone()
+    }
+
+    /// Index of the first entry the log still holds.
+    pub fn first_index(&self) -> u64 {
+        self.raw.store().first_index()
+    }
+
+    /// Reports how sending a snapshot to `id` ended.
+    pub fn report_snapshot(&mut self, id: NodeId, delivered: bool) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
+    }
+
     /// Tells raft-rs that a peer could not be reached, so it stops optimistic pipelining to it.
     pub fn report_unreachable(&mut self, id: NodeId) {
         self.raw.report_unreachable(id);
@@ -197,9 +251,7 @@ impl Driver {
             let leader = Some(ss.leader_id).filter(|&id| id != raft::INVALID_ID);
             (Role::from_raft(ss.raft_state), leader)
         });
-        // Snapshots cannot arrive yet: MsgSnapshot is refused on the wire until snapshot
-        // transfer exists, and this node never compacts its log.
-        debug_assert!(rd.snapshot().get_metadata().index == 0);
+        let install = (!rd.snapshot().is_empty()).then(|| rd.snapshot().get_metadata().clone());
         let mut fx = Effects {
             number: rd.number(),
             send_now: rd.take_messages(),
@@ -213,11 +265,15 @@ impl Driver {
         let must_sync = rd.must_sync();
         fx.send_after_persist = rd.take_persisted_messages();
         let store = self.raw.mut_store();
+        if let Some(meta) = &install {
+            store.install_snapshot(meta.clone());
+        }
         store.append(&entries);
         if let Some(hs) = &hard_state {
             store.set_hard_state(hs.clone());
         }
-        if !entries.is_empty() || hard_state.is_some() {
+        fx.install = install;
+        if !entries.is_empty() || hard_state.is_some() || fx.install.is_some() {
             fx.persist = Some(PersistBatch {
                 number: fx.number,
                 snapshot: None,

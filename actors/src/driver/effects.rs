@@ -2,7 +2,7 @@
 
 use raft::{
     ReadState,
-    eraftpb::{Entry, Message},
+    eraftpb::{Entry, Message, SnapshotMetadata},
 };
 
 use crate::{storage::PersistBatch, types::Role};
@@ -17,6 +17,9 @@ pub struct Effects {
     /// A leader's messages, which may go out before its own write is durable (Raft thesis
     /// 10.2.1: the leader's disk write and the followers' run in parallel).
     pub send_now: Vec<Message>,
+    /// A snapshot from the leader to install: restore the state machine from it before anything
+    /// else (the persist batch must carry it too; there are no committed entries in this round).
+    pub install: Option<SnapshotMetadata>,
     /// Committed entries to apply, in order.
     pub committed: Vec<Entry>,
     /// What must be made durable; `None` when this round changed nothing on disk.
@@ -35,6 +38,7 @@ impl Effects {
     pub fn is_empty(&self) -> bool {
         self.send_now.is_empty()
             && self.committed.is_empty()
+            && self.install.is_none()
             && self.persist.is_none()
             && self.send_after_persist.is_empty()
             && self.read_states.is_empty()

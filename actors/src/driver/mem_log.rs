@@ -1,6 +1,9 @@
 //! [`MemLog`]: the in-memory mirror of the durable log that raft-rs reads through its `Storage`
 //! trait. The RaftActor appends to it before handing a Ready to `advance_append_async` (raft-rs
 //! requires entries to be readable by then); durability is tracked separately, by Ready number.
+//! It holds entries after the last compaction only, and the metadata (not the bytes) of the
+//! latest snapshot, which is what raft-rs puts in a `MsgSnapshot`; the bytes stay in redb and
+//! travel on a stream of their own.
 
 use raft::{
     GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError,
@@ -8,39 +11,47 @@ use raft::{
     util::limit_size,
 };
 
-/// Entries `(snapshot.index, last_index]`, the hard state and conf state.
+/// Entries `(start.0, last_index]`, the hard state, the conf state and the latest snapshot's
+/// metadata.
 ///
-/// Invariant: `entries[i].index == snapshot.index + 1 + i`.
+/// Invariants: `entries[i].index == start.0 + 1 + i`; `snapshot.index >= start.0` once a
+/// snapshot exists.
 #[derive(Debug, Default)]
 pub(crate) struct MemLog {
     hard_state: HardState,
     conf_state: ConfState,
+    /// Index and term of the entry just before the first one held.
+    start: (u64, u64),
     snapshot: SnapshotMetadata,
     entries: Vec<Entry>,
 }
 
 impl MemLog {
-    pub(crate) fn new(hard_state: HardState, conf_state: ConfState, entries: Vec<Entry>) -> Self {
-        let mut snapshot = SnapshotMetadata::default();
-        if let Some(first) = entries.first() {
-            // Nothing before the first stored entry is available (it was compacted away).
-            snapshot.index = first.index - 1;
-        }
-        snapshot.set_conf_state(conf_state.clone());
+    /// A log over recovered state: `start` is where the stored log begins, `snapshot` the
+    /// current snapshot's metadata (index 0 when there is none).
+    pub(crate) fn new(
+        hard_state: HardState,
+        conf_state: ConfState,
+        start: (u64, u64),
+        snapshot: SnapshotMetadata,
+        entries: Vec<Entry>,
+    ) -> Self {
+        debug_assert!(entries.first().is_none_or(|e| e.index == start.0 + 1));
         Self {
             hard_state,
             conf_state,
+            start,
             snapshot,
             entries,
         }
     }
 
     pub(crate) fn first_index(&self) -> u64 {
-        self.snapshot.index + 1
+        self.start.0 + 1
     }
 
     pub(crate) fn last_index(&self) -> u64 {
-        self.snapshot.index + self.entries.len() as u64
+        self.start.0 + self.entries.len() as u64
     }
 
     pub(crate) fn set_hard_state(&mut self, hs: HardState) {
@@ -49,6 +60,11 @@ impl MemLog {
 
     pub(crate) fn conf_state(&self) -> &ConfState {
         &self.conf_state
+    }
+
+    /// The latest snapshot's metadata (index 0: none).
+    pub(crate) fn snapshot_meta(&self) -> &SnapshotMetadata {
+        &self.snapshot
     }
 
     /// Appends entries, replacing any conflicting tail at or after the first new index.
@@ -64,6 +80,38 @@ impl MemLog {
         self.entries
             .truncate((first.index - self.first_index()) as usize);
         self.entries.extend_from_slice(ents);
+    }
+
+    /// A local snapshot became current: remember it, and drop entries up to `purge_to` (a
+    /// trailing window before the snapshot stays for followers that are slightly behind).
+    pub(crate) fn snapshot_taken(&mut self, meta: SnapshotMetadata, purge_to: u64) {
+        let purge_to = purge_to.min(self.last_index());
+        if purge_to > self.start.0 {
+            let term = self.term_at(purge_to).expect("purge point is in the log");
+            self.entries.drain(..(purge_to - self.start.0) as usize);
+            self.start = (purge_to, term);
+        }
+        self.snapshot = meta;
+    }
+
+    /// A snapshot from the leader replaces the whole log.
+    pub(crate) fn install_snapshot(&mut self, meta: SnapshotMetadata) {
+        self.entries.clear();
+        self.start = (meta.index, meta.term);
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.snapshot = meta;
+    }
+
+    fn term_at(&self, idx: u64) -> Option<u64> {
+        if idx == self.start.0 {
+            return Some(self.start.1);
+        }
+        if idx < self.first_index() || idx > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(idx - self.first_index()) as usize].term)
     }
 }
 
@@ -95,16 +143,11 @@ impl Storage for MemLog {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.snapshot.index {
-            return Ok(self.snapshot.term);
-        }
-        if idx < self.first_index() {
+        if idx < self.start.0 {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
-        if idx > self.last_index() {
-            return Err(raft::Error::Store(RaftStorageError::Unavailable));
-        }
-        Ok(self.entries[(idx - self.first_index()) as usize].term)
+        self.term_at(idx)
+            .ok_or(raft::Error::Store(RaftStorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -115,12 +158,18 @@ impl Storage for MemLog {
         Ok(MemLog::last_index(self))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Log compaction (and with it snapshot transfer) is not implemented yet, so no follower
-        // can need entries we no longer have.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The latest snapshot's metadata; its bytes are streamed from redb by the PeerActor.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.index == 0 || self.snapshot.index < request_index {
+            // None yet (or too old): the RaftActor takes one when the log outgrows its limit;
+            // raft-rs asks again later.
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot.clone());
+        Ok(snap)
     }
 }
 
@@ -136,9 +185,19 @@ mod tests {
         }
     }
 
+    fn empty() -> MemLog {
+        MemLog::new(
+            HardState::default(),
+            ConfState::default(),
+            (0, 0),
+            SnapshotMetadata::default(),
+            vec![],
+        )
+    }
+
     #[test]
     fn append_replaces_conflicting_tail() {
-        let mut log = MemLog::new(HardState::default(), ConfState::default(), vec![]);
+        let mut log = empty();
         log.append(&[e(1, 1), e(2, 1), e(3, 1)]);
         log.append(&[e(2, 2)]);
         assert_eq!(log.last_index(), 2);
@@ -152,17 +211,45 @@ mod tests {
     }
 
     #[test]
-    fn recovered_log_starts_after_its_first_entry() {
-        let log = MemLog::new(
-            HardState::default(),
-            ConfState::default(),
-            vec![e(5, 2), e(6, 2)],
-        );
-        assert_eq!(log.first_index(), 5);
-        assert_eq!(log.last_index(), 6);
-        assert!(
-            log.entries(4, 6, None, GetEntriesContext::empty(false))
-                .is_err()
-        );
+    fn a_taken_snapshot_compacts_behind_a_trailing_window() {
+        let mut log = empty();
+        log.append(&(1..=10).map(|i| e(i, 1)).collect::<Vec<_>>());
+        assert!(log.snapshot(0, 2).is_err(), "no snapshot yet");
+        let meta = SnapshotMetadata {
+            index: 8,
+            term: 1,
+            ..Default::default()
+        };
+        log.snapshot_taken(meta.clone(), 5);
+        assert_eq!(log.first_index(), 6);
+        assert_eq!(log.term(5).unwrap(), 1);
+        assert!(matches!(
+            log.term(4),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert!(matches!(
+            log.entries(5, 7, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert_eq!(log.snapshot(0, 2).unwrap().get_metadata(), &meta);
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_everything() {
+        let mut log = empty();
+        log.append(&[e(1, 1), e(2, 1), e(3, 2)]);
+        let mut meta = SnapshotMetadata {
+            index: 7,
+            term: 3,
+            ..Default::default()
+        };
+        meta.mut_conf_state().voters = vec![1, 2];
+        log.install_snapshot(meta);
+        assert_eq!((log.first_index(), log.last_index()), (8, 7));
+        assert_eq!(log.term(7).unwrap(), 3);
+        assert_eq!(log.conf_state().voters, vec![1, 2]);
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 7);
+        log.append(&[e(8, 3)]);
+        assert_eq!(log.last_index(), 8);
     }
 }

@@ -1,9 +1,9 @@
 //! The driver is tested by asserting the effects of its Ready rounds, with messages delivered by
 //! hand: no actors, no network, no disk.
 
-use raft::eraftpb::{ConfState, HardState, Message, MessageType};
+use raft::eraftpb::{ConfState, Message, MessageType};
 
-use super::{Driver, Effects, ProposeRefused};
+use super::{Driver, Effects, InitialLog, ProposeRefused};
 use crate::{config::NodeConfig, types::Role};
 
 fn driver(id: u64, voters: &[u64], seed: u64) -> Driver {
@@ -13,7 +13,11 @@ fn driver(id: u64, voters: &[u64], seed: u64) -> Driver {
         voters: voters.to_vec(),
         ..Default::default()
     };
-    Driver::new(&config, HardState::default(), cs, vec![], 0).unwrap()
+    let log = InitialLog {
+        conf_state: cs,
+        ..Default::default()
+    };
+    Driver::new(&config, log, 0).unwrap()
 }
 
 /// Runs one Ready round and confirms its persistence at once (an instant disk).

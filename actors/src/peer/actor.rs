@@ -10,16 +10,17 @@ use kameo::{
     message::{Context, Message},
 };
 use raft::eraftpb::Message as RaftMessage;
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 use tracing::{Instrument, Span, debug, info_span, trace};
 
-use super::{Dialer, Link};
+use super::{Dialer, Link, LinkError, StreamSink};
 use crate::{
     events::{ClusterEvent, EventBus, Publish},
+    storage::{DbHandle, SnapshotRecord},
     types::NodeId,
     wire::{
-        CloseCode, ForwardReply, ForwardedProposal, Frame, WireMessage, convert_outgoing,
-        encode_frame,
+        CloseCode, ForwardReply, ForwardedProposal, Frame, Hello, PROTOCOL_VERSION, WireMessage,
+        convert_outgoing, encode_frame,
     },
 };
 
@@ -39,12 +40,35 @@ pub struct Outbound {
     pub forwards: Vec<ForwardedProposal>,
     /// Answers to proposals the peer forwarded to us.
     pub replies: Vec<ForwardReply>,
+    /// A snapshot the peer needs, to stream on a stream of its own.
+    pub snapshot: Option<SnapshotOffer>,
+}
+
+/// raft-rs's `MsgSnapshot` for a follower, and where the snapshot's bytes are.
+#[derive(Debug)]
+pub struct SnapshotOffer {
+    /// The message (snapshot metadata, no data).
+    pub msg: RaftMessage,
+    /// The stored snapshot it describes.
+    pub record: SnapshotRecord,
+}
+
+/// How streaming a snapshot to `peer` ended.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotSent {
+    /// The follower.
+    pub peer: NodeId,
+    /// Whether every byte was delivered and read.
+    pub delivered: bool,
 }
 
 impl Outbound {
     /// True when there is nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.raft.is_empty() && self.forwards.is_empty() && self.replies.is_empty()
+        self.raft.is_empty()
+            && self.forwards.is_empty()
+            && self.replies.is_empty()
+            && self.snapshot.is_none()
     }
 }
 
@@ -71,6 +95,10 @@ pub struct PeerArgs {
     pub dialer: Arc<dyn Dialer>,
     /// Told when messages were lost (weak: a PeerActor must not keep the RaftActor alive).
     pub raft: WeakRecipient<PeerUnreachable>,
+    /// Told how a snapshot transfer ended.
+    pub snapshot_sent: WeakRecipient<SnapshotSent>,
+    /// Where snapshots are read from.
+    pub db: DbHandle,
     /// Where connection events go.
     pub events: ActorRef<EventBus>,
 }
@@ -84,6 +112,8 @@ pub struct PeerActor {
     backoff: Duration,
     buf: Vec<u8>,
     span: Span,
+    /// The snapshot transfer in progress, if any (one at a time per peer).
+    transfer: Option<JoinHandle<()>>,
 }
 
 impl PeerActor {
@@ -195,7 +225,13 @@ impl PeerActor {
         }
     }
 
-    async fn send(&mut self, batch: Outbound) {
+    async fn send(&mut self, mut batch: Outbound) {
+        if let Some(offer) = batch.snapshot.take() {
+            self.start_transfer(offer).await;
+        }
+        if batch.is_empty() {
+            return;
+        }
         if self.link().await.is_none() {
             // Still backing off (or the dial just failed): the batch is lost. Raft retransmits
             // its messages; forwarded proposals were never sent, so their proposers may retry.
@@ -216,6 +252,99 @@ impl PeerActor {
     }
 }
 
+impl PeerActor {
+    /// Streams a snapshot on a new stream of the current connection, in a task of its own.
+    async fn start_transfer(&mut self, offer: SnapshotOffer) {
+        let busy = self.transfer.as_ref().is_some_and(|t| !t.is_finished());
+        let stream = match (busy, self.link().await) {
+            (false, Some(link)) => Some(link.open_stream()),
+            _ => None,
+        };
+        let report = self.args.snapshot_sent.clone();
+        let peer = self.args.peer;
+        let Some(stream) = stream else {
+            // Busy or unreachable: raft-rs sends the offer again after a failure report.
+            if let Some(r) = report.upgrade() {
+                let _ = r
+                    .tell(SnapshotSent {
+                        peer,
+                        delivered: false,
+                    })
+                    .try_send();
+            }
+            return;
+        };
+        let (me, db) = (self.args.me, self.args.db.clone());
+        let span = self.span.clone();
+        self.transfer = Some(tokio::spawn(
+            async move {
+                let index = offer.record.index;
+                let result =
+                    async { stream_snapshot(stream.await?, me, peer, offer, &db).await }.await;
+                match &result {
+                    Ok(bytes) => debug!(index, bytes, "snapshot delivered"),
+                    Err(e) => debug!(index, error = %e, "snapshot transfer failed"),
+                }
+                if let Some(r) = report.upgrade() {
+                    let delivered = result.is_ok();
+                    let _ = r.tell(SnapshotSent { peer, delivered }).await;
+                }
+            }
+            .instrument(span),
+        ));
+    }
+}
+
+/// Writes Hello, header, every chunk and the end frame; returns the bytes sent.
+async fn stream_snapshot(
+    mut stream: Box<dyn StreamSink>,
+    me: NodeId,
+    peer: NodeId,
+    offer: SnapshotOffer,
+    db: &DbHandle,
+) -> Result<u64, LinkError> {
+    let mut buf = Vec::new();
+    let push = |frame: Frame, buf: &mut Vec<u8>| {
+        buf.clear();
+        encode_frame(&frame, buf).map_err(|e| LinkError::Closed(e.to_string()))
+    };
+    push(
+        Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            from: me,
+            to: peer,
+        }),
+        &mut buf,
+    )?;
+    stream.send(&buf).await?;
+    push(
+        Frame::SnapshotHeader(convert_outgoing(&offer.msg)),
+        &mut buf,
+    )?;
+    stream.send(&buf).await?;
+    let mut reader = db
+        .snapshot_reader(&offer.record)
+        .map_err(|e| LinkError::Closed(e.to_string()))?;
+    // One chunk in memory at a time; the reader checks size and checksum after the last one.
+    while let Some(chunk) = reader
+        .next_chunk()
+        .map_err(|e| LinkError::Closed(e.to_string()))?
+    {
+        push(Frame::SnapshotChunk(chunk), &mut buf)?;
+        stream.send(&buf).await?;
+    }
+    push(
+        Frame::SnapshotEnd {
+            size: offer.record.size,
+            checksum: offer.record.checksum,
+        },
+        &mut buf,
+    )?;
+    stream.send(&buf).await?;
+    stream.finish().await?;
+    Ok(offer.record.size)
+}
+
 impl Actor for PeerActor {
     type Args = PeerArgs;
     type Error = Infallible;
@@ -228,6 +357,7 @@ impl Actor for PeerActor {
             retry_at: None,
             backoff: MIN_BACKOFF,
             buf: Vec::new(),
+            transfer: None,
         })
     }
 

@@ -1,5 +1,6 @@
-//! [`RaftProtocol`]: accepts consensus connections from members and feeds their frames to the
-//! RaftActor.
+//! [`RaftProtocol`]: accepts consensus connections from members and feeds their streams to the
+//! RaftActor: the consensus stream's frames as [`Inbound`] messages, a snapshot stream's chunks
+//! to the StorageActor and, once checksummed, a [`SnapshotReceived`] to the RaftActor.
 
 use std::sync::Arc;
 
@@ -9,18 +10,21 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use kameo::{
-    actor::{Recipient, ReplyRecipient},
+    actor::{ActorRef, Recipient, ReplyRecipient},
     error::Infallible,
 };
+use raft::eraftpb::Message as RaftMessage;
 use rkyv::util::AlignedVec;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
+    storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
     wire::{
-        CloseCode, Frame, InboundPayload, PROTOCOL_VERSION, WireError, check_len, decode_aligned,
-        validate_frame,
+        CloseCode, Frame, InboundPayload, PROTOCOL_VERSION, WireError, WireMessage, check_len,
+        decode_aligned, validate_frame, validate_snapshot_header,
     },
 };
 
@@ -40,6 +44,17 @@ pub struct Admit {
     pub endpoint: EndpointId,
 }
 
+/// A snapshot a leader streamed to us was stored and checksummed; `msg` is its `MsgSnapshot`.
+#[derive(Debug)]
+pub struct SnapshotReceived {
+    /// The leader that sent it.
+    pub from: NodeId,
+    /// The Raft message carrying its metadata.
+    pub msg: RaftMessage,
+    /// Where its bytes are.
+    pub record: SnapshotRecord,
+}
+
 /// The iroh protocol handler for [`crate::wire::ALPN`]. Cheap to clone; mount it on a `Router`.
 #[derive(Debug, Clone)]
 pub struct RaftProtocol {
@@ -51,28 +66,45 @@ struct Inner {
     me: NodeId,
     inbound: Recipient<Inbound>,
     admit: ReplyRecipient<Admit, Option<NodeId>, Infallible>,
+    snapshots: Recipient<SnapshotReceived>,
+    storage: ActorRef<StorageActor>,
     shutdown: CancellationToken,
 }
 
+/// How reading one stream ended.
 enum StreamEnd {
     /// The peer finished the stream or the connection went away.
     Closed,
-    /// The peer broke the protocol.
+    /// The stream's content was refused (a snapshot that does not match its checksum): the
+    /// stream is stopped with the error's code, the connection stays up.
+    Rejected(WireError),
+    /// The peer broke the protocol: the whole connection is closed with the error's code.
     Refused(WireError),
 }
 
+impl From<WireError> for StreamEnd {
+    fn from(e: WireError) -> Self {
+        StreamEnd::Refused(e)
+    }
+}
+
 impl RaftProtocol {
-    /// A handler for node `me` feeding `inbound` and asking `admit` about each connection.
+    /// A handler for node `me`: frames go to `inbound`, `admit` decides who may connect, and
+    /// received snapshots are stored through `storage` and announced to `snapshots`.
     pub fn new(
         me: NodeId,
         inbound: Recipient<Inbound>,
         admit: ReplyRecipient<Admit, Option<NodeId>, Infallible>,
+        snapshots: Recipient<SnapshotReceived>,
+        storage: ActorRef<StorageActor>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 me,
                 inbound,
                 admit,
+                snapshots,
+                storage,
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -104,25 +136,40 @@ impl RaftProtocol {
             return;
         };
         debug!(peer = from, "accepted consensus connection");
+        // Each stream is read by its own task: a snapshot transfer never holds up the
+        // consensus stream. Dropping the set (when this returns) stops them all.
+        let mut readers = JoinSet::new();
         loop {
-            let recv = match conn.accept_uni().await {
-                Ok(recv) => recv,
-                Err(_) => return,
-            };
-            match self.read_stream(from, recv).await {
-                StreamEnd::Closed => {}
-                StreamEnd::Refused(e) => {
-                    warn!(peer = from, error = %e, "closing connection: protocol error");
-                    conn.close(e.close_code().to_varint(), e.to_string().as_bytes());
-                    return;
+            tokio::select! {
+                biased;
+                Some(done) = readers.join_next() => {
+                    if let Ok(StreamEnd::Refused(e)) = done {
+                        warn!(peer = from, error = %e, "closing connection: protocol error");
+                        conn.close(e.close_code().to_varint(), e.to_string().as_bytes());
+                        return;
+                    }
+                }
+                stream = conn.accept_uni() => {
+                    let Ok(recv) = stream else { return };
+                    let this = self.clone();
+                    readers.spawn(async move { this.read_stream(from, recv).await });
                 }
             }
         }
     }
 
     async fn read_stream(&self, from: NodeId, mut recv: RecvStream) -> StreamEnd {
+        let end = self.read_stream_inner(from, &mut recv).await;
+        if let StreamEnd::Rejected(e) = &end {
+            warn!(peer = from, error = %e, "stopping stream");
+            let _ = recv.stop(e.close_code().to_varint());
+        }
+        end
+    }
+
+    async fn read_stream_inner(&self, from: NodeId, recv: &mut RecvStream) -> StreamEnd {
         let me = self.inner.me;
-        match read_frame(&mut recv).await {
+        match read_frame(recv).await {
             Ok(Some(Frame::Hello(h))) => {
                 if h.version != PROTOCOL_VERSION {
                     return StreamEnd::Refused(WireError::VersionMismatch {
@@ -143,11 +190,22 @@ impl RaftProtocol {
             Ok(None) => return StreamEnd::Closed,
             Err(end) => return end,
         }
+        let mut first = match read_frame(recv).await {
+            Ok(Some(Frame::SnapshotHeader(header))) => {
+                return self.read_snapshot(from, header, recv).await;
+            }
+            Ok(Some(frame)) => Some(frame),
+            Ok(None) => return StreamEnd::Closed,
+            Err(end) => return end,
+        };
         loop {
-            let frame = match read_frame(&mut recv).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return StreamEnd::Closed,
-                Err(end) => return end,
+            let frame = match first.take() {
+                Some(frame) => frame,
+                None => match read_frame(recv).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return StreamEnd::Closed,
+                    Err(end) => return end,
+                },
             };
             let payload = match validate_frame(frame, from, me) {
                 Ok(payload) => payload,
@@ -162,6 +220,99 @@ impl RaftProtocol {
                 .is_err()
             {
                 return StreamEnd::Closed;
+            }
+        }
+    }
+
+    /// Stores a snapshot stream's chunks as they arrive; announces the snapshot once its size
+    /// and checksum match.
+    async fn read_snapshot(
+        &self,
+        from: NodeId,
+        header: WireMessage,
+        recv: &mut RecvStream,
+    ) -> StreamEnd {
+        let msg = match validate_snapshot_header(header, from, self.inner.me) {
+            Ok(msg) => msg,
+            Err(e) => return StreamEnd::Refused(e),
+        };
+        let storage = &self.inner.storage;
+        let Ok(id) = storage.ask(NewSnapshotId).await else {
+            return StreamEnd::Closed;
+        };
+        let end = self.store_chunks(id, recv).await;
+        match end {
+            Ok((size, chunks, checksum)) => {
+                let meta = msg.get_snapshot().get_metadata();
+                let record = SnapshotRecord {
+                    id,
+                    index: meta.index,
+                    term: meta.term,
+                    conf_state: meta.get_conf_state().clone(),
+                    size,
+                    chunks,
+                    checksum,
+                };
+                debug!(
+                    peer = from,
+                    index = record.index,
+                    bytes = size,
+                    "snapshot received"
+                );
+                if self
+                    .inner
+                    .snapshots
+                    .tell(SnapshotReceived { from, msg, record })
+                    .await
+                    .is_err()
+                {
+                    let _ = storage.tell(DiscardSnapshot { id }).await;
+                }
+                StreamEnd::Closed
+            }
+            Err(end) => {
+                let _ = storage.tell(DiscardSnapshot { id }).await;
+                end
+            }
+        }
+    }
+
+    async fn store_chunks(
+        &self,
+        id: u64,
+        recv: &mut RecvStream,
+    ) -> Result<(u64, u32, u32), StreamEnd> {
+        let mut hasher = crc32fast::Hasher::new();
+        let (mut size, mut no) = (0u64, 0u32);
+        loop {
+            match read_frame(recv).await? {
+                Some(Frame::SnapshotChunk(bytes)) => {
+                    hasher.update(&bytes);
+                    size += bytes.len() as u64;
+                    let stored = self.inner.storage.ask(WriteChunk { id, no, bytes }).await;
+                    if stored.is_err() {
+                        return Err(StreamEnd::Closed);
+                    }
+                    no += 1;
+                }
+                Some(Frame::SnapshotEnd {
+                    size: sent,
+                    checksum,
+                }) => {
+                    let ours = hasher.finalize();
+                    if sent != size || checksum != ours {
+                        return Err(StreamEnd::Rejected(WireError::malformed(format!(
+                            "snapshot of {size} bytes with crc {ours:08x} does not match the sender's {sent} bytes, crc {checksum:08x}"
+                        ))));
+                    }
+                    return Ok((size, no, checksum));
+                }
+                Some(_) => {
+                    return Err(StreamEnd::Refused(WireError::malformed(
+                        "unexpected frame in a snapshot stream",
+                    )));
+                }
+                None => return Err(StreamEnd::Closed),
             }
         }
     }
@@ -180,7 +331,7 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEnd> {
         }
         Err(ReadExactError::ReadError(_)) => return Err(StreamEnd::Closed),
     }
-    let len = check_len(u32::from_le_bytes(len)).map_err(StreamEnd::Refused)?;
+    let len = check_len(u32::from_le_bytes(len))?;
     let mut payload = AlignedVec::<16>::with_capacity(len);
     payload.resize(len, 0);
     match recv.read_exact(&mut payload).await {
@@ -192,9 +343,7 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEnd> {
         }
         Err(ReadExactError::ReadError(_)) => return Err(StreamEnd::Closed),
     }
-    decode_aligned(&payload)
-        .map(Some)
-        .map_err(StreamEnd::Refused)
+    Ok(Some(decode_aligned(&payload)?))
 }
 
 impl ProtocolHandler for RaftProtocol {

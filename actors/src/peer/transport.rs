@@ -39,12 +39,24 @@ pub trait Dialer: Send + Sync + Debug + 'static {
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>>;
 }
 
-/// One outgoing consensus stream.
+/// One outgoing consensus stream, and the connection it lives on.
 pub trait Link: Send + Debug + 'static {
     /// Writes already-encoded frames, in order.
     fn send<'a>(&'a mut self, frames: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>>;
     /// Closes the underlying connection with a code.
     fn close(&mut self, code: CloseCode, reason: &str);
+    /// Opens another stream on the same connection (for a snapshot transfer, so it never holds
+    /// up the consensus stream).
+    fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>>;
+}
+
+/// An extra outgoing stream.
+pub trait StreamSink: Send + 'static {
+    /// Writes already-encoded frames, in order.
+    fn send<'a>(&'a mut self, frames: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>>;
+    /// Ends the stream and waits until the peer has read all of it (an error if it stopped the
+    /// stream instead).
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), LinkError>>;
 }
 
 /// Dials peers over an iroh endpoint.
@@ -116,5 +128,46 @@ impl Link for IrohLink {
 
     fn close(&mut self, code: CloseCode, reason: &str) {
         self.conn.close(code.to_varint(), reason.as_bytes());
+    }
+
+    fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let stream = conn
+                .open_uni()
+                .await
+                .map_err(|e| LinkError::Closed(e.to_string()))?;
+            Ok(Box::new(IrohStream { stream }) as Box<dyn StreamSink>)
+        })
+    }
+}
+
+struct IrohStream {
+    stream: SendStream,
+}
+
+impl StreamSink for IrohStream {
+    fn send<'a>(&'a mut self, frames: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            self.stream
+                .write_all(frames)
+                .await
+                .map_err(|e| LinkError::Closed(e.to_string()))
+        })
+    }
+
+    fn finish(mut self: Box<Self>) -> BoxFuture<'static, Result<(), LinkError>> {
+        Box::pin(async move {
+            self.stream
+                .finish()
+                .map_err(|e| LinkError::Closed(e.to_string()))?;
+            match self.stream.stopped().await {
+                Ok(None) => Ok(()),
+                Ok(Some(code)) => Err(LinkError::Closed(format!(
+                    "peer stopped the stream with code {code}"
+                ))),
+                Err(e) => Err(LinkError::Closed(e.to_string())),
+            }
+        })
     }
 }

@@ -24,15 +24,16 @@ use super::{
     MAX_MESSAGES_PER_READY,
     peers::Peers,
     pending::{Proposals, Reads},
+    snapshot::{Snapshots, snapshot_meta},
 };
 use crate::{
     config::NodeConfig,
-    driver::Driver,
-    error::{FatalError, ProposeError, ReadError, StartError},
+    driver::{Driver, InitialLog},
+    error::{FatalError, ProposeError, ReadError, SnapshotError, StartError},
     events::{ClusterEvent, EventBus, Publish},
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
-    storage::{PersistBatch, PersistProgress, Recover, StorageActor},
+    storage::{DbHandle, PersistBatch, PersistProgress, Recover, StorageActor},
     types::{NodeId, NodeStatus},
 };
 
@@ -45,6 +46,8 @@ pub struct RaftArgs<S: StateMachine> {
     pub state_machine: StateMachineSource<S>,
     /// The StorageActor, asked to recover the durable state at every start.
     pub storage: ActorRef<StorageActor>,
+    /// The database, for reading snapshots back (restore, install).
+    pub db: DbHandle,
     /// How PeerActors reach peers.
     pub dialer: Arc<dyn Dialer>,
     /// Where persist batches go (the StorageActor).
@@ -61,6 +64,7 @@ impl<S: StateMachine> Clone for RaftArgs<S> {
             config: self.config.clone(),
             state_machine: self.state_machine.clone(),
             storage: self.storage.clone(),
+            db: self.db.clone(),
             dialer: self.dialer.clone(),
             persist_tx: self.persist_tx.clone(),
             persist_progress: self.persist_progress.clone(),
@@ -108,6 +112,12 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) lifecycle: Lifecycle,
     /// `raft{node=…}`: every handler and every Ready round runs inside it.
     pub(super) span: Span,
+    /// Snapshot state: the current one, one being taken, ones received and awaiting install.
+    pub(super) snapshots: Snapshots,
+    pub(super) storage: ActorRef<StorageActor>,
+    pub(super) db: DbHandle,
+    /// This actor, for the snapshot writer to report back to (weak: no cycle).
+    pub(super) myself: WeakActorRef<Self>,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -152,6 +162,8 @@ impl<S: StateMachine> RaftActor<S> {
             applied_index: self.applied,
             last_index: s.last_index,
             persisted_index: s.persisted,
+            first_index: self.driver.first_index(),
+            snapshot_index: self.driver.snapshot_meta().index,
             voters: s.voters,
         }
     }
@@ -169,6 +181,7 @@ impl<S: StateMachine> RaftActor<S> {
         error!(node = self.id(), error = %e, "node failed");
         self.proposals.fail_all(|| ProposeError::Fatal(e.clone()));
         self.reads.fail_all(ReadError::Fatal(e.clone()));
+        self.snapshots.fail_waiters(SnapshotError::Fatal(e.clone()));
         self.outbox.clear();
         self.lifecycle = Lifecycle::Failed(e);
     }
@@ -185,6 +198,7 @@ impl<S: StateMachine> RaftActor<S> {
         );
         self.proposals.fail_all(|| ProposeError::ShuttingDown);
         self.reads.fail_all(ReadError::ShuttingDown);
+        self.snapshots.fail_waiters(SnapshotError::ShuttingDown);
         self.outbox.clear();
         self.peers.stop_all().await;
     }
@@ -206,21 +220,37 @@ impl<S: StateMachine> Actor for RaftActor<S> {
         };
         // Recovery restarted the Ready numbering; what the watch holds now is not news.
         args.persist_progress.borrow_and_update();
-        let sm = args
+        let mut sm = args
             .state_machine
             .take()
             .ok_or(StartError::NoStateMachine)?;
-        let driver = Driver::new(
-            &args.config,
-            recovered.hard_state,
-            recovered.conf_state,
-            recovered.entries,
-            0,
-        )
-        .map_err(|e| StartError::Raft {
+        let mut applied = 0;
+        if let Some(record) = &recovered.snapshot {
+            let mut reader = args.db.snapshot_reader(record).map_err(StartError::from)?;
+            sm.restore(&mut reader).map_err(|e| StartError::Restore {
+                index: record.index,
+                reason: e.to_string(),
+            })?;
+            applied = record.index;
+        }
+        let log = InitialLog {
+            hard_state: recovered.hard_state,
+            conf_state: recovered.conf_state,
+            start: recovered.log_start,
+            snapshot: recovered
+                .snapshot
+                .as_ref()
+                .map(snapshot_meta)
+                .unwrap_or_default(),
+            entries: recovered.entries,
+        };
+        let driver = Driver::new(&args.config, log, applied).map_err(|e| StartError::Raft {
             reason: e.to_string(),
         })?;
-        let unreachable = actor_ref.recipient().downgrade();
+        let to_me = (
+            actor_ref.clone().recipient().downgrade(),
+            actor_ref.clone().recipient().downgrade(),
+        );
         let mut ticker = tokio::time::interval(args.config.tick_interval());
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
@@ -228,13 +258,14 @@ impl<S: StateMachine> Actor for RaftActor<S> {
                 me,
                 &recovered.members,
                 args.dialer,
-                unreachable,
+                to_me,
+                args.db.clone(),
                 args.events.clone(),
             ),
             config: args.config,
             driver,
             sm,
-            applied: 0,
+            applied,
             proposals: Proposals::new(),
             reads: Reads::new(),
             outbox: BTreeMap::new(),
@@ -249,6 +280,10 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             next_id: 0,
             lifecycle: Lifecycle::Running,
             span: info_span!("raft", node = me),
+            snapshots: Snapshots::new(recovered.snapshot),
+            storage: args.storage,
+            db: args.db,
+            myself: actor_ref.downgrade(),
         })
     }
 

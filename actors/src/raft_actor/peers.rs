@@ -14,8 +14,11 @@ const PEER_STOP_GRACE: Duration = Duration::from_millis(200);
 
 use crate::{
     events::EventBus,
-    peer::{Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, StopPeer},
-    storage::Member,
+    peer::{
+        Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, SnapshotSent,
+        StopPeer,
+    },
+    storage::{DbHandle, Member},
     types::NodeId,
 };
 
@@ -27,6 +30,8 @@ pub(crate) struct Peers {
     actors: BTreeMap<NodeId, ActorRef<PeerActor>>,
     dialer: Arc<dyn Dialer>,
     raft: WeakRecipient<PeerUnreachable>,
+    snapshot_sent: WeakRecipient<SnapshotSent>,
+    db: DbHandle,
     events: ActorRef<EventBus>,
 }
 
@@ -35,7 +40,8 @@ impl Peers {
         me: NodeId,
         members: &[Member],
         dialer: Arc<dyn Dialer>,
-        raft: WeakRecipient<PeerUnreachable>,
+        raft: (WeakRecipient<PeerUnreachable>, WeakRecipient<SnapshotSent>),
+        db: DbHandle,
         events: ActorRef<EventBus>,
     ) -> Self {
         Self {
@@ -46,7 +52,9 @@ impl Peers {
                 .collect(),
             actors: BTreeMap::new(),
             dialer,
-            raft,
+            raft: raft.0,
+            snapshot_sent: raft.1,
+            db,
             events,
         }
     }
@@ -88,6 +96,8 @@ impl Peers {
                 addr,
                 dialer: self.dialer.clone(),
                 raft: self.raft.clone(),
+                snapshot_sent: self.snapshot_sent.clone(),
+                db: self.db.clone(),
                 events: self.events.clone(),
             };
             let actor = PeerActor::spawn_with_mailbox(args, mailbox::bounded(PEER_MAILBOX));

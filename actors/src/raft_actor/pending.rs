@@ -117,6 +117,19 @@ impl<R: Send + 'static> Proposals<R> {
         found.map(|p| p.reply)
     }
 
+    /// Fails every proposal whose index is known and at or below `index`.
+    pub(crate) fn fail_through(&mut self, index: u64, err: impl Fn() -> ProposeError) {
+        while let Some((&i, &id)) = self.by_index.first_key_value() {
+            if i > index {
+                break;
+            }
+            self.by_index.pop_first();
+            if let Some(p) = self.by_id.remove(&id) {
+                p.reply.send(Err(err()));
+            }
+        }
+    }
+
     /// Fails every proposal whose deadline (in ticks) has passed.
     pub(crate) fn expire(&mut self, now: u64) {
         let expired: Vec<u64> = self

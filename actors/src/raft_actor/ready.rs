@@ -3,7 +3,7 @@
 //! send the leader's messages, apply committed entries, queue the persist batch, and release the
 //! messages that waited for it once the StorageActor confirms.
 
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use tracing::{info, warn};
 
 use super::{
@@ -46,9 +46,24 @@ impl<S: StateMachine> RaftActor<S> {
             if !matches!(self.lifecycle, Lifecycle::Running) {
                 break;
             }
-            let Some(fx) = self.driver.ready() else { break };
+            let Some(mut fx) = self.driver.ready() else {
+                break;
+            };
             for m in fx.send_now {
                 self.route(m);
+            }
+            if let Some(meta) = fx.install.take() {
+                match self.install_snapshot(&meta) {
+                    Ok(record) => {
+                        if let Some(batch) = fx.persist.as_mut() {
+                            batch.snapshot = Some(record);
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        break;
+                    }
+                }
             }
             self.apply(fx.committed);
             if let Some((role, leader)) = fx.role_change {
@@ -72,6 +87,9 @@ impl<S: StateMachine> RaftActor<S> {
     }
 
     pub(super) fn route(&mut self, m: Message) {
+        if m.msg_type == MessageType::MsgSnapshot {
+            return self.route_snapshot(m);
+        }
         self.outbox.entry(m.to).or_default().raft.push(m);
     }
 
@@ -149,6 +167,7 @@ impl<S: StateMachine> RaftActor<S> {
         self.applied = last;
         self.driver.advance_apply_to(last);
         self.publish(ClusterEvent::Applied { index: last });
+        self.maybe_snapshot();
     }
 
     fn apply_entry(&mut self, e: Entry) {

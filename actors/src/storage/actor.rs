@@ -12,7 +12,7 @@ use kameo::{
 use tokio::sync::watch;
 use tracing::{Span, debug, error, info_span};
 
-use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered};
+use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered, SnapshotRecord};
 use crate::{error::StorageError, types::NodeId};
 
 /// What the StorageActor has made durable so far, published after every commit.
@@ -208,5 +208,112 @@ impl Message<Close> for StorageActor {
         };
         self.db = None;
         flushed
+    }
+}
+
+impl StorageActor {
+    fn db(&mut self) -> Result<&mut LogDb, Arc<StorageError>> {
+        if self.failed {
+            return Err(self
+                .progress
+                .borrow()
+                .failure
+                .clone()
+                .unwrap_or_else(|| Arc::new(StorageError::Closed)));
+        }
+        self.db
+            .as_mut()
+            .ok_or_else(|| Arc::new(StorageError::Closed))
+    }
+
+    /// Runs a snapshot operation; a failure is a storage failure like any other write.
+    fn snapshot_op<T>(
+        &mut self,
+        op: impl FnOnce(&mut LogDb) -> Result<T, StorageError>,
+    ) -> Result<T, Arc<StorageError>> {
+        let db = self.db()?;
+        match op(db) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.fail(e);
+                Err(self.progress.borrow().failure.clone().expect("just set"))
+            }
+        }
+    }
+}
+
+/// Allocate a storage id for a snapshot about to be written or received.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSnapshotId;
+
+impl Message<NewSnapshotId> for StorageActor {
+    type Reply = Result<u64, Arc<StorageError>>;
+
+    async fn handle(
+        &mut self,
+        _: NewSnapshotId,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        Ok(self.db()?.new_snapshot_id())
+    }
+}
+
+/// Store one chunk of a snapshot being written or received.
+#[derive(Debug)]
+pub struct WriteChunk {
+    /// Snapshot storage id.
+    pub id: u64,
+    /// Chunk number, from 0.
+    pub no: u32,
+    /// At most [`super::SNAPSHOT_CHUNK`] bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Message<WriteChunk> for StorageActor {
+    type Reply = Result<(), Arc<StorageError>>;
+
+    async fn handle(&mut self, c: WriteChunk, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        self.snapshot_op(|db| db.write_snapshot_chunk(c.id, c.no, &c.bytes))
+    }
+}
+
+/// Make a fully written local snapshot current and purge the log it covers (durably).
+#[derive(Debug)]
+pub struct CommitSnapshot {
+    /// The snapshot.
+    pub record: SnapshotRecord,
+    /// Log entries up to this `(index, term)` are dropped.
+    pub purge_to: Option<(u64, u64)>,
+}
+
+impl Message<CommitSnapshot> for StorageActor {
+    /// Whether it became current (false: a newer one already is).
+    type Reply = Result<bool, Arc<StorageError>>;
+
+    async fn handle(
+        &mut self,
+        c: CommitSnapshot,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        self.snapshot_op(|db| db.commit_snapshot(&c.record, c.purge_to))
+    }
+}
+
+/// Delete the chunks of a snapshot that will not be used.
+#[derive(Debug, Clone, Copy)]
+pub struct DiscardSnapshot {
+    /// Snapshot storage id.
+    pub id: u64,
+}
+
+impl Message<DiscardSnapshot> for StorageActor {
+    type Reply = Result<(), Arc<StorageError>>;
+
+    async fn handle(
+        &mut self,
+        c: DiscardSnapshot,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        self.snapshot_op(|db| db.discard_snapshot(c.id))
     }
 }

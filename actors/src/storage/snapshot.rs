@@ -56,13 +56,19 @@ impl LogDb {
     }
 
     /// Makes a fully written snapshot current, durably: deletes the previous one's chunks and,
-    /// with `purge_to = Some((index, term))`, the log entries up to `index`.
+    /// with `purge_to = Some((index, term))`, the log entries up to `index`. A snapshot no newer
+    /// than the current one (a leader's was installed while this one was written) is discarded
+    /// instead; returns whether it became current.
     pub fn commit_snapshot(
         &mut self,
         record: &SnapshotRecord,
         purge_to: Option<(u64, u64)>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let previous = self.current_snapshot()?;
+        if previous.as_ref().is_some_and(|p| p.index >= record.index) {
+            self.discard_snapshot(record.id)?;
+            return Ok(false);
+        }
         let tx = self.begin_write(true)?;
         {
             let mut meta = tx.open_table(META).io("open meta")?;
@@ -78,7 +84,8 @@ impl LogDb {
         if let Some((index, term)) = purge_to {
             LogDb::purge_log(&tx, index, term)?;
         }
-        tx.commit().io("commit")
+        tx.commit().io("commit")?;
+        Ok(true)
     }
 
     /// Reads a stored snapshot back.

@@ -19,10 +19,14 @@ pub enum InboundPayload {
     ForwardReply(Vec<ForwardReply>),
 }
 
-/// Validates a non-Hello frame from the authenticated `from` to `me` and converts it.
+/// Validates a frame of a consensus stream from the authenticated `from` to `me` and converts
+/// it. Snapshot frames belong on snapshot streams and are refused here.
 pub fn validate_frame(frame: Frame, from: NodeId, me: NodeId) -> Result<InboundPayload, WireError> {
     match frame {
         Frame::Hello(_) => Err(WireError::BadHello),
+        Frame::SnapshotHeader(_) | Frame::SnapshotChunk(_) | Frame::SnapshotEnd { .. } => {
+            Err(WireError::malformed("snapshot frame on a consensus stream"))
+        }
         Frame::Raft(msgs) => msgs
             .into_iter()
             .map(|m| message_from_wire(m, from, me))
@@ -33,10 +37,10 @@ pub fn validate_frame(frame: Frame, from: NodeId, me: NodeId) -> Result<InboundP
     }
 }
 
-/// Message types a peer may send. Local types (hup, beat, unreachable, snapshot status, check
-/// quorum) only ever originate inside a node, and proposals travel as [`Frame::Forward`].
-/// `MsgSnapshot` is refused until snapshot transfer exists: this node never compacts its log,
-/// so no leader of ours needs to send one.
+/// Message types a peer may send in a Raft frame. Local types (hup, beat, unreachable, snapshot
+/// status, check quorum) only ever originate inside a node, proposals travel as
+/// [`Frame::Forward`], and `MsgSnapshot` only opens a snapshot stream
+/// ([`Frame::SnapshotHeader`], see [`validate_snapshot_header`]).
 fn network_message_type(code: u8) -> Option<MessageType> {
     use MessageType::*;
     Some(match code {
@@ -110,7 +114,33 @@ fn snapshot_meta_to_wire(s: &Snapshot) -> WireSnapshotMeta {
     }
 }
 
+/// Validates the header of a snapshot stream: a `MsgSnapshot` from `from` to `me` carrying
+/// snapshot metadata.
+pub fn validate_snapshot_header(
+    w: WireMessage,
+    from: NodeId,
+    me: NodeId,
+) -> Result<Message, WireError> {
+    if w.msg_type != MessageType::MsgSnapshot as i32 as u8 || w.snapshot.is_none() {
+        return Err(WireError::malformed(
+            "a snapshot stream must start with MsgSnapshot",
+        ));
+    }
+    build_message(w, MessageType::MsgSnapshot, from, me)
+}
+
 fn message_from_wire(w: WireMessage, from: NodeId, me: NodeId) -> Result<Message, WireError> {
+    let msg_type = network_message_type(w.msg_type)
+        .ok_or_else(|| WireError::malformed(format!("message type {} not allowed", w.msg_type)))?;
+    build_message(w, msg_type, from, me)
+}
+
+fn build_message(
+    w: WireMessage,
+    msg_type: MessageType,
+    from: NodeId,
+    me: NodeId,
+) -> Result<Message, WireError> {
     if w.from != from || w.to != me {
         return Err(WireError::WrongParty {
             claimed: w.from,
@@ -119,8 +149,6 @@ fn message_from_wire(w: WireMessage, from: NodeId, me: NodeId) -> Result<Message
             me,
         });
     }
-    let msg_type = network_message_type(w.msg_type)
-        .ok_or_else(|| WireError::malformed(format!("message type {} not allowed", w.msg_type)))?;
     let mut m = Message {
         msg_type,
         to: w.to,

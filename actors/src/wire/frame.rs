@@ -14,6 +14,17 @@ pub enum Frame {
     Forward(Vec<ForwardedProposal>),
     /// The leader's answers to forwarded proposals.
     ForwardReply(Vec<ForwardReply>),
+    /// Opens a snapshot stream: the `MsgSnapshot` carrying the snapshot's metadata.
+    SnapshotHeader(WireMessage),
+    /// The next piece of the snapshot's bytes.
+    SnapshotChunk(Vec<u8>),
+    /// Closes a snapshot stream: what the receiver must have counted.
+    SnapshotEnd {
+        /// Total bytes.
+        size: u64,
+        /// CRC-32 of all the bytes.
+        checksum: u32,
+    },
 }
 
 /// Stream preamble.

@@ -1,0 +1,353 @@
+//! Snapshots on the RaftActor: taking one when the log has grown by `max_log_entries` since the
+//! last (captured on the Raft loop, written out on a blocking thread through the StorageActor,
+//! so appends and commits go on meanwhile), installing one a leader streamed to us, and handing
+//! the current one to a PeerActor when raft-rs decides a follower needs it.
+
+use std::{collections::BTreeMap, io, sync::Arc};
+
+use kameo::{
+    actor::ActorRef,
+    error::SendError,
+    message::{Context, Message},
+    reply::{DelegatedReply, ReplySender},
+};
+use raft::eraftpb::{Message as RaftMessage, SnapshotMetadata};
+use tracing::{debug, info, warn};
+
+use super::actor::RaftActor;
+use crate::{
+    error::{FatalError, ProposeError, SnapshotError, StorageError},
+    events::ClusterEvent,
+    peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
+    state_machine::{StateMachine, WriteSnapshot},
+    storage::{
+        CommitSnapshot, DiscardSnapshot, NewSnapshotId, SnapshotRecord, SnapshotWriter,
+        StorageActor, WriteChunk,
+    },
+};
+
+/// Received snapshots kept while raft-rs decides whether to install them. A leader sends one at a
+/// time per follower, so two cover a snapshot arriving while the previous one is being installed.
+const MAX_STAGED: usize = 2;
+
+/// raft-rs's view of a stored snapshot.
+pub(crate) fn snapshot_meta(r: &SnapshotRecord) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata {
+        index: r.index,
+        term: r.term,
+        ..Default::default()
+    };
+    meta.set_conf_state(r.conf_state.clone());
+    meta
+}
+
+type TriggerReply = ReplySender<Result<u64, SnapshotError>>;
+
+/// The RaftActor's snapshot state.
+pub(crate) struct Snapshots {
+    /// The durable snapshot raft-rs may send.
+    current: Option<SnapshotRecord>,
+    /// A snapshot is being written out.
+    taking: bool,
+    /// Callers of `TriggerSnapshot` waiting for the one being written.
+    waiters: Vec<TriggerReply>,
+    /// Received from a leader, keyed by (index, term), awaiting install.
+    staged: BTreeMap<(u64, u64), SnapshotRecord>,
+}
+
+impl Snapshots {
+    pub(crate) fn new(current: Option<SnapshotRecord>) -> Self {
+        Self {
+            current,
+            taking: false,
+            waiters: Vec::new(),
+            staged: BTreeMap::new(),
+        }
+    }
+
+    fn index(&self) -> u64 {
+        self.current.as_ref().map_or(0, |c| c.index)
+    }
+
+    pub(crate) fn fail_waiters(&mut self, err: SnapshotError) {
+        for w in self.waiters.drain(..) {
+            w.send(Err(err.clone()));
+        }
+    }
+}
+
+impl<S: StateMachine> RaftActor<S> {
+    /// Takes a snapshot if the log has grown by `max_log_entries` since the last one.
+    pub(super) fn maybe_snapshot(&mut self) {
+        if self.applied >= self.snapshots.index() + self.config.max_log_entries {
+            self.start_snapshot();
+        }
+    }
+
+    /// Captures the state machine now and writes the capture out on a blocking thread.
+    fn start_snapshot(&mut self) {
+        if self.snapshots.taking || self.check_running().is_err() {
+            return;
+        }
+        let index = self.applied;
+        if index == 0 || index <= self.snapshots.index() {
+            return;
+        }
+        let Some(term) = self.driver.term_at(index) else {
+            return;
+        };
+        let purge = index.saturating_sub(self.config.snapshot_trailing_entries);
+        let purge_to = (purge >= self.driver.first_index())
+            .then(|| self.driver.term_at(purge).map(|t| (purge, t)))
+            .flatten();
+        let conf_state = self.driver.conf_state();
+        let view = self.sm.snapshot();
+        self.snapshots.taking = true;
+        debug!(index, ?purge_to, "taking snapshot");
+        let storage = self.storage.clone();
+        let me = self.myself.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                write_snapshot(view, &storage, index, term, conf_state, purge_to)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SnapshotError::StateMachine {
+                    reason: format!("snapshot writer panicked: {e}").into(),
+                })
+            });
+            if let Some(me) = me.upgrade() {
+                let _ = me.tell(SnapshotDone { result }).await;
+            }
+        });
+    }
+
+    fn snapshot_done(
+        &mut self,
+        result: Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError>,
+    ) {
+        self.snapshots.taking = false;
+        match result {
+            Ok((record, purge_to)) => {
+                info!(index = record.index, bytes = record.size, "snapshot taken");
+                let index = record.index;
+                self.driver
+                    .snapshot_taken(snapshot_meta(&record), purge_to.map_or(0, |p| p.0));
+                self.snapshots.current = Some(record);
+                for w in self.snapshots.waiters.drain(..) {
+                    w.send(Ok(index));
+                }
+                self.publish(ClusterEvent::SnapshotTaken { index });
+            }
+            Err(e) => {
+                warn!(error = %e, "snapshot failed");
+                self.snapshots.fail_waiters(e);
+            }
+        }
+    }
+
+    /// Restores the state machine from a snapshot the leader sent and raft-rs accepted; returns
+    /// its record for the persist batch.
+    pub(super) fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+    ) -> Result<SnapshotRecord, FatalError> {
+        let record = self
+            .snapshots
+            .staged
+            .remove(&(meta.index, meta.term))
+            .ok_or_else(|| FatalError::Raft {
+                reason: format!(
+                    "raft accepted snapshot {} that was never received",
+                    meta.index
+                )
+                .into(),
+            })?;
+        let mut reader = self
+            .db
+            .snapshot_reader(&record)
+            .map_err(|e| FatalError::Storage(e.into()))?;
+        self.sm.restore(&mut reader).map_err(|e| FatalError::Raft {
+            reason: format!("restoring snapshot {}: {e}", record.index).into(),
+        })?;
+        self.applied = meta.index;
+        self.driver.advance_apply_to(meta.index);
+        // Whether proposals at or below the snapshot were applied is not knowable from here.
+        self.proposals
+            .fail_through(meta.index, || ProposeError::Interrupted);
+        let stale: Vec<(u64, u64)> = self
+            .snapshots
+            .staged
+            .range(..=(meta.index, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(old) = self.snapshots.staged.remove(&key) {
+                let _ = self.storage.tell(DiscardSnapshot { id: old.id }).try_send();
+            }
+        }
+        self.snapshots.current = Some(record.clone());
+        info!(
+            index = meta.index,
+            bytes = record.size,
+            "installed snapshot from the leader"
+        );
+        self.publish(ClusterEvent::SnapshotInstalled { index: meta.index });
+        Ok(record)
+    }
+
+    /// raft-rs wants to send a snapshot: hand the current one's record to the peer's actor, which
+    /// streams it on a stream of its own.
+    pub(super) fn route_snapshot(&mut self, m: RaftMessage) {
+        let to = m.to;
+        match &self.snapshots.current {
+            Some(record) if record.index == m.get_snapshot().get_metadata().index => {
+                let offer = SnapshotOffer {
+                    msg: m,
+                    record: record.clone(),
+                };
+                self.outbox.entry(to).or_default().snapshot = Some(offer);
+            }
+            _ => self.driver.report_snapshot(to, false),
+        }
+    }
+}
+
+/// Writes a captured state out through the StorageActor and commits it. Runs on a blocking
+/// thread: only one chunk is in memory at a time.
+fn write_snapshot<W: WriteSnapshot>(
+    view: W,
+    storage: &ActorRef<StorageActor>,
+    index: u64,
+    term: u64,
+    conf_state: raft::eraftpb::ConfState,
+    purge_to: Option<(u64, u64)>,
+) -> Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError> {
+    fn storage_err<M>(e: SendError<M, Arc<StorageError>>) -> SnapshotError {
+        match e {
+            SendError::HandlerError(e) => SnapshotError::Storage(e),
+            _ => SnapshotError::ShuttingDown,
+        }
+    }
+    let id = storage
+        .ask(NewSnapshotId)
+        .blocking_send()
+        .map_err(storage_err)?;
+    let mut writer = SnapshotWriter::new(|no, bytes| {
+        storage
+            .ask(WriteChunk { id, no, bytes })
+            .blocking_send()
+            .map_err(|e| io::Error::other(format!("{e:?}")))
+    });
+    let written = view.write_to(&mut writer).and_then(|()| writer.finish());
+    let (size, chunks, checksum) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = storage.tell(DiscardSnapshot { id }).blocking_send();
+            return Err(SnapshotError::StateMachine {
+                reason: e.to_string().into(),
+            });
+        }
+    };
+    let record = SnapshotRecord {
+        id,
+        index,
+        term,
+        conf_state,
+        size,
+        chunks,
+        checksum,
+    };
+    let current = storage
+        .ask(CommitSnapshot {
+            record: record.clone(),
+            purge_to,
+        })
+        .blocking_send()
+        .map_err(storage_err)?;
+    if !current {
+        return Err(SnapshotError::Superseded);
+    }
+    Ok((record, purge_to))
+}
+
+/// The snapshot writer finished.
+pub(crate) struct SnapshotDone {
+    result: Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError>,
+}
+
+impl<S: StateMachine> Message<SnapshotDone> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: SnapshotDone, _: &mut Context<Self, ()>) {
+        self.snapshot_done(msg.result);
+    }
+}
+
+/// Take a snapshot now; replies with its index once it is durable.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerSnapshot;
+
+impl<S: StateMachine> Message<TriggerSnapshot> for RaftActor<S> {
+    type Reply = DelegatedReply<Result<u64, SnapshotError>>;
+
+    async fn handle(
+        &mut self,
+        _: TriggerSnapshot,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        let (delegated, reply) = ctx.reply_sender();
+        let Some(reply) = reply else {
+            return delegated;
+        };
+        if let Err(e) = self.check_running() {
+            reply.send(Err(match e {
+                ProposeError::Fatal(f) => SnapshotError::Fatal(f),
+                _ => SnapshotError::ShuttingDown,
+            }));
+            return delegated;
+        }
+        if !self.snapshots.taking && self.applied <= self.snapshots.index() {
+            // Nothing applied since the last one: it is already the snapshot asked for.
+            reply.send(Ok(self.snapshots.index()));
+            return delegated;
+        }
+        self.snapshots.waiters.push(reply);
+        self.start_snapshot();
+        delegated
+    }
+}
+
+impl<S: StateMachine> Message<SnapshotReceived> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: SnapshotReceived, _: &mut Context<Self, ()>) {
+        if self.check_running().is_err() {
+            let _ = self
+                .storage
+                .tell(DiscardSnapshot { id: msg.record.id })
+                .try_send();
+            return;
+        }
+        let key = (msg.record.index, msg.record.term);
+        if let Some(old) = self.snapshots.staged.insert(key, msg.record) {
+            let _ = self.storage.tell(DiscardSnapshot { id: old.id }).try_send();
+        }
+        while self.snapshots.staged.len() > MAX_STAGED {
+            if let Some((_, old)) = self.snapshots.staged.pop_first() {
+                let _ = self.storage.tell(DiscardSnapshot { id: old.id }).try_send();
+            }
+        }
+        if let Err(e) = self.driver.step(msg.msg) {
+            debug!(from = msg.from, error = %e, "snapshot message ignored");
+        }
+    }
+}
+
+impl<S: StateMachine> Message<SnapshotSent> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: SnapshotSent, _: &mut Context<Self, ()>) {
+        self.driver.report_snapshot(msg.peer, msg.delivered);
+    }
+}
