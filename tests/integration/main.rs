@@ -12,6 +12,7 @@ mod t40_leader_failover;
 mod t45_shutdown;
 mod t47_supervision;
 mod t50_follower_catch_up;
+mod t55_snapshots;
 mod t60_full_restart;
 mod t70_admission;
 mod t80_malformed_frames;

@@ -1,10 +1,10 @@
 //! A cluster of in-process nodes on loopback, with waiting helpers. Every wait polls a condition
 //! with a deadline; nothing sleeps for a fixed time and hopes.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use iroh_raft::{
-    KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, Role,
+    KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, RaftClusterBuilder, Role,
     net::{bind_endpoint, endpoint_peer_addr},
 };
 use tempfile::TempDir;
@@ -63,12 +63,17 @@ pub fn set(key: impl Into<String>, value: impl Into<String>) -> KvCommand {
     }
 }
 
+type Configure = Arc<
+    dyn Fn(RaftClusterBuilder<KeyValueStore>) -> RaftClusterBuilder<KeyValueStore> + Send + Sync,
+>;
+
 /// `n` nodes with ids 1..=n, each with its own data dir and a fixed loopback port so that a
 /// restarted node is found at the address its peers stored.
 pub struct TestCluster {
     pub nodes: Vec<Option<Node>>,
     pub addrs: Vec<PeerAddr>,
     dirs: Vec<TempDir>,
+    configure: Configure,
 }
 
 impl TestCluster {
@@ -79,6 +84,19 @@ impl TestCluster {
 
     /// Creates identities for `members` nodes but starts only the first `running`.
     pub async fn start_with(members: usize, running: usize) -> Self {
+        Self::start_configured(members, running, |b| b).await
+    }
+
+    /// Like [`Self::start_with`], with extra builder settings applied to every node (at every
+    /// restart too).
+    pub async fn start_configured(
+        members: usize,
+        running: usize,
+        configure: impl Fn(RaftClusterBuilder<KeyValueStore>) -> RaftClusterBuilder<KeyValueStore>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
         init_tracing();
         let dirs: Vec<TempDir> = (0..members).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut endpoints = Vec::new();
@@ -94,6 +112,7 @@ impl TestCluster {
             nodes: (0..members).map(|_| None).collect(),
             addrs,
             dirs,
+            configure: Arc::new(configure),
         };
         for (i, ep) in endpoints.into_iter().enumerate() {
             if i < running {
@@ -110,19 +129,19 @@ impl TestCluster {
         self.dirs[i].path().to_owned()
     }
 
-    fn port(&self, i: usize) -> SocketAddr {
+    pub fn port(&self, i: usize) -> SocketAddr {
         *self.addrs[i].0.ip_addrs().next().unwrap()
     }
 
     /// A builder for node `i` (id `i + 1`) with the whole membership.
-    pub fn builder(&self, i: usize) -> iroh_raft::RaftClusterBuilder<KeyValueStore> {
+    pub fn builder(&self, i: usize) -> RaftClusterBuilder<KeyValueStore> {
         let peers: Vec<(u64, PeerAddr)> = self
             .addrs
             .iter()
             .enumerate()
             .map(|(j, a)| (j as u64 + 1, a.clone()))
             .collect();
-        RaftCluster::builder()
+        let builder = RaftCluster::builder()
             .node_id(i as u64 + 1)
             .data_dir(self.data_dir(i))
             .peers(peers)
@@ -131,22 +150,21 @@ impl TestCluster {
             // Fast elections, but a generous bound on each request: tests run unoptimised and in
             // parallel on two cores, and a request that needs longer is still a failure.
             .request_timeout(Duration::from_secs(20))
-            .rng_seed(i as u64 + 1)
+            .rng_seed(i as u64 + 1);
+        (self.configure)(builder)
     }
 
     /// Restarts node `i` on its data dir and port, with no peer list (as a real restart would).
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is running");
-        let node = RaftCluster::builder()
+        let builder = RaftCluster::builder()
             .node_id(i as u64 + 1)
             .data_dir(self.data_dir(i))
             .bind_address(self.port(i))
             .state_machine(KeyValueStore::new())
             .preset(Preset::Testing)
-            .request_timeout(Duration::from_secs(20))
-            .build()
-            .await
-            .unwrap();
+            .request_timeout(Duration::from_secs(20));
+        let node = (self.configure)(builder).build().await.unwrap();
         self.nodes[i] = Some(node);
     }
 

@@ -41,7 +41,7 @@ pub struct Outbound {
     /// Answers to proposals the peer forwarded to us.
     pub replies: Vec<ForwardReply>,
     /// A snapshot the peer needs, to stream on a stream of its own.
-    pub snapshot: Option<SnapshotOffer>,
+    pub snapshot: Option<Box<SnapshotOffer>>,
 }
 
 /// raft-rs's `MsgSnapshot` for a follower, and where the snapshot's bytes are.
@@ -254,7 +254,7 @@ impl PeerActor {
 
 impl PeerActor {
     /// Streams a snapshot on a new stream of the current connection, in a task of its own.
-    async fn start_transfer(&mut self, offer: SnapshotOffer) {
+    async fn start_transfer(&mut self, offer: Box<SnapshotOffer>) {
         let busy = self.transfer.as_ref().is_some_and(|t| !t.is_finished());
         let stream = match (busy, self.link().await) {
             (false, Some(link)) => Some(link.open_stream()),
@@ -300,7 +300,7 @@ async fn stream_snapshot(
     mut stream: Box<dyn StreamSink>,
     me: NodeId,
     peer: NodeId,
-    offer: SnapshotOffer,
+    offer: Box<SnapshotOffer>,
     db: &DbHandle,
 ) -> Result<u64, LinkError> {
     let mut buf = Vec::new();
@@ -318,7 +318,7 @@ async fn stream_snapshot(
     )?;
     stream.send(&buf).await?;
     push(
-        Frame::SnapshotHeader(convert_outgoing(&offer.msg)),
+        Frame::SnapshotHeader(Box::new(convert_outgoing(&offer.msg))),
         &mut buf,
     )?;
     stream.send(&buf).await?;

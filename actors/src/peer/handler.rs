@@ -229,7 +229,7 @@ impl RaftProtocol {
     async fn read_snapshot(
         &self,
         from: NodeId,
-        header: WireMessage,
+        header: Box<WireMessage>,
         recv: &mut RecvStream,
     ) -> StreamEnd {
         let msg = match validate_snapshot_header(header, from, self.inner.me) {

@@ -58,6 +58,7 @@ impl<S: StateMachine> RaftActor<S> {
                         if let Some(batch) = fx.persist.as_mut() {
                             batch.snapshot = Some(record);
                         }
+                        self.snapshots.applied_when_persisted = Some((fx.number, meta.index));
                     }
                     Err(e) => {
                         self.fail(e);
@@ -154,6 +155,12 @@ impl<S: StateMachine> RaftActor<S> {
         }
         if let Some(n) = done {
             self.driver.on_persisted(n);
+            if let Some((number, index)) = self.snapshots.applied_when_persisted
+                && n >= number
+            {
+                self.snapshots.applied_when_persisted = None;
+                self.driver.advance_apply_to(index);
+            }
         }
     }
 

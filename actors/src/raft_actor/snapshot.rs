@@ -53,6 +53,9 @@ pub(crate) struct Snapshots {
     waiters: Vec<TriggerReply>,
     /// Received from a leader, keyed by (index, term), awaiting install.
     staged: BTreeMap<(u64, u64), SnapshotRecord>,
+    /// An installed snapshot's (Ready number, index): raft-rs may count it applied only once
+    /// that Ready is durable.
+    pub(crate) applied_when_persisted: Option<(u64, u64)>,
 }
 
 impl Snapshots {
@@ -62,6 +65,7 @@ impl Snapshots {
             taking: false,
             waiters: Vec::new(),
             staged: BTreeMap::new(),
+            applied_when_persisted: None,
         }
     }
 
@@ -170,8 +174,9 @@ impl<S: StateMachine> RaftActor<S> {
         self.sm.restore(&mut reader).map_err(|e| FatalError::Raft {
             reason: format!("restoring snapshot {}: {e}", record.index).into(),
         })?;
+        // raft-rs takes the applied index only once the snapshot is durable here
+        // (`Snapshots::applied_when_persisted`); the state machine is there already.
         self.applied = meta.index;
-        self.driver.advance_apply_to(meta.index);
         // Whether proposals at or below the snapshot were applied is not knowable from here.
         self.proposals
             .fail_through(meta.index, || ProposeError::Interrupted);
@@ -202,10 +207,10 @@ impl<S: StateMachine> RaftActor<S> {
         let to = m.to;
         match &self.snapshots.current {
             Some(record) if record.index == m.get_snapshot().get_metadata().index => {
-                let offer = SnapshotOffer {
+                let offer = Box::new(SnapshotOffer {
                     msg: m,
                     record: record.clone(),
-                };
+                });
                 self.outbox.entry(to).or_default().snapshot = Some(offer);
             }
             _ => self.driver.report_snapshot(to, false),

@@ -117,7 +117,7 @@ fn snapshot_meta_to_wire(s: &Snapshot) -> WireSnapshotMeta {
 /// Validates the header of a snapshot stream: a `MsgSnapshot` from `from` to `me` carrying
 /// snapshot metadata.
 pub fn validate_snapshot_header(
-    w: WireMessage,
+    w: Box<WireMessage>,
     from: NodeId,
     me: NodeId,
 ) -> Result<Message, WireError> {
@@ -126,7 +126,7 @@ pub fn validate_snapshot_header(
             "a snapshot stream must start with MsgSnapshot",
         ));
     }
-    build_message(w, MessageType::MsgSnapshot, from, me)
+    build_message(*w, MessageType::MsgSnapshot, from, me)
 }
 
 fn message_from_wire(w: WireMessage, from: NodeId, me: NodeId) -> Result<Message, WireError> {

@@ -15,7 +15,7 @@ pub enum Frame {
     /// The leader's answers to forwarded proposals.
     ForwardReply(Vec<ForwardReply>),
     /// Opens a snapshot stream: the `MsgSnapshot` carrying the snapshot's metadata.
-    SnapshotHeader(WireMessage),
+    SnapshotHeader(Box<WireMessage>),
     /// The next piece of the snapshot's bytes.
     SnapshotChunk(Vec<u8>),
     /// Closes a snapshot stream: what the receiver must have counted.
