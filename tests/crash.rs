@@ -34,11 +34,15 @@ fn builder(dir: &Path) -> iroh_raft::RaftClusterBuilder<KeyValueStore> {
 /// acknowledged write, until killed. A no-op in a normal test run.
 #[test]
 fn crash_child() {
-    let (Some(dir), Some(start)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_START).ok()) else {
+    let (Some(dir), Some(start)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_START).ok())
+    else {
         return;
     };
     let start: u64 = start.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let node = builder(Path::new(&dir)).build().await.unwrap();
         while node.leader().await != Some(1) {
@@ -76,7 +80,10 @@ fn sigkill_during_acknowledged_writes_loses_nothing() {
     eprintln!("crash test seed {seed} (replay with IROH_RAFT_CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut acked: Vec<u64> = Vec::new();
     let mut next = 0u64;
     for round in 0..50 {
@@ -113,18 +120,32 @@ fn sigkill_during_acknowledged_writes_loses_nothing() {
         next = acked.iter().max().map_or(next, |m| m + 1).max(next + 4);
 
         let missing = rt.block_on(async {
-            let node = builder(dir.path()).build().await.unwrap_or_else(|e| panic!("round {round}: restart failed: {e}"));
+            let node = builder(dir.path())
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: restart failed: {e}"));
             let acked = acked.clone();
             let missing = node
                 .linearizable_query(move |kv| {
-                    acked.iter().filter(|n| kv.get(&format!("v{n}")).is_none()).copied().collect::<Vec<u64>>()
+                    acked
+                        .iter()
+                        .filter(|n| kv.get(&format!("v{n}")).is_none())
+                        .copied()
+                        .collect::<Vec<u64>>()
                 })
                 .await
                 .unwrap();
             node.shutdown().await.unwrap();
             missing
         });
-        assert!(missing.is_empty(), "round {round} (seed {seed}): acknowledged writes lost: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "round {round} (seed {seed}): acknowledged writes lost: {missing:?}"
+        );
     }
-    assert!(acked.len() > 200, "only {} writes were acknowledged", acked.len());
+    assert!(
+        acked.len() > 200,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
 }

@@ -55,7 +55,10 @@ impl StorageBackend for LossyDisk {
         let start = offset as usize;
         let end = start + out.len();
         if end > s.current.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end",
+            ));
         }
         out.copy_from_slice(&s.current[start..end]);
         Ok(())
@@ -87,11 +90,15 @@ impl StorageBackend for LossyDisk {
 async fn every_acknowledged_write_survives_a_power_cut() {
     let key = SecretKey::generate();
     let disk = LossyDisk::default();
-    let node = start_single(LogDb::with_backend(disk.clone(), "lossy".into()).unwrap(), key.clone(), |c| {
-        // Snapshots and compaction happen during the run too.
-        c.max_log_entries = 40;
-        c.snapshot_trailing_entries = 5;
-    })
+    let node = start_single(
+        LogDb::with_backend(disk.clone(), "lossy".into()).unwrap(),
+        key.clone(),
+        |c| {
+            // Snapshots and compaction happen during the run too.
+            c.max_log_entries = 40;
+            c.snapshot_trailing_entries = 5;
+        },
+    )
     .await;
     wait_leader(&node).await;
 
@@ -102,10 +109,13 @@ async fn every_acknowledged_write_survives_a_power_cut() {
         if value % 4 == 0 {
             let mut pending = Vec::new();
             for v in value..value + 4 {
-                pending.push((v, tokio::spawn({
-                    let node = node.clone();
-                    async move { propose(&node, v).await }
-                })));
+                pending.push((
+                    v,
+                    tokio::spawn({
+                        let node = node.clone();
+                        async move { propose(&node, v).await }
+                    }),
+                ));
             }
             for (v, p) in pending {
                 if p.await.unwrap().is_ok() {
@@ -121,12 +131,16 @@ async fn every_acknowledged_write_survives_a_power_cut() {
     assert!(cuts.len() >= 8);
 
     for (i, (acked, image)) in cuts.into_iter().enumerate() {
-        let db = LogDb::with_backend(LossyDisk::from_image(image), "after power cut".into()).unwrap();
+        let db =
+            LogDb::with_backend(LossyDisk::from_image(image), "after power cut".into()).unwrap();
         let node = start_single(db, key.clone(), |_| {}).await;
         wait_leader(&node).await;
         let have = values(&node).await;
         let lost: Vec<&u64> = acked.iter().filter(|v| !have.contains(v)).collect();
-        assert!(lost.is_empty(), "cut {i}: acknowledged writes lost: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "cut {i}: acknowledged writes lost: {lost:?}"
+        );
         node.shutdown().await.unwrap();
     }
 }

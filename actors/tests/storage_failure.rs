@@ -70,11 +70,20 @@ async fn a_failing_disk_is_a_typed_fatal_error_and_nothing_more_is_acknowledged(
 
     fail.store(true, Ordering::SeqCst);
     let err = propose(&node, 10).await.unwrap_err();
-    assert!(matches!(err, ProposeError::Fatal(FatalError::Storage(_))), "{err:?}");
+    assert!(
+        matches!(err, ProposeError::Fatal(FatalError::Storage(_))),
+        "{err:?}"
+    );
     // The node keeps answering, with the same typed reason.
     let again = propose(&node, 1).await.unwrap_err();
-    assert!(matches!(again, ProposeError::Fatal(FatalError::Storage(_))), "{again:?}");
+    assert!(
+        matches!(again, ProposeError::Fatal(FatalError::Storage(_))),
+        "{again:?}"
+    );
     let status = node.raft.ask(GetStatus).await.unwrap();
-    assert_eq!(status.applied_index, 3, "nothing after the failure was applied");
+    assert_eq!(
+        status.applied_index, 3,
+        "nothing after the failure was applied"
+    );
     assert!(matches!(node.shutdown().await, Err(FatalError::Storage(_))));
 }

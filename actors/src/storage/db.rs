@@ -511,6 +511,61 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_file_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut db = LogDb::open(&path).unwrap();
+        db.write(
+            &[batch(
+                1,
+                (1..=200).map(|i| entry(i, 1, "some payload")).collect(),
+                2,
+            )],
+            true,
+        )
+        .unwrap();
+        drop(db);
+        let full = std::fs::read(&path).unwrap();
+        for keep in [full.len() / 2, full.len() / 4, 100] {
+            std::fs::write(&path, &full[..keep]).unwrap();
+            let opened = LogDb::open(&path).and_then(|db| db.recover().map(|_| ()));
+            assert!(
+                opened.is_err(),
+                "a file cut to {keep} of {} bytes was accepted",
+                full.len()
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap().len(),
+                keep,
+                "the file was modified"
+            );
+        }
+    }
+
+    #[test]
+    fn another_format_version_is_refused_with_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        drop(LogDb::open(&path).unwrap());
+        {
+            let db = Database::open(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert(meta_key::FORMAT_VERSION, 99u32.to_le_bytes().as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        match LogDb::open(&path) {
+            Err(StorageError::IncompatibleVersion {
+                found: 99,
+                supported,
+            }) => assert_eq!(supported, FORMAT_VERSION),
+            other => panic!("expected IncompatibleVersion, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn foreign_file_is_refused_not_reset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");

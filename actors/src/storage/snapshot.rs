@@ -312,9 +312,23 @@ mod tests {
         Ok(out)
     }
 
+    fn on_both_backends(check: fn(LogDb)) {
+        check(LogDb::in_memory().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        check(LogDb::open(&dir.path().join("raft.redb")).unwrap());
+    }
+
     #[test]
     fn a_multi_chunk_snapshot_round_trips_and_compacts_the_log() {
-        let mut db = LogDb::in_memory().unwrap();
+        on_both_backends(multi_chunk_round_trip);
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_whole_log_including_a_divergent_tail() {
+        on_both_backends(install_replaces_log);
+    }
+
+    fn multi_chunk_round_trip(mut db: LogDb) {
         db.write(&[entries(1..=20)], true).unwrap();
         let data: Vec<u8> = (0..(SNAPSHOT_CHUNK * 2 + 77))
             .map(|i| (i % 251) as u8)
@@ -337,9 +351,7 @@ mod tests {
         assert_eq!(db.recover().unwrap().log_start, (18, 2));
     }
 
-    #[test]
-    fn an_installed_snapshot_replaces_the_whole_log_including_a_divergent_tail() {
-        let mut db = LogDb::in_memory().unwrap();
+    fn install_replaces_log(mut db: LogDb) {
         db.write(&[entries(1..=30)], true).unwrap();
         let record = write_snapshot(&mut db, 25, b"leader state");
         let install = PersistBatch {

@@ -18,7 +18,12 @@ use kameo::error::SendError;
 pub struct NoNetwork;
 
 impl Dialer for NoNetwork {
-    fn dial(&self, _: u64, _: u64, _: EndpointAddr) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
+    fn dial(
+        &self,
+        _: u64,
+        _: u64,
+        _: EndpointAddr,
+    ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
         Box::pin(async { Err(LinkError::Connect("no network in this test".into())) })
     }
 }
@@ -68,7 +73,11 @@ impl StateMachine for Recorder {
 }
 
 /// Starts node 1 alone on `db` with fast timings and fsync on.
-pub async fn start_single(db: LogDb, key: SecretKey, configure: impl FnOnce(&mut NodeConfig)) -> Node<Recorder> {
+pub async fn start_single(
+    db: LogDb,
+    key: SecretKey,
+    configure: impl FnOnce(&mut NodeConfig),
+) -> Node<Recorder> {
     let mut config = NodeConfig::new(1);
     config.heartbeat_interval = Duration::from_millis(10);
     config.election_timeout = Duration::from_millis(40);
@@ -101,7 +110,12 @@ pub async fn wait_leader(node: &Node<Recorder>) {
 
 pub async fn propose(node: &Node<Recorder>, value: u64) -> Result<u64, ProposeError> {
     let data = postcard::to_allocvec(&value).unwrap();
-    match node.raft.ask(Propose { data }).reply_timeout(Duration::from_secs(5)).await {
+    match node
+        .raft
+        .ask(Propose { data })
+        .reply_timeout(Duration::from_secs(5))
+        .await
+    {
         Ok(v) => Ok(v),
         Err(SendError::HandlerError(e)) => Err(e),
         Err(e) => panic!("unexpected send error {e:?}"),
