@@ -154,3 +154,43 @@ async fn trigger_snapshot_takes_one_on_demand() {
     assert_eq!(leader.trigger_snapshot().await.unwrap(), index);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_in_quick_succession_and_during_a_transfer_are_harmless() {
+    let mut cluster =
+        TestCluster::start_configured(3, 3, |b| b.max_log_entries(10).snapshot_trailing_entries(2))
+            .await;
+    let leader_id = cluster.wait_for_leader().await;
+    let down = (1..=3).find(|&id| id != leader_id).unwrap();
+    cluster.stop(down).await;
+    let leader = cluster.node(leader_id).clone();
+    // Writes and explicit snapshot requests race each other.
+    for round in 0..10 {
+        let writes = (0..20).map(|i| leader.propose(set(format!("k{round}-{i}"), format!("v{i}"))));
+        let triggers = (0..3).map(|_| leader.trigger_snapshot());
+        let (w, t) = futures::join!(join_all(writes), join_all(triggers));
+        w.into_iter().for_each(|r| {
+            r.unwrap();
+        });
+        for r in t {
+            r.unwrap();
+        }
+    }
+    // The follower comes back and needs a snapshot while new ones keep replacing the current
+    // one (a transfer whose snapshot is replaced fails and is retried with the new one).
+    cluster.restart(down as usize - 1).await;
+    for round in 10..20 {
+        let writes = (0..20).map(|i| leader.propose(set(format!("k{round}-{i}"), format!("v{i}"))));
+        for r in join_all(writes).await {
+            r.unwrap();
+        }
+        leader.trigger_snapshot().await.unwrap();
+    }
+    let commit = leader.status().await.unwrap().commit_index;
+    cluster.wait_applied(commit).await;
+    for node in cluster.running() {
+        let len = node.linearizable_query(|kv| kv.len()).await.unwrap();
+        assert_eq!(len, 400, "node {}", node.node_id());
+    }
+    cluster.shutdown().await;
+}
