@@ -81,10 +81,10 @@ pub use raft_actor::{
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{
-    Close, CommitSnapshot, DbHandle, DiscardSnapshot, FORMAT_VERSION, Flush, Identity, LogDb,
-    MAX_BATCHES_PER_COMMIT, Member, NewSnapshotId, PERSIST_QUEUE, PersistBatch, PersistProgress,
-    Recover, Recovered, SNAPSHOT_CHUNK, SnapshotReader, SnapshotRecord, SnapshotWriter,
-    StorageActor, StorageArgs, WriteChunk,
+    Close, CommitSnapshot, DB_CACHE_SIZE, DbHandle, DiscardSnapshot, FORMAT_VERSION, Flush,
+    Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member, NewSnapshotId, PERSIST_QUEUE, PersistBatch,
+    PersistProgress, Recover, Recovered, SNAPSHOT_CHUNK, SnapshotReader, SnapshotRecord,
+    SnapshotWriter, StorageActor, StorageArgs, WriteChunk,
 };
 pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};
 pub use types::{NodeId, NodeStatus, Role};

@@ -20,7 +20,7 @@ pub use actor::{
     Close, CommitSnapshot, DiscardSnapshot, Flush, NewSnapshotId, PersistProgress, Recover,
     StorageActor, StorageArgs, WriteChunk,
 };
-pub use db::{DbHandle, LogDb};
+pub use db::{DB_CACHE_SIZE, DbHandle, LogDb};
 pub use records::{Identity, Member, PersistBatch, Recovered, SnapshotRecord};
 pub use snapshot::{SNAPSHOT_CHUNK, SnapshotReader, SnapshotWriter};
 pub use tables::FORMAT_VERSION;

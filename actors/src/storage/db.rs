@@ -23,6 +23,12 @@ use super::{
 };
 use crate::error::StorageError;
 
+/// redb's page cache per database (its default is 1 GiB). The Raft log is read from memory
+/// (MemLog) and written in small group commits, and snapshots stream through in chunks, so a
+/// small cache costs nothing measurable and keeps a node's memory bounded: redb would otherwise
+/// keep every snapshot chunk it wrote or read in memory.
+pub const DB_CACHE_SIZE: usize = 32 * 1024 * 1024;
+
 /// Adds the operation's name to a redb error.
 pub(crate) trait IoContext<T> {
     fn io(self, operation: &'static str) -> Result<T, StorageError>;
@@ -78,18 +84,21 @@ impl LogDb {
     /// Opens (or creates) the database file. A file that is not a redb database, is corrupt, or
     /// was written with another layout version is refused with a typed error; it is never reset.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-                StorageError::Corrupt {
-                    path: path.to_owned(),
-                    reason,
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_SIZE)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+                    StorageError::Corrupt {
+                        path: path.to_owned(),
+                        reason,
+                    }
                 }
-            }
-            other => StorageError::Open {
-                path: path.to_owned(),
-                source: Box::new(other),
-            },
-        })?;
+                other => StorageError::Open {
+                    path: path.to_owned(),
+                    source: Box::new(other),
+                },
+            })?;
         Self::init(db, path.to_owned())
     }
 
@@ -105,6 +114,7 @@ impl LogDb {
         label: PathBuf,
     ) -> Result<Self, StorageError> {
         let db = Database::builder()
+            .set_cache_size(DB_CACHE_SIZE)
             .create_with_backend(backend)
             .map_err(|e| StorageError::Open {
                 path: label.clone(),
