@@ -34,7 +34,10 @@ async fn main() -> anyhow::Result<()> {
         compaction(200_000).await?;
     }
     if mode == "transfer" || mode == "both" {
-        let mb = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+        let mb = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100);
         transfer(mb).await?;
     }
     Ok(())

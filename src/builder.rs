@@ -209,8 +209,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
-    /// Applied entries between snapshots (default 10,000): once this many were applied since
-    /// the last snapshot, the node snapshots its state machine and compacts its log behind it.
+    /// Applied entries between snapshots (preset default, see [`Preset`]): once this many were
+    /// applied since the last snapshot, the node snapshots its state machine and compacts its
+    /// log behind it.
     pub fn max_log_entries(mut self, n: u64) -> Self {
         self.max_log_entries = Some(n);
         self
@@ -253,7 +254,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 heartbeat,
             });
         }
-        let max_log_entries = self.max_log_entries.unwrap_or(10_000);
+        let max_log_entries = self
+            .max_log_entries
+            .unwrap_or(self.preset.max_log_entries());
         if max_log_entries == 0 {
             return Err(ConfigError::ZeroMaxLogEntries);
         }

@@ -1,6 +1,8 @@
 //! The built-in replicated key-value store: [`KeyValueStore`] and its [`KvCommand`]s.
 
-use std::{collections::BTreeMap, io};
+use std::io::{self, Write};
+
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,22 +45,48 @@ pub struct KvResponse {
     pub applied: bool,
 }
 
-/// A captured [`KeyValueStore`], written out as postcard.
+/// A captured [`KeyValueStore`]: a structural share of the map, so capturing is O(1) and the
+/// store goes on applying while this is written out.
+///
+/// Format: per pair, `u32` LE key length, key, `u32` LE value length, value.
 #[derive(Debug)]
-pub struct KvSnapshot(BTreeMap<String, String>);
+pub struct KvSnapshot(OrdMap<String, String>);
 
 impl WriteSnapshot for KvSnapshot {
     fn write_to(self, out: &mut dyn io::Write) -> io::Result<()> {
-        postcard::to_io(&self.0, out)
-            .map(|_| ())
-            .map_err(io::Error::other)
+        let mut out = io::BufWriter::new(out);
+        for (k, v) in self.0.iter() {
+            for s in [k, v] {
+                out.write_all(&(s.len() as u32).to_le_bytes())?;
+                out.write_all(s.as_bytes())?;
+            }
+        }
+        out.flush()
     }
 }
 
+/// Reads one length-prefixed string; `None` at a clean end.
+fn read_string(input: &mut impl io::Read) -> io::Result<Option<String>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut bytes = vec![0; u32::from_le_bytes(len) as usize];
+    input.read_exact(&mut bytes)?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// An ordered map of strings, replicated by Raft.
+///
+/// It is a persistent map ([`imbl::OrdMap`]): a snapshot shares its structure instead of copying
+/// it, so taking one costs O(1) on the Raft loop whatever the size of the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyValueStore {
-    map: BTreeMap<String, String>,
+    map: OrdMap<String, String>,
 }
 
 impl KeyValueStore {
@@ -123,17 +151,20 @@ impl StateMachine for KeyValueStore {
         }
     }
 
-    /// A clone of the map: O(n) on the Raft loop (a persistent map would make it O(1)); writing
-    /// it out happens on another thread.
     fn snapshot(&self) -> KvSnapshot {
         KvSnapshot(self.map.clone())
     }
 
     fn restore(&mut self, input: &mut dyn io::Read) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        input.read_to_end(&mut bytes)?;
-        self.map = postcard::from_bytes(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut input = io::BufReader::new(input);
+        let mut map = OrdMap::new();
+        while let Some(k) = read_string(&mut input)? {
+            let v = read_string(&mut input)?.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot ends after a key")
+            })?;
+            map.insert(k, v);
+        }
+        self.map = map;
         Ok(())
     }
 }
