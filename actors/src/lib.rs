@@ -15,8 +15,8 @@
 //!
 //! | actor | owns | receives | sends |
 //! |---|---|---|---|
-//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], pending proposals and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `GetStatus`, `Shutdown` from the facade; [`peer::Inbound`] and [`peer::Admit`] from the protocol handler; `PeerUnreachable` from PeerActors; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); events to the EventBus (`try_send`) |
-//! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
+//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], pending proposals and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `GetStatus`, `TriggerSnapshot`, `Shutdown` from the facade; [`peer::Inbound`], [`peer::Admit`] and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` and [`peer::SnapshotSent`] from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); events to the EventBus (`try_send`) |
+//! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it, and snapshot readers read it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `NewSnapshotId`, `WriteChunk`, `CommitSnapshot`, `DiscardSnapshot` from the snapshot writer and the protocol handler; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
 //! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches, `StopPeer` | frames on the wire; `PeerUnreachable` (with the forwarded proposals it could not send); peer events |
 //! | [`EventBus`] | a bounded broadcast ring | `Publish`, `Subscribe` | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
 //! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
@@ -40,9 +40,28 @@
 //! 4. Once a quorum has the entry durable it is committed; the RaftActor applies it and the node
 //!    whose proposal id is in the context answers the caller.
 //!
+//! # Snapshots and compaction
+//! - Taking one: once `max_log_entries` entries were applied since the last snapshot (or on
+//!   `TriggerSnapshot`), the RaftActor captures the state machine (`StateMachine::snapshot`,
+//!   meant to be cheap) and a blocking task writes the capture out through a [`SnapshotWriter`]
+//!   as 1 MiB `WriteChunk`s to the StorageActor, then `CommitSnapshot` makes it current and
+//!   purges the log up to `snapshot_trailing_entries` behind it, in one durable transaction. The
+//!   RaftActor keeps appending and committing meanwhile; when the writer reports back
+//!   (`SnapshotDone`) it compacts its in-memory log the same way.
+//! - Sending one: when raft-rs needs to send a follower entries it no longer has, it emits a
+//!   `MsgSnapshot` with the current snapshot's metadata; the RaftActor hands the PeerActor a
+//!   [`peer::SnapshotOffer`], and the PeerActor streams the chunks from redb on a second stream
+//!   of its connection ([`wire`] has the frames), reporting [`peer::SnapshotSent`].
+//! - Receiving one: the protocol handler stores the chunks through the StorageActor as they
+//!   arrive, checks size and CRC, then sends the RaftActor a [`peer::SnapshotReceived`]; the
+//!   RaftActor steps the `MsgSnapshot`, and when raft-rs accepts it restores the state machine
+//!   from the stored chunks ([`SnapshotReader`]) and persists it with the Ready: the snapshot
+//!   replaces the whole log, including any divergent uncommitted tail.
+//! - Restart: the RaftActor restores the current snapshot, then raft-rs replays the log after it.
+//!
 //! # Streams
-//! One QUIC connection per direction per pair of members, one unidirectional stream on it,
-//! carrying the frames specified in [`wire`].
+//! One QUIC connection per direction per pair of members: one unidirectional stream on it
+//! carries the consensus frames, and each snapshot transfer opens one more (see [`wire`]).
 //!
 //! # Seams for simulation
 //! The PeerActor reaches its peer through [`Dialer`] / [`Link`]; all timing is `tokio::time`;
