@@ -203,6 +203,7 @@ impl<S: StateMachine> Node<S> {
             state_machine,
             storage: storage.clone(),
             db: db_handle.clone(),
+            storage_spawn,
             dialer,
             persist_tx,
             persist_progress: progress_rx,

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::BoxFuture;
 use crate::{
     storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
@@ -72,7 +73,8 @@ struct Inner {
 }
 
 /// How reading one stream ended.
-enum StreamEnd {
+#[derive(Debug)]
+pub enum StreamEnd {
     /// The peer finished the stream or the connection went away.
     Closed,
     /// The stream's content was refused (a snapshot that does not match its checksum): the
@@ -159,7 +161,7 @@ impl RaftProtocol {
     }
 
     async fn read_stream(&self, from: NodeId, mut recv: RecvStream) -> StreamEnd {
-        let end = self.read_stream_inner(from, &mut recv).await;
+        let end = self.serve_stream(from, &mut QuicFrames(&mut recv)).await;
         if let StreamEnd::Rejected(e) = &end {
             warn!(peer = from, error = %e, "stopping stream");
             let _ = recv.stop(e.close_code().to_varint());
@@ -167,9 +169,12 @@ impl RaftProtocol {
         end
     }
 
-    async fn read_stream_inner(&self, from: NodeId, recv: &mut RecvStream) -> StreamEnd {
+    /// Reads one stream from member `from` (already admitted) to its end: a consensus stream's
+    /// frames go to the RaftActor, a snapshot stream's chunks to storage. The QUIC accept loop
+    /// calls this for every stream; a simulation calls it with frames from its own network.
+    pub async fn serve_stream(&self, from: NodeId, source: &mut dyn FrameSource) -> StreamEnd {
         let me = self.inner.me;
-        match read_frame(recv).await {
+        match source.next_frame().await {
             Ok(Some(Frame::Hello(h))) => {
                 if h.version != PROTOCOL_VERSION {
                     return StreamEnd::Refused(WireError::VersionMismatch {
@@ -190,9 +195,9 @@ impl RaftProtocol {
             Ok(None) => return StreamEnd::Closed,
             Err(end) => return end,
         }
-        let mut first = match read_frame(recv).await {
+        let mut first = match source.next_frame().await {
             Ok(Some(Frame::SnapshotHeader(header))) => {
-                return self.read_snapshot(from, header, recv).await;
+                return self.read_snapshot(from, header, source).await;
             }
             Ok(Some(frame)) => Some(frame),
             Ok(None) => return StreamEnd::Closed,
@@ -201,7 +206,7 @@ impl RaftProtocol {
         loop {
             let frame = match first.take() {
                 Some(frame) => frame,
-                None => match read_frame(recv).await {
+                None => match source.next_frame().await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return StreamEnd::Closed,
                     Err(end) => return end,
@@ -230,7 +235,7 @@ impl RaftProtocol {
         &self,
         from: NodeId,
         header: Box<WireMessage>,
-        recv: &mut RecvStream,
+        source: &mut dyn FrameSource,
     ) -> StreamEnd {
         let msg = match validate_snapshot_header(header, from, self.inner.me) {
             Ok(msg) => msg,
@@ -240,7 +245,7 @@ impl RaftProtocol {
         let Ok(id) = storage.ask(NewSnapshotId).await else {
             return StreamEnd::Closed;
         };
-        let end = self.store_chunks(id, recv).await;
+        let end = self.store_chunks(id, source).await;
         match end {
             Ok((size, chunks, checksum)) => {
                 let meta = msg.get_snapshot().get_metadata();
@@ -280,12 +285,12 @@ impl RaftProtocol {
     async fn store_chunks(
         &self,
         id: u64,
-        recv: &mut RecvStream,
+        source: &mut dyn FrameSource,
     ) -> Result<(u64, u32, u32), StreamEnd> {
         let mut hasher = crc32fast::Hasher::new();
         let (mut size, mut no) = (0u64, 0u32);
         loop {
-            match read_frame(recv).await? {
+            match source.next_frame().await? {
                 Some(Frame::SnapshotChunk(bytes)) => {
                     hasher.update(&bytes);
                     size += bytes.len() as u64;
@@ -315,6 +320,21 @@ impl RaftProtocol {
                 None => return Err(StreamEnd::Closed),
             }
         }
+    }
+}
+
+/// Where a stream's frames come from: a QUIC receive stream in production, the simulation's
+/// network in tests.
+pub trait FrameSource: Send {
+    /// The next frame, validated by rkyv; `Ok(None)` at a clean end of the stream.
+    fn next_frame(&mut self) -> BoxFuture<'_, Result<Option<Frame>, StreamEnd>>;
+}
+
+struct QuicFrames<'a>(&'a mut RecvStream);
+
+impl FrameSource for QuicFrames<'_> {
+    fn next_frame(&mut self) -> BoxFuture<'_, Result<Option<Frame>, StreamEnd>> {
+        Box::pin(read_frame(self.0))
     }
 }
 

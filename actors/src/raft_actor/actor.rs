@@ -31,6 +31,7 @@ use crate::{
     driver::{Driver, InitialLog},
     error::{FatalError, ProposeError, ReadError, SnapshotError, StartError},
     events::{ClusterEvent, EventBus, Publish},
+    node::StorageSpawn,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
     storage::{DbHandle, PersistBatch, PersistProgress, Recover, StorageActor},
@@ -48,6 +49,9 @@ pub struct RaftArgs<S: StateMachine> {
     pub storage: ActorRef<StorageActor>,
     /// The database, for reading snapshots back (restore, install).
     pub db: DbHandle,
+    /// Whether blocking work (writing snapshots out) may use threads; a simulation on one
+    /// thread says no.
+    pub storage_spawn: StorageSpawn,
     /// How PeerActors reach peers.
     pub dialer: Arc<dyn Dialer>,
     /// Where persist batches go (the StorageActor).
@@ -65,6 +69,7 @@ impl<S: StateMachine> Clone for RaftArgs<S> {
             state_machine: self.state_machine.clone(),
             storage: self.storage.clone(),
             db: self.db.clone(),
+            storage_spawn: self.storage_spawn,
             dialer: self.dialer.clone(),
             persist_tx: self.persist_tx.clone(),
             persist_progress: self.persist_progress.clone(),
@@ -118,6 +123,7 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) db: DbHandle,
     /// This actor, for the snapshot writer to report back to (weak: no cycle).
     pub(super) myself: WeakActorRef<Self>,
+    pub(super) storage_spawn: StorageSpawn,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -284,6 +290,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             storage: args.storage,
             db: args.db,
             myself: actor_ref.downgrade(),
+            storage_spawn: args.storage_spawn,
         })
     }
 

@@ -18,6 +18,7 @@ use super::actor::RaftActor;
 use crate::{
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
+    node::StorageSpawn,
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
     storage::{
@@ -108,28 +109,24 @@ impl<S: StateMachine> RaftActor<S> {
         let view = self.sm.snapshot();
         self.snapshots.taking = true;
         debug!(index, ?purge_to, "taking snapshot");
-        let storage = self.storage.clone();
+        let job = SnapshotJob {
+            storage: self.storage.clone(),
+            index,
+            term,
+            conf_state,
+            purge_to,
+        };
         let me = self.myself.clone();
+        let threads = self.storage_spawn == StorageSpawn::Thread;
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || {
-                write_snapshot(view, &storage, index, term, conf_state, purge_to)
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(SnapshotError::StateMachine {
-                    reason: format!("snapshot writer panicked: {e}").into(),
-                })
-            });
+            let result = job.run(view, threads).await;
             if let Some(me) = me.upgrade() {
                 let _ = me.tell(SnapshotDone { result }).await;
             }
         });
     }
 
-    fn snapshot_done(
-        &mut self,
-        result: Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError>,
-    ) {
+    fn snapshot_done(&mut self, result: SnapshotOutcome) {
         self.snapshots.taking = false;
         match result {
             Ok((record, purge_to)) => {
@@ -218,67 +215,108 @@ impl<S: StateMachine> RaftActor<S> {
     }
 }
 
-/// Writes a captured state out through the StorageActor and commits it. Runs on a blocking
-/// thread: only one chunk is in memory at a time.
-fn write_snapshot<W: WriteSnapshot>(
-    view: W,
-    storage: &ActorRef<StorageActor>,
+/// Writing one captured state out and committing it.
+struct SnapshotJob {
+    storage: ActorRef<StorageActor>,
     index: u64,
     term: u64,
     conf_state: raft::eraftpb::ConfState,
     purge_to: Option<(u64, u64)>,
-) -> Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError> {
-    fn storage_err<M>(e: SendError<M, Arc<StorageError>>) -> SnapshotError {
-        match e {
-            SendError::HandlerError(e) => SnapshotError::Storage(e),
-            _ => SnapshotError::ShuttingDown,
-        }
+}
+
+type SnapshotOutcome = Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError>;
+
+fn storage_err<M>(e: SendError<M, Arc<StorageError>>) -> SnapshotError {
+    match e {
+        SendError::HandlerError(e) => SnapshotError::Storage(e),
+        _ => SnapshotError::ShuttingDown,
     }
-    let id = storage
-        .ask(NewSnapshotId)
-        .blocking_send()
-        .map_err(storage_err)?;
-    let mut writer = SnapshotWriter::new(|no, bytes| {
-        storage
-            .ask(WriteChunk { id, no, bytes })
-            .blocking_send()
-            .map_err(|e| io::Error::other(format!("{e:?}")))
-    });
-    let written = view.write_to(&mut writer).and_then(|()| writer.finish());
-    let (size, chunks, checksum) = match written {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = storage.tell(DiscardSnapshot { id }).blocking_send();
-            return Err(SnapshotError::StateMachine {
-                reason: e.to_string().into(),
+}
+
+impl SnapshotJob {
+    /// The state machine writes its view on a blocking thread (`threads`), handing 1 MiB chunks
+    /// through a two-chunk channel to this task, which stores them; so at most a few chunks are
+    /// in memory. Without threads (a deterministic simulation on one thread) the view is written
+    /// out first, then stored.
+    async fn run<W: WriteSnapshot>(self, view: W, threads: bool) -> SnapshotOutcome {
+        let id = self.storage.ask(NewSnapshotId).await.map_err(storage_err)?;
+        // Bounded (two chunks) when a thread produces; a single-threaded run writes everything
+        // out before storing any of it, so it cannot wait on itself.
+        let (tx, rx) = if threads {
+            flume::bounded::<(u32, Vec<u8>)>(2)
+        } else {
+            flume::unbounded()
+        };
+        let produce = move || {
+            let mut writer = SnapshotWriter::new(|no, bytes| {
+                tx.send((no, bytes))
+                    .map_err(|_| io::Error::other("snapshot store stopped"))
             });
+            view.write_to(&mut writer).and_then(|()| writer.finish())
+        };
+        let (written, stored) = if threads {
+            let producer = tokio::task::spawn_blocking(produce);
+            let stored = self.store(id, &rx).await;
+            let written = producer.await.unwrap_or_else(|e| {
+                Err(io::Error::other(format!("snapshot writer panicked: {e}")))
+            });
+            (written, stored)
+        } else {
+            let written = produce();
+            (written, self.store(id, &rx).await)
+        };
+        let (size, chunks, checksum) = match (written, stored) {
+            (Ok(w), Ok(())) => w,
+            (Err(e), _) => {
+                let _ = self.storage.tell(DiscardSnapshot { id }).await;
+                return Err(SnapshotError::StateMachine {
+                    reason: e.to_string().into(),
+                });
+            }
+            (_, Err(e)) => return Err(e),
+        };
+        let record = SnapshotRecord {
+            id,
+            index: self.index,
+            term: self.term,
+            conf_state: self.conf_state,
+            size,
+            chunks,
+            checksum,
+        };
+        let current = self
+            .storage
+            .ask(CommitSnapshot {
+                record: record.clone(),
+                purge_to: self.purge_to,
+            })
+            .await
+            .map_err(storage_err)?;
+        if !current {
+            return Err(SnapshotError::Superseded);
         }
-    };
-    let record = SnapshotRecord {
-        id,
-        index,
-        term,
-        conf_state,
-        size,
-        chunks,
-        checksum,
-    };
-    let current = storage
-        .ask(CommitSnapshot {
-            record: record.clone(),
-            purge_to,
-        })
-        .blocking_send()
-        .map_err(storage_err)?;
-    if !current {
-        return Err(SnapshotError::Superseded);
+        Ok((record, self.purge_to))
     }
-    Ok((record, purge_to))
+
+    /// Stores chunks until the producer is done (its sender dropped).
+    async fn store(
+        &self,
+        id: u64,
+        rx: &flume::Receiver<(u32, Vec<u8>)>,
+    ) -> Result<(), SnapshotError> {
+        while let Ok((no, bytes)) = rx.recv_async().await {
+            self.storage
+                .ask(WriteChunk { id, no, bytes })
+                .await
+                .map_err(storage_err)?;
+        }
+        Ok(())
+    }
 }
 
 /// The snapshot writer finished.
 pub(crate) struct SnapshotDone {
-    result: Result<(SnapshotRecord, Option<(u64, u64)>), SnapshotError>,
+    result: SnapshotOutcome,
 }
 
 impl<S: StateMachine> Message<SnapshotDone> for RaftActor<S> {
