@@ -95,8 +95,8 @@ pub use events::{
 pub use node::{Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
-    GetStatus, LinearizableQuery, MAX_MESSAGES_PER_READY, Propose, Query, RAFT_MAILBOX, RaftActor,
-    RaftArgs, Shutdown, TriggerSnapshot,
+    GetStatus, InspectLog, LinearizableQuery, LogView, MAX_MESSAGES_PER_READY, Propose, Query,
+    RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown, TriggerSnapshot,
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{

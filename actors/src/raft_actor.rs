@@ -15,7 +15,7 @@ mod ready;
 mod snapshot;
 
 pub use actor::{RaftActor, RaftArgs};
-pub use messages::{GetStatus, LinearizableQuery, Propose, Query, Shutdown};
+pub use messages::{GetStatus, InspectLog, LinearizableQuery, LogView, Propose, Query, Shutdown};
 pub use snapshot::TriggerSnapshot;
 
 /// Most mailbox messages handled between two Ready rounds: bounds the latency a long burst adds

@@ -134,6 +134,11 @@ impl Driver {
         self.raw.raft.term
     }
 
+    /// Who this node voted for in the current term (0: nobody).
+    pub fn vote(&self) -> NodeId {
+        self.raw.raft.vote
+    }
+
     /// Current voters (the incoming configuration when joint).
     pub fn voters(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self.raw.store().conf_state().voters.clone();
@@ -212,6 +217,19 @@ impl Driver {
     /// The current configuration.
     pub fn conf_state(&self) -> ConfState {
         self.raw.store().conf_state().clone()
+    }
+
+    /// `(index, term, entry)` for every entry held from `from` on (tests and tools).
+    pub fn entries_from(&self, from: u64) -> Vec<Entry> {
+        let store = self.raw.store();
+        let low = from.max(store.first_index());
+        let high = store.last_index() + 1;
+        if low >= high {
+            return Vec::new();
+        }
+        store
+            .entries(low, high, None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default()
     }
 
     /// Index of the first entry the log still holds.

@@ -224,3 +224,50 @@ impl<S: StateMachine> Message<PeerUnreachable> for RaftActor<S> {
         self.unsent_forwards(msg.peer, msg.unsent_forwards);
     }
 }
+
+/// The entries this node holds from `from` on, with its status: for invariant checks in tests
+/// and for tools. Each entry is `(index, term, hash of its type, context and data)`.
+#[derive(Debug, Clone, Copy)]
+pub struct InspectLog {
+    /// First index wanted (clamped to what the log still holds).
+    pub from: u64,
+}
+
+/// What [`InspectLog`] returns.
+#[derive(Debug, Clone, kameo::Reply)]
+pub struct LogView {
+    /// The node's status.
+    pub status: NodeStatus,
+    /// The node's vote in the current term (0: none).
+    pub vote: NodeId,
+    /// `(index, term, content hash)` of each entry held.
+    pub entries: Vec<(u64, u64, u64)>,
+}
+
+/// FNV-1a: a stable content hash for comparing entries across nodes.
+pub(crate) fn entry_hash(e: &raft::eraftpb::Entry) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let ty = [e.entry_type as i32 as u8];
+    for b in ty.iter().chain(e.context.iter()).chain(e.data.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl<S: StateMachine> Message<InspectLog> for RaftActor<S> {
+    type Reply = LogView;
+
+    async fn handle(&mut self, msg: InspectLog, _: &mut Context<Self, LogView>) -> LogView {
+        LogView {
+            status: self.status(),
+            vote: self.driver.vote(),
+            entries: self
+                .driver
+                .entries_from(msg.from)
+                .iter()
+                .map(|e| (e.index, e.term, entry_hash(e)))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `Sim`: N real nodes (RaftActor, StorageActor, driver, KV store) on the simulated network and
+//! disks, on one paused-time tokio thread. Everything random comes from the seed.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iroh::{EndpointAddr, SecretKey};
+use iroh_raft::{
+    KeyValueStore,
+    actors::{
+        InspectLog, LogDb, LogView, Member, Node, NodeConfig, NodeId, NodeSpec, Query, Role,
+        StateMachineSource, StorageSpawn,
+    },
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::{
+    disk::SimDisk,
+    invariants::Invariants,
+    net::{SimDialer, SimNet},
+};
+
+pub type KvNode = Node<KeyValueStore>;
+
+/// The running nodes, shared with the clients (they pick a node per operation).
+pub type Handles = Arc<Mutex<BTreeMap<NodeId, KvNode>>>;
+
+struct SimNode {
+    key: SecretKey,
+    disk: SimDisk,
+    running: Option<(u64, KvNode)>,
+    starts: u64,
+}
+
+pub struct Sim {
+    pub seed: u64,
+    pub rng: StdRng,
+    pub net: Arc<SimNet>,
+    pub ids: Vec<NodeId>,
+    pub handles: Handles,
+    nodes: BTreeMap<NodeId, SimNode>,
+    members: Vec<Member>,
+    invariants: Invariants,
+    configure: fn(&mut NodeConfig),
+    pub steps: u64,
+}
+
+impl Sim {
+    /// `n` nodes with ids 1..=n, all started.
+    pub async fn new(seed: u64, n: u64, configure: fn(&mut NodeConfig)) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut nodes = BTreeMap::new();
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let key = SecretKey::from_bytes(&rng.random());
+            members.push(Member {
+                node_id: id,
+                addr: EndpointAddr::new(key.public()),
+            });
+            nodes.insert(
+                id,
+                SimNode {
+                    key,
+                    disk: SimDisk::default(),
+                    running: None,
+                    starts: 0,
+                },
+            );
+        }
+        let mut sim = Sim {
+            seed,
+            rng,
+            net: SimNet::new(seed),
+            ids: (1..=n).collect(),
+            handles: Arc::default(),
+            nodes,
+            members,
+            invariants: Invariants::default(),
+            configure,
+            steps: 0,
+        };
+        for id in 1..=n {
+            sim.start(id).await;
+        }
+        sim
+    }
+
+    /// Starts node `id` from what its disk holds.
+    pub async fn start(&mut self, id: NodeId) {
+        let incarnation = self.net.register(id);
+        let n = self.nodes.get_mut(&id).expect("known node");
+        assert!(n.running.is_none(), "node {id} is running");
+        n.starts += 1;
+        let mut config = NodeConfig::new(id);
+        config.heartbeat_interval = Duration::from_millis(10);
+        config.election_timeout = Duration::from_millis(100);
+        config.request_timeout = Duration::from_secs(2);
+        config.fsync = true;
+        config.max_log_entries = 64;
+        config.snapshot_trailing_entries = 8;
+        config.rng_seed = Some(self.seed ^ (id << 40) ^ n.starts);
+        (self.configure)(&mut config);
+        let db = LogDb::with_backend(n.disk.clone(), format!("sim-node-{id}").into())
+            .expect("disk opens");
+        let node = Node::start(NodeSpec {
+            config,
+            endpoint_id: n.key.public(),
+            state_machine: StateMachineSource::factory(KeyValueStore::new),
+            db,
+            initial_members: self.members.clone(),
+            dialer: Arc::new(SimDialer {
+                net: self.net.clone(),
+                incarnation,
+            }),
+            storage_spawn: StorageSpawn::Task,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("node {id} failed to start: {e}"));
+        self.net.attach(id, incarnation, node.protocol.clone());
+        self.handles.lock().unwrap().insert(id, node.clone());
+        n.running = Some((incarnation, node));
+    }
+
+    /// Kills node `id` at once and loses every write its disk had not synced.
+    pub fn crash(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("known node");
+        let Some((_, node)) = n.running.take() else {
+            return;
+        };
+        self.net.unregister(id);
+        self.handles.lock().unwrap().remove(&id);
+        node.kill();
+        n.disk = SimDisk::from_image(n.disk.crash_image());
+    }
+
+    /// From now on node `id`'s disk fails every write.
+    pub fn fail_disk(&mut self, id: NodeId) {
+        self.nodes[&id].disk.fail();
+    }
+
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.nodes[&id].running.is_some()
+    }
+
+    /// Restarts every node that is down (a failed disk is replaced by its last synced image).
+    pub async fn restart_all(&mut self) {
+        for id in self.ids.clone() {
+            if self.nodes[&id].running.is_none() {
+                self.start(id).await;
+            }
+        }
+    }
+
+    /// Crashes and restarts nodes whose disk failed (their node is dead).
+    pub async fn replace_failed_disks(&mut self, failed: &[NodeId]) {
+        for &id in failed {
+            self.crash(id);
+            self.start(id).await;
+        }
+    }
+
+    pub fn random_node(&mut self) -> NodeId {
+        self.ids[self.rng.random_range(0..self.ids.len())]
+    }
+
+    /// Every running node's log view (nodes that do not answer in time are left out).
+    pub async fn views(&self) -> Vec<(NodeId, u64, LogView)> {
+        let mut out = Vec::new();
+        for (&id, n) in &self.nodes {
+            if let Some((inc, node)) = &n.running
+                && let Ok(v) = node
+                    .raft
+                    .ask(InspectLog { from: 0 })
+                    .reply_timeout(Duration::from_millis(500))
+                    .await
+            {
+                out.push((id, *inc, v));
+            }
+        }
+        out
+    }
+
+    /// Lets time pass in steps, checking every invariant after each.
+    pub async fn run_for(&mut self, duration: Duration) -> Result<(), String> {
+        let step = Duration::from_millis(10);
+        let end = tokio::time::Instant::now() + duration;
+        while tokio::time::Instant::now() < end {
+            tokio::time::sleep(step).await;
+            self.check().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn check(&mut self) -> Result<(), String> {
+        self.steps += 1;
+        let views = self.views().await;
+        if std::env::var("SIM_VERBOSE").as_deref() == Ok("2") && self.steps.is_multiple_of(20) {
+            let s: Vec<String> = views
+                .iter()
+                .map(|(id, _, v)| {
+                    let s = &v.status;
+                    format!(
+                        "{id}:{:?} t{} c{} a{} l{} f{}",
+                        s.role,
+                        s.term,
+                        s.commit_index,
+                        s.applied_index,
+                        s.last_index,
+                        s.first_index
+                    )
+                })
+                .collect();
+            eprintln!("step {} [{}]", self.steps, s.join(" | "));
+        }
+        self.invariants.check(&views)
+    }
+
+    /// The leader every running node agrees on, if there is one.
+    pub async fn agreed_leader(&self) -> Option<NodeId> {
+        let views = self.views().await;
+        let leader = views
+            .iter()
+            .find(|(_, _, v)| v.status.role == Role::Leader)?;
+        let (term, id) = (leader.2.status.term, leader.0);
+        (views.len() == self.ids.len()
+            && views
+                .iter()
+                .all(|(_, _, v)| v.status.leader == Some(id) && v.status.term == term))
+        .then_some(id)
+    }
+
+    /// Liveness: with faults gone, a leader is elected, a write commits and every node applies
+    /// the same log and holds the same state, within `bound`.
+    pub async fn converge(&mut self, bound: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let leader = loop {
+            if let Some(l) = self.agreed_leader().await {
+                break l;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("liveness: no agreed leader within {bound:?}"));
+            }
+            self.run_for(Duration::from_millis(50)).await?;
+        };
+        let node = self.handles.lock().unwrap()[&leader].clone();
+        let data = postcard::to_allocvec(&iroh_raft::KvCommand::Set {
+            key: "liveness".into(),
+            value: "ok".into(),
+        })
+        .unwrap();
+        loop {
+            let r = node
+                .raft
+                .ask(iroh_raft::actors::Propose { data: data.clone() })
+                .reply_timeout(Duration::from_secs(1))
+                .await;
+            if r.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "liveness: leader {leader} could not commit a write: {r:?}"
+                ));
+            }
+            self.run_for(Duration::from_millis(50)).await?;
+        }
+        loop {
+            let views = self.views().await;
+            let commit = views
+                .iter()
+                .map(|(_, _, v)| v.status.commit_index)
+                .max()
+                .unwrap_or(0);
+            let settled = views.len() == self.ids.len()
+                && views
+                    .iter()
+                    .all(|(_, _, v)| v.status.applied_index == commit);
+            if settled {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let s: Vec<_> = views
+                    .iter()
+                    .map(|(id, _, v)| (id, v.status.applied_index, v.status.commit_index))
+                    .collect();
+                return Err(format!(
+                    "liveness: nodes did not converge within {bound:?}: {s:?}"
+                ));
+            }
+            self.run_for(Duration::from_millis(20)).await?;
+        }
+        self.check().await?;
+        // Every node holds the same state.
+        let mut states = Vec::new();
+        for (&id, n) in &self.nodes {
+            let (_, node) = n.running.as_ref().expect("all running");
+            let kv: Vec<(String, String)> = node
+                .raft
+                .ask(Query(|kv: &KeyValueStore| {
+                    kv.iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<Vec<_>>()
+                }))
+                .await
+                .map_err(|e| format!("node {id} state unreadable: {e:?}"))?;
+            states.push((id, kv));
+        }
+        if let Some((first_id, first)) = states.first() {
+            for (id, s) in &states[1..] {
+                if s != first {
+                    return Err(format!(
+                        "state machine safety: node {id} and node {first_id} hold different states"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every node (gracefully).
+    pub async fn shutdown(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some((_, node)) = n.running.take() {
+                let _ = node.shutdown().await;
+            }
+        }
+        self.handles.lock().unwrap().clear();
+    }
+
+    pub fn leader_terms(&self) -> usize {
+        self.invariants.leader_terms()
+    }
+
+    pub fn committed_index(&self) -> u64 {
+        self.invariants.committed_index()
+    }
+}
