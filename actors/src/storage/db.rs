@@ -223,17 +223,24 @@ impl LogDb {
         Ok(tx)
     }
 
+    /// The last stored entry's index, or where the log starts if it is empty (after a
+    /// snapshot replaced it).
     fn read_last_index(&self) -> Result<u64, StorageError> {
         let tx = self.begin_read()?;
         let log = tx.open_table(LOG).io("open log")?;
-        Ok(log
-            .last()
-            .io("read log")?
-            .map(|(k, _)| k.value())
-            .unwrap_or(0))
+        let last = log.last().io("read log")?.map(|(k, _)| k.value());
+        let start = match meta_value(&tx, meta_key::LOG_START)? {
+            Some(b) => {
+                decode_index_term(&b)
+                    .ok_or_else(|| self.corrupt("log start"))?
+                    .0
+            }
+            None => 0,
+        };
+        Ok(last.unwrap_or(0).max(start))
     }
 
-    /// Index of the last stored entry (0 when the log is empty).
+    /// Index of the last entry: the last stored one, or the snapshot's if the log is empty.
     pub fn last_index(&self) -> u64 {
         self.last_index
     }

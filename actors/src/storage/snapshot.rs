@@ -375,6 +375,25 @@ mod tests {
         assert_eq!(db.last_index(), 27);
     }
 
+    /// Found by the store-model property test: after a leader's snapshot replaced the whole log
+    /// and the database was reopened, `last_index` fell back to 0 instead of the snapshot index.
+    #[test]
+    fn regression_last_index_after_install_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut db = LogDb::open(&path).unwrap();
+        let record = write_snapshot(&mut db, 7, b"state");
+        let install = PersistBatch {
+            snapshot: Some(record),
+            must_sync: true,
+            ..Default::default()
+        };
+        db.write(&[install], true).unwrap();
+        assert_eq!(db.last_index(), 7);
+        drop(db);
+        assert_eq!(LogDb::open(&path).unwrap().last_index(), 7);
+    }
+
     #[test]
     fn corruption_and_missing_chunks_are_detected() {
         let mut db = LogDb::in_memory().unwrap();
