@@ -99,7 +99,11 @@ fn frame() -> impl Strategy<Value = Frame> {
         )
         .prop_map(|v| Frame::Forward(
             v.into_iter()
-                .map(|(id, data)| ForwardedProposal { id, data })
+                .map(|(id, data)| ForwardedProposal {
+                    session: id / 3,
+                    id,
+                    data
+                })
                 .collect()
         )),
         prop::collection::vec(
@@ -109,6 +113,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         .prop_map(|v| Frame::ForwardReply(
             v.into_iter()
                 .map(|(id, ok, a, b)| ForwardReply {
+                    session: a ^ id,
                     id,
                     outcome: if ok {
                         ForwardOutcome::Appended { index: a, term: b }

@@ -185,6 +185,15 @@ impl Client {
             .ask(Propose { data })
             .reply_timeout(Duration::from_secs(2))
             .await;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!(
+                "client {} {:?} via node {} -> {:?}",
+                self.id,
+                cmd,
+                node.raft.id(),
+                r.as_ref().map_err(|e| format!("{e:?}"))
+            );
+        }
         match r {
             Ok(resp) if cas => Some(Output::Cas {
                 applied: resp.applied,

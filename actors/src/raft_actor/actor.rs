@@ -124,6 +124,8 @@ pub struct RaftActor<S: StateMachine> {
     /// This actor, for the snapshot writer to report back to (weak: no cycle).
     pub(super) myself: WeakActorRef<Self>,
     pub(super) storage_spawn: StorageSpawn,
+    /// This incarnation, durably counted at every start: part of every proposal's identity.
+    pub(super) session: u64,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -291,6 +293,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             db: args.db,
             myself: actor_ref.downgrade(),
             storage_spawn: args.storage_spawn,
+            session: recovered.incarnation,
         })
     }
 

@@ -41,12 +41,19 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
         let id = self.next_id();
         let deadline = self.deadline();
         if self.driver.role() == Role::Leader {
-            match self.driver.propose(encode_context(self.id(), id), msg.data) {
+            match self
+                .driver
+                .propose(encode_context(self.id(), self.session, id), msg.data)
+            {
                 Ok((index, _)) => self.proposals.insert(id, reply, Some(index), deadline),
                 Err(_) => reply.send(Err(ProposeError::NotLeader { leader_hint: None })),
             }
         } else if let Some(leader) = self.driver.leader() {
-            let forward = ForwardedProposal { id, data: msg.data };
+            let forward = ForwardedProposal {
+                session: self.session,
+                id,
+                data: msg.data,
+            };
             self.outbox
                 .entry(leader)
                 .or_default()
@@ -167,7 +174,8 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
             }
             InboundPayload::Forward(proposals) => self.accept_forwards(msg.from, proposals),
             InboundPayload::ForwardReply(replies) => {
-                for r in replies {
+                // Replies to a previous incarnation's forwards are not ours.
+                for r in replies.into_iter().filter(|r| r.session == self.session) {
                     match r.outcome {
                         ForwardOutcome::Appended { index, .. } => {
                             self.proposals.set_index(r.id, index)
@@ -189,7 +197,10 @@ impl<S: StateMachine> RaftActor<S> {
     fn accept_forwards(&mut self, from: NodeId, proposals: Vec<ForwardedProposal>) {
         for p in proposals {
             let outcome = if self.driver.role() == Role::Leader {
-                match self.driver.propose(encode_context(from, p.id), p.data) {
+                match self
+                    .driver
+                    .propose(encode_context(from, p.session, p.id), p.data)
+                {
                     Ok((index, term)) => ForwardOutcome::Appended { index, term },
                     Err(_) => ForwardOutcome::NotLeader { leader_hint: 0 },
                 }
@@ -198,7 +209,11 @@ impl<S: StateMachine> RaftActor<S> {
                     leader_hint: self.driver.leader().unwrap_or(0),
                 }
             };
-            let reply = ForwardReply { id: p.id, outcome };
+            let reply = ForwardReply {
+                session: p.session,
+                id: p.id,
+                outcome,
+            };
             self.outbox.entry(from).or_default().replies.push(reply);
         }
     }

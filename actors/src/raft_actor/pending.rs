@@ -1,8 +1,11 @@
 //! Requests waiting on the Raft log: proposals waiting to be applied, reads waiting for their
 //! ReadIndex confirmation and then for the state machine to catch up.
 //!
-//! A proposal is identified by `(origin node, proposal id)`, carried in its entry's context, so
-//! the node that took the request recognises the entry when it applies it, whichever node led.
+//! A proposal is identified by `(origin node, session, proposal id)`, carried in its entry's
+//! context, so the node that took the request recognises the entry when it applies it, whichever
+//! node led. The session is the node's incarnation, durably counted at every start: entries a
+//! previous incarnation proposed may still be committed after a restart, and their ids must not
+//! be mistaken for the new incarnation's.
 //! Once the proposal's index is known, an applied entry at that index with another context
 //! proves it was overwritten: it fails with `Dropped` (certainly not applied), never a guess.
 
@@ -16,18 +19,22 @@ use crate::{
 };
 
 /// Encodes the entry context that identifies a proposal.
-pub(crate) fn encode_context(origin: NodeId, id: u64) -> Vec<u8> {
-    let mut ctx = Vec::with_capacity(16);
+pub(crate) fn encode_context(origin: NodeId, session: u64, id: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(24);
     ctx.extend_from_slice(&origin.to_le_bytes());
+    ctx.extend_from_slice(&session.to_le_bytes());
     ctx.extend_from_slice(&id.to_le_bytes());
     ctx
 }
 
 /// Decodes an entry context written by [`encode_context`].
-pub(crate) fn decode_context(ctx: &[u8]) -> Option<(NodeId, u64)> {
-    let origin = u64::from_le_bytes(ctx.get(..8)?.try_into().ok()?);
-    let id = u64::from_le_bytes(ctx.get(8..16)?.try_into().ok()?);
-    Some((origin, id))
+pub(crate) fn decode_context(ctx: &[u8]) -> Option<(NodeId, u64, u64)> {
+    let word = |i: usize| {
+        ctx.get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    Some((word(0)?, word(1)?, word(2)?))
 }
 
 pub(crate) type ProposeReply<R> = ReplySender<Result<R, ProposeError>>;
@@ -255,7 +262,7 @@ mod tests {
 
     #[test]
     fn context_round_trip() {
-        assert_eq!(decode_context(&encode_context(3, 99)), Some((3, 99)));
+        assert_eq!(decode_context(&encode_context(3, 7, 99)), Some((3, 7, 99)));
         assert_eq!(decode_context(&[1, 2, 3]), None);
     }
 }

@@ -179,9 +179,10 @@ impl<S: StateMachine> RaftActor<S> {
 
     fn apply_entry(&mut self, e: Entry) {
         let me = self.id();
+        let session = self.session;
         let ours = decode_context(&e.context)
-            .filter(|&(origin, _)| origin == me)
-            .map(|(_, id)| id);
+            .filter(|&(origin, s, _)| origin == me && s == session)
+            .map(|(_, _, id)| id);
         let reply = self.proposals.applied(e.index, ours);
         match e.entry_type {
             EntryType::EntryNormal if e.data.is_empty() => {} // a new leader's first entry

@@ -176,8 +176,8 @@ impl Message<Flush> for StorageActor {
     }
 }
 
-/// Write everything queued, fsync it, restart the Ready numbering at 0 and read back the whole
-/// durable state: what a (re)starting RaftActor builds itself from.
+/// Write everything queued, fsync it, restart the Ready numbering at 0, count a new incarnation
+/// and read back the whole durable state: what a (re)starting RaftActor builds itself from.
 #[derive(Debug)]
 pub struct Recover;
 
@@ -187,8 +187,11 @@ impl Message<Recover> for StorageActor {
     async fn handle(&mut self, _: Recover, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         self.flush()?;
         self.progress.send_modify(|p| p.number = 0);
-        let db = self.db.as_ref().ok_or(StorageError::Closed)?;
-        db.recover().map_err(Arc::new)
+        let db = self.db.as_mut().ok_or(StorageError::Closed)?;
+        let incarnation = db.next_incarnation().map_err(Arc::new)?;
+        let mut recovered = db.recover().map_err(Arc::new)?;
+        recovered.incarnation = incarnation;
+        Ok(recovered)
     }
 }
 

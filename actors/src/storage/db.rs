@@ -319,6 +319,31 @@ impl LogDb {
         Ok(out)
     }
 
+    /// Counts one more start of this data dir, durably, and returns the new count: a number no
+    /// earlier incarnation of the node used.
+    pub fn next_incarnation(&mut self) -> Result<u64, StorageError> {
+        let tx = self.begin_write(true)?;
+        let next = {
+            let mut meta = tx.open_table(META).io("open meta")?;
+            let current = match meta.get(meta_key::INCARNATION).io("read incarnation")? {
+                Some(v) => u64::from_le_bytes(
+                    v.value()
+                        .try_into()
+                        .map_err(|_| self.corrupt("incarnation"))?,
+                ),
+                None => 0,
+            };
+            meta.insert(
+                meta_key::INCARNATION,
+                (current + 1).to_le_bytes().as_slice(),
+            )
+            .io("write incarnation")?;
+            current + 1
+        };
+        tx.commit().io("commit")?;
+        Ok(next)
+    }
+
     /// Records identity, initial conf state and members of a new node, durably.
     pub fn bootstrap(
         &mut self,

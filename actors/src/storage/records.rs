@@ -82,6 +82,8 @@ pub struct Recovered {
     pub log_start: (u64, u64),
     /// The stored log after `log_start`, in index order.
     pub entries: Vec<Entry>,
+    /// This start's incarnation number (counted durably by [`super::Recover`]).
+    pub incarnation: u64,
 }
 
 #[derive(Serialize, Deserialize)]

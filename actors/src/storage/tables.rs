@@ -30,4 +30,6 @@ pub(crate) mod meta_key {
     pub(crate) const SNAPSHOT: &str = "snapshot";
     /// Index and term of the last entry removed from the front of the log (0, 0 if none).
     pub(crate) const LOG_START: &str = "log_start";
+    /// How many times a RaftActor started on this data dir.
+    pub(crate) const INCARNATION: &str = "incarnation";
 }

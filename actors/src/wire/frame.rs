@@ -87,6 +87,8 @@ pub struct WireSnapshotMeta {
 /// A proposal a follower forwards to the leader.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ForwardedProposal {
+    /// The follower's incarnation (its ids restart at every start).
+    pub session: u64,
     /// The follower's id for this proposal; it comes back in the entry context and the reply.
     pub id: u64,
     /// The encoded command.
@@ -96,6 +98,8 @@ pub struct ForwardedProposal {
 /// The leader's answer to one forwarded proposal.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ForwardReply {
+    /// The follower's incarnation the proposal came from.
+    pub session: u64,
     /// The follower's proposal id.
     pub id: u64,
     /// What happened to it.
