@@ -4,8 +4,8 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
-    IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
-    StateMachineSource, StorageSpawn, wire::ALPN,
+    Bootstrap, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError,
+    StateMachine, StateMachineSource, StorageSpawn, wire::ALPN,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -89,6 +89,7 @@ pub struct RaftClusterBuilder<S> {
     fsync: Option<bool>,
     request_timeout: Option<Duration>,
     rng_seed: Option<u64>,
+    joining: bool,
 }
 
 impl<S: StateMachine> Default for RaftClusterBuilder<S> {
@@ -110,6 +111,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             fsync: None,
             request_timeout: None,
             rng_seed: None,
+            joining: false,
         }
     }
 }
@@ -273,6 +275,15 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         Ok(config)
     }
 
+    /// This node joins a running cluster instead of founding one: [`Self::peers`] are (some of)
+    /// its current members, whose connections it admits; it starts with no configuration and
+    /// waits for a member to add it ([`RaftCluster::join`] or [`RaftCluster::add_learner`]),
+    /// then receives the configuration and state from the leader. Ignored on restart.
+    pub fn joining(mut self) -> Self {
+        self.joining = true;
+        self
+    }
+
     /// Validates, binds, recovers and starts the node.
     pub async fn build(mut self) -> Result<RaftCluster<S>, BuildError> {
         let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
@@ -340,7 +351,11 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             endpoint_id: endpoint.id(),
             state_machine,
             db,
-            initial_members: members,
+            bootstrap: if self.joining {
+                Bootstrap::Join(members.into_iter().filter(|m| m.node_id != node_id).collect())
+            } else {
+                Bootstrap::Initial(members)
+            },
             dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
             storage_spawn,
         };

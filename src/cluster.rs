@@ -77,8 +77,8 @@ pub struct RaftCluster<S: StateMachine> {
     node_id: NodeId,
     node: Node<S>,
     endpoint: Endpoint,
-    request_timeout: Duration,
-    retry_interval: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) retry_interval: Duration,
     lifetime: Arc<Lifetime<S>>,
 }
 

@@ -7,6 +7,7 @@ mod cluster;
 mod error;
 pub mod kv;
 mod local;
+mod membership;
 pub mod net;
 mod preset;
 
@@ -14,12 +15,14 @@ pub use builder::{DB_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
 pub use iroh_raft_actors::{
-    ClusterEvent, EventItem, EventStream, FatalError, NodeId, NodeStatus, ProposeError,
-    RaftProtocol, ReadError, Role, SnapshotError, StateMachine, StorageError, WriteSnapshot,
-    wire::ALPN,
+    ClusterEvent, ClusterId, EventItem, EventStream, FatalError, MemberInfo, MemberRole,
+    MembershipRefusal, NodeId, NodeStatus, ProposeError, RaftProtocol, ReadError, Role,
+    SnapshotError, StateMachine, StorageError, Ticket, TicketError, TicketRole, TransferError,
+    WriteSnapshot, wire::ALPN,
 };
 pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
 pub use local::start_local_cluster;
+pub use membership::{JoinOptions, Members, Transferred};
 pub use net::PeerAddr;
 pub use preset::Preset;
 

@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use crate::types::NodeId;
+use crate::{membership::MembershipRefusal, types::NodeId};
 
 /// Why a proposal did not produce a response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +54,9 @@ pub enum ProposeError {
     /// or this node caught up through a snapshot that may or may not include the command.
     #[error("the proposal's outcome is unknown (the node restarted or installed a snapshot)")]
     Interrupted,
+    /// A membership change was refused before it was proposed (nothing changed).
+    #[error("membership change refused: {0}")]
+    Membership(#[from] MembershipRefusal),
     /// The node is dead.
     #[error(transparent)]
     Fatal(#[from] FatalError),
@@ -155,6 +158,37 @@ pub enum FatalError {
         /// Why it stopped.
         reason: Arc<str>,
     },
+    /// This node was removed from the cluster; it stopped and its key is refused from now on.
+    #[error("node {node} was removed from the cluster")]
+    Removed {
+        /// This node's id.
+        node: NodeId,
+    },
+}
+
+/// Why a leadership transfer did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The named node is not a voter.
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
+    /// There is no other voter to hand leadership to.
+    #[error("no other voter to hand leadership to")]
+    NoCandidate,
+    /// No leader is known to hand leadership over.
+    #[error("no leader is known")]
+    NoLeader,
+    /// Leadership did not move in time (the target is behind or unreachable; raft-rs aborts a
+    /// transfer after an election timeout).
+    #[error("leadership did not move within {elapsed:?}")]
+    Timeout {
+        /// How long it waited.
+        elapsed: std::time::Duration,
+    },
+    /// The node is shutting down or dead.
+    #[error("node unavailable: {0}")]
+    Unavailable(#[source] ProposeError),
 }
 
 /// Failures of the durable log (redb) and of the data directory.

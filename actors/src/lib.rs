@@ -75,12 +75,14 @@ mod config;
 mod driver;
 mod error;
 mod events;
+mod membership;
 mod node;
 pub mod peer;
 mod raft_actor;
 mod state_machine;
 mod storage;
 mod supervisor;
+mod ticket;
 mod types;
 pub mod wire;
 
@@ -88,14 +90,19 @@ pub use config::{NodeConfig, TICKS_PER_HEARTBEAT};
 pub use driver::{Driver, DriverStatus, Effects, InitialLog, ProposeRefused};
 pub use error::{
     CodecError, FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError,
+    TransferError,
 };
 pub use events::{
     ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish, Subscribe,
 };
-pub use node::{Node, NodeSpec, StorageSpawn, check_or_bootstrap};
+pub use membership::{
+    Admission, MemberInfo, MemberRole, Membership, MembershipChange, MembershipRefusal,
+    read_snapshot_header, write_snapshot_header,
+};
+pub use node::{Bootstrap, Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
-    GetStatus, InspectLog, LinearizableQuery, LogView, MAX_MESSAGES_PER_READY, Propose, Query,
+    ChangeMembership, GetMembers, GetStatus, MembersView, TransferLeadership, InspectLog, LinearizableQuery, LogView, MAX_MESSAGES_PER_READY, Propose, Query,
     RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown, TriggerSnapshot,
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
@@ -106,4 +113,7 @@ pub use storage::{
     SnapshotWriter, StorageActor, StorageArgs, WriteChunk,
 };
 pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};
+pub use ticket::{
+    ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, ParseError, Ticket, TicketError, TicketRole,
+};
 pub use types::{NodeId, NodeStatus, Role};

@@ -18,12 +18,13 @@ use crate::{
     config::NodeConfig,
     error::{FatalError, StartError, StorageError},
     events::{EVENT_MAILBOX, EventBus},
+    membership::{Membership, write_snapshot_header},
     peer::{Dialer, RaftProtocol},
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
     state_machine::{StateMachine, StateMachineSource},
     storage::{
-        Close, DbHandle, Identity, LogDb, Member, PERSIST_QUEUE, PersistProgress, StorageActor,
-        StorageArgs,
+        Close, DbHandle, Identity, LogDb, Member, PERSIST_QUEUE, PersistBatch, PersistProgress,
+        SnapshotRecord, SnapshotWriter, StorageActor, StorageArgs,
     },
     supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW},
 };
@@ -39,6 +40,19 @@ pub enum StorageSpawn {
     Task,
 }
 
+/// How a node with a new data dir enters its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// One of the initial members: all of them start with these members as voters (like etcd's
+    /// initial cluster), recorded as a snapshot at index 1 so that the log describes the whole
+    /// configuration to anyone who joins later.
+    Initial(Vec<Member>),
+    /// A node joining a running cluster: it knows (some of) the members so it can admit their
+    /// connections, and gets the configuration from the leader (a snapshot), after the members
+    /// added it as a learner.
+    Join(Vec<Member>),
+}
+
 /// Everything needed to start a node.
 #[derive(Debug)]
 pub struct NodeSpec<S> {
@@ -50,8 +64,8 @@ pub struct NodeSpec<S> {
     pub state_machine: StateMachineSource<S>,
     /// The opened database.
     pub db: LogDb,
-    /// Initial members including this node, used only when the data dir is new.
-    pub initial_members: Vec<Member>,
+    /// How to enter the cluster, used only when the data dir is new.
+    pub bootstrap: Bootstrap,
     /// How PeerActors reach peers.
     pub dialer: Arc<dyn Dialer>,
     /// Where the StorageActor runs.
@@ -88,12 +102,12 @@ impl<S: StateMachine> Clone for Node<S> {
     }
 }
 
-/// Checks that an existing data dir belongs to this node, or bootstraps a new one with the
-/// initial membership (a restarted node ignores `initial_members`: its stored membership wins).
+/// Checks that an existing data dir belongs to this node, or bootstraps a new one (a restarted
+/// node ignores `bootstrap`: its stored state wins).
 pub fn check_or_bootstrap(
     db: &mut LogDb,
     identity: Identity,
-    initial_members: &[Member],
+    bootstrap: &Bootstrap,
 ) -> Result<(), StorageError> {
     match db.identity()? {
         Some(stored) if stored != identity => Err(StorageError::IdentityMismatch {
@@ -110,18 +124,75 @@ pub fn check_or_bootstrap(
             );
             Ok(())
         }
-        None => {
-            let mut voters: Vec<u64> = initial_members.iter().map(|m| m.node_id).collect();
-            voters.sort_unstable();
-            let conf_state = ConfState {
-                voters,
-                ..Default::default()
-            };
-            db.bootstrap(identity, &conf_state, initial_members)?;
-            info!(node = identity.node_id, voters = ?conf_state.voters, "bootstrapped new node");
-            Ok(())
-        }
+        None => match bootstrap {
+            Bootstrap::Initial(members) => {
+                let mut voters: Vec<u64> = members.iter().map(|m| m.node_id).collect();
+                voters.sort_unstable();
+                let conf_state = ConfState {
+                    voters,
+                    ..Default::default()
+                };
+                db.bootstrap(identity, &conf_state, members)?;
+                write_initial_snapshot(db, &conf_state, members)?;
+                info!(node = identity.node_id, voters = ?conf_state.voters, "bootstrapped new node");
+                Ok(())
+            }
+            Bootstrap::Join(known) => {
+                db.bootstrap(identity, &ConfState::default(), known)?;
+                info!(
+                    node = identity.node_id,
+                    "new node, waiting to be added to the cluster"
+                );
+                Ok(())
+            }
+        },
     }
+}
+
+/// The configuration every initial member starts from: a snapshot at index 1, term 1, holding
+/// the members and no state machine bytes (it starts empty). Identical on every initial member.
+fn write_initial_snapshot(
+    db: &mut LogDb,
+    conf_state: &ConfState,
+    members: &[Member],
+) -> Result<(), StorageError> {
+    let id = db.new_snapshot_id();
+    let mut chunks = Vec::new();
+    let mut writer = SnapshotWriter::new(|no, bytes| {
+        chunks.push((no, bytes));
+        Ok(())
+    });
+    write_snapshot_header(&mut writer, &Membership::initial(members), false)
+        .map_err(|e| StorageError::io("write initial snapshot", e))?;
+    let (size, count, checksum) = writer
+        .finish()
+        .map_err(|e| StorageError::io("write initial snapshot", e))?;
+    for (no, bytes) in chunks {
+        db.write_snapshot_chunk(id, no, &bytes)?;
+    }
+    let record = SnapshotRecord {
+        id,
+        index: 1,
+        term: 1,
+        conf_state: conf_state.clone(),
+        size,
+        chunks: count,
+        checksum,
+    };
+    db.commit_snapshot(&record, Some((1, 1)))?;
+    let hard_state = raft::eraftpb::HardState {
+        term: 1,
+        commit: 1,
+        ..Default::default()
+    };
+    db.write(
+        &[PersistBatch {
+            hard_state: Some(hard_state),
+            must_sync: true,
+            ..Default::default()
+        }],
+        true,
+    )
 }
 
 fn startup_error<E: std::fmt::Display>(
@@ -147,7 +218,7 @@ impl<S: StateMachine> Node<S> {
             endpoint_id,
             state_machine,
             mut db,
-            initial_members,
+            bootstrap,
             dialer,
             storage_spawn,
         } = spec;
@@ -158,7 +229,7 @@ impl<S: StateMachine> Node<S> {
                 node_id: me,
                 endpoint_id,
             },
-            &initial_members,
+            &bootstrap,
         )?;
 
         let events = EventBus::spawn_with_mailbox((), mailbox::bounded(EVENT_MAILBOX));
@@ -198,6 +269,8 @@ impl<S: StateMachine> Node<S> {
             return Err(e);
         }
 
+        let (membership_tx, membership_rx) = watch::channel(Arc::new(Membership::default()));
+        let membership_tx = Arc::new(membership_tx);
         let raft_args = RaftArgs {
             config,
             state_machine,
@@ -208,6 +281,7 @@ impl<S: StateMachine> Node<S> {
             persist_tx,
             persist_progress: progress_rx,
             events: events.clone(),
+            membership: membership_tx,
         };
         let raft = RaftActor::supervise_with(&supervisor, move || raft_args.clone())
             .restart_policy(RestartPolicy::Transient)
@@ -235,7 +309,7 @@ impl<S: StateMachine> Node<S> {
         let protocol = RaftProtocol::new(
             me,
             raft.clone().recipient(),
-            raft.clone().reply_recipient(),
+            membership_rx,
             raft.clone().recipient(),
             storage.clone(),
         );

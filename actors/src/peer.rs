@@ -25,7 +25,7 @@ pub use actor::{
     MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, SnapshotOffer,
     SnapshotSent, StopPeer,
 };
-pub use handler::{Admit, FrameSource, Inbound, RaftProtocol, SnapshotReceived, StreamEnd};
+pub use handler::{FrameSource, Inbound, RaftProtocol, SnapshotReceived, StreamEnd};
 pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, StreamSink};
 
 /// Outbound batches a PeerActor may have queued before new ones are dropped. Each batch is one

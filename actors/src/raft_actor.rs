@@ -8,6 +8,7 @@
 //! arrive together leave together: one persist batch, one append per follower.
 
 mod actor;
+mod changes;
 mod messages;
 mod peers;
 mod pending;
@@ -15,6 +16,7 @@ mod ready;
 mod snapshot;
 
 pub use actor::{RaftActor, RaftArgs};
+pub use changes::{ChangeMembership, GetMembers, MembersView, TransferLeadership};
 pub use messages::{GetStatus, InspectLog, LinearizableQuery, LogView, Propose, Query, Shutdown};
 pub use snapshot::TriggerSnapshot;
 

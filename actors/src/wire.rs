@@ -8,7 +8,9 @@
 //! decides when to redial) and there are no dial races to break.
 //!
 //! The acceptor checks the remote endpoint id against the membership before it reads anything:
-//! a non-member is closed with [`CloseCode::NotAMember`].
+//! a non-member is closed with [`CloseCode::NotAMember`], a removed member with
+//! [`CloseCode::Removed`] (which tells it to stop). An open connection whose peer is removed
+//! later is closed with [`CloseCode::Removed`] as soon as the acceptor applies the removal.
 //!
 //! # Streams and frames
 //! The dialer opens one unidirectional stream and sends frames on it in order. A frame is a
@@ -22,9 +24,14 @@
 //! - [`Frame::Raft`]: a batch of Raft messages; every `from` must be the Hello sender and every
 //!   `to` the receiver;
 //! - [`Frame::Forward`]: proposals a follower forwards to the leader, each with the follower's
-//!   proposal id;
+//!   proposal id and a kind: an application command, a membership change, or a request to hand
+//!   leadership over;
 //! - [`Frame::ForwardReply`]: the leader's answer per forwarded proposal: the index and term the
-//!   entry was given, or "not leader" with a hint.
+//!   entry was given, "not leader" with a hint, or a refusal with its typed reason.
+//!
+//! Entries are `EntryNormal` or `EntryConfChangeV2`; a configuration change must be a flat
+//! ConfChangeV2 (only varint and length-delimited fields, no groups), checked before it reaches
+//! raft-rs (see below).
 //!
 //! # Snapshot streams
 //! When a follower needs entries the leader no longer has, the leader opens another
@@ -60,9 +67,12 @@ mod frame;
 pub use codec::{WireError, decode_frame, encode_frame};
 pub(crate) use codec::{check_len, decode_aligned};
 pub(crate) use convert::message_to_wire as convert_outgoing;
+#[cfg(test)]
+pub(crate) use convert::is_plain_conf_change;
 pub use convert::{InboundPayload, validate_frame, validate_snapshot_header};
 pub use frame::{
-    ForwardOutcome, ForwardReply, ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
+    FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
+    ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
     WireSnapshotMeta,
 };
 
@@ -70,7 +80,7 @@ pub use frame::{
 pub const ALPN: &[u8] = b"iroh-raft/0";
 
 /// Minor protocol version carried in [`Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame payload accepted (16 MiB). It must hold one append message of
 /// `max_append_bytes` (1 MiB by default) plus an entry of up to [`MAX_COMMAND_SIZE`]; anything
@@ -100,6 +110,9 @@ pub enum CloseCode {
     ProtocolViolation = 5,
     /// The Hello carried a protocol version this node does not speak.
     VersionMismatch = 6,
+    /// The remote endpoint belonged to a member that was removed: refused for good. A node
+    /// that receives this stops.
+    Removed = 7,
 }
 
 impl CloseCode {
@@ -118,6 +131,7 @@ impl CloseCode {
             4 => CloseCode::FrameTooLarge,
             5 => CloseCode::ProtocolViolation,
             6 => CloseCode::VersionMismatch,
+            7 => CloseCode::Removed,
             _ => return None,
         })
     }

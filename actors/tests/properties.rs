@@ -102,6 +102,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 .map(|(id, data)| ForwardedProposal {
                     session: id / 3,
                     id,
+                    kind: (id % 3) as u8,
                     data
                 })
                 .collect()

@@ -11,8 +11,8 @@ use iroh::{EndpointAddr, SecretKey};
 use iroh_raft::{
     KeyValueStore,
     actors::{
-        InspectLog, LogDb, LogView, Member, Node, NodeConfig, NodeId, NodeSpec, Query, Role,
-        StateMachineSource, StorageSpawn,
+        Bootstrap, InspectLog, LogDb, LogView, Member, Node, NodeConfig, NodeId, NodeSpec, Query,
+        Role, StateMachineSource, StorageSpawn,
     },
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -110,7 +110,7 @@ impl Sim {
             endpoint_id: n.key.public(),
             state_machine: StateMachineSource::factory(KeyValueStore::new),
             db,
-            initial_members: self.members.clone(),
+            bootstrap: Bootstrap::Initial(self.members.clone()),
             dialer: Arc::new(SimDialer {
                 net: self.net.clone(),
                 incarnation,

@@ -2,7 +2,7 @@
 
 use raft::{
     Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage,
-    eraftpb::{ConfState, Entry, HardState, Message, SnapshotMetadata},
+    eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, SnapshotMetadata},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -21,6 +21,8 @@ pub enum ProposeRefused {
     /// The leader is handing over leadership, or raft-rs dropped the proposal for another
     /// reason (uncommitted size limit).
     Dropped,
+    /// A configuration change is still pending (or the configuration is joint).
+    ConfChangePending,
 }
 
 /// The durable state a driver starts from.
@@ -185,6 +187,77 @@ impl Driver {
             }
             Err(_) => Err(ProposeRefused::Dropped),
         }
+    }
+
+    /// Appends a configuration change if this node leads and no other one is pending; returns
+    /// its index.
+    pub fn propose_conf_change(
+        &mut self,
+        context: Vec<u8>,
+        cc: ConfChangeV2,
+    ) -> Result<u64, ProposeRefused> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeRefused::NotLeader(self.leader()));
+        }
+        if self.has_pending_conf() {
+            return Err(ProposeRefused::ConfChangePending);
+        }
+        match self.raw.propose_conf_change(context, cc) {
+            Ok(()) => Ok(self.raw.raft.raft_log.last_index()),
+            Err(_) => Err(ProposeRefused::Dropped),
+        }
+    }
+
+    /// Whether a configuration change is proposed but not applied yet, or the configuration is
+    /// joint (one change at a time, and a joint configuration must be left first).
+    pub fn has_pending_conf(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+            || !self.raw.store().conf_state().voters_outgoing.is_empty()
+    }
+
+    /// Applies a committed configuration change; returns the configuration it produced.
+    pub fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> Result<ConfState, raft::Error> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        self.raw.mut_store().set_conf_state(cs.clone());
+        Ok(cs)
+    }
+
+    /// A leader whose predecessor entered a joint configuration and lost leadership before
+    /// leaving it never leaves on its own (raft-rs's auto-leave only fires on the leader that
+    /// applied the entering change): propose the empty change that leaves it.
+    pub fn leave_joint_if_stuck(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader
+            && !self.raw.store().conf_state().voters_outgoing.is_empty()
+            && !raft.has_pending_conf()
+            && raft.lead_transferee.is_none()
+        {
+            let _ = self.raw.propose_conf_change(Vec::new(), ConfChangeV2::default());
+        }
+    }
+
+    /// As leader, hands leadership to `to` once it has caught up (raft-rs sends it
+    /// `MsgTimeoutNow`); aborted after an election timeout.
+    pub fn transfer_leader(&mut self, to: NodeId) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// How far each peer's log matches the leader's, by id (leader only; empty otherwise).
+    pub fn matched(&self) -> Vec<(NodeId, u64)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(&id, p)| (id, p.matched))
+            .collect()
+    }
+
+    /// The last index of this node's log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
     }
 
     /// True once this node, as leader, has committed an entry of its own term: before that

@@ -58,6 +58,11 @@ impl MemLog {
         self.hard_state = hs;
     }
 
+    /// A configuration change was applied: snapshots taken from now on carry this one.
+    pub(crate) fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
     pub(crate) fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }

@@ -80,6 +80,9 @@ pub struct PeerUnreachable {
     /// Forwarded proposals that were certainly not sent (dropped before any byte was written):
     /// their proposers may safely retry.
     pub unsent_forwards: Vec<u64>,
+    /// The peer closed the connection with [`CloseCode::Removed`]: this node was removed from
+    /// the cluster.
+    pub removed_us: bool,
 }
 
 /// What a PeerActor is started with.
@@ -168,6 +171,7 @@ impl PeerActor {
                 .tell(PeerUnreachable {
                     peer: self.args.peer,
                     unsent_forwards,
+                    removed_us: false,
                 })
                 .try_send();
         }
@@ -246,6 +250,19 @@ impl PeerActor {
         };
         self.buf = buf;
         trace!(peer = self.args.peer, bytes = self.buf.len(), "sent");
+        if let Err(LinkError::Refused {
+            code: CloseCode::Removed,
+        }) = &result
+            && let Some(raft) = self.args.raft.upgrade()
+        {
+            let _ = raft
+                .tell(PeerUnreachable {
+                    peer: self.args.peer,
+                    unsent_forwards: Vec::new(),
+                    removed_us: true,
+                })
+                .try_send();
+        }
         if let Err(e) = result {
             self.failed(e.to_string());
         }

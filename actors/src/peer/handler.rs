@@ -9,18 +9,16 @@ use iroh::{
     endpoint::{Connection, ReadExactError, RecvStream},
     protocol::{AcceptError, ProtocolHandler},
 };
-use kameo::{
-    actor::{ActorRef, Recipient, ReplyRecipient},
-    error::Infallible,
-};
+use kameo::actor::{ActorRef, Recipient};
 use raft::eraftpb::Message as RaftMessage;
 use rkyv::util::AlignedVec;
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::BoxFuture;
 use crate::{
+    membership::{Admission, Membership},
     storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
     wire::{
@@ -36,13 +34,6 @@ pub struct Inbound {
     pub from: NodeId,
     /// What it sent.
     pub payload: InboundPayload,
-}
-
-/// Asks the RaftActor which member (if any) owns an endpoint id.
-#[derive(Debug, Clone, Copy)]
-pub struct Admit {
-    /// The remote endpoint id of an incoming connection.
-    pub endpoint: EndpointId,
 }
 
 /// A snapshot a leader streamed to us was stored and checksummed; `msg` is its `MsgSnapshot`.
@@ -66,7 +57,7 @@ pub struct RaftProtocol {
 struct Inner {
     me: NodeId,
     inbound: Recipient<Inbound>,
-    admit: ReplyRecipient<Admit, Option<NodeId>, Infallible>,
+    membership: watch::Receiver<Arc<Membership>>,
     snapshots: Recipient<SnapshotReceived>,
     storage: ActorRef<StorageActor>,
     shutdown: CancellationToken,
@@ -91,12 +82,13 @@ impl From<WireError> for StreamEnd {
 }
 
 impl RaftProtocol {
-    /// A handler for node `me`: frames go to `inbound`, `admit` decides who may connect, and
-    /// received snapshots are stored through `storage` and announced to `snapshots`.
+    /// A handler for node `me`: frames go to `inbound`, the membership the RaftActor publishes
+    /// decides who may connect (and closes connections of members removed later), and received
+    /// snapshots are stored through `storage` and announced to `snapshots`.
     pub fn new(
         me: NodeId,
         inbound: Recipient<Inbound>,
-        admit: ReplyRecipient<Admit, Option<NodeId>, Infallible>,
+        membership: watch::Receiver<Arc<Membership>>,
         snapshots: Recipient<SnapshotReceived>,
         storage: ActorRef<StorageActor>,
     ) -> Self {
@@ -104,7 +96,7 @@ impl RaftProtocol {
             inner: Arc::new(Inner {
                 me,
                 inbound,
-                admit,
+                membership,
                 snapshots,
                 storage,
                 shutdown: CancellationToken::new(),
@@ -117,26 +109,40 @@ impl RaftProtocol {
         self.inner.shutdown.cancel();
     }
 
+    /// Closes `conn` unless `remote` is the member `expected` (any member when `None`); returns
+    /// the member's id.
+    fn admit(
+        conn: &Connection,
+        membership: &Membership,
+        remote: &EndpointId,
+        expected: Option<NodeId>,
+    ) -> Option<NodeId> {
+        match membership.admission(remote) {
+            Admission::Member(id) if expected.is_none_or(|e| e == id) => Some(id),
+            Admission::Removed(id) => {
+                warn!(endpoint = %remote.fmt_short(), node = id, "refused connection from a removed member");
+                conn.close(
+                    CloseCode::Removed.to_varint(),
+                    b"removed from this cluster",
+                );
+                None
+            }
+            _ => {
+                warn!(endpoint = %remote.fmt_short(), "refused connection from a non-member");
+                conn.close(
+                    CloseCode::NotAMember.to_varint(),
+                    b"not a member of this cluster",
+                );
+                None
+            }
+        }
+    }
+
     async fn serve(&self, conn: &Connection) {
         let remote = conn.remote_id();
-        let member = match self.inner.admit.ask(Admit { endpoint: remote }).await {
-            Ok(member) => member,
-            Err(_) => {
-                conn.close(
-                    CloseCode::ShuttingDown.to_varint(),
-                    b"node is shutting down",
-                );
-                return;
-            }
-        };
-        let Some(from) = member else {
-            warn!(endpoint = %remote.fmt_short(), "refused connection from a non-member");
-            conn.close(
-                CloseCode::NotAMember.to_varint(),
-                b"not a member of this cluster",
-            );
-            return;
-        };
+        let mut membership = self.inner.membership.clone();
+        let admitted = Self::admit(conn, &membership.borrow_and_update(), &remote, None);
+        let Some(from) = admitted else { return };
         debug!(peer = from, "accepted consensus connection");
         // Each stream is read by its own task: a snapshot transfer never holds up the
         // consensus stream. Dropping the set (when this returns) stops them all.
@@ -148,6 +154,17 @@ impl RaftProtocol {
                     if let Ok(StreamEnd::Refused(e)) = done {
                         warn!(peer = from, error = %e, "closing connection: protocol error");
                         conn.close(e.close_code().to_varint(), e.to_string().as_bytes());
+                        return;
+                    }
+                }
+                changed = membership.changed() => {
+                    // The node stopped (sender gone) or the membership changed: a member that
+                    // was removed meanwhile is disconnected now, not at its next dial.
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = membership.borrow_and_update().clone();
+                    if Self::admit(conn, &current, &remote, Some(from)).is_none() {
                         return;
                     }
                 }

@@ -5,7 +5,7 @@ use std::{fmt::Debug, future::Future, pin::Pin, time::Duration};
 
 use iroh::{
     Endpoint, EndpointAddr,
-    endpoint::{Connection, SendStream},
+    endpoint::{Connection, ConnectionError, SendStream},
 };
 
 use crate::{
@@ -26,6 +26,28 @@ pub enum LinkError {
     /// The connection or stream closed under us.
     #[error("link closed: {0}")]
     Closed(String),
+    /// The peer closed the connection with one of our close codes (it refused us).
+    #[error("peer closed the connection: {code:?}")]
+    Refused {
+        /// The code it sent.
+        code: CloseCode,
+    },
+}
+
+/// The close code the peer closed `conn` with, if it did so with one of ours.
+fn refusal(conn: &Connection) -> Option<CloseCode> {
+    match conn.close_reason()? {
+        ConnectionError::ApplicationClosed(c) => CloseCode::from_u64(c.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+/// A failed write on `conn`: a refusal if the peer closed it with a code, else a plain close.
+fn write_error(conn: &Connection, e: impl std::fmt::Display) -> LinkError {
+    match refusal(conn) {
+        Some(code) => LinkError::Refused { code },
+        None => LinkError::Closed(e.to_string()),
+    }
 }
 
 /// Opens outgoing links to peers.
@@ -119,10 +141,8 @@ struct IrohLink {
 impl Link for IrohLink {
     fn send<'a>(&'a mut self, frames: &'a [u8]) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
-            self.stream
-                .write_all(frames)
-                .await
-                .map_err(|e| LinkError::Closed(e.to_string()))
+            let written = self.stream.write_all(frames).await;
+            written.map_err(|e| write_error(&self.conn, e))
         })
     }
 

@@ -22,6 +22,7 @@ use tracing::{Instrument, Span, debug, error, info_span};
 
 use super::{
     MAX_MESSAGES_PER_READY,
+    changes::TransferWait,
     peers::Peers,
     pending::{Proposals, Reads},
     snapshot::{Snapshots, snapshot_meta},
@@ -29,8 +30,9 @@ use super::{
 use crate::{
     config::NodeConfig,
     driver::{Driver, InitialLog},
-    error::{FatalError, ProposeError, ReadError, SnapshotError, StartError},
+    error::{FatalError, ProposeError, ReadError, SnapshotError, StartError, TransferError},
     events::{ClusterEvent, EventBus, Publish},
+    membership::{Membership, read_snapshot_header},
     node::StorageSpawn,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
@@ -60,6 +62,9 @@ pub struct RaftArgs<S: StateMachine> {
     pub persist_progress: watch::Receiver<PersistProgress>,
     /// Where events go.
     pub events: ActorRef<EventBus>,
+    /// Where the applied membership is published (the protocol handler admits by it). Outlives
+    /// restarts of the actor.
+    pub membership: Arc<watch::Sender<Arc<Membership>>>,
 }
 
 impl<S: StateMachine> Clone for RaftArgs<S> {
@@ -74,6 +79,7 @@ impl<S: StateMachine> Clone for RaftArgs<S> {
             persist_tx: self.persist_tx.clone(),
             persist_progress: self.persist_progress.clone(),
             events: self.events.clone(),
+            membership: self.membership.clone(),
         }
     }
 }
@@ -126,6 +132,14 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) storage_spawn: StorageSpawn,
     /// This incarnation, durably counted at every start: part of every proposal's identity.
     pub(super) session: u64,
+    /// Members with their endpoints, as of the last applied configuration change.
+    pub(super) membership: Membership,
+    /// Where the membership is published for the protocol handler.
+    pub(super) membership_tx: Arc<watch::Sender<Arc<Membership>>>,
+    /// Membership changes taken by this node and not yet answered (index of the change).
+    pub(super) conf_proposals: Proposals<u64>,
+    /// Leadership transfers waiting to be seen through.
+    pub(super) transfers: Vec<TransferWait>,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -176,6 +190,13 @@ impl<S: StateMachine> RaftActor<S> {
         }
     }
 
+    /// Adopts a new membership (a configuration change applied, or a snapshot installed).
+    pub(super) fn set_membership(&mut self, membership: Membership) {
+        self.peers.set_members(&membership.members());
+        self.membership_tx.send_replace(Arc::new(membership.clone()));
+        self.membership = membership;
+    }
+
     pub(super) fn publish(&self, ev: ClusterEvent) {
         // Never wait on the bus: a full mailbox drops the event.
         let _ = self.events.tell(Publish(ev)).try_send();
@@ -188,6 +209,11 @@ impl<S: StateMachine> RaftActor<S> {
         }
         error!(node = self.id(), error = %e, "node failed");
         self.proposals.fail_all(|| ProposeError::Fatal(e.clone()));
+        self.conf_proposals
+            .fail_all(|| ProposeError::Fatal(e.clone()));
+        for t in std::mem::take(&mut self.transfers) {
+            t.fail(TransferError::Unavailable(ProposeError::Fatal(e.clone())));
+        }
         self.reads.fail_all(ReadError::Fatal(e.clone()));
         self.snapshots.fail_waiters(SnapshotError::Fatal(e.clone()));
         self.outbox.clear();
@@ -205,6 +231,10 @@ impl<S: StateMachine> RaftActor<S> {
             "shutting down"
         );
         self.proposals.fail_all(|| ProposeError::ShuttingDown);
+        self.conf_proposals.fail_all(|| ProposeError::ShuttingDown);
+        for t in std::mem::take(&mut self.transfers) {
+            t.fail(TransferError::Unavailable(ProposeError::ShuttingDown));
+        }
         self.reads.fail_all(ReadError::ShuttingDown);
         self.snapshots.fail_waiters(SnapshotError::ShuttingDown);
         self.outbox.clear();
@@ -232,18 +262,33 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             .state_machine
             .take()
             .ok_or(StartError::NoStateMachine)?;
-        let mut applied = 0;
-        if let Some(record) = &recovered.snapshot {
-            let mut reader = args.db.snapshot_reader(record).map_err(StartError::from)?;
-            sm.restore(&mut reader).map_err(|e| StartError::Restore {
-                index: record.index,
-                reason: e.to_string(),
-            })?;
-            applied = record.index;
-        }
+        // The snapshot holds the membership and state as of its index; the log after it is
+        // replayed. A joining node without one yet knows only the members it was given.
+        let (membership, conf_state, applied) = match &recovered.snapshot {
+            Some(record) => {
+                let restore_err = |e: std::io::Error| StartError::Restore {
+                    index: record.index,
+                    reason: e.to_string(),
+                };
+                let mut reader = args.db.snapshot_reader(record).map_err(StartError::from)?;
+                let (membership, has_state) =
+                    read_snapshot_header(&mut reader).map_err(restore_err)?;
+                if has_state {
+                    sm.restore(&mut reader).map_err(restore_err)?;
+                }
+                (membership, record.conf_state.clone(), record.index)
+            }
+            None => (
+                Membership::new([0; 16], &recovered.members),
+                recovered.conf_state,
+                0,
+            ),
+        };
+        args.membership
+            .send_replace(Arc::new(membership.clone()));
         let log = InitialLog {
             hard_state: recovered.hard_state,
-            conf_state: recovered.conf_state,
+            conf_state,
             start: recovered.log_start,
             snapshot: recovered
                 .snapshot
@@ -264,7 +309,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
         Ok(Self {
             peers: Peers::new(
                 me,
-                &recovered.members,
+                &membership.members(),
                 args.dialer,
                 to_me,
                 args.db.clone(),
@@ -294,6 +339,10 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             myself: actor_ref.downgrade(),
             storage_spawn: args.storage_spawn,
             session: recovered.incarnation,
+            membership,
+            membership_tx: args.membership,
+            conf_proposals: Proposals::new(),
+            transfers: Vec::new(),
         })
     }
 

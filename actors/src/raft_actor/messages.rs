@@ -13,10 +13,14 @@ use super::{
 use crate::{
     config::TICKS_PER_HEARTBEAT,
     error::{ProposeError, ReadError},
-    peer::{Admit, Inbound, PeerUnreachable},
+    membership::MembershipRefusal,
+    peer::{Inbound, PeerUnreachable},
     state_machine::StateMachine,
     types::{NodeId, NodeStatus, Role},
-    wire::{ForwardOutcome, ForwardReply, ForwardedProposal, InboundPayload},
+    wire::{
+        FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
+        ForwardedProposal, InboundPayload,
+    },
 };
 
 /// Propose an encoded command; the reply comes once it is applied (or fails).
@@ -52,6 +56,7 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
             let forward = ForwardedProposal {
                 session: self.session,
                 id,
+                kind: FORWARD_COMMAND,
                 data: msg.data,
             };
             self.outbox
@@ -177,13 +182,22 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
                 // Replies to a previous incarnation's forwards are not ours.
                 for r in replies.into_iter().filter(|r| r.session == self.session) {
                     match r.outcome {
+                        ForwardOutcome::Appended { index: 0, .. } => {} // a transfer started
                         ForwardOutcome::Appended { index, .. } => {
-                            self.proposals.set_index(r.id, index)
+                            self.proposals.set_index(r.id, index);
+                            self.conf_proposals.set_index(r.id, index);
                         }
                         ForwardOutcome::NotLeader { leader_hint } => {
                             let leader_hint = Some(leader_hint).filter(|&l| l != 0);
                             self.proposals
-                                .fail(r.id, ProposeError::NotLeader { leader_hint })
+                                .fail(r.id, ProposeError::NotLeader { leader_hint });
+                            self.conf_proposals
+                                .fail(r.id, ProposeError::NotLeader { leader_hint });
+                        }
+                        ForwardOutcome::Refused { reason } => {
+                            let refusal = postcard::from_bytes::<MembershipRefusal>(&reason)
+                                .unwrap_or(MembershipRefusal::InProgress);
+                            self.conf_proposals.fail(r.id, refusal.into());
                         }
                     }
                 }
@@ -196,7 +210,15 @@ impl<S: StateMachine> RaftActor<S> {
     /// As leader, appends proposals a follower forwarded and tells it where they went.
     fn accept_forwards(&mut self, from: NodeId, proposals: Vec<ForwardedProposal>) {
         for p in proposals {
-            let outcome = if self.driver.role() == Role::Leader {
+            let outcome = if p.kind == FORWARD_MEMBERSHIP && self.driver.role() == Role::Leader {
+                self.accept_forwarded_change(from, &p)
+            } else if p.kind == FORWARD_TRANSFER && self.driver.role() == Role::Leader {
+                self.accept_forwarded_transfer(&p)
+            } else if p.kind != FORWARD_COMMAND {
+                ForwardOutcome::NotLeader {
+                    leader_hint: self.driver.leader().unwrap_or(0),
+                }
+            } else if self.driver.role() == Role::Leader {
                 match self
                     .driver
                     .propose(encode_context(from, p.session, p.id), p.data)
@@ -219,22 +241,16 @@ impl<S: StateMachine> RaftActor<S> {
     }
 }
 
-impl<S: StateMachine> Message<Admit> for RaftActor<S> {
-    type Reply = Option<NodeId>;
-
-    async fn handle(
-        &mut self,
-        msg: Admit,
-        _: &mut Context<Self, Option<NodeId>>,
-    ) -> Option<NodeId> {
-        self.peers.admit(&msg.endpoint)
-    }
-}
-
 impl<S: StateMachine> Message<PeerUnreachable> for RaftActor<S> {
     type Reply = ();
 
     async fn handle(&mut self, msg: PeerUnreachable, _: &mut Context<Self, ()>) {
+        if msg.removed_us && self.membership.contains(self.id()) {
+            // A member refused us as removed: tombstones are permanent, so this node's removal
+            // was committed even if it never applied it itself.
+            self.removed();
+            return;
+        }
         self.driver.report_unreachable(msg.peer);
         self.unsent_forwards(msg.peer, msg.unsent_forwards);
     }

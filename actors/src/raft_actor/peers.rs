@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use iroh::{EndpointAddr, EndpointId};
+use iroh::EndpointAddr;
 use kameo::{
     actor::{ActorRef, Spawn, WeakRecipient},
     error::SendError,
@@ -59,12 +59,24 @@ impl Peers {
         }
     }
 
-    /// The member that owns `endpoint`, if any.
-    pub(crate) fn admit(&self, endpoint: &EndpointId) -> Option<NodeId> {
-        self.members
+    /// Follows a membership change: new members become reachable, removed ones are dropped
+    /// (their PeerActors stop and close their connections).
+    pub(crate) fn set_members(&mut self, members: &[Member]) {
+        self.members = members
             .iter()
-            .find(|(_, addr)| addr.id == *endpoint)
-            .map(|(&id, _)| id)
+            .map(|m| (m.node_id, m.addr.clone()))
+            .collect();
+        let gone: Vec<NodeId> = self
+            .actors
+            .keys()
+            .filter(|id| !self.members.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(actor) = self.actors.remove(&id) {
+                let _ = actor.tell(StopPeer).try_send();
+            }
+        }
     }
 
     /// Hands a batch to the peer's actor without waiting. Gives the batch back when it could not

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     error::{CodecError, FatalError, ProposeError, ReadError},
+    membership::MembershipRefusal,
     events::ClusterEvent,
     state_machine::StateMachine,
     storage::PersistBatch,
@@ -36,7 +37,10 @@ impl<S: StateMachine> RaftActor<S> {
         self.now += 1;
         self.driver.tick();
         self.proposals.expire(self.now);
+        self.conf_proposals.expire(self.now);
         self.reads.expire(self.now);
+        self.check_transfers();
+        self.driver.leave_joint_if_stuck();
     }
 
     /// Runs Ready rounds until raft-rs has nothing more, then serves reads and sends.
@@ -84,6 +88,7 @@ impl<S: StateMachine> RaftActor<S> {
             }
         }
         self.reads.serve(self.applied, &self.sm);
+        self.check_transfers();
         self.flush_outbox();
     }
 
@@ -184,8 +189,15 @@ impl<S: StateMachine> RaftActor<S> {
             .filter(|&(origin, s, _)| origin == me && s == session)
             .map(|(_, _, id)| id);
         let reply = self.proposals.applied(e.index, ours);
+        let conf_reply = self.conf_proposals.applied(e.index, ours);
         match e.entry_type {
-            EntryType::EntryNormal if e.data.is_empty() => {} // a new leader's first entry
+            EntryType::EntryNormal if e.data.is_empty() => {
+                // A new leader's first entry, or a configuration change raft-rs refused (it
+                // turns those into empty entries).
+                if let Some(reply) = conf_reply {
+                    reply.send(Err(MembershipRefusal::InProgress.into()));
+                }
+            }
             EntryType::EntryNormal => {
                 let response = postcard::from_bytes::<S::Command>(&e.data)
                     .map(|cmd| self.sm.apply(cmd))
@@ -198,12 +210,10 @@ impl<S: StateMachine> RaftActor<S> {
                     (None, Ok(_)) => {}
                 }
             }
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                // No API proposes membership changes yet, so only a foreign log could hold one.
-                warn!(
-                    index = e.index,
-                    "membership change entries are not supported yet; skipped"
-                );
+            EntryType::EntryConfChangeV2 => self.apply_conf_entry(&e, conf_reply),
+            EntryType::EntryConfChange => {
+                // Never proposed by this crate, and refused on the wire.
+                warn!(index = e.index, "legacy configuration change entry; skipped");
             }
         }
     }
@@ -226,6 +236,9 @@ impl<S: StateMachine> RaftActor<S> {
         });
         if let Some(new_leader) = leader {
             self.publish(ClusterEvent::LeaderElected { new_leader, term });
+        }
+        if role == Role::Leader {
+            self.driver.leave_joint_if_stuck();
         }
         // A ReadIndex request in flight may have been dropped by the old leader: let the
         // caller retry against the new one.

@@ -18,6 +18,7 @@ use super::actor::RaftActor;
 use crate::{
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
+    membership::{Membership, read_snapshot_header, write_snapshot_header},
     node::StorageSpawn,
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
@@ -110,6 +111,7 @@ impl<S: StateMachine> RaftActor<S> {
         self.snapshots.taking = true;
         debug!(index, ?purge_to, "taking snapshot");
         let job = SnapshotJob {
+            membership: self.membership.clone(),
             storage: self.storage.clone(),
             index,
             term,
@@ -168,9 +170,14 @@ impl<S: StateMachine> RaftActor<S> {
             .db
             .snapshot_reader(&record)
             .map_err(|e| FatalError::Storage(e.into()))?;
-        self.sm.restore(&mut reader).map_err(|e| FatalError::Raft {
+        let restore_err = |e: io::Error| FatalError::Raft {
             reason: format!("restoring snapshot {}: {e}", record.index).into(),
-        })?;
+        };
+        let (membership, has_state) = read_snapshot_header(&mut reader).map_err(restore_err)?;
+        if has_state {
+            self.sm.restore(&mut reader).map_err(restore_err)?;
+        }
+        self.set_membership(membership);
         // raft-rs takes the applied index only once the snapshot is durable here
         // (`Snapshots::applied_when_persisted`); the state machine is there already.
         self.applied = meta.index;
@@ -217,6 +224,8 @@ impl<S: StateMachine> RaftActor<S> {
 
 /// Writing one captured state out and committing it.
 struct SnapshotJob {
+    /// The membership as of the captured state: it leads the snapshot's bytes.
+    membership: Membership,
     storage: ActorRef<StorageActor>,
     index: u64,
     term: u64,
@@ -247,11 +256,13 @@ impl SnapshotJob {
         } else {
             flume::unbounded()
         };
+        let membership = self.membership.clone();
         let produce = move || {
             let mut writer = SnapshotWriter::new(|no, bytes| {
                 tx.send((no, bytes))
                     .map_err(|_| io::Error::other("snapshot store stopped"))
             });
+            write_snapshot_header(&mut writer, &membership, true)?;
             view.write_to(&mut writer).and_then(|()| writer.finish())
         };
         let (written, stored) = if threads {

@@ -63,7 +63,6 @@ fn network_message_type(code: u8) -> Option<MessageType> {
 fn entry_type(code: u8) -> Option<EntryType> {
     Some(match code {
         0 => EntryType::EntryNormal,
-        1 => EntryType::EntryConfChange,
         2 => EntryType::EntryConfChangeV2,
         _ => return None,
     })
@@ -180,6 +179,11 @@ fn build_message(
 fn entry_from_wire(w: WireEntry) -> Result<Entry, WireError> {
     let entry_type = entry_type(w.entry_type)
         .ok_or_else(|| WireError::malformed(format!("entry type {} unknown", w.entry_type)))?;
+    if entry_type == EntryType::EntryConfChangeV2 && !is_plain_conf_change(&w.data) {
+        return Err(WireError::malformed(
+            "configuration change entry is not a plain ConfChangeV2",
+        ));
+    }
     Ok(Entry {
         entry_type,
         term: w.term,
@@ -188,6 +192,64 @@ fn entry_from_wire(w: WireEntry) -> Result<Entry, WireError> {
         context: w.context.into(),
         ..Default::default()
     })
+}
+
+/// Reads a protobuf varint; `None` when truncated or longer than 10 bytes.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Reads one protobuf field: `(field number, varint value or the bytes of a length-delimited
+/// one)`. Only wire types 0 and 2 exist in a ConfChangeV2; anything else (groups above all, the
+/// recursion behind RUSTSEC-2024-0437) is refused.
+fn field<'a>(bytes: &mut &'a [u8]) -> Option<(u64, Result<u64, &'a [u8]>)> {
+    let key = varint(bytes)?;
+    match key & 7 {
+        0 => Some((key >> 3, Ok(varint(bytes)?))),
+        2 => {
+            let len = usize::try_from(varint(bytes)?).ok()?;
+            if len > bytes.len() {
+                return None;
+            }
+            let (value, rest) = bytes.split_at(len);
+            *bytes = rest;
+            Some((key >> 3, Err(value)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `data` is a flat ConfChangeV2 (transition, changes of type and node id, context) and
+/// nothing else, so that raft-rs's protobuf parser, which the RaftActor runs on committed
+/// configuration changes, only ever sees this shape. The empty entry that leaves a joint
+/// configuration is one.
+pub(crate) fn is_plain_conf_change(mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        match field(&mut data) {
+            Some((1, Ok(transition))) if transition <= 2 => {}
+            Some((2, Err(mut change))) => {
+                while !change.is_empty() {
+                    match field(&mut change) {
+                        Some((1, Ok(kind))) if kind <= 2 => {}
+                        Some((2, Ok(_))) => {}
+                        _ => return false,
+                    }
+                }
+            }
+            Some((3, Err(_))) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn snapshot_from_wire(w: WireSnapshotMeta) -> Snapshot {

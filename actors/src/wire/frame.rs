@@ -91,9 +91,21 @@ pub struct ForwardedProposal {
     pub session: u64,
     /// The follower's id for this proposal; it comes back in the entry context and the reply.
     pub id: u64,
-    /// The encoded command.
+    /// What `data` holds: [`FORWARD_COMMAND`], [`FORWARD_MEMBERSHIP`] or [`FORWARD_TRANSFER`].
+    pub kind: u8,
+    /// The encoded command (postcard), membership change or transfer target.
     pub data: Vec<u8>,
 }
+
+/// [`ForwardedProposal::kind`]: an application command.
+pub const FORWARD_COMMAND: u8 = 0;
+/// [`ForwardedProposal::kind`]: a membership change (postcard of the change and the largest lag
+/// a learner being promoted may have).
+pub const FORWARD_MEMBERSHIP: u8 = 1;
+/// [`ForwardedProposal::kind`]: hand leadership over (postcard of the target, or none for the
+/// most up-to-date voter). The reply is `Appended { index: 0, term: 0 }` once the transfer has
+/// started.
+pub const FORWARD_TRANSFER: u8 = 2;
 
 /// The leader's answer to one forwarded proposal.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -120,5 +132,10 @@ pub enum ForwardOutcome {
     NotLeader {
         /// The leader the receiver believes in, or 0.
         leader_hint: u64,
+    },
+    /// The leader refused a membership change or transfer (postcard of the typed reason).
+    Refused {
+        /// The encoded reason.
+        reason: Vec<u8>,
     },
 }

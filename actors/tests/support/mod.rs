@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, io, sync::Arc, time::Duration};
 
 use iroh::{EndpointAddr, SecretKey};
 use iroh_raft_actors::{
-    GetStatus, LinearizableQuery, LogDb, Member, Node, NodeConfig, NodeSpec, Propose, ProposeError,
-    ReadError, Role, StateMachine, StateMachineSource, StorageSpawn, WriteSnapshot,
+    Bootstrap, GetStatus, LinearizableQuery, LogDb, Member, Node, NodeConfig, NodeSpec, Propose,
+    ProposeError, ReadError, Role, StateMachine, StateMachineSource, StorageSpawn, WriteSnapshot,
     peer::{BoxFuture, Dialer, Link, LinkError},
 };
 use kameo::error::SendError;
@@ -88,10 +88,10 @@ pub async fn start_single(
         endpoint_id: key.public(),
         state_machine: StateMachineSource::factory(Recorder::default),
         db,
-        initial_members: vec![Member {
+        bootstrap: Bootstrap::Initial(vec![Member {
             node_id: 1,
             addr: EndpointAddr::new(key.public()),
-        }],
+        }]),
         dialer: Arc::new(NoNetwork),
         storage_spawn: StorageSpawn::Thread,
     })
