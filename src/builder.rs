@@ -5,13 +5,15 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
     Bootstrap, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError,
-    StateMachine, StateMachineSource, StorageSpawn, wire::ALPN,
+    StateMachine, StateMachineSource, StorageSpawn, Ticket,
+    wire::{ALPN, DISCOVERY_ALPN},
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::{
-    Preset,
+    JoinOptions, Preset,
     cluster::{Lifetime, RaftCluster},
+    discovery::{DiscoveryProtocol, request_join},
     error::{BuildError, ConfigError},
     net::{PeerAddr, bind_offline_endpoint, endpoint_peer_addr, load_or_create_secret_key},
 };
@@ -90,6 +92,10 @@ pub struct RaftClusterBuilder<S> {
     request_timeout: Option<Duration>,
     rng_seed: Option<u64>,
     joining: bool,
+    join_ticket: Option<Ticket>,
+    join_as_learner: bool,
+    join_options: JoinOptions,
+    lan_name: Option<String>,
 }
 
 impl<S: StateMachine> Default for RaftClusterBuilder<S> {
@@ -112,6 +118,10 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             request_timeout: None,
             rng_seed: None,
             joining: false,
+            join_ticket: None,
+            join_as_learner: false,
+            join_options: JoinOptions::default(),
+            lan_name: None,
         }
     }
 }
@@ -284,13 +294,47 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
+    /// Joins the cluster a ticket names (its role must be `join` or `admin`): at build time the
+    /// node presents the ticket to a member over the discovery protocol, is given its Raft id
+    /// and the membership, starts, and `build` returns once it has caught up and been promoted
+    /// to voter (or added as a learner, with [`Self::join_as_learner`]). No `node_id` is needed.
+    /// A restarted node (its data dir already holds a node) ignores the ticket.
+    pub fn join_ticket(mut self, ticket: Ticket) -> Self {
+        self.join_ticket = Some(ticket);
+        self
+    }
+
+    /// With [`Self::join_ticket`]: stay a learner (receives the log, does not vote).
+    pub fn join_as_learner(mut self) -> Self {
+        self.join_as_learner = true;
+        self
+    }
+
+    /// How this node brings in newcomers that present a ticket to it, and how long a joining
+    /// node waits for its own promotion. Default: promote within 100 entries, give up after 60 s.
+    pub fn join_options(mut self, options: JoinOptions) -> Self {
+        self.join_options = options;
+        self
+    }
+
+    /// Announces this node on the local network (mDNS) as a member of cluster `name`, so that
+    /// [`crate::lan::find_members`] finds it. Admission is unchanged: only members and ticket
+    /// holders get in.
+    pub fn lan_discovery(mut self, name: impl Into<String>) -> Self {
+        self.lan_name = Some(name.into());
+        self
+    }
+
     /// Validates, binds, recovers and starts the node.
     pub async fn build(mut self) -> Result<RaftCluster<S>, BuildError> {
-        let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
-        if node_id == 0 {
+        if self.node_id == Some(0) {
             return Err(ConfigError::ZeroNodeId.into());
         }
-        let config = self.node_config(node_id)?;
+        // Check the configuration before any IO (the real id comes later for a joining node).
+        self.node_config(self.node_id.unwrap_or(1))?;
+        if self.node_id.is_none() && self.join_ticket.is_none() && self.data_dir.is_none() {
+            return Err(ConfigError::MissingNodeId.into());
+        }
         let state_machine = self
             .state_machine
             .take()
@@ -324,15 +368,34 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 (bind_offline_endpoint(key, bind).await?, true)
             }
         };
-        let members = match initial_members(node_id, &endpoint, peers) {
-            Ok(m) => m,
+        match self
+            .start(
+                endpoint.clone(),
+                owns_endpoint,
+                data_dir,
+                peers,
+                state_machine,
+            )
+            .await
+        {
+            Ok(cluster) => Ok(cluster),
             Err(e) => {
                 if owns_endpoint {
                     endpoint.close().await;
                 }
-                return Err(e.into());
+                Err(e)
             }
-        };
+        }
+    }
+
+    async fn start(
+        self,
+        endpoint: Endpoint,
+        owns_endpoint: bool,
+        data_dir: PathBuf,
+        peers: Vec<(NodeId, PeerAddr)>,
+        state_machine: StateMachineSource<S>,
+    ) -> Result<RaftCluster<S>, BuildError> {
         let db_path = data_dir.join(DB_FILE);
         let db = tokio::task::spawn_blocking(move || LogDb::open(&db_path))
             .await
@@ -340,6 +403,43 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 reason: format!("storage open task failed: {e}"),
             })?
             .map_err(StartError::from)?;
+        let stored = db.identity().map_err(StartError::from)?;
+        // A restarted node's stored identity and membership win over flags; a new node joins
+        // by ticket, or founds / joins with the given id.
+        let mut pending_join = None;
+        let (node_id, bootstrap) = match (stored, &self.join_ticket) {
+            (Some(identity), _) => (
+                self.node_id.unwrap_or(identity.node_id),
+                Bootstrap::Join(Vec::new()),
+            ),
+            (None, Some(ticket)) => {
+                let accepted = request_join(&endpoint, ticket, self.join_as_learner).await?;
+                let me = accepted.id;
+                pending_join = Some(accepted.pending);
+                let known = accepted
+                    .members
+                    .into_iter()
+                    .filter(|m| m.node_id != me)
+                    .collect();
+                (me, Bootstrap::Join(known))
+            }
+            (None, None) => {
+                let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
+                let members = initial_members(node_id, &endpoint, peers)?;
+                let bootstrap = if self.joining {
+                    Bootstrap::Join(
+                        members
+                            .into_iter()
+                            .filter(|m| m.node_id != node_id)
+                            .collect(),
+                    )
+                } else {
+                    Bootstrap::Initial(members)
+                };
+                (node_id, bootstrap)
+            }
+        };
+        let config = self.node_config(node_id)?;
         let storage_spawn = match Handle::current().runtime_flavor() {
             RuntimeFlavor::CurrentThread => StorageSpawn::Task,
             _ => StorageSpawn::Thread,
@@ -351,34 +451,36 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             endpoint_id: endpoint.id(),
             state_machine,
             db,
-            bootstrap: if self.joining {
-                Bootstrap::Join(members.into_iter().filter(|m| m.node_id != node_id).collect())
-            } else {
-                Bootstrap::Initial(members)
-            },
+            bootstrap,
             dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
             storage_spawn,
         };
-        let node = match Node::start(spec).await {
-            Ok(node) => node,
-            Err(e) => {
-                if owns_endpoint {
-                    endpoint.close().await;
-                }
-                return Err(e.into());
-            }
-        };
+        if let Some(name) = &self.lan_name {
+            crate::lan::announce(&endpoint, name).map_err(|e| BuildError::Lan(e.to_string()))?;
+        }
+        let node = Node::start(spec).await?;
+        let discovery = DiscoveryProtocol::new(self.join_options);
         let router = (!self.external_router).then(|| {
             Router::builder(endpoint.clone())
                 .accept(ALPN, node.protocol.clone())
+                .accept(DISCOVERY_ALPN, discovery.clone())
                 .spawn()
         });
-        Ok(RaftCluster::new(
+        let cluster = RaftCluster::new(
             node_id,
             request_timeout,
             retry_interval,
-            Lifetime::new(node, endpoint, router, owns_endpoint),
-        ))
+            Lifetime::new(node, endpoint, router, owns_endpoint, discovery.clone()),
+        );
+        discovery.attach(&cluster);
+        if let Some(pending) = pending_join {
+            let wait = self.join_options.timeout + Duration::from_secs(10);
+            if let Err(e) = pending.finish(wait).await {
+                let _ = cluster.shutdown().await;
+                return Err(e);
+            }
+        }
+        Ok(cluster)
     }
 }
 

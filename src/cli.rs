@@ -1,3 +1,4 @@
 //! Subcommands of the `iroh-raft` binary.
 
 pub(crate) mod demo;
+pub(crate) mod node;

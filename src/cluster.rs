@@ -11,14 +11,17 @@ use std::{
 
 use iroh::{Endpoint, protocol::Router};
 use iroh_raft_actors::{
-    CodecError, EventStream, FatalError, GetStatus, LinearizableQuery, Node, NodeId, NodeStatus,
-    Propose, ProposeError, Query, RaftProtocol, ReadError, SnapshotError, StateMachine, Subscribe,
-    TriggerSnapshot, wire::MAX_COMMAND_SIZE,
+    ClusterId, CodecError, EventStream, FatalError, GetStatus, LinearizableQuery, Node, NodeId,
+    NodeStatus, Propose, ProposeError, Query, RaftProtocol, ReadError, SnapshotError, StateMachine,
+    Subscribe, Ticket, TicketRole, TriggerSnapshot, wire::MAX_COMMAND_SIZE,
 };
 use kameo::error::SendError;
 use tokio::time::Instant;
 
-use crate::net::{PeerAddr, endpoint_peer_addr};
+use crate::{
+    discovery::DiscoveryProtocol,
+    net::{PeerAddr, endpoint_peer_addr},
+};
 
 /// Owns the node for as long as any handle exists; stops it when the last one goes away without
 /// `shutdown` having been called.
@@ -27,7 +30,8 @@ pub(crate) struct Lifetime<S: StateMachine> {
     endpoint: Endpoint,
     router: Option<Router>,
     owns_endpoint: bool,
-    stopped: AtomicBool,
+    pub(crate) stopped: AtomicBool,
+    discovery: DiscoveryProtocol<S>,
 }
 
 impl<S: StateMachine> Lifetime<S> {
@@ -36,6 +40,7 @@ impl<S: StateMachine> Lifetime<S> {
         endpoint: Endpoint,
         router: Option<Router>,
         owns_endpoint: bool,
+        discovery: DiscoveryProtocol<S>,
     ) -> Self {
         Self {
             node,
@@ -43,6 +48,7 @@ impl<S: StateMachine> Lifetime<S> {
             router,
             owns_endpoint,
             stopped: AtomicBool::new(false),
+            discovery,
         }
     }
 }
@@ -101,6 +107,33 @@ impl<S: StateMachine> std::fmt::Debug for RaftCluster<S> {
             .field("node_id", &self.node_id)
             .field("endpoint", &self.endpoint.id())
             .finish()
+    }
+}
+
+/// A [`RaftCluster`] that does not keep its node alive (held by handlers the node's own router
+/// owns).
+pub(crate) struct WeakCluster<S: StateMachine> {
+    node_id: NodeId,
+    request_timeout: Duration,
+    retry_interval: Duration,
+    lifetime: std::sync::Weak<Lifetime<S>>,
+}
+
+impl<S: StateMachine> WeakCluster<S> {
+    /// The node, if it is still running.
+    pub(crate) fn upgrade(&self) -> Option<RaftCluster<S>> {
+        let lifetime = self.lifetime.upgrade()?;
+        if lifetime.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(RaftCluster {
+            node_id: self.node_id,
+            node: lifetime.node.clone(),
+            endpoint: lifetime.endpoint.clone(),
+            request_timeout: self.request_timeout,
+            retry_interval: self.retry_interval,
+            lifetime,
+        })
     }
 }
 
@@ -168,6 +201,16 @@ impl<S: StateMachine> RaftCluster<S> {
         }
     }
 
+    /// A handle that does not keep the node alive.
+    pub(crate) fn downgrade(&self) -> WeakCluster<S> {
+        WeakCluster {
+            node_id: self.node_id,
+            request_timeout: self.request_timeout,
+            retry_interval: self.retry_interval,
+            lifetime: Arc::downgrade(&self.lifetime),
+        }
+    }
+
     /// This node's Raft id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -188,6 +231,33 @@ impl<S: StateMachine> RaftCluster<S> {
     /// [`iroh_raft_actors::wire::ALPN`].
     pub fn protocol_handler(&self) -> RaftProtocol {
         self.node.protocol.clone()
+    }
+
+    /// The discovery protocol handler (newcomers present join tickets to it), for applications
+    /// that run their own iroh `Router`; mount it under
+    /// [`iroh_raft_actors::wire::DISCOVERY_ALPN`].
+    pub fn discovery_handler(&self) -> DiscoveryProtocol<S> {
+        self.lifetime.discovery.clone()
+    }
+
+    /// Mints a ticket signed by this node's key: `role` is what it grants (join the cluster,
+    /// administer it, or read), `valid_for` how long. It names up to 64 current members to
+    /// contact, and stays valid while this node is a member and it has not expired.
+    pub async fn ticket(&self, role: TicketRole, valid_for: Duration) -> Result<Ticket, ReadError> {
+        let view = self.members_view().await?;
+        let members = view
+            .members
+            .into_iter()
+            .take(iroh_raft_actors::MAX_TICKET_MEMBERS)
+            .map(|m| m.addr)
+            .collect();
+        Ok(Ticket::issue(
+            self.endpoint.secret_key(),
+            ClusterId(view.cluster_id),
+            members,
+            role,
+            std::time::SystemTime::now() + valid_for,
+        ))
     }
 
     /// The node's actors, for applications that supervise or talk to them directly.

@@ -115,4 +115,25 @@ pub enum BuildError {
     /// Storage or the Raft core refused to start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The join ticket does not parse.
+    #[error("invalid ticket: {0}")]
+    Ticket(#[from] iroh_raft_actors::TicketError),
+    /// A member refused to let this node join (the ticket is expired, forged, for another
+    /// cluster, issued by a removed member, ...).
+    #[error("join refused ({kind:?}): {message}")]
+    JoinRefused {
+        /// The reason, for programs.
+        kind: iroh_raft_actors::wire::RefusalKind,
+        /// The member's explanation.
+        message: String,
+    },
+    /// Local-network announcement could not start.
+    #[error("LAN discovery: {0}")]
+    Lan(String),
+    /// No member named in the ticket could be reached.
+    #[error("no member in the ticket could be reached: {reason}")]
+    JoinUnreachable {
+        /// What the last attempt reported.
+        reason: String,
+    },
 }

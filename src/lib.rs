@@ -4,8 +4,10 @@
 
 mod builder;
 mod cluster;
+mod discovery;
 mod error;
 pub mod kv;
+pub mod lan;
 mod local;
 mod membership;
 pub mod net;
@@ -13,6 +15,7 @@ mod preset;
 
 pub use builder::{DB_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
+pub use discovery::DiscoveryProtocol;
 pub use error::{BuildError, ConfigError};
 pub use iroh_raft_actors::{
     ClusterEvent, ClusterId, EventItem, EventStream, FatalError, MemberInfo, MemberRole,

@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Run a local cluster in this process: elect, write, lose the leader, re-elect, verify.
     Demo(cli::demo::DemoArgs),
+    /// Run one node of a cluster in this process (built-in KV store): found a cluster with
+    /// --bootstrap, join one with --join TICKET, or restart from --data-dir alone.
+    Node(Box<cli::node::NodeArgs>),
 }
 
 #[tokio::main]
@@ -30,6 +33,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(args).await,
+        Command::Node(args) => cli::node::run(*args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -79,6 +79,16 @@ pub enum ClusterEvent {
         /// Why.
         reason: String,
     },
+    /// This node stopped serving for good: removed from the cluster, or a fatal error (every
+    /// later call returns it).
+    NodeStopped {
+        /// This node.
+        node: NodeId,
+        /// True when it stopped because it was removed from the cluster.
+        removed: bool,
+        /// The fatal error, as text.
+        reason: String,
+    },
 }
 
 /// One item of an [`EventStream`].

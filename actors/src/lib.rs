@@ -102,8 +102,9 @@ pub use membership::{
 pub use node::{Bootstrap, Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
-    ChangeMembership, GetMembers, GetStatus, MembersView, TransferLeadership, InspectLog, LinearizableQuery, LogView, MAX_MESSAGES_PER_READY, Propose, Query,
-    RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown, TriggerSnapshot,
+    ChangeMembership, GetMembers, GetStatus, InspectLog, LinearizableQuery, LogView,
+    MAX_MESSAGES_PER_READY, MembersView, Propose, Query, RAFT_MAILBOX, RaftActor, RaftArgs,
+    Shutdown, TransferLeadership, TriggerSnapshot,
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{

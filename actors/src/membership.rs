@@ -171,7 +171,7 @@ fn addr_from(id: [u8; 32], ips: Vec<SocketAddr>) -> Option<EndpointAddr> {
 }
 
 /// Whether `id` is in the configuration at all (voter, learner, either half of a joint one).
-fn in_conf(cs: &ConfState, id: NodeId) -> bool {
+pub(crate) fn in_conf(cs: &ConfState, id: NodeId) -> bool {
     cs.voters.contains(&id)
         || cs.learners.contains(&id)
         || cs.voters_outgoing.contains(&id)
@@ -548,7 +548,10 @@ mod tests {
             .unwrap();
         m.apply(&cc, &cs(vec![1], vec![2]));
         assert_eq!(m.admit(&addr(2).id), Some(2));
-        assert_eq!(m.describe(&cs(vec![1], vec![2]))[1].role, MemberRole::Learner);
+        assert_eq!(
+            m.describe(&cs(vec![1], vec![2]))[1].role,
+            MemberRole::Learner
+        );
         assert_eq!(
             m.to_conf_change(&MembershipChange::Remove { id: 1 }, &cs(vec![1], vec![2])),
             Err(MembershipRefusal::LastVoter(1))
@@ -640,10 +643,16 @@ mod tests {
         assert!(crate::wire::is_plain_conf_change(&bytes));
         assert!(crate::wire::is_plain_conf_change(&[])); // leaving a joint configuration
         // A group (wire type 3) nested in a change, a fixed64 field, an unknown field, truncation.
-        assert!(!crate::wire::is_plain_conf_change(&[0x12, 0x02, 0x0b, 0x0c]));
-        assert!(!crate::wire::is_plain_conf_change(&[0x09, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!crate::wire::is_plain_conf_change(&[
+            0x12, 0x02, 0x0b, 0x0c
+        ]));
+        assert!(!crate::wire::is_plain_conf_change(&[
+            0x09, 0, 0, 0, 0, 0, 0, 0, 0
+        ]));
         assert!(!crate::wire::is_plain_conf_change(&[0x20, 0x01]));
-        assert!(!crate::wire::is_plain_conf_change(&bytes[..bytes.len() - 1]));
+        assert!(!crate::wire::is_plain_conf_change(
+            &bytes[..bytes.len() - 1]
+        ));
         assert!(!crate::wire::is_plain_conf_change(&[0x08, 0xff]));
     }
 }

@@ -333,7 +333,9 @@ impl<S: StateMachine> Node<S> {
     /// StorageActor.
     pub async fn shutdown(&self) -> Result<(), FatalError> {
         self.protocol.close();
-        if self.raft.ask(Shutdown).await.is_ok() {
+        let mut raft_failure = None;
+        if let Ok(failure) = self.raft.ask(Shutdown).await {
+            raft_failure = failure;
             let _ = self.raft.stop_gracefully().await;
             self.raft.wait_for_shutdown().await;
         }
@@ -348,7 +350,7 @@ impl<S: StateMachine> Node<S> {
         let _ = self.supervisor.stop_gracefully().await;
         self.supervisor.wait_for_shutdown().await;
         let _ = self.events.stop_gracefully().await;
-        match failure {
+        match failure.or(raft_failure) {
             Some(e) => Err(e),
             None => flushed,
         }

@@ -54,6 +54,29 @@
 //! parsing untrusted input). Bytes from the network are therefore never parsed as protobuf: they
 //! are validated rkyv archives, converted field by field into raft-rs's types.
 //!
+//! # Discovery protocol
+//! ALPN [`DISCOVERY_ALPN`] (`iroh-raft-discovery/0`): how a fresh node presents a join ticket to
+//! a member and is brought into the cluster.
+//!
+//! One bidirectional stream per join, opened by the newcomer. Messages are framed like the
+//! consensus protocol (`u32` little-endian length, then an rkyv archive), at most
+//! [`MAX_DISCOVERY_FRAME`] bytes each, validated with bytecheck.
+//!
+//! 1. newcomer → member: [`DiscoveryRequest::Join`] with the protocol version, the printed
+//!    ticket, the newcomer's direct addresses (its endpoint id is the connection's authenticated
+//!    one) and whether it wants to stay a learner.
+//! 2. member: checks the ticket (signature, cluster id, issuer still a member, not expired, role
+//!    `join` or `admin`), picks the lowest never-used Raft id (or the newcomer's existing id, if
+//!    its key is already a member: a retried join is idempotent), adds it as a learner through
+//!    the log, and answers [`DiscoveryResponse::Accepted`] with that id and the membership.
+//! 3. newcomer: starts its node with that id and membership (so it admits the leader), and keeps
+//!    reading the stream.
+//! 4. member: waits until the learner has caught up, promotes it (unless it asked to stay a
+//!    learner) and answers [`DiscoveryResponse::Joined`].
+//!
+//! Any refusal is [`DiscoveryResponse::Refused`] with a [`RefusalKind`] and a message for the
+//! newcomer to print; the member finishes the stream and the connection closes.
+//!
 //! # Versioning
 //! The ALPN names the major version: an incompatible change gets a new ALPN (`iroh-raft/1`), so an
 //! old peer fails at the handshake instead of misreading frames. [`Hello::version`] names the
@@ -62,18 +85,23 @@
 
 mod codec;
 mod convert;
+mod discovery;
 mod frame;
 
 pub use codec::{WireError, decode_frame, encode_frame};
 pub(crate) use codec::{check_len, decode_aligned};
-pub(crate) use convert::message_to_wire as convert_outgoing;
 #[cfg(test)]
 pub(crate) use convert::is_plain_conf_change;
+pub(crate) use convert::message_to_wire as convert_outgoing;
 pub use convert::{InboundPayload, validate_frame, validate_snapshot_header};
+pub use discovery::{
+    DISCOVERY_ALPN, DISCOVERY_VERSION, DiscoveryMember, DiscoveryRequest, DiscoveryResponse,
+    DiscoveryWireError, MAX_DISCOVERY_FRAME, RefusalKind, encode_discovery, read_request,
+    read_response,
+};
 pub use frame::{
     FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
-    ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
-    WireSnapshotMeta,
+    ForwardedProposal, Frame, Hello, WireEntry, WireMessage, WireSnapshotMeta,
 };
 
 /// ALPN of the consensus protocol.

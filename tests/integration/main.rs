@@ -15,5 +15,7 @@ mod t50_follower_catch_up;
 mod t55_snapshots;
 mod t60_full_restart;
 mod t70_admission;
+mod t75_membership;
+mod t77_tickets;
 mod t80_malformed_frames;
 mod t90_config_errors;

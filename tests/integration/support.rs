@@ -74,6 +74,8 @@ pub struct TestCluster {
     pub addrs: Vec<PeerAddr>,
     dirs: Vec<TempDir>,
     configure: Configure,
+    /// Nodes `0..founders` bootstrap the cluster; the others join it.
+    founders: usize,
 }
 
 impl TestCluster {
@@ -113,6 +115,7 @@ impl TestCluster {
             addrs,
             dirs,
             configure: Arc::new(configure),
+            founders: members,
         };
         for (i, ep) in endpoints.into_iter().enumerate() {
             if i < running {
@@ -133,11 +136,45 @@ impl TestCluster {
         *self.addrs[i].0.ip_addrs().next().unwrap()
     }
 
-    /// A builder for node `i` (id `i + 1`) with the whole membership.
+    /// Identities for `members` nodes; node 1 alone founds the cluster and runs. The others
+    /// join with [`Self::start_joiner`].
+    pub async fn start_growable(members: usize) -> Self {
+        let mut cluster = Self::start_configured(members, 0, |b| b).await;
+        cluster.founders = 1;
+        let node = cluster
+            .builder(0)
+            .bind_address(cluster.port(0))
+            .build()
+            .await
+            .unwrap();
+        cluster.nodes[0] = Some(node);
+        cluster
+    }
+
+    /// Starts node `i` as a new node that waits to be added to the running cluster.
+    pub async fn start_joiner(&mut self, i: usize) {
+        assert!(i >= self.founders, "node {i} is a founder");
+        let node = self
+            .builder(i)
+            .bind_address(self.port(i))
+            .build()
+            .await
+            .unwrap();
+        self.nodes[i] = Some(node);
+    }
+
+    /// A builder for node `i` (id `i + 1`): founders get the founding membership, others join
+    /// and know every identity (to admit their connections).
     pub fn builder(&self, i: usize) -> RaftClusterBuilder<KeyValueStore> {
+        let known = if i < self.founders {
+            self.founders
+        } else {
+            self.addrs.len()
+        };
         let peers: Vec<(u64, PeerAddr)> = self
             .addrs
             .iter()
+            .take(known)
             .enumerate()
             .map(|(j, a)| (j as u64 + 1, a.clone()))
             .collect();
@@ -151,6 +188,11 @@ impl TestCluster {
             // parallel on two cores, and a request that needs longer is still a failure.
             .request_timeout(Duration::from_secs(20))
             .rng_seed(i as u64 + 1);
+        let builder = if i < self.founders {
+            builder
+        } else {
+            builder.joining()
+        };
         (self.configure)(builder)
     }
 

@@ -232,7 +232,9 @@ impl Driver {
             && !raft.has_pending_conf()
             && raft.lead_transferee.is_none()
         {
-            let _ = self.raw.propose_conf_change(Vec::new(), ConfChangeV2::default());
+            let _ = self
+                .raw
+                .propose_conf_change(Vec::new(), ConfChangeV2::default());
         }
     }
 

@@ -121,10 +121,7 @@ impl RaftProtocol {
             Admission::Member(id) if expected.is_none_or(|e| e == id) => Some(id),
             Admission::Removed(id) => {
                 warn!(endpoint = %remote.fmt_short(), node = id, "refused connection from a removed member");
-                conn.close(
-                    CloseCode::Removed.to_varint(),
-                    b"removed from this cluster",
-                );
+                conn.close(CloseCode::Removed.to_varint(), b"removed from this cluster");
                 None
             }
             _ => {

@@ -193,7 +193,8 @@ impl<S: StateMachine> RaftActor<S> {
     /// Adopts a new membership (a configuration change applied, or a snapshot installed).
     pub(super) fn set_membership(&mut self, membership: Membership) {
         self.peers.set_members(&membership.members());
-        self.membership_tx.send_replace(Arc::new(membership.clone()));
+        self.membership_tx
+            .send_replace(Arc::new(membership.clone()));
         self.membership = membership;
     }
 
@@ -207,7 +208,16 @@ impl<S: StateMachine> RaftActor<S> {
         if matches!(self.lifecycle, Lifecycle::Failed(_)) {
             return;
         }
-        error!(node = self.id(), error = %e, "node failed");
+        if matches!(e, FatalError::Removed { .. }) {
+            tracing::info!(node = self.id(), "node stopped: removed from the cluster");
+        } else {
+            error!(node = self.id(), error = %e, "node failed");
+        }
+        self.publish(ClusterEvent::NodeStopped {
+            node: self.id(),
+            removed: matches!(e, FatalError::Removed { .. }),
+            reason: e.to_string(),
+        });
         self.proposals.fail_all(|| ProposeError::Fatal(e.clone()));
         self.conf_proposals
             .fail_all(|| ProposeError::Fatal(e.clone()));
@@ -284,8 +294,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
                 0,
             ),
         };
-        args.membership
-            .send_replace(Arc::new(membership.clone()));
+        args.membership.send_replace(Arc::new(membership.clone()));
         let log = InitialLog {
             hard_state: recovered.hard_state,
             conf_state,

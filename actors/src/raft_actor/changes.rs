@@ -105,7 +105,9 @@ impl<S: StateMachine> RaftActor<S> {
                 .find(|(m, _)| m == id)
                 .map_or(0, |(_, matched)| matched);
             let lag = self.driver.last_index().saturating_sub(matched);
-            if lag > max_lag {
+            // A learner that never acknowledged anything has not started catching up, however
+            // short the log is.
+            if lag > max_lag || matched == 0 {
                 return Err(MembershipRefusal::NotCaughtUp { id: *id, lag }.into());
             }
         }
@@ -121,9 +123,9 @@ impl<S: StateMachine> RaftActor<S> {
                 crate::driver::ProposeRefused::ConfChangePending => {
                     MembershipRefusal::InProgress.into()
                 }
-                crate::driver::ProposeRefused::Dropped => ProposeError::NotLeader {
-                    leader_hint: None,
-                },
+                crate::driver::ProposeRefused::Dropped => {
+                    ProposeError::NotLeader { leader_hint: None }
+                }
             })
     }
 
@@ -216,7 +218,11 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// Applies a committed configuration change entry: raft-rs's configuration first, then the
     /// membership (endpoints, tombstones), then the peers and the admission list follow.
-    pub(super) fn apply_conf_entry(&mut self, e: &Entry, reply: Option<ReplySender<Result<u64, ProposeError>>>) {
+    pub(super) fn apply_conf_entry(
+        &mut self,
+        e: &Entry,
+        reply: Option<ReplySender<Result<u64, ProposeError>>>,
+    ) {
         // The wire accepts only flat ConfChangeV2 bytes (wire::is_plain_conf_change).
         let cc = match ConfChangeV2::parse_from_bytes(&e.data) {
             Ok(cc) => cc,
@@ -366,8 +372,8 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
             return delegated;
         };
         // raft-rs aborts a transfer after an election timeout; give it two, plus a heartbeat.
-        let ticks = 2 * self.config.election_ticks() as u64
-            + crate::config::TICKS_PER_HEARTBEAT as u64;
+        let ticks =
+            2 * self.config.election_ticks() as u64 + crate::config::TICKS_PER_HEARTBEAT as u64;
         self.transfers.push(TransferWait {
             target,
             from: leader,

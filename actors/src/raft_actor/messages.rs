@@ -7,12 +7,12 @@ use kameo::{
 use tracing::{debug, trace};
 
 use super::{
-    actor::RaftActor,
+    actor::{Lifecycle, RaftActor},
     pending::{ReadFn, encode_context},
 };
 use crate::{
     config::TICKS_PER_HEARTBEAT,
-    error::{ProposeError, ReadError},
+    error::{FatalError, ProposeError, ReadError},
     membership::MembershipRefusal,
     peer::{Inbound, PeerUnreachable},
     state_machine::StateMachine,
@@ -154,10 +154,20 @@ impl<S: StateMachine> Message<GetStatus> for RaftActor<S> {
 pub struct Shutdown;
 
 impl<S: StateMachine> Message<Shutdown> for RaftActor<S> {
-    type Reply = ();
+    /// The fatal error that had stopped the node before, if one had.
+    type Reply = Option<FatalError>;
 
-    async fn handle(&mut self, _: Shutdown, _: &mut Context<Self, ()>) {
+    async fn handle(
+        &mut self,
+        _: Shutdown,
+        _: &mut Context<Self, Option<FatalError>>,
+    ) -> Option<FatalError> {
+        let failure = match &self.lifecycle {
+            Lifecycle::Failed(e) => Some(e.clone()),
+            _ => None,
+        };
         self.shut_down().await;
+        failure
     }
 }
 

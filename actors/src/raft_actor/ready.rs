@@ -12,8 +12,8 @@ use super::{
 };
 use crate::{
     error::{CodecError, FatalError, ProposeError, ReadError},
-    membership::MembershipRefusal,
     events::ClusterEvent,
+    membership::MembershipRefusal,
     state_machine::StateMachine,
     storage::PersistBatch,
     types::{NodeId, Role},
@@ -213,7 +213,10 @@ impl<S: StateMachine> RaftActor<S> {
             EntryType::EntryConfChangeV2 => self.apply_conf_entry(&e, conf_reply),
             EntryType::EntryConfChange => {
                 // Never proposed by this crate, and refused on the wire.
-                warn!(index = e.index, "legacy configuration change entry; skipped");
+                warn!(
+                    index = e.index,
+                    "legacy configuration change entry; skipped"
+                );
             }
         }
     }

@@ -18,7 +18,7 @@ use super::actor::RaftActor;
 use crate::{
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
-    membership::{Membership, read_snapshot_header, write_snapshot_header},
+    membership::{Membership, in_conf, read_snapshot_header, write_snapshot_header},
     node::StorageSpawn,
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
@@ -210,6 +210,18 @@ impl<S: StateMachine> RaftActor<S> {
     pub(super) fn route_snapshot(&mut self, m: RaftMessage) {
         let to = m.to;
         match &self.snapshots.current {
+            // raft-rs refuses a snapshot whose configuration does not hold the receiver (a node
+            // that joined after it was taken): take a fresh one, which raft-rs sends when it
+            // retries.
+            Some(record) if !in_conf(&record.conf_state, to) => {
+                debug!(
+                    peer = to,
+                    index = record.index,
+                    "snapshot predates the peer; taking a new one"
+                );
+                self.start_snapshot();
+                self.driver.report_snapshot(to, false);
+            }
             Some(record) if record.index == m.get_snapshot().get_metadata().index => {
                 let offer = Box::new(SnapshotOffer {
                     msg: m,

@@ -1,0 +1,202 @@
+//! Messages and framing of the discovery protocol; the specification is in the [`super`]
+//! module doc.
+
+use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
+
+/// ALPN of the discovery protocol.
+pub const DISCOVERY_ALPN: &[u8] = b"iroh-raft-discovery/0";
+
+/// Version carried in every request.
+pub const DISCOVERY_VERSION: u32 = 1;
+
+/// Largest discovery message (64 KiB): a ticket and a membership list fit many times over.
+pub const MAX_DISCOVERY_FRAME: usize = 64 * 1024;
+
+/// What a newcomer asks.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum DiscoveryRequest {
+    /// Join the cluster.
+    Join {
+        /// [`DISCOVERY_VERSION`].
+        version: u32,
+        /// The ticket, as printed.
+        ticket: String,
+        /// The newcomer's direct socket addresses, as strings.
+        addrs: Vec<String>,
+        /// Stay a learner instead of being promoted to voter.
+        learner: bool,
+    },
+}
+
+/// A member of the cluster as the discovery protocol describes it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DiscoveryMember {
+    /// Raft id.
+    pub id: u64,
+    /// Endpoint id (public key bytes).
+    pub key: [u8; 32],
+    /// Direct socket addresses, as strings.
+    pub addrs: Vec<String>,
+}
+
+/// Why a member refused a newcomer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The ticket does not parse.
+    Malformed,
+    /// The signature does not check (forged or tampered).
+    BadSignature,
+    /// The ticket is for another cluster.
+    WrongCluster,
+    /// The member that issued the ticket is no longer a member.
+    IssuerNotMember,
+    /// The ticket has expired.
+    Expired,
+    /// The ticket's role does not allow joining.
+    WrongRole,
+    /// The newcomer's key belongs to a removed member.
+    Removed,
+    /// The protocol version is not spoken here.
+    Version,
+    /// The cluster could not add it (no leader, timeout, learner not catching up).
+    Failed,
+}
+
+/// A member's answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum DiscoveryResponse {
+    /// Added as a learner with this id; the node may start.
+    Accepted {
+        /// The newcomer's Raft id.
+        id: u64,
+        /// The cluster's id.
+        cluster_id: [u8; 16],
+        /// Current members (the newcomer included).
+        members: Vec<DiscoveryMember>,
+    },
+    /// Caught up, and promoted to voter unless it asked to stay a learner.
+    Joined {
+        /// Log index of the last membership change for it.
+        index: u64,
+    },
+    /// Refused; nothing more follows.
+    Refused {
+        /// The reason, for programs.
+        kind: RefusalKind,
+        /// The reason, for people.
+        message: String,
+    },
+}
+
+/// Why a discovery message could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryWireError {
+    /// The stream failed or ended early.
+    #[error("discovery stream failed: {0}")]
+    Io(String),
+    /// A length above [`MAX_DISCOVERY_FRAME`].
+    #[error("discovery message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The bytes are not a valid message.
+    #[error("discovery message does not decode: {0}")]
+    Malformed(String),
+}
+
+/// Encodes one framed message.
+pub fn encode_discovery<T>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError>
+where
+    T: for<'a> Serialize<
+        rancor::Strategy<
+            rkyv::ser::Serializer<
+                AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::ser::sharing::Share,
+            >,
+            rancor::Error,
+        >,
+    >,
+{
+    let bytes = rkyv::to_bytes::<rancor::Error>(msg)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_DISCOVERY_FRAME {
+        return Err(DiscoveryWireError::TooLarge(bytes.len()));
+    }
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Reads one framed [`DiscoveryRequest`].
+pub async fn read_request(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<DiscoveryRequest, DiscoveryWireError> {
+    let bytes = read_frame(recv).await?;
+    rkyv::from_bytes::<DiscoveryRequest, rancor::Error>(&bytes)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+}
+
+/// Reads one framed [`DiscoveryResponse`].
+pub async fn read_response(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<DiscoveryResponse, DiscoveryWireError> {
+    let bytes = read_frame(recv).await?;
+    rkyv::from_bytes::<DiscoveryResponse, rancor::Error>(&bytes)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+}
+
+async fn read_frame(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<AlignedVec, DiscoveryWireError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_DISCOVERY_FRAME {
+        return Err(DiscoveryWireError::TooLarge(len));
+    }
+    let mut bytes = AlignedVec::with_capacity(len);
+    bytes.resize(len, 0);
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let req = DiscoveryRequest::Join {
+            version: DISCOVERY_VERSION,
+            ticket: "irohraft1abc".into(),
+            addrs: vec!["127.0.0.1:5000".into()],
+            learner: false,
+        };
+        let framed = encode_discovery(&req).unwrap();
+        let mut payload = AlignedVec::<16>::new();
+        payload.extend_from_slice(&framed[4..]);
+        assert_eq!(
+            rkyv::from_bytes::<DiscoveryRequest, rancor::Error>(&payload).unwrap(),
+            req
+        );
+        let resp = DiscoveryResponse::Refused {
+            kind: RefusalKind::Expired,
+            message: "expired".into(),
+        };
+        let framed = encode_discovery(&resp).unwrap();
+        let mut payload = AlignedVec::<16>::new();
+        payload.extend_from_slice(&framed[4..]);
+        assert_eq!(
+            rkyv::from_bytes::<DiscoveryResponse, rancor::Error>(&payload).unwrap(),
+            resp
+        );
+        let mut garbage = AlignedVec::<16>::new();
+        garbage.extend_from_slice(&[0xff; 40]);
+        assert!(rkyv::from_bytes::<DiscoveryResponse, rancor::Error>(&garbage).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! `iroh-raft node`: one node per process with the built-in KV store.
+//!
+//! - `--bootstrap` founds a one-node cluster and prints a join ticket and an admin ticket (also
+//!   written to `DIR/ticket` and `DIR/admin-ticket`);
+//! - `--join TICKET` joins a running cluster (learner, then promoted once caught up);
+//! - with neither, an existing node restarts from its data dir, on the address it used before
+//!   (kept in `DIR/node.conf`).
+//!
+//! SIGTERM and Ctrl-C shut the node down gracefully. A node that learns it was removed from the
+//! cluster exits with status 0 (restarting it would be refused anyway).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use iroh_raft::{
+    BuildError, ClusterEvent, EventItem, KeyValueStore, Preset, RaftCluster, Ticket, TicketRole,
+};
+
+/// Options of `iroh-raft node`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct NodeArgs {
+    /// The node's data dir (redb log, secret key, tickets, node.conf).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to bind (ip:port; port 0 picks one). Remembered for restarts.
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// Found a new one-node cluster.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// Join the cluster this ticket names.
+    #[arg(long, value_name = "TICKET")]
+    join: Option<Ticket>,
+    /// With --join: stay a learner (receives the log, does not vote).
+    #[arg(long, requires = "join")]
+    learner: bool,
+    /// Timing preset: production, development or testing.
+    #[arg(long, default_value = "production", value_parser = parse_preset)]
+    preset: Preset,
+    /// How long the tickets printed at --bootstrap stay valid (e.g. 30s, 10m, 24h, 7d).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    ticket_ttl: Duration,
+}
+
+fn parse_preset(s: &str) -> Result<Preset, String> {
+    match s {
+        "production" => Ok(Preset::Production),
+        "development" => Ok(Preset::Development),
+        "testing" => Ok(Preset::Testing),
+        _ => Err(format!(
+            "unknown preset '{s}': expected production, development or testing"
+        )),
+    }
+}
+
+/// `30s`, `10m`, `24h`, `7d`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30s, 10m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{s}' is not a duration like 30s, 10m, 24h or 7d")),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+const CONF_FILE: &str = "node.conf";
+
+/// The bind address a previous run recorded.
+fn stored_bind(dir: &Path) -> anyhow::Result<Option<SocketAddr>> {
+    let path = dir.join(CONF_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    for line in text.lines() {
+        if let Some(addr) = line.strip_prefix("bind=") {
+            let addr = addr
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: invalid bind address '{addr}'", path.display()))?;
+            return Ok(Some(addr));
+        }
+    }
+    Ok(None)
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let dir = &args.data_dir;
+    let initialized = dir.join(iroh_raft::DB_FILE).exists();
+    if initialized && (args.bootstrap || args.join.is_some()) {
+        bail!(
+            "{} already holds a node; restart it with only --data-dir",
+            dir.display()
+        );
+    }
+    if !initialized && !args.bootstrap && args.join.is_none() {
+        bail!(
+            "{} holds no node: pass --bootstrap to found a cluster or --join TICKET to join one",
+            dir.display()
+        );
+    }
+    let bind = match args.bind {
+        Some(b) => b,
+        None => stored_bind(dir)?.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
+    let mut builder = RaftCluster::builder()
+        .data_dir(dir)
+        .bind_address(bind)
+        .state_machine(KeyValueStore::new())
+        .preset(args.preset);
+    if args.bootstrap {
+        builder = builder.node_id(1);
+    }
+    if let Some(ticket) = args.join.clone() {
+        builder = builder.join_ticket(ticket);
+        if args.learner {
+            builder = builder.join_as_learner();
+        }
+    }
+    let cluster = match builder.build().await {
+        Ok(c) => c,
+        Err(e @ BuildError::JoinRefused { .. }) => bail!("{e}"),
+        Err(e) => return Err(e).context("starting the node"),
+    };
+    let bound = cluster
+        .endpoint()
+        .bound_sockets()
+        .into_iter()
+        .find(|a| a.is_ipv4() == bind.is_ipv4())
+        .unwrap_or(bind);
+    write_file(&dir.join(CONF_FILE), &format!("bind={bound}\n"))?;
+
+    if args.bootstrap {
+        for (role, file) in [
+            (TicketRole::Join, "ticket"),
+            (TicketRole::Admin, "admin-ticket"),
+        ] {
+            let ticket = cluster.ticket(role, args.ticket_ttl).await?;
+            write_file(&dir.join(file), &format!("{ticket}\n"))?;
+            println!("{role} ticket: {ticket}");
+        }
+    }
+    let mut events = cluster.subscribe().await?;
+    println!(
+        "ready node={} endpoint={} addr={}",
+        cluster.node_id(),
+        cluster.endpoint().id(),
+        bound
+    );
+
+    let stopped = async {
+        while let Some(item) = events.next().await {
+            if let EventItem::Event(ClusterEvent::NodeStopped {
+                removed, reason, ..
+            }) = item
+            {
+                return (removed, reason);
+            }
+        }
+        (false, "event stream ended".to_owned())
+    };
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => None,
+        stopped = stopped => Some(stopped),
+    };
+    let result = cluster.shutdown().await;
+    match outcome {
+        None => {
+            result.context("shutting down")?;
+            eprintln!("node {} shut down", cluster.node_id());
+            Ok(())
+        }
+        Some((true, reason)) => {
+            eprintln!("{reason}; exiting");
+            Ok(())
+        }
+        Some((false, reason)) => bail!("node stopped: {reason}"),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,68 @@
+//! Local-network discovery (mDNS) of a named cluster's members. Multicast is tested inside a
+//! private network namespace (`unshare -n`, loopback up with multicast routed to it), so the
+//! host's network is never touched: the outer test re-runs this binary there.
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use iroh_raft::{KeyValueStore, Preset, RaftCluster, lan::find_members};
+
+const IN_NETNS: &str = "IROH_RAFT_IN_NETNS";
+
+#[test]
+fn lan_discovery_finds_the_members_of_a_named_cluster() {
+    let exe = std::env::current_exe().unwrap();
+    let script = "ip link set lo up && ip link set lo multicast on && \
+                  ip route add 224.0.0.0/4 dev lo && \
+                  exec \"$0\" inside_namespace --exact --include-ignored --nocapture";
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .arg(&exe)
+        .env(IN_NETNS, "1")
+        .output()
+        .expect("run unshare (util-linux) to get a private network namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "inside the namespace:\n{stdout}\n{stderr}"
+    );
+}
+
+async fn node(name: &str, dir: &std::path::Path) -> RaftCluster<KeyValueStore> {
+    RaftCluster::builder()
+        .node_id(1)
+        .data_dir(dir)
+        .state_machine(KeyValueStore::new())
+        .preset(Preset::Testing)
+        .lan_discovery(name)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a private network namespace; run by lan_discovery_finds_the_members_of_a_named_cluster"]
+async fn inside_namespace() {
+    assert!(
+        std::env::var_os(IN_NETNS).is_some(),
+        "run through lan_discovery_finds_the_members_of_a_named_cluster"
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alpha = [
+        node("alpha", dirs[0].path()).await,
+        node("alpha", dirs[1].path()).await,
+    ];
+    let beta = node("beta", dirs[2].path()).await;
+
+    let found = find_members("alpha", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let found: BTreeSet<_> = found.iter().map(|a| a.id).collect();
+    let expected: BTreeSet<_> = alpha.iter().map(|n| n.endpoint().id()).collect();
+    assert_eq!(found, expected);
+    let none = find_members("gamma", Duration::from_secs(2)).await.unwrap();
+    assert!(none.is_empty());
+    for n in alpha.iter().chain([&beta]) {
+        n.shutdown().await.unwrap();
+    }
+}

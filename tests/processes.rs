@@ -1,0 +1,205 @@
+//! Real `iroh-raft node` processes on loopback: bootstrap one, join two more by ticket, then a
+//! fourth; kill -9 the leader; the rest elect and keep serving; restart the killed one with only
+//! `--data-dir` and check it catches up (it is needed for quorum afterwards); SIGTERM shuts every
+//! node down cleanly. Writes come from an embedded node that joined as a learner with the same
+//! ticket (the management client comes with the management issue).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use iroh_raft::{KeyValueStore, KvCommand, Preset, RaftCluster, Ticket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iroh-raft");
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Proc {
+    child: Child,
+    id: u64,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `iroh-raft node` with `args` and waits for its `ready node=N` line.
+fn spawn(dir: &Path, args: &[&str]) -> Proc {
+    let mut child = Command::new(BIN)
+        .arg("node")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .args(["--preset", "testing"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn iroh-raft node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("ready node=") {
+                let id: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let _ = tx.send(id);
+            }
+        }
+    });
+    let id = rx
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("node in {} did not become ready", dir.display()));
+    Proc { child, id }
+}
+
+fn sigterm(p: &mut Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            assert!(status.success(), "node {} exited with {status}", p.id);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {} ignored SIGTERM",
+            p.id
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn set(i: usize) -> KvCommand {
+    KvCommand::Set {
+        key: format!("k{i}"),
+        value: format!("v{i}"),
+    }
+}
+
+/// Proposes `set(i)` through the client, retrying while the cluster elects (outcome-unknown
+/// errors are retried too: the write is idempotent).
+async fn write(client: &RaftCluster<KeyValueStore>, i: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client.propose(set(i)).await {
+            Ok(_) => return,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "write {i} kept failing: {e}"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bind = ["--bind", "127.0.0.1:0"];
+    let mut procs = vec![spawn(
+        dirs[0].path(),
+        &[&bind[..], &["--bootstrap"]].concat(),
+    )];
+    let ticket_text = std::fs::read_to_string(dirs[0].path().join("ticket")).unwrap();
+    let ticket_text = ticket_text.trim().to_owned();
+    assert!(dirs[0].path().join("admin-ticket").exists());
+    for dir in &dirs[1..3] {
+        procs.push(spawn(
+            dir.path(),
+            &[&bind[..], &["--join", &ticket_text]].concat(),
+        ));
+    }
+
+    // The test's client: an embedded node that joins as a learner with the same ticket.
+    let ticket: Ticket = ticket_text.parse().unwrap();
+    let client = RaftCluster::builder()
+        .data_dir(dirs[4].path())
+        .state_machine(KeyValueStore::new())
+        .preset(Preset::Testing)
+        .join_ticket(ticket)
+        .join_as_learner()
+        .build()
+        .await
+        .unwrap();
+    for i in 0..50 {
+        write(&client, i).await;
+    }
+    procs.push(spawn(
+        dirs[3].path(),
+        &[&bind[..], &["--join", &ticket_text]].concat(),
+    ));
+    // Ids are handed out in join order (the client joined before the fourth node).
+    let ids: Vec<u64> = procs.iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 5]);
+    let members = client.members().await.unwrap();
+    assert_eq!(members.voters(), ids);
+    assert_eq!(members.learners(), vec![client.node_id()]);
+
+    // kill -9 the leader; the other three elect and keep serving.
+    let leader = client.leader().await.expect("a leader");
+    let victim = procs.iter().position(|p| p.id == leader).unwrap();
+    procs[victim].child.kill().unwrap();
+    procs[victim].child.wait().unwrap();
+    for i in 50..100 {
+        write(&client, i).await;
+    }
+    let new_leader = client.leader().await.expect("a new leader");
+    assert_ne!(new_leader, leader);
+
+    // Restart it with only --data-dir; then stop another node, so that the restarted one is
+    // needed for quorum (3 of 4): writes succeed only once it has caught up.
+    let restarted = spawn(dirs[victim].path(), &[]);
+    assert_eq!(restarted.id, leader);
+    procs[victim] = restarted;
+    let other = procs
+        .iter()
+        .position(|p| p.id != leader && p.id != new_leader)
+        .unwrap();
+    sigterm(&mut procs[other]);
+    for i in 100..150 {
+        write(&client, i).await;
+    }
+    let all = client
+        .linearizable_query(|kv| {
+            (0..150).all(|i| kv.get(&format!("k{i}")) == Some(&format!("v{i}")))
+        })
+        .await
+        .unwrap();
+    assert!(all, "an acknowledged write is missing");
+
+    client.shutdown().await.unwrap();
+    for (i, p) in procs.iter_mut().enumerate() {
+        if i != other {
+            sigterm(p);
+        }
+    }
+}
+
+#[test]
+fn bad_flags_and_refused_tickets_exit_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .args(["--join", "irohraft1garbage"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ticket"));
+
+    let out = Command::new(BIN)
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bootstrap"));
+}
