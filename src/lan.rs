@@ -83,11 +83,11 @@ pub async fn find_members(name: &str, wait: Duration) -> Result<Vec<EndpointAddr
     let mut until = deadline;
     while let Ok(Some(event)) = tokio::time::timeout_at(until, events.next()).await {
         match event {
-            DiscoveryEvent::Discovered { endpoint_info, .. } => {
-                if endpoint_info.data.user_data() == Some(&wanted) {
-                    found.insert(endpoint_info.endpoint_id, endpoint_info.to_endpoint_addr());
-                    until = until.min(tokio::time::Instant::now() + grace);
-                }
+            DiscoveryEvent::Discovered { endpoint_info, .. }
+                if endpoint_info.data.user_data() == Some(&wanted) =>
+            {
+                found.insert(endpoint_info.endpoint_id, endpoint_info.to_endpoint_addr());
+                until = until.min(tokio::time::Instant::now() + grace);
             }
             DiscoveryEvent::Expired { endpoint_id } => {
                 found.remove(&endpoint_id);

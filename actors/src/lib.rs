@@ -15,14 +15,16 @@
 //!
 //! | actor | owns | receives | sends |
 //! |---|---|---|---|
-//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], pending proposals and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `GetStatus`, `TriggerSnapshot`, `Shutdown` from the facade; [`peer::Inbound`], [`peer::Admit`] and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` and [`peer::SnapshotSent`] from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); events to the EventBus (`try_send`) |
+//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], the applied [`Membership`], pending proposals, membership changes, transfers and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `ChangeMembership`, `TransferLeadership`, `GetMembers`, `GetStatus`, `TriggerSnapshot`, `Shutdown` from the facade; [`peer::Inbound`] and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` (with "the peer refused us as removed") and [`peer::SnapshotSent`] from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); the applied membership to the protocol handler (watch); events to the EventBus (`try_send`) |
 //! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it, and snapshot readers read it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `NewSnapshotId`, `WriteChunk`, `CommitSnapshot`, `DiscardSnapshot` from the snapshot writer and the protocol handler; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
 //! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches, `StopPeer` | frames on the wire; `PeerUnreachable` (with the forwarded proposals it could not send); peer events |
 //! | [`EventBus`] | a bounded broadcast ring | `Publish`, `Subscribe` | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
 //! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
 //!
 //! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
-//! future checks membership, validates frames and forwards them to the RaftActor.
+//! future admits by the membership the RaftActor publishes on a watch (a removed member's key
+//! gets [`wire::CloseCode::Removed`], an unknown one `NotAMember`; an open connection is closed as
+//! soon as its peer is removed), validates frames and forwards them to the RaftActor.
 //!
 //! [`Node::start`] wires these together; an application that runs its own kameo supervision
 //! tree can link [`Node::supervisor`] into it (`ActorRef::link`) or assemble the actors itself
@@ -39,6 +41,25 @@
 //!    the messages that had to wait for durability.
 //! 4. Once a quorum has the entry durable it is committed; the RaftActor applies it and the node
 //!    whose proposal id is in the context answers the caller.
+//!
+//! # Membership
+//! - The membership (raft id → endpoint id and addresses, plus tombstones of removed members,
+//!   and the cluster id) is derived from the log: it changes only when a `ConfChangeV2` entry is
+//!   applied (added members' endpoints ride in the change's context), and a snapshot carries it
+//!   in a header before the state machine's bytes. Founding members start from a bootstrap
+//!   snapshot at index 1; a joining node starts empty and gets a snapshot from the leader (a
+//!   fresh one, if the current one predates it: raft-rs refuses a snapshot whose configuration
+//!   lacks the receiver).
+//! - `ChangeMembership` is validated against the applied membership on the leader (a follower
+//!   forwards it as a [`wire::Frame::Forward`] of kind membership) and proposed as one change:
+//!   joint consensus when it touches two members, left automatically. One change at a time; a
+//!   promotion can require the learner to be within a lag of the leader's log.
+//! - A node applying its own removal, or refused by a peer with `Removed` (tombstones are
+//!   permanent, so that proves the removal was committed), stops with `FatalError::Removed`.
+//! - `TransferLeadership` runs raft-rs's transfer on the leader (forwarded likewise) and answers
+//!   once this node sees the new leader.
+//! - Newcomers join with a signed [`Ticket`] over the discovery ALPN ([`wire`] specifies it);
+//!   the facade serves it and drives add-learner, catch-up and promotion.
 //!
 //! # Snapshots and compaction
 //! - Taking one: once `max_log_entries` entries were applied since the last snapshot (or on
@@ -61,7 +82,8 @@
 //!
 //! # Streams
 //! One QUIC connection per direction per pair of members: one unidirectional stream on it
-//! carries the consensus frames, and each snapshot transfer opens one more (see [`wire`]).
+//! carries the consensus frames, and each snapshot transfer opens one more (see [`wire`]). A
+//! join is one bidirectional stream on a connection of the discovery ALPN.
 //!
 //! # Seams for simulation
 //! The PeerActor reaches its peer through [`Dialer`] / [`Link`]; all timing is `tokio::time`;

@@ -4,7 +4,10 @@
 use redb::TableDefinition;
 
 /// Version of the on-disk layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: every snapshot starts with a header (magic, cluster id, membership with tombstones), and a
+/// founded cluster's log starts with a bootstrap snapshot at index 1.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Node metadata: format version, identity, hard state, conf state, members, the current
 /// snapshot and where the log starts.
