@@ -41,6 +41,10 @@ pub(crate) struct NodeArgs {
     /// Timing preset: production, development or testing.
     #[arg(long, default_value = "production", value_parser = parse_preset)]
     preset: Preset,
+    /// Announce this node on the local network (mDNS) as a member of the cluster with this
+    /// name, for `iroh_raft::lan::find_members`.
+    #[arg(long, value_name = "NAME")]
+    lan_name: Option<String>,
     /// How long the tickets printed at --bootstrap stay valid (e.g. 30s, 10m, 24h, 7d).
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     ticket_ttl: Duration,
@@ -128,6 +132,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .preset(args.preset);
     if args.bootstrap {
         builder = builder.node_id(1);
+    }
+    if let Some(name) = &args.lan_name {
+        builder = builder.lan_discovery(name.clone());
     }
     if let Some(ticket) = args.join.clone() {
         builder = builder.join_ticket(ticket);

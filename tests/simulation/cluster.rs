@@ -42,20 +42,36 @@ pub struct Sim {
     pub ids: Vec<NodeId>,
     pub handles: Handles,
     nodes: BTreeMap<NodeId, SimNode>,
+    /// The founding members.
     members: Vec<Member>,
+    /// Every identity (founders and spares that may join later).
+    identities: Vec<Member>,
     invariants: Invariants,
     configure: fn(&mut NodeConfig),
     pub steps: u64,
 }
 
 impl Sim {
-    /// `n` nodes with ids 1..=n, all started.
-    pub async fn new(seed: u64, n: u64, configure: fn(&mut NodeConfig)) -> Self {
+    /// `n` founding members with ids 1..=n, all started, and `spares` more identities (ids
+    /// n+1..) that can [`Self::join`] later.
+    pub async fn with_spares(
+        seed: u64,
+        n: u64,
+        spares: u64,
+        configure: fn(&mut NodeConfig),
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut nodes = BTreeMap::new();
         let mut members = Vec::new();
-        for id in 1..=n {
-            let key = SecretKey::from_bytes(&rng.random());
+        // Spares draw their keys from a stream of their own, so that adding them leaves every
+        // other draw (and so every existing seed's run) unchanged.
+        let mut spare_rng = StdRng::seed_from_u64(seed ^ 0x5ba2_e5ba_2e5b_a2e5);
+        for id in 1..=n + spares {
+            let key = if id <= n {
+                SecretKey::from_bytes(&rng.random())
+            } else {
+                SecretKey::from_bytes(&spare_rng.random())
+            };
             members.push(Member {
                 node_id: id,
                 addr: EndpointAddr::new(key.public()),
@@ -70,6 +86,8 @@ impl Sim {
                 },
             );
         }
+        let identities = members.clone();
+        members.truncate(n as usize);
         let mut sim = Sim {
             seed,
             rng,
@@ -78,6 +96,7 @@ impl Sim {
             handles: Arc::default(),
             nodes,
             members,
+            identities,
             invariants: Invariants::default(),
             configure,
             steps: 0,
@@ -110,7 +129,18 @@ impl Sim {
             endpoint_id: n.key.public(),
             state_machine: StateMachineSource::factory(KeyValueStore::new),
             db,
-            bootstrap: Bootstrap::Initial(self.members.clone()),
+            bootstrap: if self.members.iter().any(|m| m.node_id == id) {
+                Bootstrap::Initial(self.members.clone())
+            } else {
+                // A spare starts empty and knows every identity, to admit the leader.
+                Bootstrap::Join(
+                    self.identities
+                        .iter()
+                        .filter(|m| m.node_id != id)
+                        .cloned()
+                        .collect(),
+                )
+            },
             dialer: Arc::new(SimDialer {
                 net: self.net.clone(),
                 incarnation,
@@ -139,6 +169,24 @@ impl Sim {
     /// From now on node `id`'s disk fails every write.
     pub fn fail_disk(&mut self, id: NodeId) {
         self.nodes[&id].disk.fail();
+    }
+
+    /// Starts spare node `id` (empty, waiting to be added) and counts it as a member from now on.
+    pub async fn join(&mut self, id: NodeId) {
+        assert!(!self.ids.contains(&id), "node {id} is a member");
+        self.start(id).await;
+        self.ids.push(id);
+    }
+
+    /// Node `id` was removed from the cluster: it stops for good and is no longer checked.
+    pub fn retire(&mut self, id: NodeId) {
+        self.crash(id);
+        self.ids.retain(|&i| i != id);
+    }
+
+    /// The endpoint address of node `id`.
+    pub fn addr(&self, id: NodeId) -> EndpointAddr {
+        self.identities[id as usize - 1].addr.clone()
     }
 
     pub fn is_running(&self, id: NodeId) -> bool {
@@ -295,8 +343,8 @@ impl Sim {
         self.check().await?;
         // Every node holds the same state.
         let mut states = Vec::new();
-        for (&id, n) in &self.nodes {
-            let (_, node) = n.running.as_ref().expect("all running");
+        for id in &self.ids {
+            let (_, node) = self.nodes[id].running.as_ref().expect("all running");
             let kv: Vec<(String, String)> = node
                 .raft
                 .ask(Query(|kv: &KeyValueStore| {
@@ -306,7 +354,7 @@ impl Sim {
                 }))
                 .await
                 .map_err(|e| format!("node {id} state unreadable: {e:?}"))?;
-            states.push((id, kv));
+            states.push((*id, kv));
         }
         if let Some((first_id, first)) = states.first() {
             for (id, s) in &states[1..] {

@@ -26,7 +26,10 @@ use std::{future::Future, pin::Pin, time::Duration};
 
 use client::Clients;
 use cluster::Sim;
-use iroh_raft::actors::{NodeId, Role};
+use iroh_raft::actors::{
+    ChangeMembership, GetMembers, MembershipChange, MembershipRefusal, NodeId, ProposeError, Role,
+};
+use kameo::error::SendError;
 use net::{Chaos, fnv};
 use rand::Rng;
 
@@ -80,7 +83,7 @@ fn run_seed(s: &Scenario, seed: u64) -> Outcome {
 }
 
 async fn run(s: &Scenario, seed: u64) -> Result<Outcome, String> {
-    let mut sim = Sim::new(seed, s.nodes, |_| {}).await;
+    let mut sim = Sim::with_spares(seed, s.nodes, SPARES, |_| {}).await;
     sim.converge(Duration::from_secs(10)).await?;
     let clients = (s.clients > 0)
         .then(|| Clients::spawn(sim.handles.clone(), sim.ids.clone(), seed, s.clients, 3));
@@ -143,6 +146,86 @@ async fn leader(sim: &Sim) -> Option<NodeId> {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// Identities beyond the founders that a scenario may bring in.
+const SPARES: u64 = 2;
+
+/// Proposes a membership change through whichever node leads, retrying through faults for up
+/// to 20 s of virtual time. `done` recognises a refusal that means an earlier attempt already
+/// went through. Returns whether the change is known applied.
+async fn change_membership(
+    sim: &mut Sim,
+    change: MembershipChange,
+    max_lag: Option<u64>,
+    done: fn(&MembershipRefusal) -> bool,
+) -> Result<bool, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(l) = leader(sim).await {
+            let node = sim.handles.lock().unwrap().get(&l).cloned();
+            if let Some(node) = node {
+                let asked = node
+                    .raft
+                    .ask(ChangeMembership {
+                        change: change.clone(),
+                        max_lag,
+                    })
+                    .reply_timeout(Duration::from_secs(1))
+                    .await;
+                match asked {
+                    Ok(_) => return Ok(true),
+                    Err(SendError::HandlerError(ProposeError::Membership(r))) if done(&r) => {
+                        return Ok(true);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        sim.run_for(ms(50)).await?;
+    }
+    Ok(false)
+}
+
+/// After the faults: the membership the leader applied decides who is checked from now on.
+/// Nodes it removed, and spares it never added, are retired.
+async fn settle_membership(sim: &mut Sim) -> Result<(), String> {
+    sim.net.heal_all();
+    sim.net.set_chaos(Chaos::calm());
+    sim.restart_all().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(l) = leader(sim).await {
+            let node = sim.handles.lock().unwrap().get(&l).cloned();
+            if let Some(node) = node
+                && let Ok(view) = node.raft.ask(GetMembers).await
+                && view
+                    .members
+                    .iter()
+                    .all(|m| m.role != iroh_raft::MemberRole::Outgoing)
+                && let Ok(status) = node.raft.ask(iroh_raft::actors::GetStatus).await
+                && status.applied_index == status.commit_index
+            {
+                let members: Vec<NodeId> = view.members.iter().map(|m| m.node_id).collect();
+                if std::env::var_os("SIM_VERBOSE").is_some() {
+                    eprintln!(
+                        "membership settled: {members:?} (checked before: {:?})",
+                        sim.ids
+                    );
+                }
+                for id in sim.ids.clone() {
+                    if !members.contains(&id) {
+                        sim.retire(id);
+                    }
+                }
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("membership did not settle".into());
+        }
+        sim.run_for(ms(50)).await?;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,6 +533,61 @@ fn idle_faults(sim: &mut Sim) -> Pin<Box<dyn Future<Output = Result<(), String>>
         }
         Ok(())
     })
+}
+
+fn churn_faults(sim: &mut Sim) -> Pin<Box<dyn Future<Output = Result<(), String>> + '_>> {
+    Box::pin(async move {
+        sim.net.set_chaos(Chaos::unreliable());
+        // Grow: node 4 joins as a learner and is promoted once within 32 entries.
+        sim.join(4).await;
+        let addr = sim.addr(4);
+        let learner = MembershipChange::AddLearner { id: 4, addr };
+        if change_membership(sim, learner, None, |_| false).await? {
+            let promote = MembershipChange::Promote { id: 4 };
+            change_membership(sim, promote, Some(32), |r| {
+                matches!(r, MembershipRefusal::AlreadyVoter(_))
+            })
+            .await?;
+        }
+        // A member crashes and comes back meanwhile.
+        let bounce = sim.random_node();
+        sim.crash(bounce);
+        let t = sim.rng.random_range(100..400);
+        sim.run_for(ms(t)).await?;
+        sim.start(bounce).await;
+        // Shrink: remove any voter, the leader included (raft-level: no handover first).
+        let victim = sim.random_node();
+        let remove = MembershipChange::Remove { id: victim };
+        if change_membership(sim, remove, None, |r| {
+            matches!(r, MembershipRefusal::NotAMember(_))
+        })
+        .await?
+        {
+            sim.retire(victim);
+        }
+        // Replace a voter by node 5 in one joint step.
+        sim.join(5).await;
+        let old = sim.random_node();
+        if old != 5 {
+            let addr = sim.addr(5);
+            let replace = MembershipChange::Replace { old, id: 5, addr };
+            if change_membership(sim, replace, None, |_| false).await? {
+                sim.retire(old);
+            }
+        }
+        sim.run_for(ms(300)).await?;
+        settle_membership(sim).await
+    })
+}
+
+#[test]
+fn membership_churn_under_faults() {
+    run_scenario(Scenario {
+        name: "membership_churn_under_faults",
+        nodes: 3,
+        clients: 3,
+        faults: churn_faults,
+    });
 }
 
 #[test]
