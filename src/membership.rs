@@ -165,14 +165,10 @@ impl<S: StateMachine> RaftCluster<S> {
         id: NodeId,
         addr: impl Into<PeerAddr>,
     ) -> Result<u64, ProposeError> {
-        let addr = addr.into().0;
-        let deadline = Instant::now() + self.request_timeout;
-        self.change(
-            MembershipChange::AddLearner { id, addr },
-            None,
-            deadline,
-            transient,
-        )
+        self.change_now(MembershipChange::AddLearner {
+            id,
+            addr: addr.into().0,
+        })
         .await
     }
 
@@ -183,22 +179,23 @@ impl<S: StateMachine> RaftCluster<S> {
         id: NodeId,
         addr: impl Into<PeerAddr>,
     ) -> Result<u64, ProposeError> {
-        let addr = addr.into().0;
-        let deadline = Instant::now() + self.request_timeout;
-        self.change(
-            MembershipChange::AddVoter { id, addr },
-            None,
-            deadline,
-            transient,
-        )
+        self.change_now(MembershipChange::AddVoter {
+            id,
+            addr: addr.into().0,
+        })
         .await
     }
 
     /// Makes learner `id` a voter now, however far behind it is.
     pub async fn promote(&self, id: NodeId) -> Result<u64, ProposeError> {
+        self.change_now(MembershipChange::Promote { id }).await
+    }
+
+    /// A change with no catch-up condition, retried on transient errors until the request
+    /// timeout.
+    async fn change_now(&self, change: MembershipChange) -> Result<u64, ProposeError> {
         let deadline = Instant::now() + self.request_timeout;
-        self.change(MembershipChange::Promote { id }, None, deadline, transient)
-            .await
+        self.change(change, None, deadline, transient).await
     }
 
     /// Adds `id` as a learner, waits until its log is within `options.max_lag` entries of the
@@ -295,14 +292,11 @@ impl<S: StateMachine> RaftCluster<S> {
         if self.leader().await == Some(old) {
             let _ = self.transfer_leadership(None).await;
         }
-        let addr = addr.into().0;
-        let deadline = Instant::now() + self.request_timeout;
-        self.change(
-            MembershipChange::Replace { old, id, addr },
-            None,
-            deadline,
-            transient,
-        )
+        self.change_now(MembershipChange::Replace {
+            old,
+            id,
+            addr: addr.into().0,
+        })
         .await
     }
 

@@ -58,11 +58,20 @@ fn spawn(dir: &Path, args: &[&str]) -> Proc {
 }
 
 fn sigterm(p: &mut Proc) {
+    send_sigterm(p);
+    wait_exit(p);
+}
+
+fn send_sigterm(p: &Proc) {
     let status = Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Waits for a node told to stop; it must exit with status 0.
+fn wait_exit(p: &mut Proc) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         if let Some(status) = p.child.try_wait().unwrap() {
@@ -102,6 +111,8 @@ async fn write(client: &RaftCluster<KeyValueStore>, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.2?}] {what}", started.elapsed());
     let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let bind = ["--bind", "127.0.0.1:0"];
     let mut procs = vec![spawn(
@@ -132,6 +143,7 @@ async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
     for i in 0..50 {
         write(&client, i).await;
     }
+    step("client joined, 50 writes");
     procs.push(spawn(
         dirs[3].path(),
         &[&bind[..], &["--join", &ticket_text]].concat(),
@@ -144,6 +156,7 @@ async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
     assert_eq!(members.learners(), vec![client.node_id()]);
 
     // kill -9 the leader; the other three elect and keep serving.
+    step("fourth node joined");
     let leader = client.leader().await.expect("a leader");
     let victim = procs.iter().position(|p| p.id == leader).unwrap();
     procs[victim].child.kill().unwrap();
@@ -151,12 +164,14 @@ async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
     for i in 50..100 {
         write(&client, i).await;
     }
+    step("leader killed, 50 writes");
     let new_leader = client.leader().await.expect("a new leader");
     assert_ne!(new_leader, leader);
 
     // Restart it with only --data-dir; then stop another node, so that the restarted one is
     // needed for quorum (3 of 4): writes succeed only once it has caught up.
     let restarted = spawn(dirs[victim].path(), &[]);
+    step("killed node restarted");
     assert_eq!(restarted.id, leader);
     procs[victim] = restarted;
     let other = procs
@@ -174,13 +189,21 @@ async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
         .await
         .unwrap();
     assert!(all, "an acknowledged write is missing");
+    step("another node stopped, 50 writes that need the restarted one, all read back");
 
     client.shutdown().await.unwrap();
-    for (i, p) in procs.iter_mut().enumerate() {
+    // Stop the rest together (closing an endpoint waits up to ~3 s for peers that are gone).
+    for (i, p) in procs.iter().enumerate() {
         if i != other {
-            sigterm(p);
+            send_sigterm(p);
         }
     }
+    for (i, p) in procs.iter_mut().enumerate() {
+        if i != other {
+            wait_exit(p);
+        }
+    }
+    step("all stopped");
 }
 
 #[test]

@@ -145,6 +145,9 @@ pub enum MembershipRefusal {
     /// The change would leave the cluster without voters.
     #[error("removing node {0} would leave no voter")]
     LastVoter(NodeId),
+    /// A forwarded change did not decode (a peer running an incompatible version).
+    #[error("the membership change did not decode")]
+    Undecodable,
     /// Another membership change is still in progress (proposed, or a joint configuration not
     /// left yet): one at a time.
     #[error("another membership change is in progress; retry once it is applied")]

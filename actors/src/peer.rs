@@ -22,8 +22,8 @@ mod handler;
 mod transport;
 
 pub use actor::{
-    MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, SnapshotOffer,
-    SnapshotSent, StopPeer,
+    MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, Reconnect,
+    SnapshotOffer, SnapshotSent, StopPeer,
 };
 pub use handler::{FrameSource, Inbound, RaftProtocol, SnapshotReceived, StreamEnd};
 pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, StreamSink};

@@ -133,6 +133,15 @@ impl PeerActor {
             match dial.await {
                 Ok(link) => {
                     debug!(peer = self.args.peer, "connected");
+                    // The peer may refuse us as removed after the handshake, or later: watch
+                    // for that close code for as long as the connection lives.
+                    let closed = link.closed();
+                    let me = self.removed_notice();
+                    tokio::spawn(async move {
+                        if closed.await == Some(CloseCode::Removed) {
+                            me();
+                        }
+                    });
                     self.link = Some(link);
                     self.retry_at = None;
                     self.backoff = MIN_BACKOFF;
@@ -141,6 +150,14 @@ impl PeerActor {
                     });
                 }
                 Err(e) => {
+                    if matches!(
+                        e,
+                        LinkError::Refused {
+                            code: CloseCode::Removed
+                        }
+                    ) {
+                        self.removed_us();
+                    }
                     self.failed(e.to_string());
                     return None;
                 }
@@ -163,6 +180,28 @@ impl PeerActor {
             });
         }
         self.report_unreachable(Vec::new());
+    }
+
+    /// The peer refused us as a removed member.
+    fn removed_us(&self) {
+        self.removed_notice()();
+    }
+
+    /// Tells the RaftActor that the peer refused us as a removed member (callable from a task).
+    fn removed_notice(&self) -> impl FnOnce() + Send + 'static {
+        let raft = self.args.raft.clone();
+        let peer = self.args.peer;
+        move || {
+            if let Some(raft) = raft.upgrade() {
+                let _ = raft
+                    .tell(PeerUnreachable {
+                        peer,
+                        unsent_forwards: Vec::new(),
+                        removed_us: true,
+                    })
+                    .try_send();
+            }
+        }
     }
 
     fn report_unreachable(&self, unsent_forwards: Vec<u64>) {
@@ -253,15 +292,8 @@ impl PeerActor {
         if let Err(LinkError::Refused {
             code: CloseCode::Removed,
         }) = &result
-            && let Some(raft) = self.args.raft.upgrade()
         {
-            let _ = raft
-                .tell(PeerUnreachable {
-                    peer: self.args.peer,
-                    unsent_forwards: Vec::new(),
-                    removed_us: true,
-                })
-                .try_send();
+            self.removed_us();
         }
         if let Err(e) = result {
             self.failed(e.to_string());
@@ -412,5 +444,25 @@ impl Message<StopPeer> for PeerActor {
             link.close(CloseCode::ShuttingDown, "shutting down");
         }
         ctx.stop();
+    }
+}
+
+/// The peer has not answered for an election timeout although this node expected it to (it
+/// leads, or campaigns): the connection may be dead without QUIC having noticed yet (the peer
+/// process was killed and restarted: its new endpoint does not know the old connection, which
+/// lingers until the idle timeout). Drop it; the next batch dials afresh, without backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconnect;
+
+impl Message<Reconnect> for PeerActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Reconnect, _: &mut Context<Self, ()>) {
+        if let Some(mut link) = self.link.take() {
+            debug!(peer = self.args.peer, "no answer from peer; reconnecting");
+            link.close(CloseCode::Normal, "no answer; reconnecting");
+            self.retry_at = None;
+            self.backoff = MIN_BACKOFF;
+        }
     }
 }

@@ -70,6 +70,11 @@ pub trait Link: Send + Debug + 'static {
     /// Opens another stream on the same connection (for a snapshot transfer, so it never holds
     /// up the consensus stream).
     fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>>;
+    /// Resolves when the connection closes: with our close code if the peer closed it with one.
+    /// A transport that cannot tell resolves at once with `None`.
+    fn closed(&self) -> BoxFuture<'static, Option<CloseCode>> {
+        Box::pin(async { None })
+    }
 }
 
 /// An extra outgoing stream.
@@ -110,10 +115,16 @@ impl Dialer for IrohDialer {
                     .connect(addr, ALPN)
                     .await
                     .map_err(|e| LinkError::Connect(e.to_string()))?;
-                let stream = conn
-                    .open_uni()
-                    .await
-                    .map_err(|e| LinkError::Connect(e.to_string()))?;
+                // The peer may close at once (it refuses us): report its close code then.
+                let stream = match conn.open_uni().await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        return Err(match refusal(&conn) {
+                            Some(code) => LinkError::Refused { code },
+                            None => LinkError::Connect(e.to_string()),
+                        });
+                    }
+                };
                 let mut link = IrohLink { conn, stream };
                 let mut hello = Vec::new();
                 let frame = Frame::Hello(Hello {
@@ -148,6 +159,18 @@ impl Link for IrohLink {
 
     fn close(&mut self, code: CloseCode, reason: &str) {
         self.conn.close(code.to_varint(), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFuture<'static, Option<CloseCode>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            match conn.closed().await {
+                ConnectionError::ApplicationClosed(c) => {
+                    CloseCode::from_u64(c.error_code.into_inner())
+                }
+                _ => None,
+            }
+        })
     }
 
     fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {

@@ -140,6 +140,8 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) conf_proposals: Proposals<u64>,
     /// Leadership transfers waiting to be seen through.
     pub(super) transfers: Vec<TransferWait>,
+    /// Per peer: the tick of the last frame received from it, and of the last reconnect asked.
+    pub(super) heard: BTreeMap<NodeId, (u64, u64)>,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -352,6 +354,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             membership_tx: args.membership,
             conf_proposals: Proposals::new(),
             transfers: Vec::new(),
+            heard: BTreeMap::new(),
         })
     }
 

@@ -138,7 +138,7 @@ impl<S: StateMachine> RaftActor<S> {
         let Ok((change, max_lag)) =
             postcard::from_bytes::<(MembershipChange, Option<u64>)>(&p.data)
         else {
-            return refused(&MembershipRefusal::InProgress);
+            return refused(&MembershipRefusal::Undecodable);
         };
         let term = self.driver.term();
         match self.propose_change(encode_context(from, p.session, p.id), &change, max_lag) {

@@ -178,6 +178,8 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
         if self.check_running().is_err() {
             return;
         }
+        let now = self.now;
+        self.heard.entry(msg.from).or_insert((now, now)).0 = now;
         match msg.payload {
             InboundPayload::Raft(msgs) => {
                 for m in msgs {
@@ -206,7 +208,7 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
                         }
                         ForwardOutcome::Refused { reason } => {
                             let refusal = postcard::from_bytes::<MembershipRefusal>(&reason)
-                                .unwrap_or(MembershipRefusal::InProgress);
+                                .unwrap_or(MembershipRefusal::Undecodable);
                             self.conf_proposals.fail(r.id, refusal.into());
                         }
                     }

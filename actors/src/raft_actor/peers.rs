@@ -15,8 +15,8 @@ const PEER_STOP_GRACE: Duration = Duration::from_millis(200);
 use crate::{
     events::EventBus,
     peer::{
-        Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, SnapshotSent,
-        StopPeer,
+        Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, Reconnect,
+        SnapshotSent, StopPeer,
     },
     storage::{DbHandle, Member},
     types::NodeId,
@@ -116,6 +116,13 @@ impl Peers {
             self.actors.insert(to, actor);
         }
         self.actors.get(&to)
+    }
+
+    /// Asks the PeerActor of `id` (if there is one) to drop its connection and dial afresh.
+    pub(crate) fn reconnect(&self, id: NodeId) {
+        if let Some(actor) = self.actors.get(&id) {
+            let _ = actor.tell(Reconnect).try_send();
+        }
     }
 
     /// Stops every PeerActor; each closes its connection with a shutdown code. One still busy

@@ -41,6 +41,29 @@ impl<S: StateMachine> RaftActor<S> {
         self.reads.expire(self.now);
         self.check_transfers();
         self.driver.leave_joint_if_stuck();
+        self.reconnect_silent_peers();
+    }
+
+    /// A leader or candidate expects every voter to answer within an election timeout; a peer
+    /// that stays silent longer may sit behind a dead connection QUIC has not noticed yet: its
+    /// PeerActor redials (at most once per election timeout per peer). Followers expect nothing
+    /// from each other, so they never do this.
+    fn reconnect_silent_peers(&mut self) {
+        if self.driver.role() == Role::Follower {
+            return;
+        }
+        let timeout = self.config.election_ticks() as u64;
+        let now = self.now;
+        for peer in self.driver.conf_state().voters {
+            if peer == self.id() {
+                continue;
+            }
+            let (heard, asked) = self.heard.entry(peer).or_insert((now, now));
+            if now.saturating_sub(*heard) > timeout && now.saturating_sub(*asked) > timeout {
+                *asked = now;
+                self.peers.reconnect(peer);
+            }
+        }
     }
 
     /// Runs Ready rounds until raft-rs has nothing more, then serves reads and sends.
@@ -242,6 +265,13 @@ impl<S: StateMachine> RaftActor<S> {
         }
         if role == Role::Leader {
             self.driver.leave_joint_if_stuck();
+        }
+        if role != Role::Follower {
+            // From now on this node expects answers: start every voter's silence clock.
+            let now = self.now;
+            for peer in self.driver.conf_state().voters {
+                self.heard.entry(peer).or_insert((now, now)).0 = now;
+            }
         }
         // A ReadIndex request in flight may have been dropped by the old leader: let the
         // caller retry against the new one.
