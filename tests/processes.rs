@@ -151,9 +151,21 @@ async fn separate_processes_join_by_ticket_survive_kill_9_and_restart() {
     // Ids are handed out in join order (the client joined before the fourth node).
     let ids: Vec<u64> = procs.iter().map(|p| p.id).collect();
     assert_eq!(ids, vec![1, 2, 3, 5]);
-    let members = client.members().await.unwrap();
-    assert_eq!(members.voters(), ids);
-    assert_eq!(members.learners(), vec![client.node_id()]);
+    // The client applies the last promotion a moment after the node that asked for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let members = client.members().await.unwrap();
+        if members.voters() == ids {
+            assert_eq!(members.learners(), vec![client.node_id()]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "voters stayed {:?}",
+            members.voters()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // kill -9 the leader; the other three elect and keep serving.
     step("fourth node joined");

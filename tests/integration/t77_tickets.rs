@@ -46,8 +46,11 @@ async fn tickets_admit_and_refuse_each_with_its_reason() {
     let ticket = cluster.node(1).ticket(TicketRole::Join, day).await.unwrap();
     let joined = join_with(&ticket).await.unwrap();
     assert_eq!(joined.node_id(), 4);
-    let members = cluster.node(leader).members().await.unwrap();
-    assert_eq!(members.voters(), vec![1, 2, 3, 4]);
+    wait_for("the leader to apply node 4's promotion", || async {
+        let members = cluster.node(leader).members().await.unwrap();
+        members.voters() == vec![1, 2, 3, 4]
+    })
+    .await;
     let read = joined
         .linearizable_query(|kv| kv.get("a").cloned())
         .await
