@@ -77,6 +77,24 @@
 //! Any refusal is [`DiscoveryResponse::Refused`] with a [`RefusalKind`] and a message for the
 //! newcomer to print; the member finishes the stream and the connection closes.
 //!
+//! # Management protocol
+//! ALPN [`MGMT_ALPN`] (`iroh-raft-mgmt/0`): status, health, membership, leadership, snapshots,
+//! application commands, linearizable reads and events, for operators and remote applications.
+//! Messages are framed like the others (`u32` little-endian length, rkyv archive), at most
+//! [`MAX_MGMT_FRAME`] bytes.
+//!
+//! - One request per bidirectional stream: the client opens a stream, sends one
+//!   [`MgmtRequest`], finishes its side, and reads one [`MgmtResponse`] ([`MgmtRequest::Subscribe`]
+//!   gets a stream of [`MgmtResponse::Event`] / [`MgmtResponse::Missed`] until the client stops
+//!   reading). Concurrency is QUIC's: a client keeps many streams open on one connection.
+//! - The first stream of a connection carries [`MgmtRequest::Hello`] (version, optional ticket)
+//!   and gets [`MgmtResponse::Welcome`] with the granted [`MgmtRole`]: members are admins of each
+//!   other, an endpoint on the node's allowlist gets its configured role, anyone else needs an
+//!   admin or read-only ticket. A refused client's connection is closed with
+//!   [`CloseCode::NotAMember`] before any request is served.
+//! - Read-only clients get [`MgmtErrorKind::Forbidden`] for membership changes, transfers,
+//!   snapshots and proposals.
+//!
 //! # Versioning
 //! The ALPN names the major version: an incompatible change gets a new ALPN (`iroh-raft/1`), so an
 //! old peer fails at the handshake instead of misreading frames. [`Hello::version`] names the
@@ -87,6 +105,7 @@ mod codec;
 mod convert;
 mod discovery;
 mod frame;
+mod mgmt;
 
 pub use codec::{WireError, decode_frame, encode_frame};
 pub(crate) use codec::{check_len, decode_aligned};
@@ -102,6 +121,10 @@ pub use discovery::{
 pub use frame::{
     FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
     ForwardedProposal, Frame, Hello, WireEntry, WireMessage, WireSnapshotMeta,
+};
+pub use mgmt::{
+    MAX_MGMT_FRAME, MGMT_ALPN, MGMT_VERSION, MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest,
+    MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt, read_mgmt_request, read_mgmt_response,
 };
 
 /// ALPN of the consensus protocol.

@@ -1,0 +1,372 @@
+//! Messages and framing of the management protocol; the specification is in the [`super`]
+//! module doc.
+
+use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
+
+use super::discovery::DiscoveryWireError;
+
+/// ALPN of the management protocol.
+pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
+
+/// Version carried in [`MgmtRequest::Hello`].
+pub const MGMT_VERSION: u32 = 1;
+
+/// Largest management message (8 MiB: a command of up to 4 MiB with room to spare).
+pub const MAX_MGMT_FRAME: usize = 8 * 1024 * 1024;
+
+/// What a client may do, granted at [`MgmtRequest::Hello`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MgmtRole {
+    /// Everything: membership changes, proposals, reads, events.
+    Admin,
+    /// Status, health, events and linearizable reads.
+    ReadOnly,
+}
+
+/// A member as the management protocol reports it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MgmtMember {
+    /// Raft id.
+    pub id: u64,
+    /// Endpoint id (public key bytes).
+    pub key: [u8; 32],
+    /// Direct socket addresses, as strings.
+    pub addrs: Vec<String>,
+    /// `voter`, `learner` or `outgoing`.
+    pub role: String,
+    /// On the leader: the member's match index (0 elsewhere or unknown).
+    pub matched: u64,
+    /// On the leader: entries behind the leader's last index (0 elsewhere).
+    pub lag: u64,
+    /// Milliseconds since this node last heard from the member (`u64::MAX`: never).
+    pub last_contact_ms: u64,
+}
+
+/// The cluster as the answering node sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MgmtStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    /// The cluster id.
+    pub cluster_id: [u8; 16],
+    /// The leader it knows of (0: none).
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// The answering node's role: `leader`, `follower`, `candidate`, `pre-candidate`.
+    pub role: String,
+    /// Every member.
+    pub members: Vec<MgmtMember>,
+}
+
+/// Health as the answering node sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MgmtHealth {
+    /// The node that answered.
+    pub node_id: u64,
+    /// A leader is known and this node heard from it recently (or is it).
+    pub quorum_available: bool,
+    /// Voters this node heard from within an election timeout (itself included).
+    pub healthy_voters: Vec<u64>,
+    /// Every voter.
+    pub voters: Vec<u64>,
+    /// Storage accepts writes (the node has not failed).
+    pub storage_ok: bool,
+    /// This node's role.
+    pub role: String,
+    /// Entries this node has not applied yet (commit − applied).
+    pub apply_lag: u64,
+}
+
+/// A request: one per bidirectional stream, after [`MgmtRequest::Hello`] on the first.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum MgmtRequest {
+    /// First stream of a connection: version and, unless the client's key is a member or on
+    /// the node's allowlist, a ticket (as printed).
+    Hello {
+        /// [`MGMT_VERSION`].
+        version: u32,
+        /// An admin or read-only ticket.
+        ticket: Option<String>,
+    },
+    /// [`MgmtStatus`].
+    Status,
+    /// [`MgmtHealth`].
+    Health,
+    /// Add a learner.
+    AddLearner {
+        /// Raft id.
+        id: u64,
+        /// Endpoint id.
+        key: [u8; 32],
+        /// Direct addresses.
+        addrs: Vec<String>,
+    },
+    /// Add a voter.
+    AddVoter {
+        /// Raft id.
+        id: u64,
+        /// Endpoint id.
+        key: [u8; 32],
+        /// Direct addresses.
+        addrs: Vec<String>,
+    },
+    /// Add as learner, promote once within `max_lag` entries.
+    Join {
+        /// Raft id.
+        id: u64,
+        /// Endpoint id.
+        key: [u8; 32],
+        /// Direct addresses.
+        addrs: Vec<String>,
+        /// Largest lag at promotion.
+        max_lag: u64,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// The member.
+        id: u64,
+    },
+    /// Hand leadership over (0: the most up-to-date voter).
+    TransferLeader {
+        /// The target, or 0.
+        to: u64,
+    },
+    /// Take a snapshot on the answering node.
+    Snapshot,
+    /// Propose an application command (postcard bytes of the state machine's command).
+    Propose {
+        /// The encoded command.
+        command: Vec<u8>,
+    },
+    /// A linearizable read (the query's encoding is the node's reader's business).
+    Read {
+        /// The encoded query.
+        query: Vec<u8>,
+    },
+    /// Stream events: [`MgmtResponse::Event`]s until the client stops the stream.
+    Subscribe,
+}
+
+/// Why a request failed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MgmtErrorKind {
+    /// The client's role does not allow this request.
+    Forbidden,
+    /// No leader, or the leader could not be reached: retry (elsewhere).
+    Unavailable,
+    /// The outcome is unknown (timeout, interrupted).
+    Unknown,
+    /// Refused (membership refusal, bad input): nothing changed.
+    Refused,
+    /// The request or its payload did not decode.
+    Malformed,
+    /// The node cannot serve this (no reader installed, shutting down, failed).
+    Unsupported,
+}
+
+/// An answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum MgmtResponse {
+    /// The connection is admitted with this role.
+    Welcome {
+        /// The answering node.
+        node_id: u64,
+        /// What the client may do.
+        role: MgmtRole,
+    },
+    /// Answer to [`MgmtRequest::Status`].
+    Status(MgmtStatus),
+    /// Answer to [`MgmtRequest::Health`].
+    Health(MgmtHealth),
+    /// A membership change applied at this index.
+    Changed {
+        /// Its log index.
+        index: u64,
+    },
+    /// Leadership moved.
+    Transferred {
+        /// The new leader.
+        leader: u64,
+        /// How long it took.
+        elapsed_ms: u64,
+    },
+    /// A snapshot covering this index is durable.
+    SnapshotTaken {
+        /// Its index.
+        index: u64,
+    },
+    /// The state machine's response to a command (postcard bytes).
+    Proposed {
+        /// The encoded response.
+        response: Vec<u8>,
+    },
+    /// The answer to a read.
+    ReadResult {
+        /// The encoded answer.
+        value: Vec<u8>,
+    },
+    /// One event (postcard bytes of a `ClusterEvent`), numbered per subscription from 1.
+    Event {
+        /// Its number.
+        seq: u64,
+        /// The encoded event.
+        event: Vec<u8>,
+    },
+    /// The subscriber fell behind: this many events were dropped.
+    Missed {
+        /// How many.
+        count: u64,
+    },
+    /// The request failed.
+    Error {
+        /// The kind, for programs.
+        kind: MgmtErrorKind,
+        /// What happened, for people.
+        message: String,
+        /// The leader the node knows of (0: none), for a client that wants to go there.
+        leader_hint: u64,
+    },
+}
+
+/// Encodes one framed message (`u32` LE length, rkyv archive).
+pub fn encode_mgmt<T>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError>
+where
+    T: for<'a> Serialize<
+        rancor::Strategy<
+            rkyv::ser::Serializer<
+                AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::ser::sharing::Share,
+            >,
+            rancor::Error,
+        >,
+    >,
+{
+    let bytes = rkyv::to_bytes::<rancor::Error>(msg)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_MGMT_FRAME {
+        return Err(DiscoveryWireError::TooLarge(bytes.len()));
+    }
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Reads one framed [`MgmtRequest`]; `Ok(None)` when the stream ended cleanly first.
+pub async fn read_mgmt_request(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<Option<MgmtRequest>, DiscoveryWireError> {
+    let Some(bytes) = read_frame(recv).await? else {
+        return Ok(None);
+    };
+    rkyv::from_bytes::<MgmtRequest, rancor::Error>(&bytes)
+        .map(Some)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+}
+
+/// Reads one framed [`MgmtResponse`]; `Ok(None)` when the stream ended cleanly first.
+pub async fn read_mgmt_response(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<Option<MgmtResponse>, DiscoveryWireError> {
+    let Some(bytes) = read_frame(recv).await? else {
+        return Ok(None);
+    };
+    rkyv::from_bytes::<MgmtResponse, rancor::Error>(&bytes)
+        .map(Some)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+}
+
+async fn read_frame(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<Option<AlignedVec>, DiscoveryWireError> {
+    use iroh::endpoint::ReadExactError;
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(DiscoveryWireError::Io(e.to_string())),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MGMT_FRAME {
+        return Err(DiscoveryWireError::TooLarge(len));
+    }
+    let mut bytes = AlignedVec::with_capacity(len);
+    bytes.resize(len, 0);
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
+    Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T>(msg: &T) -> AlignedVec
+    where
+        T: for<'a> Serialize<
+            rancor::Strategy<
+                rkyv::ser::Serializer<
+                    AlignedVec,
+                    rkyv::ser::allocator::ArenaHandle<'a>,
+                    rkyv::ser::sharing::Share,
+                >,
+                rancor::Error,
+            >,
+        >,
+    {
+        let framed = encode_mgmt(msg).unwrap();
+        let mut payload = AlignedVec::new();
+        payload.extend_from_slice(&framed[4..]);
+        payload
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip_and_garbage_is_refused() {
+        for req in [
+            MgmtRequest::Hello {
+                version: MGMT_VERSION,
+                ticket: Some("irohraft1x".into()),
+            },
+            MgmtRequest::Propose {
+                command: vec![1, 2, 3],
+            },
+            MgmtRequest::Join {
+                id: 4,
+                key: [9; 32],
+                addrs: vec!["127.0.0.1:1".into()],
+                max_lag: 10,
+            },
+        ] {
+            let bytes = round_trip(&req);
+            assert_eq!(
+                rkyv::from_bytes::<MgmtRequest, rancor::Error>(&bytes).unwrap(),
+                req
+            );
+        }
+        let resp = MgmtResponse::Error {
+            kind: MgmtErrorKind::Forbidden,
+            message: "read-only".into(),
+            leader_hint: 2,
+        };
+        let bytes = round_trip(&resp);
+        assert_eq!(
+            rkyv::from_bytes::<MgmtResponse, rancor::Error>(&bytes).unwrap(),
+            resp
+        );
+        let mut garbage = AlignedVec::<16>::new();
+        garbage.extend_from_slice(&[0xff; 64]);
+        assert!(rkyv::from_bytes::<MgmtRequest, rancor::Error>(&garbage).is_err());
+    }
+}
