@@ -1,12 +1,18 @@
 //! [`RaftClusterBuilder`] and the [`Preset`]s it starts from.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
     Bootstrap, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError,
     StateMachine, StateMachineSource, StorageSpawn, Ticket,
-    wire::{ALPN, DISCOVERY_ALPN},
+    wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -15,6 +21,7 @@ use crate::{
     cluster::{Lifetime, RaftCluster},
     discovery::{DiscoveryProtocol, request_join},
     error::{BuildError, ConfigError},
+    mgmt::{MgmtProtocol, RemoteReader},
     net::{PeerAddr, bind_offline_endpoint, endpoint_peer_addr, load_or_create_secret_key},
 };
 
@@ -96,6 +103,8 @@ pub struct RaftClusterBuilder<S> {
     join_as_learner: bool,
     join_options: JoinOptions,
     lan_name: Option<String>,
+    mgmt_allowlist: BTreeMap<iroh::EndpointId, MgmtRole>,
+    remote_reader: Option<RemoteReader<S>>,
 }
 
 impl<S: StateMachine> Default for RaftClusterBuilder<S> {
@@ -122,6 +131,8 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             join_as_learner: false,
             join_options: JoinOptions::default(),
             lan_name: None,
+            mgmt_allowlist: BTreeMap::new(),
+            remote_reader: None,
         }
     }
 }
@@ -325,6 +336,23 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
+    /// Admits the management client with endpoint id `key` with `role` without a ticket
+    /// (members are always admins of each other).
+    pub fn mgmt_allow(mut self, key: iroh::EndpointId, role: MgmtRole) -> Self {
+        self.mgmt_allowlist.insert(key, role);
+        self
+    }
+
+    /// Serves linearizable reads to remote clients: `reader` decodes a query, runs it on the
+    /// state machine and encodes the answer (see [`crate::kv::remote_get`] for the KV store).
+    pub fn remote_reads(
+        mut self,
+        reader: impl Fn(&S, &[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.remote_reader = Some(Arc::new(reader));
+        self
+    }
+
     /// Validates, binds, recovers and starts the node.
     pub async fn build(mut self) -> Result<RaftCluster<S>, BuildError> {
         if self.node_id == Some(0) {
@@ -460,19 +488,28 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         }
         let node = Node::start(spec).await?;
         let discovery = DiscoveryProtocol::new(self.join_options);
+        let mgmt = MgmtProtocol::new(self.mgmt_allowlist.clone(), self.remote_reader.clone());
         let router = (!self.external_router).then(|| {
             Router::builder(endpoint.clone())
                 .accept(ALPN, node.protocol.clone())
                 .accept(DISCOVERY_ALPN, discovery.clone())
+                .accept(MGMT_ALPN, mgmt.clone())
                 .spawn()
         });
         let cluster = RaftCluster::new(
             node_id,
             request_timeout,
             retry_interval,
-            Lifetime::new(node, endpoint, router, owns_endpoint, discovery.clone()),
+            Lifetime::new(
+                node,
+                endpoint,
+                router,
+                owns_endpoint,
+                (discovery.clone(), mgmt.clone()),
+            ),
         );
         discovery.attach(&cluster);
+        mgmt.attach(&cluster);
         if let Some(pending) = pending_join {
             let wait = self.join_options.timeout + Duration::from_secs(10);
             if let Err(e) = pending.finish(wait).await {

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::{
     discovery::DiscoveryProtocol,
+    mgmt::MgmtProtocol,
     net::{PeerAddr, endpoint_peer_addr},
 };
 
@@ -32,6 +33,7 @@ pub(crate) struct Lifetime<S: StateMachine> {
     owns_endpoint: bool,
     pub(crate) stopped: AtomicBool,
     discovery: DiscoveryProtocol<S>,
+    mgmt: MgmtProtocol<S>,
 }
 
 impl<S: StateMachine> Lifetime<S> {
@@ -40,7 +42,7 @@ impl<S: StateMachine> Lifetime<S> {
         endpoint: Endpoint,
         router: Option<Router>,
         owns_endpoint: bool,
-        discovery: DiscoveryProtocol<S>,
+        (discovery, mgmt): (DiscoveryProtocol<S>, MgmtProtocol<S>),
     ) -> Self {
         Self {
             node,
@@ -49,6 +51,7 @@ impl<S: StateMachine> Lifetime<S> {
             owns_endpoint,
             stopped: AtomicBool::new(false),
             discovery,
+            mgmt,
         }
     }
 }
@@ -240,6 +243,12 @@ impl<S: StateMachine> RaftCluster<S> {
         self.lifetime.discovery.clone()
     }
 
+    /// The management protocol handler, for applications that run their own iroh `Router`;
+    /// mount it under [`iroh_raft_actors::wire::MGMT_ALPN`].
+    pub fn mgmt_handler(&self) -> MgmtProtocol<S> {
+        self.lifetime.mgmt.clone()
+    }
+
     /// Mints a ticket signed by this node's key: `role` is what it grants (join the cluster,
     /// administer it, or read), `valid_for` how long. It names up to 64 current members to
     /// contact, and stays valid while this node is a member and it has not expired.
@@ -274,6 +283,11 @@ impl<S: StateMachine> RaftCluster<S> {
     pub async fn propose(&self, command: S::Command) -> Result<S::Response, ProposeError> {
         let data =
             postcard::to_allocvec(&command).map_err(|e| ProposeError::Codec(CodecError::new(e)))?;
+        self.propose_encoded(data).await
+    }
+
+    /// [`Self::propose`] for a command already encoded with postcard (remote clients).
+    pub(crate) async fn propose_encoded(&self, data: Vec<u8>) -> Result<S::Response, ProposeError> {
         if data.len() > MAX_COMMAND_SIZE {
             return Err(ProposeError::TooLarge {
                 size: data.len(),

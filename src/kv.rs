@@ -169,6 +169,14 @@ impl StateMachine for KeyValueStore {
     }
 }
 
+/// The remote read of the built-in store, for [`crate::RaftClusterBuilder::remote_reads`]: the
+/// query is a postcard-encoded key (`String`), the answer a postcard-encoded `Option<String>`.
+pub fn remote_get(kv: &KeyValueStore, query: &[u8]) -> Result<Vec<u8>, String> {
+    let key: String =
+        postcard::from_bytes(query).map_err(|e| format!("query is not a key: {e}"))?;
+    postcard::to_allocvec(&kv.get(&key).cloned()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

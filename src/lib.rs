@@ -10,6 +10,7 @@ pub mod kv;
 pub mod lan;
 mod local;
 mod membership;
+pub mod mgmt;
 pub mod net;
 mod preset;
 

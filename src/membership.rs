@@ -251,8 +251,21 @@ impl<S: StateMachine> RaftCluster<S> {
 
     /// Removes a member. Removing the leader hands leadership to the most up-to-date other
     /// voter first. The removed node stops once it learns of its removal, and its endpoint id is
-    /// refused from then on; its id is never reused.
+    /// refused from then on; its id is never reused. Returns the change's index — or 0 when this
+    /// node removed itself and stopped before the change was applied here (it was committed:
+    /// a member told it so).
     pub async fn remove_member(&self, id: NodeId) -> Result<u64, ProposeError> {
+        match self.remove_member_inner(id).await {
+            Err(ProposeError::Fatal(iroh_raft_actors::FatalError::Removed { node }))
+                if node == id && node == self.node_id() =>
+            {
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    async fn remove_member_inner(&self, id: NodeId) -> Result<u64, ProposeError> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             if self.leader().await == Some(id) {

@@ -18,4 +18,5 @@ mod t70_admission;
 mod t75_membership;
 mod t77_tickets;
 mod t80_malformed_frames;
+mod t85_mgmt;
 mod t90_config_errors;

@@ -62,6 +62,11 @@ pub struct MembersView {
     pub last_index: u64,
     /// The lowest id no member ever had (ids of removed members are never reused).
     pub next_free_id: NodeId,
+    /// Per peer: how long ago this node last received a frame from it (peers never heard from
+    /// since this node started are absent).
+    pub last_contact: Vec<(NodeId, std::time::Duration)>,
+    /// The election timeout this node runs with.
+    pub election_timeout: std::time::Duration,
 }
 
 /// A transfer waiting to be seen through.
@@ -396,6 +401,15 @@ impl<S: StateMachine> Message<GetMembers> for RaftActor<S> {
             matched: self.driver.matched(),
             last_index: self.driver.last_index(),
             next_free_id: self.membership.next_free_id(),
+            last_contact: self
+                .heard
+                .iter()
+                .map(|(&id, &(heard, _))| {
+                    let ticks = self.now.saturating_sub(heard);
+                    (id, self.config.tick_interval() * ticks as u32)
+                })
+                .collect(),
+            election_timeout: self.config.election_timeout,
         }
     }
 }

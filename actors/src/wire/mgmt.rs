@@ -170,8 +170,10 @@ pub enum MgmtErrorKind {
     Refused,
     /// The request or its payload did not decode.
     Malformed,
-    /// The node cannot serve this (no reader installed, shutting down, failed).
+    /// The node cannot serve this request (no remote reader installed).
     Unsupported,
+    /// The node is out of service (failed, removed, shutting down): ask another member.
+    NodeDown,
 }
 
 /// An answer.
@@ -215,6 +217,8 @@ pub enum MgmtResponse {
         /// The encoded answer.
         value: Vec<u8>,
     },
+    /// The subscription is in place: every event from now on follows.
+    Subscribed,
     /// One event (postcard bytes of a `ClusterEvent`), numbered per subscription from 1.
     Event {
         /// Its number.

@@ -1,0 +1,9 @@
+//! The management plane over QUIC: the server every node mounts ([`MgmtProtocol`]) and the
+//! remote client ([`IrohRaftManagementClient`]). The protocol is specified in
+//! [`iroh_raft_actors::wire`].
+
+mod client;
+mod server;
+
+pub use client::{ClientError, EventSubscription, IrohRaftManagementClient};
+pub use server::{MgmtProtocol, RemoteReader};

@@ -1,0 +1,479 @@
+//! The member side of the management protocol ([`MgmtProtocol`], ALPN
+//! [`iroh_raft_actors::wire::MGMT_ALPN`]): admits a client at its first stream, then serves one
+//! request per stream, each in its own task, by sending the node's actors the same messages the
+//! facade sends.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime},
+};
+
+use iroh::{
+    EndpointAddr, EndpointId,
+    endpoint::{Connection, SendStream},
+    protocol::{AcceptError, ProtocolHandler},
+};
+use iroh_raft_actors::{
+    ClusterId, EventItem, MemberRole, ProposeError, ReadError, Role, StateMachine, Ticket,
+    TicketRole, TransferError,
+    wire::{
+        CloseCode, MGMT_VERSION, MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest, MgmtResponse,
+        MgmtRole, MgmtStatus, encode_mgmt, read_mgmt_request,
+    },
+};
+use tracing::{debug, warn};
+
+use crate::{JoinOptions, RaftCluster, cluster::WeakCluster};
+
+/// How long a client has to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers a linearizable read: decodes the query, runs it on the state machine, encodes the
+/// answer.
+pub type RemoteReader<S> = Arc<dyn Fn(&S, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// The management protocol handler. Cheap to clone.
+pub struct MgmtProtocol<S: StateMachine> {
+    cluster: Arc<OnceLock<WeakCluster<S>>>,
+    allowlist: Arc<BTreeMap<EndpointId, MgmtRole>>,
+    reader: Option<RemoteReader<S>>,
+}
+
+impl<S: StateMachine> Clone for MgmtProtocol<S> {
+    fn clone(&self) -> Self {
+        Self {
+            cluster: self.cluster.clone(),
+            allowlist: self.allowlist.clone(),
+            reader: self.reader.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for MgmtProtocol<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MgmtProtocol")
+            .field("allowlist", &self.allowlist.len())
+            .field("reads", &self.reader.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn error(kind: MgmtErrorKind, message: impl ToString, leader_hint: Option<u64>) -> MgmtResponse {
+    MgmtResponse::Error {
+        kind,
+        message: message.to_string(),
+        leader_hint: leader_hint.unwrap_or(0),
+    }
+}
+
+fn propose_error(e: &ProposeError) -> MgmtResponse {
+    let kind = match e {
+        ProposeError::NotLeader { .. }
+        | ProposeError::LeaderUnreachable { .. }
+        | ProposeError::Dropped { .. } => MgmtErrorKind::Unavailable,
+        ProposeError::Timeout | ProposeError::Interrupted => MgmtErrorKind::Unknown,
+        ProposeError::Membership(_) | ProposeError::TooLarge { .. } => MgmtErrorKind::Refused,
+        ProposeError::Codec(_) => MgmtErrorKind::Malformed,
+        _ => MgmtErrorKind::NodeDown,
+    };
+    let hint = match e {
+        ProposeError::NotLeader { leader_hint } => *leader_hint,
+        _ => None,
+    };
+    error(kind, e, hint)
+}
+
+fn read_error(e: &ReadError) -> MgmtResponse {
+    let kind = match e {
+        ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::Interrupted => {
+            MgmtErrorKind::Unavailable
+        }
+        ReadError::Timeout => MgmtErrorKind::Unknown,
+        _ => MgmtErrorKind::NodeDown,
+    };
+    error(kind, e, None)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        _ => "follower",
+    }
+}
+
+fn addr_from(key: &[u8; 32], addrs: &[String]) -> Option<EndpointAddr> {
+    let key = EndpointId::from_bytes(key).ok()?;
+    Some(
+        addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .fold(EndpointAddr::new(key), |a, ip| a.with_ip_addr(ip)),
+    )
+}
+
+async fn send(send: &mut SendStream, msg: &MgmtResponse) -> bool {
+    match encode_mgmt(msg) {
+        Ok(bytes) => send.write_all(&bytes).await.is_ok(),
+        Err(e) => {
+            warn!(error = %e, "management response does not encode");
+            false
+        }
+    }
+}
+
+impl<S: StateMachine> MgmtProtocol<S> {
+    pub(crate) fn new(
+        allowlist: BTreeMap<EndpointId, MgmtRole>,
+        reader: Option<RemoteReader<S>>,
+    ) -> Self {
+        Self {
+            cluster: Arc::new(OnceLock::new()),
+            allowlist: Arc::new(allowlist),
+            reader,
+        }
+    }
+
+    /// Binds the handler to its node once the node exists.
+    pub(crate) fn attach(&self, cluster: &RaftCluster<S>) {
+        let _ = self.cluster.set(cluster.downgrade());
+    }
+
+    fn cluster(&self) -> Option<RaftCluster<S>> {
+        self.cluster.get().and_then(WeakCluster::upgrade)
+    }
+
+    /// The role a client gets: members are admins, then the allowlist, then its ticket.
+    async fn admit(&self, remote: EndpointId, ticket: Option<String>) -> Result<MgmtRole, String> {
+        let cluster = self.cluster().ok_or("node is not running")?;
+        let view = cluster.members_view().await.map_err(|e| e.to_string())?;
+        if view.members.iter().any(|m| m.addr.id == remote) {
+            return Ok(MgmtRole::Admin);
+        }
+        if let Some(role) = self.allowlist.get(&remote) {
+            return Ok(*role);
+        }
+        let ticket: Ticket = ticket
+            .ok_or("not a member, not on the allowlist, and no ticket")?
+            .parse()
+            .map_err(|e: iroh_raft_actors::TicketError| e.to_string())?;
+        ticket
+            .check(&ClusterId(view.cluster_id), SystemTime::now(), |k| {
+                view.members.iter().any(|m| m.addr.id == *k)
+            })
+            .map_err(|e| e.to_string())?;
+        match ticket.role {
+            TicketRole::Admin => Ok(MgmtRole::Admin),
+            TicketRole::ReadOnly => Ok(MgmtRole::ReadOnly),
+            _ => Err(format!(
+                "a {} ticket grants no management access",
+                ticket.role
+            )),
+        }
+    }
+
+    async fn serve(&self, conn: &Connection) {
+        let remote = conn.remote_id();
+        let Ok(Ok((mut tx, mut rx))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
+        else {
+            return;
+        };
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, read_mgmt_request(&mut rx)).await;
+        let ticket = match hello {
+            Ok(Ok(Some(MgmtRequest::Hello { version, ticket }))) if version == MGMT_VERSION => {
+                ticket
+            }
+            Ok(Ok(Some(MgmtRequest::Hello { version, .. }))) => {
+                let why = format!(
+                    "management version {version} unknown; this node speaks {MGMT_VERSION}"
+                );
+                conn.close(CloseCode::VersionMismatch.to_varint(), why.as_bytes());
+                return;
+            }
+            _ => {
+                conn.close(
+                    CloseCode::ProtocolViolation.to_varint(),
+                    b"the first stream must carry a Hello",
+                );
+                return;
+            }
+        };
+        let role = match self.admit(remote, ticket).await {
+            Ok(role) => role,
+            Err(why) => {
+                warn!(endpoint = %remote.fmt_short(), %why, "management client refused");
+                conn.close(CloseCode::NotAMember.to_varint(), why.as_bytes());
+                return;
+            }
+        };
+        let node_id = self.cluster().map_or(0, |c| c.node_id());
+        send(&mut tx, &MgmtResponse::Welcome { node_id, role }).await;
+        let _ = tx.finish();
+        debug!(endpoint = %remote.fmt_short(), ?role, "management client admitted");
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                Some(_) = tasks.join_next() => {}
+                stream = conn.accept_bi() => {
+                    let Ok((mut tx, mut rx)) = stream else { return };
+                    let this = self.clone();
+                    tasks.spawn(async move {
+                        let request = match read_mgmt_request(&mut rx).await {
+                            Ok(Some(r)) => r,
+                            Ok(None) => return,
+                            Err(e) => {
+                                send(&mut tx, &error(MgmtErrorKind::Malformed, e, None)).await;
+                                let _ = tx.finish();
+                                return;
+                            }
+                        };
+                        this.answer(role, request, &mut tx).await;
+                        let _ = tx.finish();
+                    });
+                }
+            }
+        }
+    }
+
+    async fn answer(&self, role: MgmtRole, request: MgmtRequest, tx: &mut SendStream) {
+        let Some(cluster) = self.cluster() else {
+            send(
+                tx,
+                &error(MgmtErrorKind::NodeDown, "node is not running", None),
+            )
+            .await;
+            return;
+        };
+        let writes = matches!(
+            request,
+            MgmtRequest::AddLearner { .. }
+                | MgmtRequest::AddVoter { .. }
+                | MgmtRequest::Join { .. }
+                | MgmtRequest::Promote { .. }
+                | MgmtRequest::Remove { .. }
+                | MgmtRequest::TransferLeader { .. }
+                | MgmtRequest::Snapshot
+                | MgmtRequest::Propose { .. }
+        );
+        if writes && role != MgmtRole::Admin {
+            let msg = "a read-only client may not change the cluster";
+            send(tx, &error(MgmtErrorKind::Forbidden, msg, None)).await;
+            return;
+        }
+        let response = match request {
+            MgmtRequest::Hello { .. } => error(MgmtErrorKind::Malformed, "Hello twice", None),
+            MgmtRequest::Status => status(&cluster).await,
+            MgmtRequest::Health => health(&cluster).await,
+            MgmtRequest::AddLearner { id, key, addrs } => match addr_from(&key, &addrs) {
+                Some(addr) => changed(cluster.add_learner(id, addr).await),
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
+            MgmtRequest::AddVoter { id, key, addrs } => match addr_from(&key, &addrs) {
+                Some(addr) => changed(cluster.add_voter(id, addr).await),
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
+            MgmtRequest::Join {
+                id,
+                key,
+                addrs,
+                max_lag,
+            } => match addr_from(&key, &addrs) {
+                Some(addr) => {
+                    let options = JoinOptions {
+                        max_lag,
+                        ..JoinOptions::default()
+                    };
+                    changed(cluster.join(id, addr, options).await)
+                }
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
+            MgmtRequest::Promote { id } => changed(cluster.promote(id).await),
+            MgmtRequest::Remove { id } => changed(cluster.remove_member(id).await),
+            MgmtRequest::TransferLeader { to } => {
+                let to = (to != 0).then_some(to);
+                match cluster.transfer_leadership(to).await {
+                    Ok(t) => MgmtResponse::Transferred {
+                        leader: t.leader,
+                        elapsed_ms: t.elapsed.as_millis() as u64,
+                    },
+                    Err(e) => {
+                        let kind = match e {
+                            TransferError::NotAVoter(_) | TransferError::NoCandidate => {
+                                MgmtErrorKind::Refused
+                            }
+                            TransferError::NoLeader => MgmtErrorKind::Unavailable,
+                            _ => MgmtErrorKind::Unknown,
+                        };
+                        error(kind, e, None)
+                    }
+                }
+            }
+            MgmtRequest::Snapshot => match cluster.trigger_snapshot().await {
+                Ok(index) => MgmtResponse::SnapshotTaken { index },
+                Err(e) => error(MgmtErrorKind::NodeDown, e, None),
+            },
+            MgmtRequest::Propose { command } => match cluster.propose_encoded(command).await {
+                Ok(response) => match postcard::to_allocvec(&response) {
+                    Ok(response) => MgmtResponse::Proposed { response },
+                    Err(e) => error(MgmtErrorKind::Malformed, e, None),
+                },
+                Err(e) => propose_error(&e),
+            },
+            MgmtRequest::Read { query } => match &self.reader {
+                None => error(
+                    MgmtErrorKind::Unsupported,
+                    "this node serves no remote reads",
+                    None,
+                ),
+                Some(reader) => {
+                    let reader = reader.clone();
+                    let query: Arc<[u8]> = query.into();
+                    match cluster
+                        .linearizable_query(move |sm| reader(sm, &query))
+                        .await
+                    {
+                        Ok(Ok(value)) => MgmtResponse::ReadResult { value },
+                        Ok(Err(e)) => error(MgmtErrorKind::Malformed, e, None),
+                        Err(e) => read_error(&e),
+                    }
+                }
+            },
+            MgmtRequest::Subscribe => return subscribe(&cluster, tx).await,
+        };
+        send(tx, &response).await;
+    }
+}
+
+fn changed(result: Result<u64, ProposeError>) -> MgmtResponse {
+    match result {
+        Ok(index) => MgmtResponse::Changed { index },
+        Err(e) => propose_error(&e),
+    }
+}
+
+async fn status<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+    let (status, view) = match (cluster.status().await, cluster.members_view().await) {
+        (Ok(s), Ok(v)) => (s, v),
+        (Err(e), _) | (_, Err(e)) => return read_error(&e),
+    };
+    let members = view
+        .members
+        .iter()
+        .map(|m| {
+            let matched = view
+                .matched
+                .iter()
+                .find(|(id, _)| *id == m.node_id)
+                .map_or(0, |(_, matched)| *matched);
+            let contact = view
+                .last_contact
+                .iter()
+                .find(|(id, _)| *id == m.node_id)
+                .map_or(u64::MAX, |(_, d)| d.as_millis() as u64);
+            MgmtMember {
+                id: m.node_id,
+                key: *m.addr.id.as_bytes(),
+                addrs: m.addr.ip_addrs().map(ToString::to_string).collect(),
+                role: match m.role {
+                    MemberRole::Voter => "voter",
+                    MemberRole::Learner => "learner",
+                    _ => "outgoing",
+                }
+                .into(),
+                matched,
+                lag: if view.matched.is_empty() {
+                    0
+                } else {
+                    view.last_index.saturating_sub(matched)
+                },
+                last_contact_ms: if m.node_id == status.node_id {
+                    0
+                } else {
+                    contact
+                },
+            }
+        })
+        .collect();
+    MgmtResponse::Status(MgmtStatus {
+        node_id: status.node_id,
+        cluster_id: view.cluster_id,
+        leader: status.leader.unwrap_or(0),
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        role: role_name(status.role).into(),
+        members,
+    })
+}
+
+async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+    let (status, view) = match (cluster.status().await, cluster.members_view().await) {
+        (Ok(s), Ok(v)) => (s, v),
+        (Err(e), _) | (_, Err(e)) => return read_error(&e),
+    };
+    let fresh = |id: u64| {
+        id == status.node_id
+            || view
+                .last_contact
+                .iter()
+                .any(|(p, d)| *p == id && *d < view.election_timeout)
+    };
+    let voters = status.voters.clone();
+    let healthy_voters: Vec<u64> = voters.iter().copied().filter(|&v| fresh(v)).collect();
+    let quorum_available = match status.leader {
+        Some(l) if l == status.node_id => healthy_voters.len() * 2 > voters.len(),
+        Some(l) => fresh(l),
+        None => false,
+    };
+    MgmtResponse::Health(MgmtHealth {
+        node_id: status.node_id,
+        quorum_available,
+        healthy_voters,
+        voters,
+        storage_ok: cluster.actors().failure().await.is_none(),
+        role: role_name(status.role).into(),
+        apply_lag: status.commit_index.saturating_sub(status.applied_index),
+    })
+}
+
+async fn subscribe<S: StateMachine>(cluster: &RaftCluster<S>, tx: &mut SendStream) {
+    let mut events = match cluster.subscribe().await {
+        Ok(e) => e,
+        Err(e) => {
+            send(tx, &read_error(&e)).await;
+            return;
+        }
+    };
+    if !send(tx, &MgmtResponse::Subscribed).await {
+        return;
+    }
+    let mut seq = 0u64;
+    while let Some(item) = events.next().await {
+        let msg = match item {
+            EventItem::Event(ev) => {
+                seq += 1;
+                match postcard::to_allocvec(&ev) {
+                    Ok(event) => MgmtResponse::Event { seq, event },
+                    Err(_) => continue,
+                }
+            }
+            EventItem::Missed(count) => {
+                seq += count;
+                MgmtResponse::Missed { count }
+            }
+        };
+        // The client stopped reading (or went away): end the subscription.
+        if !send(tx, &msg).await {
+            return;
+        }
+    }
+}
+
+impl<S: StateMachine> ProtocolHandler for MgmtProtocol<S> {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        self.serve(&conn).await;
+        Ok(())
+    }
+}
