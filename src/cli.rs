@@ -1,4 +1,5 @@
 //! Subcommands of the `iroh-raft` binary.
 
+pub(crate) mod ctl;
 pub(crate) mod demo;
 pub(crate) mod node;

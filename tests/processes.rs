@@ -238,3 +238,85 @@ fn bad_flags_and_refused_tickets_exit_non_zero_with_the_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bootstrap"));
 }
+
+/// Runs the CLI with `args`; returns (exit code, stdout, stderr).
+fn cli(key_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--key-dir")
+        .arg(key_dir)
+        .output()
+        .expect("run iroh-raft");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctl_and_kv_against_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let mut node = spawn(dir.path(), &["--bind", "127.0.0.1:0", "--bootstrap"]);
+    let admin = std::fs::read_to_string(dir.path().join("admin-ticket")).unwrap();
+    let admin = admin.trim();
+    let join = std::fs::read_to_string(dir.path().join("ticket")).unwrap();
+    let join = join.trim();
+
+    let (code, _, err) = cli(
+        keys.path(),
+        &["kv", "--cluster", admin, "put", "hello", "world"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(keys.path(), &["kv", "--cluster", admin, "get", "hello"]);
+    assert_eq!((code, out.trim()), (0, "world"), "{err}");
+    let (code, _, _) = cli(keys.path(), &["kv", "--cluster", admin, "get", "missing"]);
+    assert_eq!(code, 1);
+
+    let (code, out, err) = cli(
+        keys.path(),
+        &["ctl", "--cluster", admin, "--json", "status"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(status["leader"], 1);
+    assert!(status["term"].as_u64().unwrap() >= 1);
+    assert_eq!(status["members"][0]["role"], "voter");
+
+    // A read-only ticket minted through ctl: reads yes, writes refused (exit 3).
+    let (code, out, err) = cli(
+        keys.path(),
+        &[
+            "ctl",
+            "--cluster",
+            admin,
+            "ticket",
+            "--role",
+            "read-only",
+            "--expires",
+            "1h",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let read_only = out.trim().to_owned();
+    let (code, out, _) = cli(
+        keys.path(),
+        &["kv", "--cluster", &read_only, "get", "hello"],
+    );
+    assert_eq!((code, out.trim()), (0, "world"));
+    let (code, _, err) = cli(
+        keys.path(),
+        &["kv", "--cluster", &read_only, "put", "a", "b"],
+    );
+    assert_eq!(code, 3, "{err}");
+    // A join ticket grants no management access: refused (exit 3).
+    let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", join, "status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("refused"), "{err}");
+
+    // The node stops: unreachable (exit 4).
+    sigterm(&mut node);
+    let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", admin, "health"]);
+    assert_eq!(code, 4, "{err}");
+}

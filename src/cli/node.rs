@@ -129,6 +129,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .data_dir(dir)
         .bind_address(bind)
         .state_machine(KeyValueStore::new())
+        .remote_reads(iroh_raft::kv::remote_get)
         .preset(args.preset);
     if args.bootstrap {
         builder = builder.node_id(1);

@@ -149,7 +149,10 @@ impl IrohRaftManagementClient {
                 timeout: Duration::from_secs(10),
             }),
         };
-        client.connection().await?;
+        if let Err(e) = client.connection().await {
+            client.inner.endpoint.close().await;
+            return Err(e);
+        }
         // Learn the membership and go to the leader, if one is known.
         let _ = client.status().await;
         Ok(client)
@@ -482,6 +485,29 @@ impl IrohRaftManagementClient {
     pub async fn snapshot(&self) -> Result<u64, ClientError> {
         match self.request(MgmtRequest::Snapshot).await? {
             MgmtResponse::SnapshotTaken { index } => Ok(index),
+            other => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Mints a ticket signed by the connected member (admin only).
+    pub async fn mint_ticket(
+        &self,
+        role: iroh_raft_actors::TicketRole,
+        valid_for: Duration,
+    ) -> Result<Ticket, ClientError> {
+        let role = match role {
+            iroh_raft_actors::TicketRole::Join => 0,
+            iroh_raft_actors::TicketRole::Admin => 1,
+            _ => 2,
+        };
+        let req = MgmtRequest::MintTicket {
+            role,
+            valid_for_secs: valid_for.as_secs(),
+        };
+        match self.request(req).await? {
+            MgmtResponse::Ticket { text } => text
+                .parse()
+                .map_err(|e: iroh_raft_actors::TicketError| ClientError::Codec(e.to_string())),
             other => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
         }
     }

@@ -256,6 +256,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 | MgmtRequest::TransferLeader { .. }
                 | MgmtRequest::Snapshot
                 | MgmtRequest::Propose { .. }
+                | MgmtRequest::MintTicket { .. }
         );
         if writes && role != MgmtRole::Admin {
             let msg = "a read-only client may not change the cluster";
@@ -341,6 +342,29 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 }
             },
             MgmtRequest::Subscribe => return subscribe(&cluster, tx).await,
+            MgmtRequest::MintTicket {
+                role,
+                valid_for_secs,
+            } => {
+                let role = match role {
+                    0 => Some(TicketRole::Join),
+                    1 => Some(TicketRole::Admin),
+                    2 => Some(TicketRole::ReadOnly),
+                    _ => None,
+                };
+                match role {
+                    None => error(MgmtErrorKind::Malformed, "unknown ticket role", None),
+                    Some(role) => {
+                        let ttl = Duration::from_secs(valid_for_secs);
+                        match cluster.ticket(role, ttl).await {
+                            Ok(t) => MgmtResponse::Ticket {
+                                text: t.to_string(),
+                            },
+                            Err(e) => read_error(&e),
+                        }
+                    }
+                }
+            }
         };
         send(tx, &response).await;
     }

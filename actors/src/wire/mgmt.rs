@@ -155,6 +155,13 @@ pub enum MgmtRequest {
     },
     /// Stream events: [`MgmtResponse::Event`]s until the client stops the stream.
     Subscribe,
+    /// Mint a ticket signed by the answering member (admin only).
+    MintTicket {
+        /// 0: join, 1: admin, 2: read-only.
+        role: u8,
+        /// Seconds it stays valid.
+        valid_for_secs: u64,
+    },
 }
 
 /// Why a request failed.
@@ -219,6 +226,11 @@ pub enum MgmtResponse {
     },
     /// The subscription is in place: every event from now on follows.
     Subscribed,
+    /// A minted ticket, as printed.
+    Ticket {
+        /// The ticket.
+        text: String,
+    },
     /// One event (postcard bytes of a `ClusterEvent`), numbered per subscription from 1.
     Event {
         /// Its number.
