@@ -1,12 +1,15 @@
-//! Throughput and latency of the library API on a durable three-node cluster.
+//! Throughput and latency of a durable three-node cluster, through the library API and through
+//! the remote management client over QUIC.
 //!
 //! Three nodes in one process on loopback (temp-dir redb, Production preset: fsync on, a
-//! snapshot every 100,000 entries), 128-byte
-//! `KvCommand::Set` commands, closed-loop proposers on the leader's handle. One line per
-//! concurrency level:
+//! snapshot every 100,000 entries), 128-byte `KvCommand::Set` commands, closed-loop proposers:
+//! `library` calls the leader's `RaftCluster` handle; `remote` sends the same commands through
+//! one `IrohRaftManagementClient` (one QUIC connection to the leader, one stream per request).
+//! One line per mode and concurrency level:
 //!
 //! ```text
 //! mode=library clients=256 ops/s=41234 p50=3.1ms p99=8.7ms
+//! mode=remote clients=256 ops/s=30120 p50=7.9ms p99=15.2ms
 //! ```
 //!
 //! Run: `cargo run --release --example performance_comparison -- --clients 1,64,256`
@@ -16,7 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use iroh_raft::{KeyValueStore, KvCommand, Preset, RaftCluster, Role, start_local_cluster};
+use iroh_raft::{
+    KeyValueStore, KvCommand, Preset, RaftCluster, Role, TicketRole,
+    mgmt::IrohRaftManagementClient, start_local_cluster,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -35,6 +41,30 @@ struct Args {
     /// Applied entries between snapshots (the Production preset's policy is 100,000).
     #[arg(long, default_value_t = 100_000)]
     max_log_entries: u64,
+    /// Modes to run, comma separated: library, remote.
+    #[arg(long, value_delimiter = ',', default_value = "library,remote")]
+    modes: Vec<String>,
+}
+
+/// Where proposals go.
+#[derive(Clone)]
+enum Target {
+    Library(Node),
+    Remote(IrohRaftManagementClient),
+}
+
+impl Target {
+    async fn propose(&self, cmd: KvCommand) -> anyhow::Result<()> {
+        match self {
+            Target::Library(node) => {
+                node.propose(cmd).await?;
+            }
+            Target::Remote(client) => {
+                let _: iroh_raft::KvResponse = client.propose(&cmd).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 type Node = RaftCluster<KeyValueStore>;
@@ -60,16 +90,31 @@ async fn main() -> anyhow::Result<()> {
         if args.no_fsync { "off" } else { "on" },
         leader.node_id()
     );
-    for &clients in &args.clients {
-        run_level(&leader, clients, Duration::from_secs(args.warmup), false).await?;
-        let (ops, hist, elapsed) =
-            run_level(&leader, clients, Duration::from_secs(args.seconds), true).await?;
-        println!(
-            "mode=library clients={clients} ops/s={:.0} p50={:.2}ms p99={:.2}ms",
-            ops as f64 / elapsed.as_secs_f64(),
-            hist.value_at_quantile(0.5) as f64 / 1000.0,
-            hist.value_at_quantile(0.99) as f64 / 1000.0,
-        );
+    for mode in &args.modes {
+        let target = match mode.as_str() {
+            "library" => Target::Library(leader.clone()),
+            "remote" => {
+                let ticket = leader
+                    .ticket(TicketRole::Admin, Duration::from_secs(3600))
+                    .await?;
+                Target::Remote(IrohRaftManagementClient::connect(&ticket).await?)
+            }
+            other => bail!("unknown mode '{other}': expected library or remote"),
+        };
+        for &clients in &args.clients {
+            run_level(&target, clients, Duration::from_secs(args.warmup), false).await?;
+            let (ops, hist, elapsed) =
+                run_level(&target, clients, Duration::from_secs(args.seconds), true).await?;
+            println!(
+                "mode={mode} clients={clients} ops/s={:.0} p50={:.2}ms p99={:.2}ms",
+                ops as f64 / elapsed.as_secs_f64(),
+                hist.value_at_quantile(0.5) as f64 / 1000.0,
+                hist.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+        if let Target::Remote(client) = target {
+            client.close().await;
+        }
     }
     for n in &nodes {
         n.shutdown().await?;
@@ -85,7 +130,7 @@ fn command(client: usize, seq: u64) -> KvCommand {
 }
 
 async fn run_level(
-    leader: &Node,
+    target: &Target,
     clients: usize,
     duration: Duration,
     measure: bool,
@@ -94,7 +139,7 @@ async fn run_level(
     let end = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
-        let node = leader.clone();
+        let node = target.clone();
         tasks.spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("valid precision");
             let mut seq = 0u64;

@@ -120,6 +120,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Concurrent bidirectional streams a peer may open on one connection (management requests).
+pub const MAX_STREAMS: u32 = 1024;
+
 /// Binds an iroh endpoint that needs no internet: relays off, no address lookup services, no
 /// port mapping, minimal network probing, IP transport on `bind` only. Peers are dialled by the
 /// direct addresses in their [`PeerAddr`].
@@ -140,6 +143,13 @@ pub async fn bind_offline_endpoint(
         .map_err(|e| bind_err(&e))?
         .portmapper_config(PortmapperConfig::Disabled)
         .net_report_config(iroh::NetReportConfig::minimal())
+        // One management request per stream: let a client keep many in flight (QUIC's default
+        // of 100 concurrent streams throttled 256 remote proposers).
+        .transport_config(
+            iroh::endpoint::QuicTransportConfig::builder()
+                .max_concurrent_bidi_streams(iroh::endpoint::VarInt::from_u32(MAX_STREAMS))
+                .build(),
+        )
         .bind()
         .await
         .map_err(|e| bind_err(&e))
