@@ -21,6 +21,13 @@
 //! | [`EventBus`] | a bounded broadcast ring | `Publish`, `Subscribe` | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
 //! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
 //!
+//! The facade adds two more protocol handlers on every node, also not actors: discovery (joins
+//! by ticket) and management (`iroh-raft-mgmt/0`: operators and remote applications). The
+//! management handler admits a client once per connection, then serves each request stream in a
+//! task of its own by sending these actors the same messages the facade sends — no actor of its
+//! own, so that requests never queue behind each other (the issue named a `MgmtActor`; a single
+//! actor would serialise every remote request).
+//!
 //! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
 //! future admits by the membership the RaftActor publishes on a watch (a removed member's key
 //! gets [`wire::CloseCode::Removed`], an unknown one `NotAMember`; an open connection is closed as
