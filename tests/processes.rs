@@ -315,6 +315,49 @@ fn ctl_and_kv_against_a_running_node() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("refused"), "{err}");
 
+    // members, snapshot, transfer-leader (a single voter has no one to hand over to: failed),
+    // and watch, which prints the event of a write as it happens.
+    let (code, out, err) = cli(keys.path(), &["ctl", "--cluster", admin, "members"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("voter"), "{out}");
+    let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", admin, "snapshot"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", admin, "transfer-leader"]);
+    assert_eq!(code, 1, "{err}");
+    let mut watch = Command::new(BIN)
+        .args(["ctl", "--cluster", admin, "--json", "watch", "--key-dir"])
+        .arg(keys.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Writes until the watcher reports an applied entry (it may subscribe after the first).
+    let mut applied = false;
+    for i in 0..100 {
+        let (code, _, err) = cli(
+            keys.path(),
+            &["kv", "--cluster", admin, "put", "w", &i.to_string()],
+        );
+        assert_eq!(code, 0, "{err}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert!(ev["seq"].as_u64().unwrap() >= 1, "{line}");
+            applied = true;
+            break;
+        }
+    }
+    assert!(applied, "watch printed nothing");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
     // The node stops: unreachable (exit 4).
     sigterm(&mut node);
     let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", admin, "health"]);
