@@ -392,6 +392,17 @@ impl<S: StateMachine> RaftCluster<S> {
             .map_err(|_| ReadError::ShuttingDown)
     }
 
+    /// Events after event `after` of run `epoch` of this node's event bus (see
+    /// [`EventStream::epoch`]), while the bus still holds them, then live ones: how a subscriber
+    /// that lost its stream resumes without a gap.
+    pub async fn subscribe_from(&self, epoch: u64, after: u64) -> Result<EventStream, ReadError> {
+        self.node
+            .events
+            .ask(iroh_raft_actors::SubscribeFrom { epoch, after })
+            .await
+            .map_err(|_| ReadError::ShuttingDown)
+    }
+
     /// This node's view of the cluster.
     pub async fn status(&self) -> Result<NodeStatus, ReadError> {
         match self

@@ -122,7 +122,8 @@ pub use error::{
     TransferError,
 };
 pub use events::{
-    ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish, Subscribe,
+    ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish,
+    Subscribe, SubscribeFrom,
 };
 pub use membership::{
     Admission, MemberInfo, MemberRole, Membership, MembershipChange, MembershipRefusal,

@@ -86,7 +86,10 @@ impl std::fmt::Debug for IrohRaftManagementClient {
 pub struct EventSubscription {
     recv: iroh::endpoint::RecvStream,
     _conn: Connection,
-    /// Number of the last event received.
+    /// The run of the node's event bus the numbers belong to (pass it to
+    /// [`IrohRaftManagementClient::resume`]).
+    pub epoch: u64,
+    /// Number of the last event received (or reported missed).
     pub last_seq: u64,
 }
 
@@ -514,12 +517,20 @@ impl IrohRaftManagementClient {
 
     /// Streams the connected node's events from now on.
     pub async fn subscribe(&self) -> Result<EventSubscription, ClientError> {
+        self.resume(0, 0).await
+    }
+
+    /// Streams the connected node's events after event `after` of run `epoch` (from an earlier
+    /// [`EventSubscription`]): the events in between come first while the node still holds them
+    /// (else a "missed N" marker). On another node, or after the node restarted, the run differs
+    /// and the stream starts from now (compare [`EventSubscription::epoch`]).
+    pub async fn resume(&self, epoch: u64, after: u64) -> Result<EventSubscription, ClientError> {
         let (conn, _, _) = self.connection().await?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| ClientError::Unreachable {
             reason: e.to_string(),
         })?;
-        let bytes =
-            encode_mgmt(&MgmtRequest::Subscribe).map_err(|e| ClientError::Codec(e.to_string()))?;
+        let bytes = encode_mgmt(&MgmtRequest::Subscribe { epoch, after })
+            .map_err(|e| ClientError::Codec(e.to_string()))?;
         send.write_all(&bytes)
             .await
             .map_err(|e| ClientError::Unreachable {
@@ -528,8 +539,8 @@ impl IrohRaftManagementClient {
         let _ = send.finish();
         let mut recv = recv;
         // Events start once the node confirms the subscription.
-        match read_mgmt_response(&mut recv).await {
-            Ok(Some(MgmtResponse::Subscribed)) => {}
+        let (epoch, last_seq) = match read_mgmt_response(&mut recv).await {
+            Ok(Some(MgmtResponse::Subscribed { epoch, after })) => (epoch, after),
             Ok(Some(MgmtResponse::Error { kind, message, .. })) => {
                 return Err(ClientError::Failed { kind, message });
             }
@@ -538,11 +549,12 @@ impl IrohRaftManagementClient {
                     reason: format!("subscription not confirmed: {other:?}"),
                 });
             }
-        }
+        };
         Ok(EventSubscription {
             recv,
             _conn: conn,
-            last_seq: 0,
+            epoch,
+            last_seq,
         })
     }
 }

@@ -341,7 +341,10 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     }
                 }
             },
-            MgmtRequest::Subscribe => return subscribe(&cluster, tx).await,
+            MgmtRequest::Subscribe { epoch, after } => {
+                subscribe(&cluster, epoch, after, tx).await;
+                return;
+            }
             MgmtRequest::MintTicket {
                 role,
                 valid_for_secs,
@@ -462,37 +465,45 @@ async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
     })
 }
 
-async fn subscribe<S: StateMachine>(cluster: &RaftCluster<S>, tx: &mut SendStream) {
-    let mut events = match cluster.subscribe().await {
-        Ok(e) => e,
-        Err(e) => {
-            send(tx, &read_error(&e)).await;
-            return;
-        }
+async fn subscribe<S: StateMachine>(
+    cluster: &RaftCluster<S>,
+    epoch: u64,
+    after: u64,
+    tx: &mut SendStream,
+) -> MgmtResponse {
+    let events = if epoch == 0 {
+        cluster.subscribe().await
+    } else {
+        cluster.subscribe_from(epoch, after).await
     };
-    if !send(tx, &MgmtResponse::Subscribed).await {
-        return;
+    let mut events = match events {
+        Ok(e) => e,
+        Err(e) => return read_error(&e),
+    };
+    let subscribed = MgmtResponse::Subscribed {
+        epoch: events.epoch(),
+        after: events.last_seq(),
+    };
+    if !send(tx, &subscribed).await {
+        return subscribed;
     }
-    let mut seq = 0u64;
     while let Some(item) = events.next().await {
         let msg = match item {
-            EventItem::Event(ev) => {
-                seq += 1;
-                match postcard::to_allocvec(&ev) {
-                    Ok(event) => MgmtResponse::Event { seq, event },
-                    Err(_) => continue,
-                }
-            }
-            EventItem::Missed(count) => {
-                seq += count;
-                MgmtResponse::Missed { count }
-            }
+            EventItem::Event(ev) => match postcard::to_allocvec(&ev) {
+                Ok(event) => MgmtResponse::Event {
+                    seq: events.last_seq(),
+                    event,
+                },
+                Err(_) => continue,
+            },
+            EventItem::Missed(count) => MgmtResponse::Missed { count },
         };
         // The client stopped reading (or went away): end the subscription.
         if !send(tx, &msg).await {
-            return;
+            break;
         }
     }
+    subscribed
 }
 
 impl<S: StateMachine> ProtocolHandler for MgmtProtocol<S> {

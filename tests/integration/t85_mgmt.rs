@@ -190,6 +190,30 @@ async fn events_stream_in_order() {
     .unwrap();
     assert!(applied > 0);
     assert!(events.last_seq >= 1);
+
+    // The client loses its stream; events happen meanwhile; it resumes after the last one it
+    // saw and gets exactly the ones in between, in order, then live ones.
+    let (epoch, seen) = (events.epoch, events.last_seq);
+    drop(events);
+    for i in 0..5 {
+        cluster
+            .node(leader)
+            .propose(put("gap", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    let mut resumed = client.resume(epoch, seen).await.unwrap();
+    assert_eq!(resumed.epoch, epoch);
+    let first = tokio::time::timeout(Duration::from_secs(20), resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first, EventItem::Event(_)), "{first:?}");
+    assert_eq!(resumed.last_seq, seen + 1, "no gap and no repeat");
+    // A run that is not the node's (it restarted, or another node) starts from now.
+    let fresh = client.resume(epoch ^ 1, seen).await.unwrap();
+    assert_ne!(fresh.epoch, epoch ^ 1);
     client.close().await;
     cluster.shutdown().await;
 }

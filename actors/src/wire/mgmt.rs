@@ -153,8 +153,14 @@ pub enum MgmtRequest {
         /// The encoded query.
         query: Vec<u8>,
     },
-    /// Stream events: [`MgmtResponse::Event`]s until the client stops the stream.
-    Subscribe,
+    /// Stream events: [`MgmtResponse::Event`]s until the client stops the stream. With a
+    /// non-zero `epoch`, resume after event `after` of that run of the node's event bus.
+    Subscribe {
+        /// The run the client saw events of (0: start from now).
+        epoch: u64,
+        /// The last event number it saw.
+        after: u64,
+    },
     /// Mint a ticket signed by the answering member (admin only).
     MintTicket {
         /// 0: join, 1: admin, 2: read-only.
@@ -224,14 +230,19 @@ pub enum MgmtResponse {
         /// The encoded answer.
         value: Vec<u8>,
     },
-    /// The subscription is in place: every event from now on follows.
-    Subscribed,
+    /// The subscription is in place: events follow, numbered within `epoch`.
+    Subscribed {
+        /// The run of the node's event bus.
+        epoch: u64,
+        /// The number of the last event before the first one that follows.
+        after: u64,
+    },
     /// A minted ticket, as printed.
     Ticket {
         /// The ticket.
         text: String,
     },
-    /// One event (postcard bytes of a `ClusterEvent`), numbered per subscription from 1.
+    /// One event (postcard bytes of a `ClusterEvent`) and its number within the run.
     Event {
         /// Its number.
         seq: u64,
