@@ -53,6 +53,9 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
+/// How long one member gets to accept a connection before the client tries the next.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 struct Current {
     conn: Connection,
     node_id: NodeId,
@@ -229,17 +232,26 @@ impl IrohRaftManagementClient {
     /// The current connection, or a new one to the first member that admits this client.
     async fn connection(&self) -> Result<(Connection, NodeId, MgmtRole), ClientError> {
         let mut current = self.inner.current.lock().await;
-        if let Some(c) = current.as_ref()
-            && c.conn.close_reason().is_none()
-        {
-            return Ok((c.conn.clone(), c.node_id, c.role));
+        if let Some(c) = current.as_ref() {
+            if c.conn.close_reason().is_none() {
+                return Ok((c.conn.clone(), c.node_id, c.role));
+            }
+            // Its node went away: try it last.
+            let gone = c.conn.remote_id();
+            let mut members = self.inner.members.lock().await;
+            if let Some(pos) = members.iter().position(|m| m.id == gone) {
+                let m = members.remove(pos);
+                members.push(m);
+            }
         }
         let members = self.inner.members.lock().await.clone();
         let mut last = ClientError::Unreachable {
             reason: "no member".into(),
         };
+        // A member that does not answer a dial within DIAL_TIMEOUT is skipped for the next.
         for addr in members {
-            match tokio::time::timeout(self.inner.timeout, self.hello(addr)).await {
+            match tokio::time::timeout(DIAL_TIMEOUT.min(self.inner.timeout), self.hello(addr)).await
+            {
                 Ok(Ok(c)) => {
                     let out = (c.conn.clone(), c.node_id, c.role);
                     *current = Some(c);
@@ -248,7 +260,7 @@ impl IrohRaftManagementClient {
                 // A refusal is the cluster's policy: another member would say the same.
                 Ok(Err(e @ ClientError::Refused { .. })) => return Err(e),
                 Ok(Err(e)) => last = e,
-                Err(_) => last = ClientError::Timeout(self.inner.timeout),
+                Err(_) => last = ClientError::Timeout(DIAL_TIMEOUT.min(self.inner.timeout)),
             }
         }
         Err(last)

@@ -104,6 +104,24 @@ async fn the_client_fails_over_when_its_node_dies() {
     assert_eq!(client.session().await.unwrap().0, leader);
     let _: KvResponse = client.propose(&put("a", "1")).await.unwrap();
     cluster.stop(leader).await;
+    // Reads of the cluster's state answer from a surviving member at once, leader or not.
+    let status = client.status().await.unwrap();
+    assert_ne!(status.node_id, leader);
+    let health = client.health().await.unwrap();
+    assert_ne!(health.node_id, leader);
+    // A membership change waits for the new leader, then is refused for what it is (node 9
+    // is no member), not for the election.
+    let err = client.promote(9).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Failed {
+                kind: MgmtErrorKind::Refused,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // The next write finds another member and, once one leads, succeeds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
