@@ -120,7 +120,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Concurrent bidirectional streams a peer may open on one connection (management requests).
+/// Concurrent bidirectional streams a peer may open on one connection: one management request
+/// per stream, and QUIC's default of 100 throttled 256 remote proposers.
 pub const MAX_STREAMS: u32 = 1024;
 
 /// Binds an iroh endpoint that needs no internet: relays off, no address lookup services, no
@@ -129,6 +130,19 @@ pub const MAX_STREAMS: u32 = 1024;
 pub async fn bind_offline_endpoint(
     secret_key: SecretKey,
     bind: SocketAddr,
+) -> Result<Endpoint, BuildError> {
+    let transport = iroh::endpoint::QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(iroh::endpoint::VarInt::from_u32(MAX_STREAMS))
+        .build();
+    bind_offline_endpoint_with(secret_key, bind, transport).await
+}
+
+/// [`bind_offline_endpoint`] with a QUIC transport configuration of the caller's (windows,
+/// stream limits).
+pub async fn bind_offline_endpoint_with(
+    secret_key: SecretKey,
+    bind: SocketAddr,
+    transport: iroh::endpoint::QuicTransportConfig,
 ) -> Result<Endpoint, BuildError> {
     let bind_err = |e: &dyn fmt::Display| BuildError::Bind {
         addr: bind,
@@ -143,13 +157,7 @@ pub async fn bind_offline_endpoint(
         .map_err(|e| bind_err(&e))?
         .portmapper_config(PortmapperConfig::Disabled)
         .net_report_config(iroh::NetReportConfig::minimal())
-        // One management request per stream: let a client keep many in flight (QUIC's default
-        // of 100 concurrent streams throttled 256 remote proposers).
-        .transport_config(
-            iroh::endpoint::QuicTransportConfig::builder()
-                .max_concurrent_bidi_streams(iroh::endpoint::VarInt::from_u32(MAX_STREAMS))
-                .build(),
-        )
+        .transport_config(transport)
         .bind()
         .await
         .map_err(|e| bind_err(&e))

@@ -146,6 +146,21 @@ impl IrohRaftManagementClient {
             .map_err(|e| ClientError::Unreachable {
                 reason: e.to_string(),
             })?;
+        Self::connect_on(endpoint, members, ticket).await
+    }
+
+    /// Like [`Self::connect_with`], on an endpoint of the caller's (the client closes it at
+    /// [`Self::close`]).
+    pub async fn connect_on(
+        endpoint: Endpoint,
+        members: Vec<EndpointAddr>,
+        ticket: Option<&Ticket>,
+    ) -> Result<Self, ClientError> {
+        if members.is_empty() {
+            return Err(ClientError::Unreachable {
+                reason: "no member address given".into(),
+            });
+        }
         let client = Self {
             inner: Arc::new(Inner {
                 endpoint,

@@ -235,3 +235,56 @@ async fn events_stream_in_order() {
     client.close().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_subscriber_is_told_what_it_missed_and_never_slows_writes() {
+    let cluster = cluster(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let ticket = cluster
+        .node(leader)
+        .ticket(TicketRole::ReadOnly, DAY)
+        .await
+        .unwrap();
+    // A client whose streams take at most 2 KiB before it reads: the node's sends to a
+    // subscriber that does not read block on QUIC flow control almost at once.
+    let transport = iroh::endpoint::QuicTransportConfig::builder()
+        .stream_receive_window(iroh::endpoint::VarInt::from_u32(2048))
+        .build();
+    let endpoint = iroh_raft::net::bind_offline_endpoint_with(
+        iroh::SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        transport,
+    )
+    .await
+    .unwrap();
+    let client =
+        IrohRaftManagementClient::connect_on(endpoint, ticket.members.clone(), Some(&ticket))
+            .await
+            .unwrap();
+    let mut events = client.subscribe().await.unwrap();
+    // Far more events than the bus holds for a subscriber: every write completes meanwhile.
+    let node = cluster.node(leader).clone();
+    let writes = tokio::spawn(async move {
+        for i in 0..(iroh_raft::actors::EVENT_BUFFER + 200) {
+            node.propose(put("slow", &i.to_string())).await.unwrap();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(120), writes)
+        .await
+        .expect("writes stalled behind a slow subscriber")
+        .unwrap();
+    // Now the subscriber reads: somewhere in its stream it is told what it missed.
+    let missed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(item) = events.next().await {
+            if let Ok(EventItem::Missed(n)) = item {
+                return n;
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    assert!(missed > 0);
+    client.close().await;
+    cluster.shutdown().await;
+}
