@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use iroh_raft::{KeyValueStore, Preset, RaftCluster, lan::find_members};
+use iroh_raft::{
+    KeyValueStore, Preset, RaftCluster, actors::wire::MgmtRole, lan::find_members,
+    mgmt::IrohRaftManagementClient,
+};
 
 const IN_NETNS: &str = "IROH_RAFT_IN_NETNS";
 
@@ -28,6 +31,11 @@ fn lan_discovery_finds_the_members_of_a_named_cluster() {
     );
 }
 
+/// The key of the management client the nodes allow without a ticket.
+fn operator() -> iroh::SecretKey {
+    iroh::SecretKey::from_bytes(&[7; 32])
+}
+
 async fn node(name: &str, dir: &std::path::Path) -> RaftCluster<KeyValueStore> {
     RaftCluster::builder()
         .node_id(1)
@@ -35,6 +43,7 @@ async fn node(name: &str, dir: &std::path::Path) -> RaftCluster<KeyValueStore> {
         .state_machine(KeyValueStore::new())
         .preset(Preset::Testing)
         .lan_discovery(name)
+        .mgmt_allow(operator().public(), MgmtRole::ReadOnly)
         .build()
         .await
         .unwrap()
@@ -62,6 +71,33 @@ async fn inside_namespace() {
     assert_eq!(found, expected);
     let none = find_members("gamma", Duration::from_secs(2)).await.unwrap();
     assert!(none.is_empty());
+
+    // The management client finds "beta" by name; its key is on the allowlist.
+    let client = IrohRaftManagementClient::connect_to_cluster(
+        "beta",
+        Duration::from_secs(20),
+        Some(operator()),
+        None,
+    )
+    .await
+    .unwrap();
+    let status = client.status().await.unwrap();
+    assert_eq!(status.members.len(), 1);
+    assert_eq!(
+        status.members[0].key,
+        *beta.endpoint().id().as_bytes(),
+        "connected to beta's node"
+    );
+    client.close().await;
+    // Found, but not admitted: a key that is not allowed and no ticket.
+    let refused =
+        IrohRaftManagementClient::connect_to_cluster("beta", Duration::from_secs(20), None, None)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(refused, iroh_raft::mgmt::ClientError::Refused { .. }),
+        "{refused:?}"
+    );
     for n in alpha.iter().chain([&beta]) {
         n.shutdown().await.unwrap();
     }

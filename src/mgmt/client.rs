@@ -186,6 +186,30 @@ impl IrohRaftManagementClient {
         Self::connect_with(None, members.into_iter().map(|(_, a)| a).collect(), None).await
     }
 
+    /// Finds the members of cluster `name` on the local network (mDNS, see [`crate::lan`]) for
+    /// up to `wait` and connects to them. Admission is as always: `key` must be on the nodes'
+    /// allowlist ([`crate::RaftClusterBuilder::mgmt_allow`]), or `ticket` must be valid; finding
+    /// a cluster grants nothing.
+    pub async fn connect_to_cluster(
+        name: &str,
+        wait: Duration,
+        key: Option<SecretKey>,
+        ticket: Option<&Ticket>,
+    ) -> Result<Self, ClientError> {
+        let members =
+            crate::lan::find_members(name, wait)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    reason: e.to_string(),
+                })?;
+        if members.is_empty() {
+            return Err(ClientError::Unreachable {
+                reason: format!("no member of cluster '{name}' answered on the local network"),
+            });
+        }
+        Self::connect_with(key, members, ticket).await
+    }
+
     /// Connects with an admin or read-only ticket, to the members it names.
     pub async fn connect(ticket: &Ticket) -> Result<Self, ClientError> {
         Self::connect_with(None, ticket.members.clone(), Some(ticket)).await
