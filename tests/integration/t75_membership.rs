@@ -281,16 +281,19 @@ async fn leadership_moves_to_a_named_voter_and_to_the_best_one() {
     assert_ne!(done.leader, target);
     assert_eq!(cluster.wait_for_leader().await, done.leader);
 
-    // A non-voter is refused with a typed error.
-    let err = cluster
-        .node(done.leader)
-        .transfer_leadership(Some(9))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, iroh_raft::TransferError::NotAVoter(9)),
-        "{err:?}"
-    );
+    // A non-voter is refused with a typed error, by the leader and through a follower alike.
+    let follower = (1..=3).find(|&i| i != done.leader).unwrap();
+    for asked in [done.leader, follower] {
+        let err = cluster
+            .node(asked)
+            .transfer_leadership(Some(9))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, iroh_raft::TransferError::NotAVoter(9)),
+            "asked {asked}: {err:?}"
+        );
+    }
     let read = cluster
         .node(asker)
         .linearizable_query(|kv| kv.get("before").cloned())

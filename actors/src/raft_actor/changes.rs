@@ -78,6 +78,8 @@ pub(super) struct TransferWait {
     reply: ReplySender<Result<NodeId, TransferError>>,
     started: Instant,
     deadline: u64,
+    /// The id of the forward that carried it to the leader, when this node does not lead.
+    forward: Option<u64>,
 }
 
 impl TransferWait {
@@ -160,7 +162,10 @@ impl<S: StateMachine> RaftActor<S> {
         let to = postcard::from_bytes::<Option<NodeId>>(&p.data).unwrap_or(None);
         match self.start_transfer(to) {
             Ok(_) => ForwardOutcome::Appended { index: 0, term: 0 },
+            // The refusal travels as a membership refusal; `forwarded_transfer_refused` maps it
+            // back.
             Err(TransferError::NotAVoter(id)) => refused(&MembershipRefusal::NotAMember(id)),
+            Err(TransferError::NoCandidate) => refused(&MembershipRefusal::LastVoter(self.id())),
             Err(_) => ForwardOutcome::NotLeader {
                 leader_hint: self.driver.leader().unwrap_or(0),
             },
@@ -191,6 +196,24 @@ impl<S: StateMachine> RaftActor<S> {
             self.driver.transfer_leader(target);
         }
         Ok(target)
+    }
+
+    /// The leader answered the forward `id` of a transfer with a refusal (`Some`) or "not
+    /// leader" (`None`): the waiting caller gets the typed reason now, not a timeout.
+    pub(super) fn forwarded_transfer_refused(
+        &mut self,
+        id: u64,
+        refusal: Option<MembershipRefusal>,
+    ) {
+        let Some(pos) = self.transfers.iter().position(|t| t.forward == Some(id)) else {
+            return;
+        };
+        let t = self.transfers.swap_remove(pos);
+        t.fail(match refusal {
+            Some(MembershipRefusal::NotAMember(node)) => TransferError::NotAVoter(node),
+            Some(MembershipRefusal::LastVoter(_)) => TransferError::NoCandidate,
+            _ => TransferError::NoLeader,
+        });
     }
 
     /// Answers transfers whose outcome is known: the leader moved (to the target, if one was
@@ -347,6 +370,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
             reply.send(Ok(msg.to.unwrap_or_default()));
             return delegated;
         }
+        let mut forward = None;
         let target = if self.driver.role() == Role::Leader {
             match self.start_transfer(msg.to) {
                 Ok(target) if target == self.id() => {
@@ -361,6 +385,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
             }
         } else if let Some(leader) = leader {
             let id = self.next_id();
+            forward = Some(id);
             self.outbox
                 .entry(leader)
                 .or_default()
@@ -385,6 +410,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
             reply,
             started: Instant::now(),
             deadline: self.now + ticks,
+            forward,
         });
         delegated
     }

@@ -192,7 +192,8 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
             InboundPayload::Forward(proposals) => self.accept_forwards(msg.from, proposals),
             InboundPayload::ForwardReply(replies) => {
                 // Replies to a previous incarnation's forwards are not ours.
-                for r in replies.into_iter().filter(|r| r.session == self.session) {
+                let session = self.session;
+                for r in replies.into_iter().filter(|r| r.session == session) {
                     match r.outcome {
                         ForwardOutcome::Appended { index: 0, .. } => {} // a transfer started
                         ForwardOutcome::Appended { index, .. } => {
@@ -205,10 +206,12 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
                                 .fail(r.id, ProposeError::NotLeader { leader_hint });
                             self.conf_proposals
                                 .fail(r.id, ProposeError::NotLeader { leader_hint });
+                            self.forwarded_transfer_refused(r.id, None);
                         }
                         ForwardOutcome::Refused { reason } => {
                             let refusal = postcard::from_bytes::<MembershipRefusal>(&reason)
                                 .unwrap_or(MembershipRefusal::Undecodable);
+                            self.forwarded_transfer_refused(r.id, Some(refusal.clone()));
                             self.conf_proposals.fail(r.id, refusal.into());
                         }
                     }
