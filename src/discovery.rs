@@ -24,7 +24,7 @@ use iroh_raft_actors::{
 };
 use tracing::{info, warn};
 
-use crate::{BuildError, JoinOptions, RaftCluster, cluster::WeakCluster};
+use crate::{BuildError, JoinOptions, RaftCluster, cluster::WeakCluster, net::addr_from_wire};
 
 /// How long a member waits for a newcomer's request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -312,15 +312,9 @@ pub(crate) async fn request_join(
 }
 
 fn member_from_wire(m: DiscoveryMember) -> Option<Member> {
-    let key = EndpointId::from_bytes(&m.key).ok()?;
-    let addr = m
-        .addrs
-        .iter()
-        .filter_map(|a| a.parse::<SocketAddr>().ok())
-        .fold(EndpointAddr::new(key), |a, ip| a.with_ip_addr(ip));
     Some(Member {
         node_id: m.id,
-        addr,
+        addr: addr_from_wire(&m.key, &m.addrs)?,
     })
 }
 

@@ -114,9 +114,9 @@ pub(crate) use convert::is_plain_conf_change;
 pub(crate) use convert::message_to_wire as convert_outgoing;
 pub use convert::{InboundPayload, validate_frame, validate_snapshot_header};
 pub use discovery::{
-    DISCOVERY_ALPN, DISCOVERY_VERSION, DiscoveryMember, DiscoveryRequest, DiscoveryResponse,
-    DiscoveryWireError, MAX_DISCOVERY_FRAME, RefusalKind, encode_discovery, read_request,
-    read_response,
+    Archivable, DISCOVERY_ALPN, DISCOVERY_VERSION, DiscoveryMember, DiscoveryRequest,
+    DiscoveryResponse, DiscoveryWireError, MAX_DISCOVERY_FRAME, RefusalKind, encode_discovery,
+    read_request, read_response,
 };
 pub use frame::{
     FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,

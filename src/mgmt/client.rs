@@ -16,7 +16,7 @@ use iroh_raft_actors::{
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
-use crate::net::bind_offline_endpoint;
+use crate::net::{addr_from_wire, bind_offline_endpoint};
 
 /// How a management call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -386,15 +386,7 @@ impl IrohRaftManagementClient {
         let addrs: Vec<(NodeId, EndpointAddr)> = status
             .members
             .iter()
-            .filter_map(|m| {
-                let key = iroh::EndpointId::from_bytes(&m.key).ok()?;
-                let addr = m
-                    .addrs
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
-                    .fold(EndpointAddr::new(key), |a, ip| a.with_ip_addr(ip));
-                Some((m.id, addr))
-            })
+            .filter_map(|m| Some((m.id, addr_from_wire(&m.key, &m.addrs)?)))
             .collect();
         {
             let mut members = self.inner.members.lock().await;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use iroh::{
-    EndpointAddr, EndpointId,
+    EndpointId,
     endpoint::{Connection, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
@@ -24,7 +24,7 @@ use iroh_raft_actors::{
 };
 use tracing::{debug, warn};
 
-use crate::{JoinOptions, RaftCluster, cluster::WeakCluster};
+use crate::{JoinOptions, RaftCluster, cluster::WeakCluster, net::addr_from_wire};
 
 /// How long a client has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,16 +102,6 @@ fn role_name(role: Role) -> &'static str {
         Role::PreCandidate => "pre-candidate",
         _ => "follower",
     }
-}
-
-fn addr_from(key: &[u8; 32], addrs: &[String]) -> Option<EndpointAddr> {
-    let key = EndpointId::from_bytes(key).ok()?;
-    Some(
-        addrs
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .fold(EndpointAddr::new(key), |a, ip| a.with_ip_addr(ip)),
-    )
 }
 
 async fn send(send: &mut SendStream, msg: &MgmtResponse) -> bool {
@@ -267,11 +257,11 @@ impl<S: StateMachine> MgmtProtocol<S> {
             MgmtRequest::Hello { .. } => error(MgmtErrorKind::Malformed, "Hello twice", None),
             MgmtRequest::Status => status(&cluster).await,
             MgmtRequest::Health => health(&cluster).await,
-            MgmtRequest::AddLearner { id, key, addrs } => match addr_from(&key, &addrs) {
+            MgmtRequest::AddLearner { id, key, addrs } => match addr_from_wire(&key, &addrs) {
                 Some(addr) => changed(cluster.add_learner(id, addr).await),
                 None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
             },
-            MgmtRequest::AddVoter { id, key, addrs } => match addr_from(&key, &addrs) {
+            MgmtRequest::AddVoter { id, key, addrs } => match addr_from_wire(&key, &addrs) {
                 Some(addr) => changed(cluster.add_voter(id, addr).await),
                 None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
             },
@@ -280,7 +270,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 key,
                 addrs,
                 max_lag,
-            } => match addr_from(&key, &addrs) {
+            } => match addr_from_wire(&key, &addrs) {
                 Some(addr) => {
                     let options = JoinOptions {
                         max_lag,

@@ -103,9 +103,22 @@ pub enum DiscoveryWireError {
     Malformed(String),
 }
 
-/// Encodes one framed message.
-pub fn encode_discovery<T>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError>
-where
+/// Anything rkyv can archive into a frame (both protocols' messages).
+pub trait Archivable:
+    for<'a> Serialize<
+    rancor::Strategy<
+        rkyv::ser::Serializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::ser::sharing::Share,
+        >,
+        rancor::Error,
+    >,
+>
+{
+}
+
+impl<T> Archivable for T where
     T: for<'a> Serialize<
         rancor::Strategy<
             rkyv::ser::Serializer<
@@ -115,11 +128,19 @@ where
             >,
             rancor::Error,
         >,
-    >,
+    >
 {
+}
+
+/// One frame (`u32` LE length, then the rkyv archive) of at most `max` bytes: the framing the
+/// discovery and management protocols share.
+pub(crate) fn encode_framed<T: Archivable>(
+    msg: &T,
+    max: usize,
+) -> Result<Vec<u8>, DiscoveryWireError> {
     let bytes = rkyv::to_bytes::<rancor::Error>(msg)
         .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))?;
-    if bytes.len() > MAX_DISCOVERY_FRAME {
+    if bytes.len() > max {
         return Err(DiscoveryWireError::TooLarge(bytes.len()));
     }
     let mut out = Vec::with_capacity(4 + bytes.len());
@@ -128,11 +149,48 @@ where
     Ok(out)
 }
 
+/// Reads one frame of at most `max` bytes; `Ok(None)` when the stream ended cleanly first.
+pub(crate) async fn read_framed(
+    recv: &mut iroh::endpoint::RecvStream,
+    max: usize,
+) -> Result<Option<AlignedVec>, DiscoveryWireError> {
+    use iroh::endpoint::ReadExactError;
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(DiscoveryWireError::Io(e.to_string())),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(DiscoveryWireError::TooLarge(len));
+    }
+    let mut bytes = AlignedVec::with_capacity(len);
+    bytes.resize(len, 0);
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
+    Ok(Some(bytes))
+}
+
+/// Encodes one framed discovery message.
+pub fn encode_discovery<T: Archivable>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError> {
+    encode_framed(msg, MAX_DISCOVERY_FRAME)
+}
+
+async fn read_discovery(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<AlignedVec, DiscoveryWireError> {
+    read_framed(recv, MAX_DISCOVERY_FRAME)
+        .await?
+        .ok_or_else(|| DiscoveryWireError::Io("the stream ended before a message".into()))
+}
+
 /// Reads one framed [`DiscoveryRequest`].
 pub async fn read_request(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<DiscoveryRequest, DiscoveryWireError> {
-    let bytes = read_frame(recv).await?;
+    let bytes = read_discovery(recv).await?;
     rkyv::from_bytes::<DiscoveryRequest, rancor::Error>(&bytes)
         .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
 }
@@ -141,28 +199,9 @@ pub async fn read_request(
 pub async fn read_response(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<DiscoveryResponse, DiscoveryWireError> {
-    let bytes = read_frame(recv).await?;
+    let bytes = read_discovery(recv).await?;
     rkyv::from_bytes::<DiscoveryResponse, rancor::Error>(&bytes)
         .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
-}
-
-async fn read_frame(
-    recv: &mut iroh::endpoint::RecvStream,
-) -> Result<AlignedVec, DiscoveryWireError> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_DISCOVERY_FRAME {
-        return Err(DiscoveryWireError::TooLarge(len));
-    }
-    let mut bytes = AlignedVec::with_capacity(len);
-    bytes.resize(len, 0);
-    recv.read_exact(&mut bytes)
-        .await
-        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Messages and framing of the management protocol; the specification is in the [`super`]
 //! module doc.
 
-use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
+use rkyv::{Archive, Deserialize, Serialize, rancor};
 
-use super::discovery::DiscoveryWireError;
+use super::discovery::{Archivable, DiscoveryWireError, encode_framed, read_framed};
 
 /// ALPN of the management protocol.
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
@@ -265,36 +265,16 @@ pub enum MgmtResponse {
     },
 }
 
-/// Encodes one framed message (`u32` LE length, rkyv archive).
-pub fn encode_mgmt<T>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError>
-where
-    T: for<'a> Serialize<
-        rancor::Strategy<
-            rkyv::ser::Serializer<
-                AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::ser::sharing::Share,
-            >,
-            rancor::Error,
-        >,
-    >,
-{
-    let bytes = rkyv::to_bytes::<rancor::Error>(msg)
-        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))?;
-    if bytes.len() > MAX_MGMT_FRAME {
-        return Err(DiscoveryWireError::TooLarge(bytes.len()));
-    }
-    let mut out = Vec::with_capacity(4 + bytes.len());
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&bytes);
-    Ok(out)
+/// Encodes one framed management message (`u32` LE length, rkyv archive).
+pub fn encode_mgmt<T: Archivable>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError> {
+    encode_framed(msg, MAX_MGMT_FRAME)
 }
 
 /// Reads one framed [`MgmtRequest`]; `Ok(None)` when the stream ended cleanly first.
 pub async fn read_mgmt_request(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<Option<MgmtRequest>, DiscoveryWireError> {
-    let Some(bytes) = read_frame(recv).await? else {
+    let Some(bytes) = read_framed(recv, MAX_MGMT_FRAME).await? else {
         return Ok(None);
     };
     rkyv::from_bytes::<MgmtRequest, rancor::Error>(&bytes)
@@ -306,7 +286,7 @@ pub async fn read_mgmt_request(
 pub async fn read_mgmt_response(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<Option<MgmtResponse>, DiscoveryWireError> {
-    let Some(bytes) = read_frame(recv).await? else {
+    let Some(bytes) = read_framed(recv, MAX_MGMT_FRAME).await? else {
         return Ok(None);
     };
     rkyv::from_bytes::<MgmtResponse, rancor::Error>(&bytes)
@@ -314,45 +294,13 @@ pub async fn read_mgmt_response(
         .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
 }
 
-async fn read_frame(
-    recv: &mut iroh::endpoint::RecvStream,
-) -> Result<Option<AlignedVec>, DiscoveryWireError> {
-    use iroh::endpoint::ReadExactError;
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(DiscoveryWireError::Io(e.to_string())),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MGMT_FRAME {
-        return Err(DiscoveryWireError::TooLarge(len));
-    }
-    let mut bytes = AlignedVec::with_capacity(len);
-    bytes.resize(len, 0);
-    recv.read_exact(&mut bytes)
-        .await
-        .map_err(|e| DiscoveryWireError::Io(e.to_string()))?;
-    Ok(Some(bytes))
-}
-
 #[cfg(test)]
 mod tests {
+    use rkyv::util::AlignedVec;
+
     use super::*;
 
-    fn round_trip<T>(msg: &T) -> AlignedVec
-    where
-        T: for<'a> Serialize<
-            rancor::Strategy<
-                rkyv::ser::Serializer<
-                    AlignedVec,
-                    rkyv::ser::allocator::ArenaHandle<'a>,
-                    rkyv::ser::sharing::Share,
-                >,
-                rancor::Error,
-            >,
-        >,
-    {
+    fn round_trip<T: Archivable>(msg: &T) -> AlignedVec {
         let framed = encode_mgmt(msg).unwrap();
         let mut payload = AlignedVec::new();
         payload.extend_from_slice(&framed[4..]);
