@@ -4,12 +4,14 @@
 //! Three nodes in one process on loopback (temp-dir redb, Production preset: fsync on, a
 //! snapshot every 100,000 entries), 128-byte `KvCommand::Set` commands, closed-loop proposers:
 //! `library` calls the leader's `RaftCluster` handle; `remote` sends the same commands through
-//! one `IrohRaftManagementClient` (one QUIC connection to the leader, one stream per request).
-//! One line per mode and concurrency level:
+//! one `IrohRaftManagementClient` (one QUIC connection to the leader, requests pipelined on two
+//! streams). Each mode runs on a fresh cluster. One line per mode and concurrency level, then
+//! the remote path's throughput as a share of the library's and the latency it adds:
 //!
 //! ```text
-//! mode=library clients=256 ops/s=41234 p50=3.1ms p99=8.7ms
-//! mode=remote clients=256 ops/s=30120 p50=7.9ms p99=15.2ms
+//! mode=library clients=256 ops/s=39496 p50=4.97ms p99=41.92ms
+//! mode=remote clients=256 ops/s=27329 p50=7.74ms p99=33.73ms
+//! remote/library clients=256 throughput=69% p50 added=+2.77ms
 //! ```
 //!
 //! Run: `cargo run --release --example performance_comparison -- --clients 1,64,256`
@@ -72,52 +74,76 @@ type Node = RaftCluster<KeyValueStore>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
-    let fsync = !args.no_fsync;
-    let max_log_entries = args.max_log_entries;
-    let nodes = start_local_cluster(&dirs, |_, b| {
-        b.state_machine(KeyValueStore::new())
-            .preset(Preset::Production)
-            .fsync(fsync)
-            .max_log_entries(max_log_entries)
-    })
-    .await?;
-    let leader = wait_for_leader(&nodes).await?;
-    eprintln!(
-        "3 nodes, fsync {}, leader {}",
-        if args.no_fsync { "off" } else { "on" },
-        leader.node_id()
-    );
+    // Throughput per (mode, clients), to print the ratios at the end.
+    let mut results: Vec<(String, usize, f64, f64)> = Vec::new();
     for mode in &args.modes {
-        let target = match mode.as_str() {
-            "library" => Target::Library(leader.clone()),
-            "remote" => {
-                let ticket = leader
-                    .ticket(TicketRole::Admin, Duration::from_secs(3600))
-                    .await?;
-                Target::Remote(IrohRaftManagementClient::connect(&ticket).await?)
+        if !matches!(mode.as_str(), "library" | "remote") {
+            bail!("unknown mode '{mode}': expected library or remote");
+        }
+        // A fresh cluster per mode, so that neither inherits the other's log, state and
+        // snapshots (a later mode otherwise runs against a bigger store).
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir())
+            .collect::<Result<_, _>>()?;
+        let (fsync, max_log_entries) = (!args.no_fsync, args.max_log_entries);
+        let nodes = start_local_cluster(&dirs, |_, b| {
+            b.state_machine(KeyValueStore::new())
+                .preset(Preset::Production)
+                .fsync(fsync)
+                .max_log_entries(max_log_entries)
+        })
+        .await?;
+        let leader = wait_for_leader(&nodes).await?;
+        eprintln!(
+            "{mode}: 3 nodes, fsync {}, leader {}",
+            if fsync { "on" } else { "off" },
+            leader.node_id()
+        );
+        let target = if mode == "library" {
+            Target::Library(leader.clone())
+        } else {
+            let ticket = leader
+                .ticket(TicketRole::Admin, Duration::from_secs(3600))
+                .await?;
+            let client = IrohRaftManagementClient::connect(&ticket).await?;
+            if let Some((node, _)) = client.session().await {
+                eprintln!("remote client connected to node {node}");
             }
-            other => bail!("unknown mode '{other}': expected library or remote"),
+            Target::Remote(client)
         };
         for &clients in &args.clients {
             run_level(&target, clients, Duration::from_secs(args.warmup), false).await?;
             let (ops, hist, elapsed) =
                 run_level(&target, clients, Duration::from_secs(args.seconds), true).await?;
+            let rate = ops as f64 / elapsed.as_secs_f64();
+            let p50 = hist.value_at_quantile(0.5) as f64 / 1000.0;
             println!(
-                "mode={mode} clients={clients} ops/s={:.0} p50={:.2}ms p99={:.2}ms",
-                ops as f64 / elapsed.as_secs_f64(),
-                hist.value_at_quantile(0.5) as f64 / 1000.0,
+                "mode={mode} clients={clients} ops/s={rate:.0} p50={p50:.2}ms p99={:.2}ms",
                 hist.value_at_quantile(0.99) as f64 / 1000.0,
             );
+            results.push((mode.clone(), clients, rate, p50));
         }
         if let Target::Remote(client) = target {
             client.close().await;
         }
+        for n in &nodes {
+            n.shutdown().await?;
+        }
     }
-    for n in &nodes {
-        n.shutdown().await?;
+    for (mode, clients, rate, p50) in &results {
+        if mode != "remote" {
+            continue;
+        }
+        if let Some((_, _, lib_rate, lib_p50)) = results
+            .iter()
+            .find(|(m, c, _, _)| m == "library" && c == clients)
+        {
+            println!(
+                "remote/library clients={clients} throughput={:.0}% p50 added={:+.2}ms",
+                100.0 * rate / lib_rate,
+                p50 - lib_p50
+            );
+        }
     }
     Ok(())
 }

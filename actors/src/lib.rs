@@ -23,10 +23,12 @@
 //!
 //! The facade adds two more protocol handlers on every node, also not actors: discovery (joins
 //! by ticket) and management (`iroh-raft-mgmt/0`: operators and remote applications). The
-//! management handler admits a client once per connection, then serves each request stream in a
-//! task of its own by sending these actors the same messages the facade sends — no actor of its
-//! own, so that requests never queue behind each other (the issue named a `MgmtActor`; a single
-//! actor would serialise every remote request).
+//! management handler admits a client once per connection, then serves each of its lanes
+//! (pipelined request streams) in a task of its own; the calls of a lane run concurrently inside
+//! that task and send these actors the same messages the facade sends, and their replies leave
+//! in batches. No actor of its own, so that requests never queue behind each other (the issue
+//! named a `MgmtActor`; a single actor would serialise every remote request). A subscription
+//! runs in a task of its own, feeding its lane's writer through a small bounded channel.
 //!
 //! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
 //! future admits by the membership the RaftActor publishes on a watch (a removed member's key

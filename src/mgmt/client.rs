@@ -3,18 +3,29 @@
 //! a follower would forward them anyway), and fails over to another member when its node stops
 //! answering.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use iroh::{Endpoint, EndpointAddr, SecretKey, endpoint::Connection};
+use iroh::{
+    Endpoint, EndpointAddr, SecretKey,
+    endpoint::{Connection, RecvStream, SendStream},
+};
 use iroh_raft_actors::{
     ClusterEvent, EventItem, NodeId, Ticket,
     wire::{
-        CloseCode, MGMT_ALPN, MGMT_VERSION, MgmtErrorKind, MgmtHealth, MgmtRequest, MgmtResponse,
-        MgmtRole, MgmtStatus, encode_mgmt, read_mgmt_response,
+        CloseCode, MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth,
+        MgmtReader, MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt,
+        read_mgmt_response,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::net::{addr_from_wire, bind_offline_endpoint};
 
@@ -51,15 +62,178 @@ pub enum ClientError {
     /// No answer in time; the outcome of a write is unknown.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The connection was lost after a change or a command was sent and before it was
+    /// answered: it may or may not have taken effect (the client does not resend it, which
+    /// could apply it twice).
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown {
+        /// What happened to the connection.
+        reason: String,
+    },
 }
 
 /// How long one member gets to accept a connection before the client tries the next.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Current {
+/// Lanes (request streams) a client keeps open on its connection: requests spread over them
+/// round robin, so that no single stream's reader on the node decodes all of them.
+const LANES: usize = 2;
+
+/// Requests a lane queues before callers wait.
+const LANE_QUEUE: usize = 1024;
+
+/// A lane writes up to this many bytes of requests at once.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// How a request on a lane failed (before any answer).
+#[derive(Debug)]
+enum LaneError {
+    /// It was never handed to the connection: safe to send again, anywhere.
+    NotSent(String),
+    /// It was sent and the lane died before the answer: the outcome is unknown.
+    Lost(String),
+    /// It does not encode.
+    Codec(String),
+}
+
+type Answer = oneshot::Sender<Result<MgmtResponse, LaneError>>;
+
+/// The connection to one node, admitted, with its lanes.
+#[derive(Clone)]
+struct Session {
     conn: Connection,
     node_id: NodeId,
     role: MgmtRole,
+    lanes: Arc<Lanes>,
+}
+
+struct Lanes {
+    queues: Vec<mpsc::Sender<(MgmtRequest, Answer)>>,
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    /// Opens the lanes on an admitted connection and starts their tasks.
+    async fn open(conn: &Connection) -> Result<Self, ClientError> {
+        let mut queues = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Unreachable {
+                reason: e.to_string(),
+            })?;
+            let (queue, jobs) = mpsc::channel(LANE_QUEUE);
+            let (register, registered) = mpsc::unbounded_channel();
+            tokio::spawn(write_calls(send, jobs, register));
+            tokio::spawn(read_replies(recv, registered));
+            queues.push(queue);
+        }
+        Ok(Self {
+            queues,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sends `request` on the next lane and waits for its answer.
+    async fn call(&self, request: MgmtRequest) -> Result<MgmtResponse, LaneError> {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let (answer, answered) = oneshot::channel();
+        if self.queues[lane].send((request, answer)).await.is_err() {
+            return Err(LaneError::NotSent(
+                "the connection's lane has closed".into(),
+            ));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(LaneError::Lost("the lane ended before answering".into())))
+    }
+}
+
+/// A lane's sending half: numbers the queued requests, writes as many as are ready in one
+/// write, then hands their answer channels to the reading half. Ends (finishing the stream)
+/// when the client drops the lane, or when a write fails.
+async fn write_calls(
+    mut send: SendStream,
+    mut jobs: mpsc::Receiver<(MgmtRequest, Answer)>,
+    register: mpsc::UnboundedSender<(u64, Answer)>,
+) {
+    let mut next_id = 1u64;
+    let mut batch = MgmtBatch::new();
+    let mut answers = Vec::new();
+    while let Some(first) = jobs.recv().await {
+        batch.clear();
+        let mut job = Some(first);
+        while let Some((request, answer)) = job.take() {
+            let id = next_id;
+            next_id += 1;
+            match batch.push(&MgmtCall { id, request }) {
+                Ok(()) => answers.push((id, answer)),
+                Err(e) => {
+                    let _ = answer.send(Err(LaneError::Codec(e.to_string())));
+                }
+            }
+            if batch.len() < WRITE_BATCH {
+                job = jobs.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = send.write_all(batch.bytes()).await {
+            for (_, answer) in answers.drain(..) {
+                let _ = answer.send(Err(LaneError::NotSent(e.to_string())));
+            }
+            return;
+        }
+        // Registered only once written: an answer that arrives first waits for it (the
+        // reading half takes registrations until it finds the id).
+        for entry in answers.drain(..) {
+            if register.send(entry).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// A lane's receiving half: hands each reply to the caller waiting for its id. When the lane
+/// ends, every caller still waiting learns that its outcome is unknown.
+async fn read_replies(
+    mut recv: RecvStream,
+    mut registered: mpsc::UnboundedReceiver<(u64, Answer)>,
+) {
+    let mut waiting: HashMap<u64, Answer> = HashMap::new();
+    let mut reader = MgmtReader::new();
+    let why = loop {
+        let reply = match reader.next_reply(&mut recv).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => break "the node ended the lane".to_string(),
+            Err(e) => break e.to_string(),
+        };
+        let MgmtReply { id, response } = reply;
+        if id == 0 {
+            break format!("the node refused the lane: {response:?}");
+        }
+        // The writer registers a call right after writing it: wait for it if need be.
+        let mut answer = waiting.remove(&id);
+        while answer.is_none() {
+            match registered.recv().await {
+                Some((i, a)) if i == id => answer = Some(a),
+                Some((i, a)) => {
+                    waiting.insert(i, a);
+                }
+                None => break,
+            }
+        }
+        if let Some(answer) = answer {
+            let _ = answer.send(Ok(response));
+        }
+    };
+    registered.close();
+    while let Ok((i, a)) = registered.try_recv() {
+        waiting.insert(i, a);
+    }
+    for (_, answer) in waiting {
+        let _ = answer.send(Err(LaneError::Lost(why.clone())));
+    }
 }
 
 /// A remote client of a cluster. Cheap to clone; clones share the connection.
@@ -73,7 +247,7 @@ struct Inner {
     ticket: Option<String>,
     /// Addresses to try, in order (learned members are added).
     members: Mutex<Vec<EndpointAddr>>,
-    current: Mutex<Option<Current>>,
+    current: Mutex<Option<Session>>,
     timeout: Duration,
 }
 
@@ -87,7 +261,9 @@ impl std::fmt::Debug for IrohRaftManagementClient {
 
 /// A subscription to a node's events.
 pub struct EventSubscription {
-    recv: iroh::endpoint::RecvStream,
+    recv: RecvStream,
+    reader: MgmtReader,
+    _send: SendStream,
     _conn: Connection,
     /// The run of the node's event bus the numbers belong to (pass it to
     /// [`IrohRaftManagementClient::resume`]).
@@ -99,7 +275,12 @@ pub struct EventSubscription {
 impl EventSubscription {
     /// The next event, a "missed N" marker, or `None` once the node ended the stream.
     pub async fn next(&mut self) -> Option<Result<EventItem, ClientError>> {
-        match read_mgmt_response(&mut self.recv).await {
+        let response = self
+            .reader
+            .next_reply(&mut self.recv)
+            .await
+            .map(|r| r.map(|r| r.response));
+        match response {
             Ok(Some(MgmtResponse::Event { seq, event })) => {
                 self.last_seq = seq;
                 Some(
@@ -235,7 +416,7 @@ impl IrohRaftManagementClient {
         self.inner.endpoint.close().await;
     }
 
-    async fn hello(&self, addr: EndpointAddr) -> Result<Current, ClientError> {
+    async fn hello(&self, addr: EndpointAddr) -> Result<Session, ClientError> {
         let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
             reason: e.to_string(),
         };
@@ -249,13 +430,17 @@ impl IrohRaftManagementClient {
             version: MGMT_VERSION,
             ticket: self.inner.ticket.clone(),
         };
-        let answer = exchange(&conn, &hello).await;
+        let answer = hello_exchange(&conn, &hello).await;
         match answer {
-            Ok(MgmtResponse::Welcome { node_id, role }) => Ok(Current {
-                conn,
-                node_id,
-                role,
-            }),
+            Ok(MgmtResponse::Welcome { node_id, role }) => {
+                let lanes = Arc::new(Lanes::open(&conn).await?);
+                Ok(Session {
+                    conn,
+                    node_id,
+                    role,
+                    lanes,
+                })
+            }
             Ok(other) => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
             Err(_) => match conn.close_reason() {
                 Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
@@ -268,12 +453,12 @@ impl IrohRaftManagementClient {
         }
     }
 
-    /// The current connection, or a new one to the first member that admits this client.
-    async fn connection(&self) -> Result<(Connection, NodeId, MgmtRole), ClientError> {
+    /// The current session, or a new one with the first member that admits this client.
+    async fn connection(&self) -> Result<Session, ClientError> {
         let mut current = self.inner.current.lock().await;
         if let Some(c) = current.as_ref() {
             if c.conn.close_reason().is_none() {
-                return Ok((c.conn.clone(), c.node_id, c.role));
+                return Ok(c.clone());
             }
             // Its node went away: try it last.
             let gone = c.conn.remote_id();
@@ -292,9 +477,8 @@ impl IrohRaftManagementClient {
             match tokio::time::timeout(DIAL_TIMEOUT.min(self.inner.timeout), self.hello(addr)).await
             {
                 Ok(Ok(c)) => {
-                    let out = (c.conn.clone(), c.node_id, c.role);
-                    *current = Some(c);
-                    return Ok(out);
+                    *current = Some(c.clone());
+                    return Ok(c);
                 }
                 // A refusal is the cluster's policy: another member would say the same.
                 Ok(Err(e @ ClientError::Refused { .. })) => return Err(e),
@@ -322,13 +506,22 @@ impl IrohRaftManagementClient {
     }
 
     /// Sends one request, failing over to other members while they are unreachable or have no
-    /// leader, until the client's timeout.
+    /// leader, until the client's timeout. A change or command whose connection was lost
+    /// after sending is not sent again ([`ClientError::OutcomeUnknown`]).
     async fn request(&self, req: MgmtRequest) -> Result<MgmtResponse, ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let resendable = matches!(
+            req,
+            MgmtRequest::Status
+                | MgmtRequest::Health
+                | MgmtRequest::Read { .. }
+                | MgmtRequest::Snapshot
+                | MgmtRequest::MintTicket { .. }
+        );
         loop {
-            let (conn, _, _) = self.connection().await?;
+            let session = self.connection().await?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let answer = tokio::time::timeout(remaining, exchange(&conn, &req)).await;
+            let answer = tokio::time::timeout(remaining, session.lanes.call(req.clone())).await;
             let retry = match answer {
                 Err(_) => return Err(ClientError::Timeout(self.inner.timeout)),
                 Ok(Ok(MgmtResponse::Error {
@@ -350,7 +543,7 @@ impl IrohRaftManagementClient {
                     ..
                 })) => {
                     // That node is out of service: fail over.
-                    self.drop_connection(&conn).await;
+                    self.drop_connection(&session.conn).await;
                     ClientError::Failed {
                         kind: MgmtErrorKind::NodeDown,
                         message,
@@ -360,9 +553,17 @@ impl IrohRaftManagementClient {
                     return Err(ClientError::Failed { kind, message });
                 }
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) => {
-                    self.drop_connection(&conn).await;
-                    e
+                Ok(Err(LaneError::Codec(e))) => return Err(ClientError::Codec(e)),
+                Ok(Err(LaneError::NotSent(reason))) => {
+                    self.drop_connection(&session.conn).await;
+                    ClientError::Unreachable { reason }
+                }
+                Ok(Err(LaneError::Lost(reason))) => {
+                    self.drop_connection(&session.conn).await;
+                    if !resendable {
+                        return Err(ClientError::OutcomeUnknown { reason });
+                    }
+                    ClientError::Unreachable { reason }
                 }
             };
             if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
@@ -417,11 +618,9 @@ impl IrohRaftManagementClient {
             if let Some((_, addr)) = leader
                 && let Ok(Ok(c)) = tokio::time::timeout(self.inner.timeout, self.hello(addr)).await
             {
-                let mut current = self.inner.current.lock().await;
-                if let Some(old) = current.replace(c) {
-                    old.conn
-                        .close(CloseCode::Normal.to_varint(), b"moving to the leader");
-                }
+                // The old connection closes once its calls in flight are answered and its
+                // lanes are dropped.
+                *self.inner.current.lock().await = Some(c);
             }
         }
     }
@@ -568,42 +767,47 @@ impl IrohRaftManagementClient {
     /// (else a "missed N" marker). On another node, or after the node restarted, the run differs
     /// and the stream starts from now (compare [`EventSubscription::epoch`]).
     pub async fn resume(&self, epoch: u64, after: u64) -> Result<EventSubscription, ClientError> {
-        let (conn, _, _) = self.connection().await?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| ClientError::Unreachable {
+        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
             reason: e.to_string(),
-        })?;
-        let bytes = encode_mgmt(&MgmtRequest::Subscribe { epoch, after })
+        };
+        let session = self.connection().await?;
+        // A lane of its own, so that events never hold up other requests.
+        let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| unreachable(&e))?;
+        let mut batch = MgmtBatch::new();
+        let request = MgmtRequest::Subscribe { epoch, after };
+        batch
+            .push(&MgmtCall { id: 1, request })
             .map_err(|e| ClientError::Codec(e.to_string()))?;
-        send.write_all(&bytes)
+        send.write_all(batch.bytes())
             .await
-            .map_err(|e| ClientError::Unreachable {
-                reason: e.to_string(),
-            })?;
-        let _ = send.finish();
-        let mut recv = recv;
+            .map_err(|e| unreachable(&e))?;
+        let mut reader = MgmtReader::new();
         // Events start once the node confirms the subscription.
-        let (epoch, last_seq) = match read_mgmt_response(&mut recv).await {
+        let confirmed = reader.next_reply(&mut recv).await;
+        let (epoch, last_seq) = match confirmed.map(|r| r.map(|r| r.response)) {
             Ok(Some(MgmtResponse::Subscribed { epoch, after })) => (epoch, after),
             Ok(Some(MgmtResponse::Error { kind, message, .. })) => {
                 return Err(ClientError::Failed { kind, message });
             }
             other => {
-                return Err(ClientError::Unreachable {
-                    reason: format!("subscription not confirmed: {other:?}"),
-                });
+                return Err(unreachable(&format!(
+                    "subscription not confirmed: {other:?}"
+                )));
             }
         };
         Ok(EventSubscription {
             recv,
-            _conn: conn,
+            reader,
+            _send: send,
+            _conn: session.conn,
             epoch,
             last_seq,
         })
     }
 }
 
-/// One request on a new stream of `conn`, one answer.
-async fn exchange(conn: &Connection, req: &MgmtRequest) -> Result<MgmtResponse, ClientError> {
+/// The Hello on a connection's first stream, and its answer.
+async fn hello_exchange(conn: &Connection, req: &MgmtRequest) -> Result<MgmtResponse, ClientError> {
     let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
         reason: e.to_string(),
     };

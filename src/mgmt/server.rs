@@ -9,25 +9,42 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use iroh::{
     EndpointId,
-    endpoint::{Connection, SendStream},
+    endpoint::{Connection, RecvStream, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
 use iroh_raft_actors::{
     ClusterId, EventItem, MemberRole, ProposeError, ReadError, Role, StateMachine, Ticket,
     TicketRole, TransferError,
     wire::{
-        CloseCode, MGMT_VERSION, MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest, MgmtResponse,
-        MgmtRole, MgmtStatus, encode_mgmt, read_mgmt_request,
+        CloseCode, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth, MgmtMember,
+        MgmtReader, MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt,
+        read_mgmt_request,
     },
 };
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{JoinOptions, RaftCluster, cluster::WeakCluster, net::addr_from_wire};
 
 /// How long a client has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Request streams (lanes) one connection may have open at once; a lane beyond it is refused.
+const MAX_LANES: usize = 64;
+
+/// Calls one lane may have in progress; beyond it the lane is not read (the client's stream
+/// flow control pushes back) until one completes.
+const MAX_LANE_CALLS: usize = 1024;
+
+/// Replies a lane holds before its handlers wait for the client to read (small, so that a
+/// subscriber that reads slowly is soon told what it missed instead of buffering events).
+const LANE_QUEUE: usize = 64;
+
+/// A lane writes up to this many bytes of replies at once.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// Answers a linearizable read: decodes the query, runs it on the state machine, encodes the
 /// answer.
@@ -202,39 +219,116 @@ impl<S: StateMachine> MgmtProtocol<S> {
         send(&mut tx, &MgmtResponse::Welcome { node_id, role }).await;
         let _ = tx.finish();
         debug!(endpoint = %remote.fmt_short(), ?role, "management client admitted");
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut lanes = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
-                Some(_) = tasks.join_next() => {}
+                Some(_) = lanes.join_next() => {}
                 stream = conn.accept_bi() => {
-                    let Ok((mut tx, mut rx)) = stream else { return };
-                    let this = self.clone();
-                    tasks.spawn(async move {
-                        let request = match read_mgmt_request(&mut rx).await {
-                            Ok(Some(r)) => r,
-                            Ok(None) => return,
-                            Err(e) => {
-                                send(&mut tx, &error(MgmtErrorKind::Malformed, e, None)).await;
-                                let _ = tx.finish();
-                                return;
-                            }
-                        };
-                        this.answer(role, request, &mut tx).await;
+                    let Ok((mut tx, rx)) = stream else { return };
+                    if lanes.len() >= MAX_LANES {
+                        let why = format!("more than {MAX_LANES} request streams at once");
+                        let response = error(MgmtErrorKind::Refused, why, None);
+                        let mut batch = MgmtBatch::new();
+                        if batch.push(&MgmtReply { id: 0, response }).is_ok() {
+                            let _ = tx.write_all(batch.bytes()).await;
+                        }
                         let _ = tx.finish();
-                    });
+                        continue;
+                    }
+                    lanes.spawn(self.clone().lane(role, tx, rx));
                 }
             }
         }
     }
 
-    async fn answer(&self, role: MgmtRole, request: MgmtRequest, tx: &mut SendStream) {
+    /// Serves one lane. Calls run concurrently inside this task (no task per call: a commit
+    /// that answers hundreds of proposals at once wakes this task once, and their replies go
+    /// out in one write); a subscription runs in a task of its own and sends its events here.
+    async fn lane(self, role: MgmtRole, mut tx: SendStream, mut rx: RecvStream) {
+        let (events_out, mut events) = mpsc::channel::<MgmtReply>(LANE_QUEUE);
+        let mut events_out = Some(events_out);
+        let mut running = FuturesUnordered::new();
+        let mut reader = MgmtReader::new();
+        let mut batch = MgmtBatch::new();
+        let stopped = tx.stopped();
+        tokio::pin!(stopped);
+        // Open while a subscription of this lane may still send events.
+        let mut events_open = true;
+        loop {
+            let reading = events_out.is_some();
+            if !reading && running.is_empty() && !events_open {
+                break;
+            }
+            let first = tokio::select! {
+                call = reader.next_call(&mut rx), if reading && running.len() < MAX_LANE_CALLS => {
+                    match call {
+                        Ok(Some(MgmtCall { id, request: MgmtRequest::Subscribe { epoch, after } })) => {
+                            let out = events_out.clone().expect("reading");
+                            let cluster = self.cluster();
+                            tokio::spawn(async move {
+                                let response = match cluster {
+                                    Some(cluster) => subscribe(&cluster, id, epoch, after, &out).await,
+                                    None => Some(node_down()),
+                                };
+                                if let Some(response) = response {
+                                    let _ = out.send(MgmtReply { id, response }).await;
+                                }
+                            });
+                            continue;
+                        }
+                        Ok(Some(MgmtCall { id, request })) => {
+                            let this = self.clone();
+                            running.push(Box::pin(async move {
+                                MgmtReply { id, response: this.answer(role, request).await }
+                            }));
+                            continue;
+                        }
+                        // The client finished its side: answer what is running, then finish.
+                        Ok(None) => {
+                            events_out = None;
+                            continue;
+                        }
+                        // The lane's framing is lost: say why (id 0 names the lane) and end
+                        // it once the calls already read are answered.
+                        Err(e) => {
+                            events_out = None;
+                            MgmtReply { id: 0, response: error(MgmtErrorKind::Malformed, e, None) }
+                        }
+                    }
+                }
+                Some(reply) = running.next(), if !running.is_empty() => reply,
+                reply = events.recv(), if events_open => match reply {
+                    Some(reply) => reply,
+                    None => {
+                        events_open = false;
+                        continue;
+                    }
+                },
+                _ = &mut stopped => return,
+            };
+            // Everything else that is ready goes in the same write.
+            batch.clear();
+            push_reply(&mut batch, first);
+            while batch.len() < WRITE_BATCH {
+                if let Some(Some(reply)) = running.next().now_or_never() {
+                    push_reply(&mut batch, reply);
+                } else if let Ok(reply) = events.try_recv() {
+                    push_reply(&mut batch, reply);
+                } else {
+                    break;
+                }
+            }
+            if tx.write_all(batch.bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.finish();
+    }
+
+    /// The answer to one call (other than a subscription).
+    async fn answer(&self, role: MgmtRole, request: MgmtRequest) -> MgmtResponse {
         let Some(cluster) = self.cluster() else {
-            send(
-                tx,
-                &error(MgmtErrorKind::NodeDown, "node is not running", None),
-            )
-            .await;
-            return;
+            return node_down();
         };
         let writes = matches!(
             request,
@@ -250,10 +344,9 @@ impl<S: StateMachine> MgmtProtocol<S> {
         );
         if writes && role != MgmtRole::Admin {
             let msg = "a read-only client may not change the cluster";
-            send(tx, &error(MgmtErrorKind::Forbidden, msg, None)).await;
-            return;
+            return error(MgmtErrorKind::Forbidden, msg, None);
         }
-        let response = match request {
+        match request {
             MgmtRequest::Hello { .. } => error(MgmtErrorKind::Malformed, "Hello twice", None),
             MgmtRequest::Status => status(&cluster).await,
             MgmtRequest::Health => health(&cluster).await,
@@ -331,10 +424,11 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     }
                 }
             },
-            MgmtRequest::Subscribe { epoch, after } => {
-                subscribe(&cluster, epoch, after, tx).await;
-                return;
-            }
+            MgmtRequest::Subscribe { .. } => error(
+                MgmtErrorKind::Malformed,
+                "a subscription is served by the lane",
+                None,
+            ),
             MgmtRequest::MintTicket {
                 role,
                 valid_for_secs,
@@ -358,8 +452,26 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     }
                 }
             }
+        }
+    }
+}
+
+fn node_down() -> MgmtResponse {
+    error(MgmtErrorKind::NodeDown, "node is not running", None)
+}
+
+/// Frames a reply into the batch; an answer too large to send becomes an error for its call.
+fn push_reply(batch: &mut MgmtBatch, reply: MgmtReply) {
+    if let Err(e) = batch.push(&reply) {
+        warn!(error = %e, "management answer does not encode");
+        let response = error(MgmtErrorKind::Refused, format!("the answer {e}"), None);
+        let fallback = MgmtReply {
+            id: reply.id,
+            response,
         };
-        send(tx, &response).await;
+        if let Err(e) = batch.push(&fallback) {
+            warn!(error = %e, "management error does not encode");
+        }
     }
 }
 
@@ -455,12 +567,15 @@ async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
     })
 }
 
+/// Streams events as replies to call `id` until the client stops reading; `Some` is the
+/// answer when the subscription could not start.
 async fn subscribe<S: StateMachine>(
     cluster: &RaftCluster<S>,
+    id: u64,
     epoch: u64,
     after: u64,
-    tx: &mut SendStream,
-) -> MgmtResponse {
+    out: &mpsc::Sender<MgmtReply>,
+) -> Option<MgmtResponse> {
     let events = if epoch == 0 {
         cluster.subscribe().await
     } else {
@@ -468,17 +583,30 @@ async fn subscribe<S: StateMachine>(
     };
     let mut events = match events {
         Ok(e) => e,
-        Err(e) => return read_error(&e),
+        Err(e) => return Some(read_error(&e)),
     };
     let subscribed = MgmtResponse::Subscribed {
         epoch: events.epoch(),
         after: events.last_seq(),
     };
-    if !send(tx, &subscribed).await {
-        return subscribed;
+    if out
+        .send(MgmtReply {
+            id,
+            response: subscribed,
+        })
+        .await
+        .is_err()
+    {
+        return None;
     }
-    while let Some(item) = events.next().await {
-        let msg = match item {
+    loop {
+        // Wait for the next event, or for the lane's writer to go (the client went away).
+        let item = tokio::select! {
+            item = events.next() => item,
+            _ = out.closed() => None,
+        };
+        let Some(item) = item else { break };
+        let response = match item {
             EventItem::Event(ev) => match postcard::to_allocvec(&ev) {
                 Ok(event) => MgmtResponse::Event {
                     seq: events.last_seq(),
@@ -488,12 +616,12 @@ async fn subscribe<S: StateMachine>(
             },
             EventItem::Missed(count) => MgmtResponse::Missed { count },
         };
-        // The client stopped reading (or went away): end the subscription.
-        if !send(tx, &msg).await {
+        // Waits while the client reads slowly: the event bus then reports what it dropped.
+        if out.send(MgmtReply { id, response }).await.is_err() {
             break;
         }
     }
-    subscribed
+    None
 }
 
 impl<S: StateMachine> ProtocolHandler for MgmtProtocol<S> {

@@ -19,4 +19,5 @@ mod t75_membership;
 mod t77_tickets;
 mod t80_malformed_frames;
 mod t85_mgmt;
+mod t86_mgmt_lanes;
 mod t90_config_errors;

@@ -1,7 +1,7 @@
 //! Messages and framing of the management protocol; the specification is in the [`super`]
 //! module doc.
 
-use rkyv::{Archive, Deserialize, Serialize, rancor};
+use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
 
 use super::discovery::{Archivable, DiscoveryWireError, encode_framed, read_framed};
 
@@ -9,7 +9,7 @@ use super::discovery::{Archivable, DiscoveryWireError, encode_framed, read_frame
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
 
 /// Version carried in [`MgmtRequest::Hello`].
-pub const MGMT_VERSION: u32 = 1;
+pub const MGMT_VERSION: u32 = 2;
 
 /// Largest management message (8 MiB: a command of up to 4 MiB with room to spare).
 pub const MAX_MGMT_FRAME: usize = 8 * 1024 * 1024;
@@ -82,7 +82,8 @@ pub struct MgmtHealth {
     pub apply_lag: u64,
 }
 
-/// A request: one per bidirectional stream, after [`MgmtRequest::Hello`] on the first.
+/// A request: [`MgmtRequest::Hello`] alone on a connection's first stream, then any number of
+/// them, each in a [`MgmtCall`], on the streams that follow.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum MgmtRequest {
     /// First stream of a connection: version and, unless the client's key is a member or on
@@ -265,6 +266,171 @@ pub enum MgmtResponse {
     },
 }
 
+/// A request on a lane (any stream after the first), numbered by the client: the
+/// [`MgmtReply`]s to it carry the same id.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MgmtCall {
+    /// Chosen by the client, unique among its calls in flight on this stream.
+    pub id: u64,
+    /// The request.
+    pub request: MgmtRequest,
+}
+
+/// An answer on a lane: one per [`MgmtCall`], or a stream of them for
+/// [`MgmtRequest::Subscribe`]. Replies to different calls may come in any order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MgmtReply {
+    /// The id of the call answered.
+    pub id: u64,
+    /// The answer.
+    pub response: MgmtResponse,
+}
+
+/// Frames management messages into one buffer, to send many in one write. Serialises through
+/// a scratch buffer it keeps, so once both have grown a message costs no allocation.
+#[derive(Debug, Default)]
+pub struct MgmtBatch {
+    out: Vec<u8>,
+    scratch: AlignedVec,
+}
+
+impl MgmtBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends one framed message; on error (too large) the batch is unchanged.
+    pub fn push<T: Archivable>(&mut self, msg: &T) -> Result<(), DiscoveryWireError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(msg, buf)
+            .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))?;
+        let len = buf.len();
+        let fits = len <= MAX_MGMT_FRAME;
+        if fits {
+            self.out.extend_from_slice(&(len as u32).to_le_bytes());
+            self.out.extend_from_slice(&buf);
+        }
+        self.scratch = buf;
+        if fits {
+            Ok(())
+        } else {
+            Err(DiscoveryWireError::TooLarge(len))
+        }
+    }
+
+    /// The framed bytes so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// How many bytes are framed.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Nothing framed yet.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.out.clear();
+    }
+}
+
+/// How much a [`MgmtReader`] asks the stream for at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads framed management messages from a stream in large chunks (one stream read serves
+/// every frame it holds, instead of two reads per frame). Cancel-safe: a read interrupted at
+/// an `.await` loses nothing, the bytes already taken stay buffered here.
+#[derive(Debug, Default)]
+pub struct MgmtReader {
+    buf: Vec<u8>,
+    pos: usize,
+    frame: AlignedVec,
+}
+
+impl MgmtReader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next [`MgmtCall`]; `Ok(None)` when the stream ended cleanly between frames.
+    pub async fn next_call(
+        &mut self,
+        recv: &mut iroh::endpoint::RecvStream,
+    ) -> Result<Option<MgmtCall>, DiscoveryWireError> {
+        let Some(frame) = self.next_frame(recv).await? else {
+            return Ok(None);
+        };
+        rkyv::from_bytes::<MgmtCall, rancor::Error>(frame)
+            .map(Some)
+            .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+    }
+
+    /// The next [`MgmtReply`]; `Ok(None)` when the stream ended cleanly between frames.
+    pub async fn next_reply(
+        &mut self,
+        recv: &mut iroh::endpoint::RecvStream,
+    ) -> Result<Option<MgmtReply>, DiscoveryWireError> {
+        let Some(frame) = self.next_frame(recv).await? else {
+            return Ok(None);
+        };
+        rkyv::from_bytes::<MgmtReply, rancor::Error>(frame)
+            .map(Some)
+            .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+    }
+
+    /// The next frame's archive, copied to an aligned buffer.
+    async fn next_frame(
+        &mut self,
+        recv: &mut iroh::endpoint::RecvStream,
+    ) -> Result<Option<&AlignedVec>, DiscoveryWireError> {
+        loop {
+            if let Some(len) = self.complete_frame()? {
+                let start = self.pos + 4;
+                self.frame.clear();
+                self.frame.extend_from_slice(&self.buf[start..start + len]);
+                self.pos = start + len;
+                return Ok(Some(&self.frame));
+            }
+            // Keep only the unread tail before reading more.
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            match recv.read_chunk(READ_CHUNK).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    return Err(DiscoveryWireError::Io(
+                        "the stream ended inside a frame".into(),
+                    ));
+                }
+                Err(e) => return Err(DiscoveryWireError::Io(e.to_string())),
+            }
+        }
+    }
+
+    /// The length of the frame at the read position if all of it is buffered.
+    fn complete_frame(&self) -> Result<Option<usize>, DiscoveryWireError> {
+        let avail = &self.buf[self.pos..];
+        let Some(header) = avail.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(header.try_into().expect("four bytes")) as usize;
+        if len > MAX_MGMT_FRAME {
+            return Err(DiscoveryWireError::TooLarge(len));
+        }
+        Ok((avail.len() >= 4 + len).then_some(len))
+    }
+}
+
 /// Encodes one framed management message (`u32` LE length, rkyv archive).
 pub fn encode_mgmt<T: Archivable>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError> {
     encode_framed(msg, MAX_MGMT_FRAME)
@@ -343,5 +509,53 @@ mod tests {
         let mut garbage = AlignedVec::<16>::new();
         garbage.extend_from_slice(&[0xff; 64]);
         assert!(rkyv::from_bytes::<MgmtRequest, rancor::Error>(&garbage).is_err());
+    }
+
+    #[test]
+    fn a_batch_frames_calls_back_to_back_and_refuses_an_oversized_one_whole() {
+        let mut batch = MgmtBatch::new();
+        let calls = [
+            MgmtCall {
+                id: 1,
+                request: MgmtRequest::Status,
+            },
+            MgmtCall {
+                id: 2,
+                request: MgmtRequest::Propose {
+                    command: vec![7; 300],
+                },
+            },
+        ];
+        for c in &calls {
+            batch.push(c).unwrap();
+        }
+        let before = batch.len();
+        let huge = MgmtCall {
+            id: 3,
+            request: MgmtRequest::Propose {
+                command: vec![0; MAX_MGMT_FRAME + 1],
+            },
+        };
+        assert!(matches!(
+            batch.push(&huge),
+            Err(DiscoveryWireError::TooLarge(_))
+        ));
+        assert_eq!(
+            batch.len(),
+            before,
+            "a refused message leaves the batch as it was"
+        );
+        // Split the batch back into frames.
+        let (mut bytes, mut decoded) = (batch.bytes(), Vec::new());
+        while !bytes.is_empty() {
+            let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+            let mut frame = AlignedVec::<16>::new();
+            frame.extend_from_slice(&bytes[4..4 + len]);
+            decoded.push(rkyv::from_bytes::<MgmtCall, rancor::Error>(&frame).unwrap());
+            bytes = &bytes[4 + len..];
+        }
+        assert_eq!(decoded, calls);
+        batch.clear();
+        assert!(batch.is_empty());
     }
 }

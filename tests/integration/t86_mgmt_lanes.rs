@@ -1,0 +1,279 @@
+//! The management protocol's lanes (pipelined request streams): many calls in flight on one
+//! connection each get their own answer, a lane whose framing breaks is refused without
+//! harming the connection or the node, and a write whose connection is lost before its answer
+//! is reported as "outcome unknown", never sent twice.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use iroh::{
+    SecretKey,
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler, Router},
+};
+use iroh_raft::{
+    KvCommand, KvResponse, TicketRole,
+    actors::wire::{
+        MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader, MgmtReply,
+        MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt, read_mgmt_response,
+    },
+    mgmt::{ClientError, IrohRaftManagementClient},
+    net::{bind_offline_endpoint, endpoint_peer_addr},
+};
+
+use crate::support::TestCluster;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
+    let cluster =
+        TestCluster::start_configured(3, 3, |b| b.remote_reads(iroh_raft::kv::remote_get)).await;
+    let leader = cluster.wait_for_leader().await;
+    let ticket = cluster
+        .node(leader)
+        .ticket(TicketRole::Admin, DAY)
+        .await
+        .unwrap();
+    let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
+    const N: usize = 300;
+    // Writes of distinct keys, all in flight at once: each response is its own command's.
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let client = client.clone();
+        writes.spawn(async move {
+            let cmd = KvCommand::Set {
+                key: format!("key-{i}"),
+                value: format!("value-{i}"),
+            };
+            let r: KvResponse = client.propose(&cmd).await.unwrap();
+            assert_eq!(
+                r.previous, None,
+                "key-{i} answered with another call's response"
+            );
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.unwrap();
+    }
+    // Reads of distinct keys mixed with status calls: every answer matches its question.
+    let mut reads = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let client = client.clone();
+        reads.spawn(async move {
+            if i % 10 == 0 {
+                let status = client.status().await.unwrap();
+                assert_eq!(status.members.len(), 3);
+            }
+            let value: Option<String> = client.read(&format!("key-{i}")).await.unwrap();
+            assert_eq!(value, Some(format!("value-{i}")));
+        });
+    }
+    while let Some(done) = reads.join_next().await {
+        done.unwrap();
+    }
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+/// A raw management connection, admitted with `ticket`.
+async fn raw_connection(addr: iroh::EndpointAddr, ticket: &str) -> (iroh::Endpoint, Connection) {
+    let ep = bind_offline_endpoint(SecretKey::generate(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let conn = ep.connect(addr, MGMT_ALPN).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = MgmtRequest::Hello {
+        version: MGMT_VERSION,
+        ticket: Some(ticket.to_string()),
+    };
+    send.write_all(&encode_mgmt(&hello).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    let welcome = read_mgmt_response(&mut recv).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            welcome,
+            MgmtResponse::Welcome {
+                role: MgmtRole::Admin,
+                ..
+            }
+        ),
+        "{welcome:?}"
+    );
+    (ep, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_with_broken_framing_is_refused_and_the_rest_keeps_working() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let ticket = cluster
+        .node(leader)
+        .ticket(TicketRole::Admin, DAY)
+        .await
+        .unwrap()
+        .to_string();
+    let addr = cluster.addrs[leader as usize - 1].0.clone();
+    let (ep, conn) = raw_connection(addr, &ticket).await;
+
+    let garbage: [&[u8]; 3] = [
+        // A frame whose bytes are not a call.
+        &[
+            16, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8,
+        ],
+        // A length beyond the largest frame.
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        // A stream that ends inside a frame.
+        &[100, 0, 0, 0, 1, 2, 3],
+    ];
+    for bytes in garbage {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        send.finish().unwrap();
+        let mut reader = MgmtReader::new();
+        let reply = tokio::time::timeout(Duration::from_secs(10), reader.next_reply(&mut recv))
+            .await
+            .expect("the node answers a broken lane")
+            .unwrap()
+            .expect("a reply before the end of the lane");
+        assert_eq!(reply.id, 0, "{reply:?}");
+        assert!(
+            matches!(
+                reply.response,
+                MgmtResponse::Error {
+                    kind: MgmtErrorKind::Malformed,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+        // The node ends that lane.
+        assert!(reader.next_reply(&mut recv).await.unwrap().is_none());
+    }
+
+    // The same connection opens a good lane: two calls in one write, both answered.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut batch = MgmtBatch::new();
+    batch
+        .push(&MgmtCall {
+            id: 7,
+            request: MgmtRequest::Health,
+        })
+        .unwrap();
+    batch
+        .push(&MgmtCall {
+            id: 8,
+            request: MgmtRequest::Status,
+        })
+        .unwrap();
+    send.write_all(batch.bytes()).await.unwrap();
+    send.finish().unwrap();
+    let mut reader = MgmtReader::new();
+    let mut ids = Vec::new();
+    while let Some(MgmtReply { id, response }) = reader.next_reply(&mut recv).await.unwrap() {
+        match (id, response) {
+            (7, MgmtResponse::Health(_)) | (8, MgmtResponse::Status(_)) => ids.push(id),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, vec![7, 8]);
+    conn.close(0u32.into(), b"done");
+    ep.close().await;
+
+    // And the cluster still commits.
+    cluster
+        .node(leader)
+        .propose(KvCommand::Set {
+            key: "after".into(),
+            value: "garbage".into(),
+        })
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}
+
+/// A stand-in node: admits anyone, answers Status, and drops the connection when it receives
+/// a proposal (counting them).
+#[derive(Debug, Clone, Default)]
+struct DropsProposals {
+    proposals: Arc<AtomicUsize>,
+}
+
+impl ProtocolHandler for DropsProposals {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let _hello = iroh_raft::actors::wire::read_mgmt_request(&mut recv).await;
+        let welcome = MgmtResponse::Welcome {
+            node_id: 1,
+            role: MgmtRole::Admin,
+        };
+        let _ = send.write_all(&encode_mgmt(&welcome).unwrap()).await;
+        let _ = send.finish();
+        // Lanes are served concurrently, as a node does.
+        let mut lanes = tokio::task::JoinSet::new();
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let (conn, proposals) = (conn.clone(), self.proposals.clone());
+            lanes.spawn(async move {
+                let mut reader = MgmtReader::new();
+                while let Ok(Some(MgmtCall { id, request })) = reader.next_call(&mut recv).await {
+                    let response = match request {
+                        MgmtRequest::Status => MgmtResponse::Status(MgmtStatus {
+                            node_id: 1,
+                            cluster_id: [0; 16],
+                            leader: 0,
+                            term: 1,
+                            commit_index: 0,
+                            applied_index: 0,
+                            role: "follower".into(),
+                            members: Vec::new(),
+                        }),
+                        MgmtRequest::Propose { .. } => {
+                            proposals.fetch_add(1, Ordering::SeqCst);
+                            conn.close(1u32.into(), b"gone mid-request");
+                            return;
+                        }
+                        _ => continue,
+                    };
+                    let mut batch = MgmtBatch::new();
+                    batch.push(&MgmtReply { id, response }).unwrap();
+                    if send.write_all(batch.bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_is_lost_is_reported_unknown_and_not_resent() {
+    let ep = bind_offline_endpoint(SecretKey::generate(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let handler = DropsProposals::default();
+    let router = Router::builder(ep.clone())
+        .accept(MGMT_ALPN, handler.clone())
+        .spawn();
+    let addr = endpoint_peer_addr(&ep).0;
+    let client = IrohRaftManagementClient::connect_with(None, vec![addr], None)
+        .await
+        .unwrap();
+    let cmd = KvCommand::Set {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    let err = client.propose::<_, KvResponse>(&cmd).await.unwrap_err();
+    assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!(handler.proposals.load(Ordering::SeqCst), 1, "resent");
+    // A read-only request is simply asked again, on a new connection.
+    client.status().await.unwrap();
+    client.close().await;
+    router.shutdown().await.unwrap();
+}
