@@ -86,8 +86,9 @@
 //! - Requests are pipelined on lanes: every bidirectional stream after the first is a lane on
 //!   which the client sends [`MgmtCall`]s (an id of its choice, unique among its calls in flight
 //!   on that lane, never 0, and a [`MgmtRequest`]) without waiting, many per write if it likes.
-//!   The node answers each with a [`MgmtReply`] carrying the same id, in completion order, not
-//!   request order (a [`MgmtRequest::Subscribe`] gets [`MgmtResponse::Subscribed`], then
+//!   The node answers each with a [`MgmtReply`] carrying the same id and the leader it knows
+//!   of (clients move to the leader when the node they talk to names another one), in
+//!   completion order, not request order (a [`MgmtRequest::Subscribe`] gets [`MgmtResponse::Subscribed`], then
 //!   [`MgmtResponse::Event`] / [`MgmtResponse::Missed`] replies until the client stops the
 //!   stream: clients give a subscription a lane of its own). When the client finishes its side
 //!   the node answers what it has read, then finishes too. A lane whose framing breaks (a frame

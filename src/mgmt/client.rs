@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -105,6 +105,8 @@ struct Session {
     node_id: NodeId,
     role: MgmtRole,
     lanes: Arc<Lanes>,
+    /// The leader named by the node's latest reply (0: none known).
+    leader: Arc<AtomicU64>,
 }
 
 struct Lanes {
@@ -114,7 +116,7 @@ struct Lanes {
 
 impl Lanes {
     /// Opens the lanes on an admitted connection and starts their tasks.
-    async fn open(conn: &Connection) -> Result<Self, ClientError> {
+    async fn open(conn: &Connection, leader: &Arc<AtomicU64>) -> Result<Self, ClientError> {
         let mut queues = Vec::with_capacity(LANES);
         for _ in 0..LANES {
             let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Unreachable {
@@ -123,7 +125,7 @@ impl Lanes {
             let (queue, jobs) = mpsc::channel(LANE_QUEUE);
             let (register, registered) = mpsc::unbounded_channel();
             tokio::spawn(write_calls(send, jobs, register));
-            tokio::spawn(read_replies(recv, registered));
+            tokio::spawn(read_replies(recv, registered, leader.clone()));
             queues.push(queue);
         }
         Ok(Self {
@@ -199,6 +201,7 @@ async fn write_calls(
 async fn read_replies(
     mut recv: RecvStream,
     mut registered: mpsc::UnboundedReceiver<(u64, Answer)>,
+    leader: Arc<AtomicU64>,
 ) {
     let mut waiting: HashMap<u64, Answer> = HashMap::new();
     let mut reader = MgmtReader::new();
@@ -208,7 +211,12 @@ async fn read_replies(
             Ok(None) => break "the node ended the lane".to_string(),
             Err(e) => break e.to_string(),
         };
-        let MgmtReply { id, response } = reply;
+        let MgmtReply {
+            id,
+            leader: known,
+            response,
+        } = reply;
+        leader.store(known, Ordering::Relaxed);
         if id == 0 {
             break format!("the node refused the lane: {response:?}");
         }
@@ -247,6 +255,10 @@ struct Inner {
     ticket: Option<String>,
     /// Addresses to try, in order (learned members are added).
     members: Mutex<Vec<EndpointAddr>>,
+    /// Members' addresses by raft id, learned from status answers.
+    ids: Mutex<HashMap<NodeId, EndpointAddr>>,
+    /// A move to the leader is under way.
+    moving: AtomicBool,
     current: Mutex<Option<Session>>,
     timeout: Duration,
 }
@@ -347,6 +359,8 @@ impl IrohRaftManagementClient {
                 endpoint,
                 ticket: ticket.map(ToString::to_string),
                 members: Mutex::new(members),
+                ids: Mutex::new(HashMap::new()),
+                moving: AtomicBool::new(false),
                 current: Mutex::new(None),
                 timeout: Duration::from_secs(10),
             }),
@@ -433,12 +447,14 @@ impl IrohRaftManagementClient {
         let answer = hello_exchange(&conn, &hello).await;
         match answer {
             Ok(MgmtResponse::Welcome { node_id, role }) => {
-                let lanes = Arc::new(Lanes::open(&conn).await?);
+                let leader = Arc::new(AtomicU64::new(0));
+                let lanes = Arc::new(Lanes::open(&conn, &leader).await?);
                 Ok(Session {
                     conn,
                     node_id,
                     role,
                     lanes,
+                    leader,
                 })
             }
             Ok(other) => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
@@ -522,6 +538,9 @@ impl IrohRaftManagementClient {
             let session = self.connection().await?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = tokio::time::timeout(remaining, session.lanes.call(req.clone())).await;
+            if let Ok(Ok(_)) = &answer {
+                self.follow_leader(&session);
+            }
             let retry = match answer {
                 Err(_) => return Err(ClientError::Timeout(self.inner.timeout)),
                 Ok(Ok(MgmtResponse::Error {
@@ -573,6 +592,49 @@ impl IrohRaftManagementClient {
         }
     }
 
+    /// Moves to the leader, in the background, when the node this client talks to names
+    /// another one: writes then take no extra hop (a follower would forward them meanwhile).
+    fn follow_leader(&self, session: &Session) {
+        let leader = session.leader.load(Ordering::Relaxed);
+        if leader == 0
+            || leader == session.node_id
+            || self.inner.moving.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (this, lanes) = (self.clone(), session.lanes.clone());
+        tokio::spawn(async move {
+            if !this.move_to(leader, &lanes).await {
+                // Not now (it may be down, or not the leader any more): try again later.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            this.inner.moving.store(false, Ordering::Release);
+        });
+    }
+
+    /// Connects to `leader` and makes it the current session; `false` if that failed.
+    async fn move_to(&self, leader: NodeId, lanes: &Lanes) -> bool {
+        let known = self.inner.ids.lock().await.get(&leader).cloned();
+        let Some(addr) = known else {
+            // A leader this client has not heard of: learn the members (which moves there).
+            return match lanes.call(MgmtRequest::Status).await {
+                Ok(MgmtResponse::Status(status)) => {
+                    self.learn(&status).await;
+                    true
+                }
+                _ => false,
+            };
+        };
+        match tokio::time::timeout(DIAL_TIMEOUT.min(self.inner.timeout), self.hello(addr)).await {
+            Ok(Ok(session)) if session.node_id == leader => {
+                // The old session closes once its calls in flight are answered.
+                *self.inner.current.lock().await = Some(session);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The cluster as the connected node sees it. Also teaches the client the members'
     /// addresses, and moves its connection to the leader.
     pub async fn status(&self) -> Result<MgmtStatus, ClientError> {
@@ -589,6 +651,7 @@ impl IrohRaftManagementClient {
             .iter()
             .filter_map(|m| Some((m.id, addr_from_wire(&m.key, &m.addrs)?)))
             .collect();
+        self.inner.ids.lock().await.extend(addrs.iter().cloned());
         {
             let mut members = self.inner.members.lock().await;
             for (_, a) in &addrs {

@@ -5,7 +5,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -16,8 +19,8 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use iroh_raft_actors::{
-    ClusterId, EventItem, MemberRole, ProposeError, ReadError, Role, StateMachine, Ticket,
-    TicketRole, TransferError,
+    ClusterEvent, ClusterId, EventItem, MemberRole, ProposeError, ReadError, Role, StateMachine,
+    Ticket, TicketRole, TransferError,
     wire::{
         CloseCode, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth, MgmtMember,
         MgmtReader, MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt,
@@ -55,6 +58,9 @@ pub struct MgmtProtocol<S: StateMachine> {
     cluster: Arc<OnceLock<WeakCluster<S>>>,
     allowlist: Arc<BTreeMap<EndpointId, MgmtRole>>,
     reader: Option<RemoteReader<S>>,
+    /// The leader this node last heard of (0: none), kept by a task that follows the node's
+    /// events; every reply carries it, so clients find the leader without asking.
+    leader: Arc<AtomicU64>,
 }
 
 impl<S: StateMachine> Clone for MgmtProtocol<S> {
@@ -63,6 +69,7 @@ impl<S: StateMachine> Clone for MgmtProtocol<S> {
             cluster: self.cluster.clone(),
             allowlist: self.allowlist.clone(),
             reader: self.reader.clone(),
+            leader: self.leader.clone(),
         }
     }
 }
@@ -140,12 +147,41 @@ impl<S: StateMachine> MgmtProtocol<S> {
             cluster: Arc::new(OnceLock::new()),
             allowlist: Arc::new(allowlist),
             reader,
+            leader: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Binds the handler to its node once the node exists.
+    /// Binds the handler to its node once the node exists, and starts following its leader.
     pub(crate) fn attach(&self, cluster: &RaftCluster<S>) {
-        let _ = self.cluster.set(cluster.downgrade());
+        if self.cluster.set(cluster.downgrade()).is_err() {
+            return;
+        }
+        let (weak, leader) = (cluster.downgrade(), self.leader.clone());
+        tokio::spawn(async move {
+            let Some(cluster) = weak.upgrade() else {
+                return;
+            };
+            // Subscribe first, then read the current leader: no election falls in between.
+            let Ok(mut events) = cluster.subscribe().await else {
+                return;
+            };
+            let current =
+                |cluster: RaftCluster<S>| async move { cluster.leader().await.unwrap_or(0) };
+            leader.store(current(cluster).await, Ordering::Relaxed);
+            // Ends when the node's event bus stops.
+            while let Some(item) = events.next().await {
+                match item {
+                    EventItem::Event(ClusterEvent::LeaderElected { new_leader, .. }) => {
+                        leader.store(new_leader, Ordering::Relaxed);
+                    }
+                    EventItem::Missed(_) => match weak.upgrade() {
+                        Some(cluster) => leader.store(current(cluster).await, Ordering::Relaxed),
+                        None => return,
+                    },
+                    _ => {}
+                }
+            }
+        });
     }
 
     fn cluster(&self) -> Option<RaftCluster<S>> {
@@ -229,7 +265,9 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         let why = format!("more than {MAX_LANES} request streams at once");
                         let response = error(MgmtErrorKind::Refused, why, None);
                         let mut batch = MgmtBatch::new();
-                        if batch.push(&MgmtReply { id: 0, response }).is_ok() {
+                        let leader = self.leader.load(Ordering::Relaxed);
+                        let reply = MgmtReply { id: 0, leader, response };
+                        if batch.push(&reply).is_ok() {
                             let _ = tx.write_all(batch.bytes()).await;
                         }
                         let _ = tx.finish();
@@ -271,7 +309,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                                     None => Some(node_down()),
                                 };
                                 if let Some(response) = response {
-                                    let _ = out.send(MgmtReply { id, response }).await;
+                                    let _ = out.send(MgmtReply { id, leader: 0, response }).await;
                                 }
                             });
                             continue;
@@ -279,7 +317,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         Ok(Some(MgmtCall { id, request })) => {
                             let this = self.clone();
                             running.push(Box::pin(async move {
-                                MgmtReply { id, response: this.answer(role, request).await }
+                                MgmtReply { id, leader: 0, response: this.answer(role, request).await }
                             }));
                             continue;
                         }
@@ -292,7 +330,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         // it once the calls already read are answered.
                         Err(e) => {
                             events_out = None;
-                            MgmtReply { id: 0, response: error(MgmtErrorKind::Malformed, e, None) }
+                            MgmtReply { id: 0, leader: 0, response: error(MgmtErrorKind::Malformed, e, None) }
                         }
                     }
                 }
@@ -308,12 +346,13 @@ impl<S: StateMachine> MgmtProtocol<S> {
             };
             // Everything else that is ready goes in the same write.
             batch.clear();
-            push_reply(&mut batch, first);
+            let leader = self.leader.load(Ordering::Relaxed);
+            push_reply(&mut batch, first, leader);
             while batch.len() < WRITE_BATCH {
                 if let Some(Some(reply)) = running.next().now_or_never() {
-                    push_reply(&mut batch, reply);
+                    push_reply(&mut batch, reply, leader);
                 } else if let Ok(reply) = events.try_recv() {
-                    push_reply(&mut batch, reply);
+                    push_reply(&mut batch, reply, leader);
                 } else {
                     break;
                 }
@@ -460,13 +499,16 @@ fn node_down() -> MgmtResponse {
     error(MgmtErrorKind::NodeDown, "node is not running", None)
 }
 
-/// Frames a reply into the batch; an answer too large to send becomes an error for its call.
-fn push_reply(batch: &mut MgmtBatch, reply: MgmtReply) {
+/// Frames a reply, stamped with the leader this node knows of, into the batch; an answer too
+/// large to send becomes an error for its call.
+fn push_reply(batch: &mut MgmtBatch, mut reply: MgmtReply, leader: u64) {
+    reply.leader = leader;
     if let Err(e) = batch.push(&reply) {
         warn!(error = %e, "management answer does not encode");
         let response = error(MgmtErrorKind::Refused, format!("the answer {e}"), None);
         let fallback = MgmtReply {
             id: reply.id,
+            leader: reply.leader,
             response,
         };
         if let Err(e) = batch.push(&fallback) {
@@ -592,6 +634,7 @@ async fn subscribe<S: StateMachine>(
     if out
         .send(MgmtReply {
             id,
+            leader: 0,
             response: subscribed,
         })
         .await
@@ -617,7 +660,15 @@ async fn subscribe<S: StateMachine>(
             EventItem::Missed(count) => MgmtResponse::Missed { count },
         };
         // Waits while the client reads slowly: the event bus then reports what it dropped.
-        if out.send(MgmtReply { id, response }).await.is_err() {
+        if out
+            .send(MgmtReply {
+                id,
+                leader: 0,
+                response,
+            })
+            .await
+            .is_err()
+        {
             break;
         }
     }

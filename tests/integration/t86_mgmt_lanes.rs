@@ -26,7 +26,7 @@ use iroh_raft::{
     net::{bind_offline_endpoint, endpoint_peer_addr},
 };
 
-use crate::support::TestCluster;
+use crate::support::{TestCluster, wait_for};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -77,6 +77,43 @@ async fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
     while let Some(done) = reads.join_next().await {
         done.unwrap();
     }
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_moves_to_a_new_leader_by_itself() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let ticket = cluster
+        .node(leader)
+        .ticket(TicketRole::Admin, DAY)
+        .await
+        .unwrap();
+    let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
+    assert_eq!(client.session().await.unwrap().0, leader);
+    let target = if leader == 3 { 1 } else { 3 };
+    cluster
+        .node(leader)
+        .transfer_leadership(Some(target))
+        .await
+        .unwrap();
+    // Writes keep working (the old leader forwards them meanwhile), and the replies' leader
+    // field brings the client to the new leader without the caller asking for status.
+    let mut i = 0;
+    wait_for("the client on the new leader", || {
+        i += 1;
+        let client = client.clone();
+        async move {
+            let cmd = KvCommand::Set {
+                key: format!("moved-{i}"),
+                value: "v".into(),
+            };
+            client.propose::<_, KvResponse>(&cmd).await.unwrap();
+            client.session().await.unwrap().0 == target
+        }
+    })
+    .await;
     client.close().await;
     cluster.shutdown().await;
 }
@@ -175,7 +212,7 @@ async fn a_lane_with_broken_framing_is_refused_and_the_rest_keeps_working() {
     send.finish().unwrap();
     let mut reader = MgmtReader::new();
     let mut ids = Vec::new();
-    while let Some(MgmtReply { id, response }) = reader.next_reply(&mut recv).await.unwrap() {
+    while let Some(MgmtReply { id, response, .. }) = reader.next_reply(&mut recv).await.unwrap() {
         match (id, response) {
             (7, MgmtResponse::Health(_)) | (8, MgmtResponse::Status(_)) => ids.push(id),
             other => panic!("unexpected reply {other:?}"),
@@ -241,7 +278,13 @@ impl ProtocolHandler for DropsProposals {
                         _ => continue,
                     };
                     let mut batch = MgmtBatch::new();
-                    batch.push(&MgmtReply { id, response }).unwrap();
+                    batch
+                        .push(&MgmtReply {
+                            id,
+                            leader: 0,
+                            response,
+                        })
+                        .unwrap();
                     if send.write_all(batch.bytes()).await.is_err() {
                         return;
                     }

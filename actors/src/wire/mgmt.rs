@@ -282,6 +282,9 @@ pub struct MgmtCall {
 pub struct MgmtReply {
     /// The id of the call answered.
     pub id: u64,
+    /// The leader the answering node knows of (0: none): a client not talking to the leader
+    /// moves there, so that its writes take no extra hop.
+    pub leader: u64,
     /// The answer.
     pub response: MgmtResponse,
 }
