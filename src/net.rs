@@ -120,9 +120,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Concurrent bidirectional streams a peer may open on one connection: one management request
-/// per stream, and QUIC's default of 100 throttled 256 remote proposers.
-pub const MAX_STREAMS: u32 = 1024;
+/// Concurrent bidirectional streams a peer may open on one connection: room for the management
+/// protocol's lanes (at most 64 served at once) and subscriptions (32), with some to spare.
+pub const MAX_STREAMS: u32 = 128;
 
 /// Binds an iroh endpoint that needs no internet: relays off, no address lookup services, no
 /// port mapping, minimal network probing, IP transport on `bind` only. Peers are dialled by the

@@ -88,16 +88,19 @@
 //!   on that lane, never 0, and a [`MgmtRequest`]) without waiting, many per write if it likes.
 //!   The node answers each with a [`MgmtReply`] carrying the same id and the leader it knows
 //!   of (clients move to the leader when the node they talk to names another one), in
-//!   completion order, not request order (a [`MgmtRequest::Subscribe`] gets [`MgmtResponse::Subscribed`], then
-//!   [`MgmtResponse::Event`] / [`MgmtResponse::Missed`] replies until the client stops the
-//!   stream: clients give a subscription a lane of its own). When the client finishes its side
+//!   completion order, not request order. A [`MgmtRequest::Subscribe`] gets
+//!   [`MgmtResponse::Subscribed`], then [`MgmtResponse::Event`] / [`MgmtResponse::Missed`]
+//!   replies until the client stops the stream (clients give a subscription a lane of its own). When the client finishes its side
 //!   the node answers what it has read, then finishes too. A lane whose framing breaks (a frame
-//!   that does not decode, a length over [`MAX_MGMT_FRAME`], a stream ending inside a frame) gets
-//!   a reply with id 0 ([`MgmtErrorKind::Malformed`]) and is ended; the connection and its other
-//!   lanes are unaffected. A node serves at most 64 lanes per connection at once (another one
-//!   gets a reply with id 0, [`MgmtErrorKind::Refused`]) and 1,024 calls in flight per lane
-//!   (beyond that it stops reading the lane, and QUIC flow control pushes back).
-//!   Why lanes rather than a stream per request: batching many calls and replies per write, and
+//!   that does not decode, a length over [`MAX_MGMT_FRAME`], a stream ending inside a frame, a
+//!   call with id 0) gets a reply with id 0 ([`MgmtErrorKind::Malformed`]); the node stops
+//!   reading it (STOP_SENDING), answers the calls it had already read, and finishes it. The
+//!   connection and its other lanes are unaffected.
+//! - Limits per connection: 64 lanes at once (another one gets a reply with id 0,
+//!   [`MgmtErrorKind::Refused`], having read nothing from it), 32 subscriptions (another one is
+//!   refused), 1,024 calls in progress per lane and 64 MiB of requests in progress over all
+//!   lanes; past the last two the node stops reading and QUIC flow control pushes back.
+//! - Why lanes rather than a stream per request: batching many calls and replies per write, and
 //!   waking one task per lane instead of one per call, took the remote path from 42% to ~69% of
 //!   the library's throughput at 256 concurrent clients (see the benchmark in the README).
 //! - The first stream of a connection carries [`MgmtRequest::Hello`] (version, optional ticket)

@@ -1,7 +1,15 @@
 //! [`IrohRaftManagementClient`]: talks to a cluster over the management protocol from outside
-//! it. It keeps one connection, to the leader when it knows it (writes then take no extra hop;
-//! a follower would forward them anyway), and fails over to another member when its node stops
-//! answering.
+//! it. It keeps one connection, to the leader when it knows it (every reply names the leader, and
+//! the client moves there in the background: writes then take no extra hop; a follower would
+//! forward them anyway), pipelines requests on two lanes of it, and fails over to another member
+//! when its node stops answering.
+//!
+//! What is sent again, and what is not: a request that never left the client (its node was
+//! unreachable, the lane had closed, its frame was not entirely written) is sent to another
+//! member; so are status, health, reads, snapshots and tickets whatever happened. A proposal or a
+//! membership change whose connection was lost after it was sent, or that the node could not
+//! finish (`MgmtErrorKind::Unknown`), is never sent again: the caller gets
+//! [`ClientError::OutcomeUnknown`] or [`ClientError::Failed`] and decides.
 
 use std::{
     collections::HashMap,
@@ -114,6 +122,22 @@ struct Lanes {
     next: AtomicUsize,
 }
 
+/// What a lane's two halves share: the calls awaiting an answer, and why the lane ended.
+#[derive(Default)]
+struct LaneState {
+    waiting: HashMap<u64, Answer>,
+    ended: Option<String>,
+}
+
+type SharedLane = Arc<std::sync::Mutex<LaneState>>;
+
+fn lock(state: &SharedLane) -> std::sync::MutexGuard<'_, LaneState> {
+    // A panic while holding it cannot leave the map inconsistent: keep going.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Lanes {
     /// Opens the lanes on an admitted connection and starts their tasks.
     async fn open(conn: &Connection, leader: &Arc<AtomicU64>) -> Result<Self, ClientError> {
@@ -123,9 +147,9 @@ impl Lanes {
                 reason: e.to_string(),
             })?;
             let (queue, jobs) = mpsc::channel(LANE_QUEUE);
-            let (register, registered) = mpsc::unbounded_channel();
-            tokio::spawn(write_calls(send, jobs, register));
-            tokio::spawn(read_replies(recv, registered, leader.clone()));
+            let state = SharedLane::default();
+            tokio::spawn(write_calls(send, jobs, state.clone()));
+            tokio::spawn(read_replies(recv, state, leader.clone()));
             queues.push(queue);
         }
         Ok(Self {
@@ -149,25 +173,37 @@ impl Lanes {
     }
 }
 
-/// A lane's sending half: numbers the queued requests, writes as many as are ready in one
-/// write, then hands their answer channels to the reading half. Ends (finishing the stream)
-/// when the client drops the lane, or when a write fails.
+/// A lane's sending half: numbers the queued requests and writes as many as are ready in one
+/// write, registering each as awaiting an answer before it goes out. Ends (finishing the
+/// stream) when the client drops the lane, or when a write fails: a call whose frame was not
+/// entirely handed to the connection is answered `NotSent` (the node cannot have read it),
+/// the others are left to the reading half (`Lost` if the lane dies before their answer).
 async fn write_calls(
     mut send: SendStream,
     mut jobs: mpsc::Receiver<(MgmtRequest, Answer)>,
-    register: mpsc::UnboundedSender<(u64, Answer)>,
+    state: SharedLane,
 ) {
     let mut next_id = 1u64;
     let mut batch = MgmtBatch::new();
-    let mut answers = Vec::new();
-    while let Some(first) = jobs.recv().await {
+    // (id, end of its frame in the batch)
+    let mut frames: Vec<(u64, usize)> = Vec::new();
+    let failure = 'lane: loop {
+        let Some(first) = jobs.recv().await else {
+            let _ = send.finish();
+            return;
+        };
         batch.clear();
+        frames.clear();
+        let mut answers = Vec::new();
         let mut job = Some(first);
         while let Some((request, answer)) = job.take() {
             let id = next_id;
             next_id += 1;
             match batch.push(&MgmtCall { id, request }) {
-                Ok(()) => answers.push((id, answer)),
+                Ok(()) => {
+                    frames.push((id, batch.len()));
+                    answers.push((id, answer));
+                }
                 Err(e) => {
                     let _ = answer.send(Err(LaneError::Codec(e.to_string())));
                 }
@@ -176,35 +212,49 @@ async fn write_calls(
                 job = jobs.try_recv().ok();
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        if let Err(e) = send.write_all(batch.bytes()).await {
-            for (_, answer) in answers.drain(..) {
-                let _ = answer.send(Err(LaneError::NotSent(e.to_string())));
+        {
+            let mut lane = lock(&state);
+            if let Some(why) = lane.ended.clone() {
+                for (_, answer) in answers {
+                    let _ = answer.send(Err(LaneError::NotSent(why.clone())));
+                }
+                break 'lane why;
             }
-            return;
+            lane.waiting.extend(answers);
         }
-        // Registered only once written: an answer that arrives first waits for it (the
-        // reading half takes registrations until it finds the id).
-        for entry in answers.drain(..) {
-            if register.send(entry).is_err() {
-                return;
+        let bytes = batch.bytes();
+        let mut written = 0;
+        while written < bytes.len() {
+            match send.write(&bytes[written..]).await {
+                Ok(n) => written += n,
+                Err(e) => {
+                    let mut lane = lock(&state);
+                    for &(id, end) in &frames {
+                        if end > written
+                            && let Some(answer) = lane.waiting.remove(&id)
+                        {
+                            let _ = answer.send(Err(LaneError::NotSent(e.to_string())));
+                        }
+                    }
+                    break 'lane e.to_string();
+                }
             }
         }
+    };
+    // Whatever is still queued was never sent.
+    jobs.close();
+    while let Ok((_, answer)) = jobs.try_recv() {
+        let _ = answer.send(Err(LaneError::NotSent(failure.clone())));
     }
-    let _ = send.finish();
 }
 
 /// A lane's receiving half: hands each reply to the caller waiting for its id. When the lane
-/// ends, every caller still waiting learns that its outcome is unknown.
-async fn read_replies(
-    mut recv: RecvStream,
-    mut registered: mpsc::UnboundedReceiver<(u64, Answer)>,
-    leader: Arc<AtomicU64>,
-) {
-    let mut waiting: HashMap<u64, Answer> = HashMap::new();
+/// ends, every caller still waiting learns that its outcome is unknown (or, if the node
+/// refused the lane outright, that its call was not sent).
+async fn read_replies(mut recv: RecvStream, state: SharedLane, leader: Arc<AtomicU64>) {
     let mut reader = MgmtReader::new();
+    // The node's word on the lane itself (a reply with id 0), if any.
+    let mut lane_error: Option<MgmtResponse> = None;
     let why = loop {
         let reply = match reader.next_reply(&mut recv).await {
             Ok(Some(reply)) => reply,
@@ -218,29 +268,36 @@ async fn read_replies(
         } = reply;
         leader.store(known, Ordering::Relaxed);
         if id == 0 {
-            break format!("the node refused the lane: {response:?}");
+            // The node still answers the calls it read before; it then ends the lane.
+            lane_error = Some(response);
+            continue;
         }
-        // The writer registers a call right after writing it: wait for it if need be.
-        let mut answer = waiting.remove(&id);
-        while answer.is_none() {
-            match registered.recv().await {
-                Some((i, a)) if i == id => answer = Some(a),
-                Some((i, a)) => {
-                    waiting.insert(i, a);
-                }
-                None => break,
-            }
-        }
+        let answer = lock(&state).waiting.remove(&id);
         if let Some(answer) = answer {
             let _ = answer.send(Ok(response));
         }
     };
-    registered.close();
-    while let Ok((i, a)) = registered.try_recv() {
-        waiting.insert(i, a);
-    }
+    let (why, refused) = match lane_error {
+        Some(MgmtResponse::Error {
+            kind: MgmtErrorKind::Refused,
+            message,
+            ..
+        }) => (format!("the node refused the lane: {message}"), true),
+        Some(other) => (format!("the node ended the lane: {other:?}"), false),
+        None => (why, false),
+    };
+    let waiting = {
+        let mut lane = lock(&state);
+        lane.ended = Some(why.clone());
+        std::mem::take(&mut lane.waiting)
+    };
     for (_, answer) in waiting {
-        let _ = answer.send(Err(LaneError::Lost(why.clone())));
+        let error = if refused {
+            LaneError::NotSent(why.clone())
+        } else {
+            LaneError::Lost(why.clone())
+        };
+        let _ = answer.send(Err(error));
     }
 }
 
@@ -542,7 +599,11 @@ impl IrohRaftManagementClient {
                 self.follow_leader(&session);
             }
             let retry = match answer {
-                Err(_) => return Err(ClientError::Timeout(self.inner.timeout)),
+                Err(_) => {
+                    // The node (or this connection) is stuck: the next call goes elsewhere.
+                    self.drop_connection(&session.conn).await;
+                    return Err(ClientError::Timeout(self.inner.timeout));
+                }
                 Ok(Ok(MgmtResponse::Error {
                     kind: MgmtErrorKind::Forbidden,
                     message,
@@ -567,6 +628,19 @@ impl IrohRaftManagementClient {
                         kind: MgmtErrorKind::NodeDown,
                         message,
                     }
+                }
+                Ok(Ok(MgmtResponse::Error {
+                    kind: MgmtErrorKind::Unknown,
+                    message,
+                    ..
+                })) => {
+                    // Timed out or interrupted there (the node may be stopping): the outcome
+                    // is the caller's to find out; the next call goes elsewhere.
+                    self.drop_connection(&session.conn).await;
+                    return Err(ClientError::Failed {
+                        kind: MgmtErrorKind::Unknown,
+                        message,
+                    });
                 }
                 Ok(Ok(MgmtResponse::Error { kind, message, .. })) => {
                     return Err(ClientError::Failed { kind, message });
@@ -617,8 +691,10 @@ impl IrohRaftManagementClient {
         let known = self.inner.ids.lock().await.get(&leader).cloned();
         let Some(addr) = known else {
             // A leader this client has not heard of: learn the members (which moves there).
-            return match lanes.call(MgmtRequest::Status).await {
-                Ok(MgmtResponse::Status(status)) => {
+            let status =
+                tokio::time::timeout(self.inner.timeout, lanes.call(MgmtRequest::Status)).await;
+            return match status {
+                Ok(Ok(MgmtResponse::Status(status))) => {
                     self.learn(&status).await;
                     true
                 }
@@ -846,7 +922,9 @@ impl IrohRaftManagementClient {
             .map_err(|e| unreachable(&e))?;
         let mut reader = MgmtReader::new();
         // Events start once the node confirms the subscription.
-        let confirmed = reader.next_reply(&mut recv).await;
+        let confirmed = tokio::time::timeout(self.inner.timeout, reader.next_reply(&mut recv))
+            .await
+            .map_err(|_| ClientError::Timeout(self.inner.timeout))?;
         let (epoch, last_seq) = match confirmed.map(|r| r.map(|r| r.response)) {
             Ok(Some(MgmtResponse::Subscribed { epoch, after })) => (epoch, after),
             Ok(Some(MgmtResponse::Error { kind, message, .. })) => {

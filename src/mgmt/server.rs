@@ -1,18 +1,18 @@
 //! The member side of the management protocol ([`MgmtProtocol`], ALPN
-//! [`iroh_raft_actors::wire::MGMT_ALPN`]): admits a client at its first stream, then serves one
-//! request per stream, each in its own task, by sending the node's actors the same messages the
-//! facade sends.
+//! [`iroh_raft_actors::wire::MGMT_ALPN`]): admits a client at its first stream, then serves each
+//! of its lanes (pipelined request streams) in a task of its own, in which the lane's calls run
+//! concurrently by sending the node's actors the same messages the facade sends.
 
 use std::{
     collections::BTreeMap,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
 
-use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use iroh::{
     EndpointId,
     endpoint::{Connection, RecvStream, SendStream},
@@ -27,7 +27,7 @@ use iroh_raft_actors::{
         read_mgmt_request,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use crate::{JoinOptions, RaftCluster, cluster::WeakCluster, net::addr_from_wire};
@@ -41,6 +41,47 @@ const MAX_LANES: usize = 64;
 /// Calls one lane may have in progress; beyond it the lane is not read (the client's stream
 /// flow control pushes back) until one completes.
 const MAX_LANE_CALLS: usize = 1024;
+
+/// Subscriptions one connection may hold at once; another is refused.
+const MAX_SUBSCRIPTIONS: usize = 32;
+
+/// Bytes of requests one connection may have in progress over all its lanes (each running
+/// call holds its decoded request); beyond it its lanes are not read until calls complete.
+const CONNECTION_BYTES: usize = 64 * 1024 * 1024;
+
+/// How often a lane held back by [`CONNECTION_BYTES`] looks again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(10);
+
+/// What one connection's lanes share.
+#[derive(Clone)]
+struct Limits {
+    /// Bytes of requests in progress.
+    bytes: Arc<AtomicUsize>,
+    /// Subscriptions left.
+    subscriptions: Arc<Semaphore>,
+}
+
+/// Bytes counted against a connection's budget while a call runs.
+struct Held {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Held {
+    fn new(counter: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            counter: counter.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// Replies a lane holds before its handlers wait for the client to read (small, so that a
 /// subscriber that reads slowly is soon told what it missed instead of buffering events).
@@ -96,7 +137,12 @@ fn propose_error(e: &ProposeError) -> MgmtResponse {
         ProposeError::NotLeader { .. }
         | ProposeError::LeaderUnreachable { .. }
         | ProposeError::Dropped { .. } => MgmtErrorKind::Unavailable,
-        ProposeError::Timeout | ProposeError::Interrupted => MgmtErrorKind::Unknown,
+        // A node that stops may have appended the command before it did: the outcome is
+        // unknown, so the client must not send it elsewhere.
+        ProposeError::Timeout
+        | ProposeError::Interrupted
+        | ProposeError::ShuttingDown
+        | ProposeError::Fatal(_) => MgmtErrorKind::Unknown,
         ProposeError::Membership(_) | ProposeError::TooLarge { .. } => MgmtErrorKind::Refused,
         ProposeError::Codec(_) => MgmtErrorKind::Malformed,
         _ => MgmtErrorKind::NodeDown,
@@ -255,12 +301,16 @@ impl<S: StateMachine> MgmtProtocol<S> {
         send(&mut tx, &MgmtResponse::Welcome { node_id, role }).await;
         let _ = tx.finish();
         debug!(endpoint = %remote.fmt_short(), ?role, "management client admitted");
+        let limits = Limits {
+            bytes: Arc::new(AtomicUsize::new(0)),
+            subscriptions: Arc::new(Semaphore::new(MAX_SUBSCRIPTIONS)),
+        };
         let mut lanes = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 Some(_) = lanes.join_next() => {}
                 stream = conn.accept_bi() => {
-                    let Ok((mut tx, rx)) = stream else { return };
+                    let Ok((mut tx, mut rx)) = stream else { return };
                     if lanes.len() >= MAX_LANES {
                         let why = format!("more than {MAX_LANES} request streams at once");
                         let response = error(MgmtErrorKind::Refused, why, None);
@@ -271,9 +321,10 @@ impl<S: StateMachine> MgmtProtocol<S> {
                             let _ = tx.write_all(batch.bytes()).await;
                         }
                         let _ = tx.finish();
+                        let _ = rx.stop(CloseCode::ProtocolViolation.to_varint());
                         continue;
                     }
-                    lanes.spawn(self.clone().lane(role, tx, rx));
+                    lanes.spawn(self.clone().lane(role, tx, rx, limits.clone()));
                 }
             }
         }
@@ -282,10 +333,10 @@ impl<S: StateMachine> MgmtProtocol<S> {
     /// Serves one lane. Calls run concurrently inside this task (no task per call: a commit
     /// that answers hundreds of proposals at once wakes this task once, and their replies go
     /// out in one write); a subscription runs in a task of its own and sends its events here.
-    async fn lane(self, role: MgmtRole, mut tx: SendStream, mut rx: RecvStream) {
+    async fn lane(self, role: MgmtRole, mut tx: SendStream, mut rx: RecvStream, limits: Limits) {
         let (events_out, mut events) = mpsc::channel::<MgmtReply>(LANE_QUEUE);
         let mut events_out = Some(events_out);
-        let mut running = FuturesUnordered::new();
+        let mut running: FuturesUnordered<BoxFuture<'static, MgmtReply>> = FuturesUnordered::new();
         let mut reader = MgmtReader::new();
         let mut batch = MgmtBatch::new();
         let stopped = tx.stopped();
@@ -297,28 +348,42 @@ impl<S: StateMachine> MgmtProtocol<S> {
             if !reading && running.is_empty() && !events_open {
                 break;
             }
+            let room = limits.bytes.load(Ordering::Relaxed) < CONNECTION_BYTES;
             let first = tokio::select! {
-                call = reader.next_call(&mut rx), if reading && running.len() < MAX_LANE_CALLS => {
+                call = reader.next_call(&mut rx), if reading && room && running.len() < MAX_LANE_CALLS => {
                     match call {
-                        Ok(Some(MgmtCall { id, request: MgmtRequest::Subscribe { epoch, after } })) => {
-                            let out = events_out.clone().expect("reading");
-                            let cluster = self.cluster();
-                            tokio::spawn(async move {
-                                let response = match cluster {
-                                    Some(cluster) => subscribe(&cluster, id, epoch, after, &out).await,
-                                    None => Some(node_down()),
+                        Ok(Some(MgmtCall { id, request })) if id != 0 => {
+                            let held = Held::new(&limits.bytes, reader.last_len());
+                            if let MgmtRequest::Subscribe { epoch, after } = request {
+                                let Ok(permit) = limits.subscriptions.clone().try_acquire_owned() else {
+                                    let why = format!(
+                                        "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+                                    );
+                                    let response = error(MgmtErrorKind::Refused, why, None);
+                                    running.push(std::future::ready(MgmtReply { id, leader: 0, response }).boxed());
+                                    continue;
                                 };
-                                if let Some(response) = response {
-                                    let _ = out.send(MgmtReply { id, leader: 0, response }).await;
-                                }
-                            });
-                            continue;
-                        }
-                        Ok(Some(MgmtCall { id, request })) => {
+                                drop(held);
+                                let out = events_out.clone().expect("reading");
+                                let cluster = self.cluster();
+                                tokio::spawn(async move {
+                                    let response = match cluster {
+                                        Some(cluster) => subscribe(&cluster, id, epoch, after, &out).await,
+                                        None => Some(node_down()),
+                                    };
+                                    if let Some(response) = response {
+                                        let _ = out.send(MgmtReply { id, leader: 0, response }).await;
+                                    }
+                                    drop(permit);
+                                });
+                                continue;
+                            }
                             let this = self.clone();
-                            running.push(Box::pin(async move {
-                                MgmtReply { id, leader: 0, response: this.answer(role, request).await }
-                            }));
+                            running.push(async move {
+                                let response = this.answer(role, request).await;
+                                drop(held);
+                                MgmtReply { id, leader: 0, response }
+                            }.boxed());
                             continue;
                         }
                         // The client finished its side: answer what is running, then finish.
@@ -326,11 +391,17 @@ impl<S: StateMachine> MgmtProtocol<S> {
                             events_out = None;
                             continue;
                         }
-                        // The lane's framing is lost: say why (id 0 names the lane) and end
-                        // it once the calls already read are answered.
-                        Err(e) => {
+                        // The lane's framing is lost (or a call used the reserved id 0): say
+                        // why (id 0 names the lane), stop reading it, and end it once the calls
+                        // already read are answered.
+                        other => {
                             events_out = None;
-                            MgmtReply { id: 0, leader: 0, response: error(MgmtErrorKind::Malformed, e, None) }
+                            let _ = rx.stop(CloseCode::ProtocolViolation.to_varint());
+                            let why = match other {
+                                Err(e) => e.to_string(),
+                                _ => "call id 0 is reserved".to_string(),
+                            };
+                            MgmtReply { id: 0, leader: 0, response: error(MgmtErrorKind::Malformed, why, None) }
                         }
                     }
                 }
@@ -342,6 +413,9 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         continue;
                     }
                 },
+                // Over the connection's byte budget: look again once other lanes had a moment
+                // to finish calls (this lane's own completions wake it anyway).
+                _ = tokio::time::sleep(BUDGET_RECHECK), if reading && !room => continue,
                 _ = &mut stopped => return,
             };
             // Everything else that is ready goes in the same write.

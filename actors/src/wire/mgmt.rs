@@ -178,7 +178,8 @@ pub enum MgmtErrorKind {
     Forbidden,
     /// No leader, or the leader could not be reached: retry (elsewhere).
     Unavailable,
-    /// The outcome is unknown (timeout, interrupted).
+    /// The outcome is unknown (timeout, interrupted, or the node stopped while the command
+    /// was in its hands): do not send it elsewhere blindly.
     Unknown,
     /// Refused (membership refusal, bad input): nothing changed.
     Refused,
@@ -186,7 +187,8 @@ pub enum MgmtErrorKind {
     Malformed,
     /// The node cannot serve this request (no remote reader installed).
     Unsupported,
-    /// The node is out of service (failed, removed, shutting down): ask another member.
+    /// The node is out of service (failed, removed, shutting down) and did nothing with this
+    /// request: ask another member.
     NodeDown,
 }
 
@@ -355,6 +357,13 @@ pub struct MgmtReader {
     buf: Vec<u8>,
     pos: usize,
     frame: AlignedVec,
+}
+
+impl MgmtReader {
+    /// The size in bytes of the last frame read (what the decoded message may hold on to).
+    pub fn last_len(&self) -> usize {
+        self.frame.len()
+    }
 }
 
 impl MgmtReader {
