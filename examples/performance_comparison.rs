@@ -9,9 +9,9 @@
 //! the remote path's throughput as a share of the library's and the latency it adds:
 //!
 //! ```text
-//! mode=library clients=256 ops/s=39496 p50=4.97ms p99=41.92ms
-//! mode=remote clients=256 ops/s=27329 p50=7.74ms p99=33.73ms
-//! remote/library clients=256 throughput=69% p50 added=+2.77ms
+//! mode=library clients=256 ops/s=43288 p50=4.82ms p99=23.70ms
+//! mode=remote clients=256 ops/s=28376 p50=7.68ms p99=23.28ms
+//! remote/library clients=256 throughput=66% p50 added=+2.86ms
 //! ```
 //!
 //! Run: `cargo run --release --example performance_comparison -- --clients 1,64,256`

@@ -101,7 +101,7 @@
 //!   refused), 1,024 calls in progress per lane and 64 MiB of requests in progress over all
 //!   lanes; past the last two the node stops reading and QUIC flow control pushes back.
 //! - Why lanes rather than a stream per request: batching many calls and replies per write, and
-//!   waking one task per lane instead of one per call, took the remote path from 42% to ~69% of
+//!   waking one task per lane instead of one per call, took the remote path from 42% to ~65% of
 //!   the library's throughput at 256 concurrent clients (see the benchmark in the README).
 //! - The first stream of a connection carries [`MgmtRequest::Hello`] (version, optional ticket)
 //!   and gets [`MgmtResponse::Welcome`] with the granted [`MgmtRole`]: members are admins of each
