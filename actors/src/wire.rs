@@ -107,7 +107,8 @@
 //!   and gets [`MgmtResponse::Welcome`] with the granted [`MgmtRole`]: members are admins of each
 //!   other, an endpoint on the node's allowlist gets its configured role, anyone else needs an
 //!   admin or read-only ticket. A refused client's connection is closed with
-//!   [`CloseCode::NotAMember`] before any request is served.
+//!   [`CloseCode::NotAMember`] before any request is served. One key may hold 16 admitted
+//!   connections to a node at once; another is closed with [`CloseCode::TooManyConnections`].
 //! - Read-only clients get [`MgmtErrorKind::Forbidden`] for membership changes, transfers,
 //!   snapshots and proposals.
 //!
@@ -181,6 +182,9 @@ pub enum CloseCode {
     /// The remote endpoint belonged to a member that was removed: refused for good. A node
     /// that receives this stops.
     Removed = 7,
+    /// The management protocol: this endpoint already has as many connections to this node as
+    /// one key may hold. Another member may accept it.
+    TooManyConnections = 8,
 }
 
 impl CloseCode {
@@ -200,6 +204,7 @@ impl CloseCode {
             5 => CloseCode::ProtocolViolation,
             6 => CloseCode::VersionMismatch,
             7 => CloseCode::Removed,
+            8 => CloseCode::TooManyConnections,
             _ => return None,
         })
     }

@@ -516,6 +516,13 @@ impl IrohRaftManagementClient {
             }
             Ok(other) => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
             Err(_) => match conn.close_reason() {
+                // This node is busy with this key's connections: another member may not be.
+                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c))
+                    if CloseCode::from_u64(c.error_code.into_inner())
+                        == Some(CloseCode::TooManyConnections) =>
+                {
+                    Err(unreachable(&String::from_utf8_lossy(&c.reason)))
+                }
                 Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
                     Err(ClientError::Refused {
                         reason: String::from_utf8_lossy(&c.reason).into_owned(),

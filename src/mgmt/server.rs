@@ -4,7 +4,7 @@
 //! concurrently by sending the node's actors the same messages the facade sends.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -35,6 +35,9 @@ use crate::{JoinOptions, RaftCluster, cluster::WeakCluster, net::addr_from_wire}
 /// How long a client has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Admitted connections one endpoint (key) may hold to this node at once.
+const MAX_CONNECTIONS_PER_KEY: usize = 16;
+
 /// Request streams (lanes) one connection may have open at once; a lane beyond it is refused.
 const MAX_LANES: usize = 64;
 
@@ -59,6 +62,48 @@ struct Limits {
     bytes: Arc<AtomicUsize>,
     /// Subscriptions left.
     subscriptions: Arc<Semaphore>,
+}
+
+/// Admitted connections per key.
+type ConnectionCounts = Arc<std::sync::Mutex<HashMap<EndpointId, usize>>>;
+
+/// One admitted connection of a key, counted while it lives.
+struct ConnectionSlot {
+    counts: ConnectionCounts,
+    key: EndpointId,
+}
+
+impl ConnectionSlot {
+    /// A slot for `key`, unless it holds [`MAX_CONNECTIONS_PER_KEY`] already.
+    fn take(counts: &ConnectionCounts, key: EndpointId) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(key).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_KEY {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Bytes counted against a connection's budget while a call runs.
@@ -102,6 +147,8 @@ pub struct MgmtProtocol<S: StateMachine> {
     /// The leader this node last heard of (0: none), kept by a task that follows the node's
     /// events; every reply carries it, so clients find the leader without asking.
     leader: Arc<AtomicU64>,
+    /// Admitted connections per key.
+    connections: ConnectionCounts,
 }
 
 impl<S: StateMachine> Clone for MgmtProtocol<S> {
@@ -111,6 +158,7 @@ impl<S: StateMachine> Clone for MgmtProtocol<S> {
             allowlist: self.allowlist.clone(),
             reader: self.reader.clone(),
             leader: self.leader.clone(),
+            connections: self.connections.clone(),
         }
     }
 }
@@ -194,6 +242,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
             allowlist: Arc::new(allowlist),
             reader,
             leader: Arc::new(AtomicU64::new(0)),
+            connections: ConnectionCounts::default(),
         }
     }
 
@@ -296,6 +345,12 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 conn.close(CloseCode::NotAMember.to_varint(), why.as_bytes());
                 return;
             }
+        };
+        let Some(_slot) = ConnectionSlot::take(&self.connections, remote) else {
+            let why = format!("at most {MAX_CONNECTIONS_PER_KEY} connections per key");
+            warn!(endpoint = %remote.fmt_short(), "management client over its connections");
+            conn.close(CloseCode::TooManyConnections.to_varint(), why.as_bytes());
+            return;
         };
         let node_id = self.cluster().map_or(0, |c| c.node_id());
         send(&mut tx, &MgmtResponse::Welcome { node_id, role }).await;

@@ -19,14 +19,15 @@ use iroh::{
 use iroh_raft::{
     KvCommand, KvResponse, TicketRole,
     actors::wire::{
-        MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader, MgmtReply,
-        MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt, read_mgmt_response,
+        CloseCode, MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader,
+        MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt,
+        read_mgmt_response,
     },
     mgmt::{ClientError, IrohRaftManagementClient},
     net::{bind_offline_endpoint, endpoint_peer_addr},
 };
 
-use crate::support::{TestCluster, wait_for};
+use crate::support::{TestCluster, wait_for, wait_for_some};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -260,6 +261,69 @@ async fn a_lane_with_broken_framing_is_refused_and_the_rest_keeps_working() {
         })
         .await
         .unwrap();
+    cluster.shutdown().await;
+}
+
+/// A Hello on a new connection from `ep`: the connection if admitted, else the close code.
+async fn hello_from(
+    ep: &iroh::Endpoint,
+    addr: iroh::EndpointAddr,
+    ticket: &str,
+) -> Result<Connection, Option<CloseCode>> {
+    let conn = ep.connect(addr, MGMT_ALPN).await.map_err(|_| None)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| None)?;
+    let hello = MgmtRequest::Hello {
+        version: MGMT_VERSION,
+        ticket: Some(ticket.to_string()),
+    };
+    let _ = send.write_all(&encode_mgmt(&hello).unwrap()).await;
+    let _ = send.finish();
+    match read_mgmt_response(&mut recv).await {
+        Ok(Some(MgmtResponse::Welcome { .. })) => Ok(conn),
+        _ => Err(match conn.close_reason() {
+            Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
+                CloseCode::from_u64(c.error_code.into_inner())
+            }
+            _ => None,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_holds_at_most_sixteen_connections_to_a_node() {
+    let cluster = TestCluster::start(1).await;
+    cluster.wait_for_leader().await;
+    let ticket = cluster
+        .node(1)
+        .ticket(TicketRole::ReadOnly, DAY)
+        .await
+        .unwrap()
+        .to_string();
+    let addr = cluster.addrs[0].0.clone();
+    let ep = bind_offline_endpoint(SecretKey::generate(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(hello_from(&ep, addr.clone(), &ticket).await.unwrap());
+    }
+    let refused = hello_from(&ep, addr.clone(), &ticket).await.err();
+    assert_eq!(refused, Some(Some(CloseCode::TooManyConnections)));
+    // Another key is not affected.
+    let other = bind_offline_endpoint(SecretKey::generate(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    hello_from(&other, addr.clone(), &ticket).await.unwrap();
+    // One connection closed makes room again.
+    conns.pop().unwrap().close(0u32.into(), b"done");
+    let again = wait_for_some("room for another connection", || {
+        let (ep, addr, ticket) = (ep.clone(), addr.clone(), ticket.clone());
+        async move { hello_from(&ep, addr, &ticket).await.ok() }
+    })
+    .await;
+    again.close(0u32.into(), b"done");
+    other.close().await;
+    ep.close().await;
     cluster.shutdown().await;
 }
 
