@@ -230,7 +230,7 @@ impl<S: StateMachine> RaftCluster<S> {
     }
 
     /// The consensus protocol handler, for applications that run their own iroh `Router`
-    /// (see [`RaftClusterBuilder::external_router`]); mount it under
+    /// (see [`crate::RaftClusterBuilder::external_router`]); mount it under
     /// [`iroh_raft_actors::wire::ALPN`].
     pub fn protocol_handler(&self) -> RaftProtocol {
         self.node.protocol.clone()

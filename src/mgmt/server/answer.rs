@@ -1,0 +1,284 @@
+//! The answers to single calls: each request kind mapped onto the facade, and the facade's
+//! errors onto the protocol's error kinds.
+
+use std::{sync::Arc, time::Duration};
+
+use iroh_raft_actors::{
+    MemberRole, ProposeError, ReadError, Role, StateMachine, TicketRole, TransferError,
+    wire::{
+        MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
+    },
+};
+
+use super::{MgmtProtocol, error};
+use crate::{JoinOptions, RaftCluster, net::addr_from_wire};
+
+impl<S: StateMachine> MgmtProtocol<S> {
+    /// The answer to one call (other than a subscription).
+    pub(super) async fn answer(&self, role: MgmtRole, request: MgmtRequest) -> MgmtResponse {
+        let Some(cluster) = self.cluster() else {
+            return node_down();
+        };
+        let writes = matches!(
+            request,
+            MgmtRequest::AddLearner { .. }
+                | MgmtRequest::AddVoter { .. }
+                | MgmtRequest::Join { .. }
+                | MgmtRequest::Promote { .. }
+                | MgmtRequest::Remove { .. }
+                | MgmtRequest::TransferLeader { .. }
+                | MgmtRequest::Snapshot
+                | MgmtRequest::Propose { .. }
+                | MgmtRequest::MintTicket { .. }
+        );
+        if writes && role != MgmtRole::Admin {
+            let msg = "a read-only client may not change the cluster";
+            return error(MgmtErrorKind::Forbidden, msg, None);
+        }
+        match request {
+            MgmtRequest::Hello { .. } => error(MgmtErrorKind::Malformed, "Hello twice", None),
+            MgmtRequest::Status => status(&cluster).await,
+            MgmtRequest::Health => health(&cluster).await,
+            MgmtRequest::AddLearner { id, key, addrs } => match addr_from_wire(&key, &addrs) {
+                Some(addr) => changed(cluster.add_learner(id, addr).await),
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
+            MgmtRequest::AddVoter { id, key, addrs } => match addr_from_wire(&key, &addrs) {
+                Some(addr) => changed(cluster.add_voter(id, addr).await),
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
+            MgmtRequest::Join {
+                id,
+                key,
+                addrs,
+                max_lag,
+            } => match addr_from_wire(&key, &addrs) {
+                Some(addr) => {
+                    let options = JoinOptions {
+                        max_lag,
+                        ..JoinOptions::default()
+                    };
+                    changed(cluster.join(id, addr, options).await)
+                }
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
+            MgmtRequest::Promote { id } => changed(cluster.promote(id).await),
+            MgmtRequest::Remove { id } => changed(cluster.remove_member(id).await),
+            MgmtRequest::TransferLeader { to } => {
+                let to = (to != 0).then_some(to);
+                match cluster.transfer_leadership(to).await {
+                    Ok(t) => MgmtResponse::Transferred {
+                        leader: t.leader,
+                        elapsed_ms: t.elapsed.as_millis() as u64,
+                    },
+                    Err(e) => {
+                        let kind = match e {
+                            TransferError::NotAVoter(_) | TransferError::NoCandidate => {
+                                MgmtErrorKind::Refused
+                            }
+                            TransferError::NoLeader => MgmtErrorKind::Unavailable,
+                            _ => MgmtErrorKind::Unknown,
+                        };
+                        error(kind, e, None)
+                    }
+                }
+            }
+            MgmtRequest::Snapshot => match cluster.trigger_snapshot().await {
+                Ok(index) => MgmtResponse::SnapshotTaken { index },
+                Err(e) => error(MgmtErrorKind::NodeDown, e, None),
+            },
+            MgmtRequest::Propose { command } => match cluster.propose_encoded(command).await {
+                Ok(response) => match postcard::to_allocvec(&response) {
+                    Ok(response) => MgmtResponse::Proposed { response },
+                    Err(e) => error(MgmtErrorKind::Malformed, e, None),
+                },
+                Err(e) => propose_error(&e),
+            },
+            MgmtRequest::Read { query } => match &self.reader {
+                None => error(
+                    MgmtErrorKind::Unsupported,
+                    "this node serves no remote reads",
+                    None,
+                ),
+                Some(reader) => {
+                    let reader = reader.clone();
+                    let query: Arc<[u8]> = query.into();
+                    match cluster
+                        .linearizable_query(move |sm| reader(sm, &query))
+                        .await
+                    {
+                        Ok(Ok(value)) => MgmtResponse::ReadResult { value },
+                        Ok(Err(e)) => error(MgmtErrorKind::Malformed, e, None),
+                        Err(e) => read_error(&e),
+                    }
+                }
+            },
+            MgmtRequest::Subscribe { .. } => error(
+                MgmtErrorKind::Malformed,
+                "a subscription is served by the lane",
+                None,
+            ),
+            MgmtRequest::MintTicket {
+                role,
+                valid_for_secs,
+            } => {
+                let role = match role {
+                    0 => Some(TicketRole::Join),
+                    1 => Some(TicketRole::Admin),
+                    2 => Some(TicketRole::ReadOnly),
+                    _ => None,
+                };
+                match role {
+                    None => error(MgmtErrorKind::Malformed, "unknown ticket role", None),
+                    Some(role) => {
+                        let ttl = Duration::from_secs(valid_for_secs);
+                        match cluster.ticket(role, ttl).await {
+                            Ok(t) => MgmtResponse::Ticket {
+                                text: t.to_string(),
+                            },
+                            Err(e) => read_error(&e),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn node_down() -> MgmtResponse {
+    error(MgmtErrorKind::NodeDown, "node is not running", None)
+}
+
+fn propose_error(e: &ProposeError) -> MgmtResponse {
+    let kind = match e {
+        ProposeError::NotLeader { .. }
+        | ProposeError::LeaderUnreachable { .. }
+        | ProposeError::Dropped { .. } => MgmtErrorKind::Unavailable,
+        // A node that stops may have appended the command before it did: the outcome is
+        // unknown, so the client must not send it elsewhere.
+        ProposeError::Timeout
+        | ProposeError::Interrupted
+        | ProposeError::ShuttingDown
+        | ProposeError::Fatal(_) => MgmtErrorKind::Unknown,
+        ProposeError::Membership(_) | ProposeError::TooLarge { .. } => MgmtErrorKind::Refused,
+        ProposeError::Codec(_) => MgmtErrorKind::Malformed,
+        _ => MgmtErrorKind::NodeDown,
+    };
+    let hint = match e {
+        ProposeError::NotLeader { leader_hint } => *leader_hint,
+        _ => None,
+    };
+    error(kind, e, hint)
+}
+
+pub(super) fn read_error(e: &ReadError) -> MgmtResponse {
+    let kind = match e {
+        ReadError::NoLeader | ReadError::LeadershipChanged | ReadError::Interrupted => {
+            MgmtErrorKind::Unavailable
+        }
+        ReadError::Timeout => MgmtErrorKind::Unknown,
+        _ => MgmtErrorKind::NodeDown,
+    };
+    error(kind, e, None)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        _ => "follower",
+    }
+}
+
+fn changed(result: Result<u64, ProposeError>) -> MgmtResponse {
+    match result {
+        Ok(index) => MgmtResponse::Changed { index },
+        Err(e) => propose_error(&e),
+    }
+}
+
+async fn status<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+    let (status, view) = match (cluster.status().await, cluster.members_view().await) {
+        (Ok(s), Ok(v)) => (s, v),
+        (Err(e), _) | (_, Err(e)) => return read_error(&e),
+    };
+    let members = view
+        .members
+        .iter()
+        .map(|m| {
+            let matched = view
+                .matched
+                .iter()
+                .find(|(id, _)| *id == m.node_id)
+                .map_or(0, |(_, matched)| *matched);
+            let contact = view
+                .last_contact
+                .iter()
+                .find(|(id, _)| *id == m.node_id)
+                .map_or(u64::MAX, |(_, d)| d.as_millis() as u64);
+            MgmtMember {
+                id: m.node_id,
+                key: *m.addr.id.as_bytes(),
+                addrs: m.addr.ip_addrs().map(ToString::to_string).collect(),
+                role: match m.role {
+                    MemberRole::Voter => "voter",
+                    MemberRole::Learner => "learner",
+                    _ => "outgoing",
+                }
+                .into(),
+                matched,
+                lag: if view.matched.is_empty() {
+                    0
+                } else {
+                    view.last_index.saturating_sub(matched)
+                },
+                last_contact_ms: if m.node_id == status.node_id {
+                    0
+                } else {
+                    contact
+                },
+            }
+        })
+        .collect();
+    MgmtResponse::Status(MgmtStatus {
+        node_id: status.node_id,
+        cluster_id: view.cluster_id,
+        leader: status.leader.unwrap_or(0),
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        role: role_name(status.role).into(),
+        members,
+    })
+}
+
+async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+    let (status, view) = match (cluster.status().await, cluster.members_view().await) {
+        (Ok(s), Ok(v)) => (s, v),
+        (Err(e), _) | (_, Err(e)) => return read_error(&e),
+    };
+    let fresh = |id: u64| {
+        id == status.node_id
+            || view
+                .last_contact
+                .iter()
+                .any(|(p, d)| *p == id && *d < view.election_timeout)
+    };
+    let voters = status.voters.clone();
+    let healthy_voters: Vec<u64> = voters.iter().copied().filter(|&v| fresh(v)).collect();
+    let quorum_available = match status.leader {
+        Some(l) if l == status.node_id => healthy_voters.len() * 2 > voters.len(),
+        Some(l) => fresh(l),
+        None => false,
+    };
+    MgmtResponse::Health(MgmtHealth {
+        node_id: status.node_id,
+        quorum_available,
+        healthy_voters,
+        voters,
+        storage_ok: cluster.actors().failure().await.is_none(),
+        role: role_name(status.role).into(),
+        apply_lag: status.commit_index.saturating_sub(status.applied_index),
+    })
+}

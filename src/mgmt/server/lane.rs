@@ -1,0 +1,342 @@
+//! One lane of a management connection: its calls run concurrently inside the lane's task, its
+//! replies leave in batches, and the connection's limits (subscriptions, bytes of requests in
+//! progress) are enforced here.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use iroh::endpoint::{RecvStream, SendStream};
+use iroh_raft_actors::{
+    EventItem, StateMachine,
+    wire::{
+        CloseCode, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader, MgmtReply, MgmtRequest,
+        MgmtResponse, MgmtRole,
+    },
+};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::warn;
+
+use super::{
+    MgmtProtocol,
+    answer::{node_down, read_error},
+    error,
+};
+use crate::RaftCluster;
+
+/// Request streams (lanes) one connection may have open at once; a lane beyond it is refused.
+pub(super) const MAX_LANES: usize = 64;
+
+/// Calls one lane may have in progress; beyond it the lane is not read (the client's stream
+/// flow control pushes back) until one completes.
+const MAX_LANE_CALLS: usize = 1024;
+
+/// Subscriptions one connection may hold at once; another is refused.
+const MAX_SUBSCRIPTIONS: usize = 32;
+
+/// Bytes of requests one connection may have in progress over all its lanes (each running
+/// call holds its decoded request); beyond it its lanes are not read until calls complete.
+const CONNECTION_BYTES: usize = 64 * 1024 * 1024;
+
+/// How often a lane held back by [`CONNECTION_BYTES`] looks again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(10);
+
+/// What one connection's lanes share.
+#[derive(Clone)]
+pub(super) struct Limits {
+    /// Bytes of requests in progress.
+    bytes: Arc<AtomicUsize>,
+    /// Subscriptions left.
+    subscriptions: Arc<Semaphore>,
+}
+
+impl Limits {
+    /// Fresh limits for a new connection.
+    pub(super) fn new() -> Self {
+        Self {
+            bytes: Arc::new(AtomicUsize::new(0)),
+            subscriptions: Arc::new(Semaphore::new(MAX_SUBSCRIPTIONS)),
+        }
+    }
+}
+
+/// Bytes counted against a connection's budget while a call runs.
+struct Held {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Held {
+    fn new(counter: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            counter: counter.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Replies a lane holds before its handlers wait for the client to read (small, so that a
+/// subscriber that reads slowly is soon told what it missed instead of buffering events).
+const LANE_QUEUE: usize = 64;
+
+/// A lane writes up to this many bytes of replies at once.
+const WRITE_BATCH: usize = 64 * 1024;
+
+impl<S: StateMachine> MgmtProtocol<S> {
+    /// Serves one lane. Calls run concurrently inside this task (no task per call: a commit
+    /// that answers hundreds of proposals at once wakes this task once, and their replies go
+    /// out in one write); a subscription runs in a task of its own and sends its events here.
+    pub(super) async fn lane(
+        self,
+        role: MgmtRole,
+        mut tx: SendStream,
+        mut rx: RecvStream,
+        limits: Limits,
+    ) {
+        let (events_out, mut events) = mpsc::channel::<MgmtReply>(LANE_QUEUE);
+        let mut events_out = Some(events_out);
+        let mut running: FuturesUnordered<BoxFuture<'static, MgmtReply>> = FuturesUnordered::new();
+        let mut reader = MgmtReader::new();
+        let mut batch = MgmtBatch::new();
+        let stopped = tx.stopped();
+        tokio::pin!(stopped);
+        // Open while a subscription of this lane may still send events.
+        let mut events_open = true;
+        loop {
+            let reading = events_out.is_some();
+            if !reading && running.is_empty() && !events_open {
+                break;
+            }
+            let room = limits.bytes.load(Ordering::Relaxed) < CONNECTION_BYTES;
+            let first = tokio::select! {
+                call = reader.next_call(&mut rx), if reading && room && running.len() < MAX_LANE_CALLS => {
+                    match call {
+                        Ok(Some(MgmtCall { id, request })) if id != 0 => {
+                            let held = Held::new(&limits.bytes, reader.last_len());
+                            let out = events_out.as_ref().expect("reading");
+                            if let Some(call) = self.start(role, id, request, held, &limits, out) {
+                                running.push(call);
+                            }
+                            continue;
+                        }
+                        // The client finished its side: answer what is running, then finish.
+                        Ok(None) => {
+                            events_out = None;
+                            continue;
+                        }
+                        // The lane's framing is lost (or a call used the reserved id 0): say
+                        // why (id 0 names the lane), stop reading it, and end it once the calls
+                        // already read are answered.
+                        other => {
+                            events_out = None;
+                            let _ = rx.stop(CloseCode::ProtocolViolation.to_varint());
+                            let why = match other {
+                                Err(e) => e.to_string(),
+                                _ => "call id 0 is reserved".to_string(),
+                            };
+                            MgmtReply { id: 0, leader: 0, response: error(MgmtErrorKind::Malformed, why, None) }
+                        }
+                    }
+                }
+                Some(reply) = running.next(), if !running.is_empty() => reply,
+                reply = events.recv(), if events_open => match reply {
+                    Some(reply) => reply,
+                    None => {
+                        events_open = false;
+                        continue;
+                    }
+                },
+                // Over the connection's byte budget: look again once other lanes had a moment
+                // to finish calls (this lane's own completions wake it anyway).
+                _ = tokio::time::sleep(BUDGET_RECHECK), if reading && !room => continue,
+                _ = &mut stopped => return,
+            };
+            // Everything else that is ready goes in the same write.
+            let leader = self.leader.load(Ordering::Relaxed);
+            fill_batch(&mut batch, first, leader, &mut running, &mut events);
+            if tx.write_all(batch.bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.finish();
+    }
+
+    /// Starts one call: a subscription in a task of its own that sends its events to `out`
+    /// (`None` returned), anything else as a future for the lane to run.
+    fn start(
+        &self,
+        role: MgmtRole,
+        id: u64,
+        request: MgmtRequest,
+        held: Held,
+        limits: &Limits,
+        out: &mpsc::Sender<MgmtReply>,
+    ) -> Option<BoxFuture<'static, MgmtReply>> {
+        let MgmtRequest::Subscribe { epoch, after } = request else {
+            let this = self.clone();
+            return Some(
+                async move {
+                    let response = this.answer(role, request).await;
+                    drop(held);
+                    MgmtReply {
+                        id,
+                        leader: 0,
+                        response,
+                    }
+                }
+                .boxed(),
+            );
+        };
+        drop(held);
+        let Ok(permit) = limits.subscriptions.clone().try_acquire_owned() else {
+            let why = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
+            let response = error(MgmtErrorKind::Refused, why, None);
+            return Some(
+                std::future::ready(MgmtReply {
+                    id,
+                    leader: 0,
+                    response,
+                })
+                .boxed(),
+            );
+        };
+        let (out, cluster) = (out.clone(), self.cluster());
+        tokio::spawn(async move {
+            let response = match cluster {
+                Some(cluster) => subscribe(&cluster, id, epoch, after, &out).await,
+                None => Some(node_down()),
+            };
+            if let Some(response) = response {
+                let _ = out
+                    .send(MgmtReply {
+                        id,
+                        leader: 0,
+                        response,
+                    })
+                    .await;
+            }
+            drop(permit);
+        });
+        None
+    }
+}
+
+/// Frames `first` and every other reply already waiting (up to [`WRITE_BATCH`] bytes) into
+/// `batch`, each stamped with `leader`.
+fn fill_batch(
+    batch: &mut MgmtBatch,
+    first: MgmtReply,
+    leader: u64,
+    running: &mut FuturesUnordered<BoxFuture<'static, MgmtReply>>,
+    events: &mut mpsc::Receiver<MgmtReply>,
+) {
+    batch.clear();
+    push_reply(batch, first, leader);
+    while batch.len() < WRITE_BATCH {
+        // Polling with a no-op waker is fine: the lane's select polls `running` again, with its
+        // own waker, before the task sleeps.
+        if let Some(Some(reply)) = running.next().now_or_never() {
+            push_reply(batch, reply, leader);
+        } else if let Ok(reply) = events.try_recv() {
+            push_reply(batch, reply, leader);
+        } else {
+            break;
+        }
+    }
+}
+
+/// Frames a reply, stamped with the leader this node knows of, into the batch; an answer too
+/// large to send becomes an error for its call.
+fn push_reply(batch: &mut MgmtBatch, mut reply: MgmtReply, leader: u64) {
+    reply.leader = leader;
+    if let Err(e) = batch.push(&reply) {
+        warn!(error = %e, "management answer does not encode");
+        let response = error(MgmtErrorKind::Refused, format!("the answer {e}"), None);
+        let fallback = MgmtReply {
+            id: reply.id,
+            leader: reply.leader,
+            response,
+        };
+        if let Err(e) = batch.push(&fallback) {
+            warn!(error = %e, "management error does not encode");
+        }
+    }
+}
+
+/// Streams events as replies to call `id` until the client stops reading; `Some` is the
+/// answer when the subscription could not start.
+async fn subscribe<S: StateMachine>(
+    cluster: &RaftCluster<S>,
+    id: u64,
+    epoch: u64,
+    after: u64,
+    out: &mpsc::Sender<MgmtReply>,
+) -> Option<MgmtResponse> {
+    let events = if epoch == 0 {
+        cluster.subscribe().await
+    } else {
+        cluster.subscribe_from(epoch, after).await
+    };
+    let mut events = match events {
+        Ok(e) => e,
+        Err(e) => return Some(read_error(&e)),
+    };
+    let subscribed = MgmtResponse::Subscribed {
+        epoch: events.epoch(),
+        after: events.last_seq(),
+    };
+    if out
+        .send(MgmtReply {
+            id,
+            leader: 0,
+            response: subscribed,
+        })
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    loop {
+        // Wait for the next event, or for the lane's writer to go (the client went away).
+        let item = tokio::select! {
+            item = events.next() => item,
+            _ = out.closed() => None,
+        };
+        let Some(item) = item else { break };
+        let response = match item {
+            EventItem::Event(ev) => match postcard::to_allocvec(&ev) {
+                Ok(event) => MgmtResponse::Event {
+                    seq: events.last_seq(),
+                    event,
+                },
+                Err(_) => continue,
+            },
+            EventItem::Missed(count) => MgmtResponse::Missed { count },
+        };
+        // Waits while the client reads slowly: the event bus then reports what it dropped.
+        if out
+            .send(MgmtReply {
+                id,
+                leader: 0,
+                response,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    None
+}
