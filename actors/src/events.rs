@@ -120,26 +120,36 @@ pub struct EventStream {
 impl EventStream {
     /// The next item; `None` once the node has shut down.
     pub async fn next(&mut self) -> Option<EventItem> {
-        if let Some(item) = self.pending() {
-            return Some(item);
+        loop {
+            if let Some(item) = self.pending() {
+                return Some(item);
+            }
+            let item = match self.rx.recv().await {
+                Ok((seq, ev)) => self.event(seq, ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.missed(n),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            // `None`: an event already delivered; only a closed bus ends the stream.
+            if item.is_some() {
+                return item;
+            }
         }
-        let item = match self.rx.recv().await {
-            Ok((seq, ev)) => self.event(seq, ev),
-            Err(broadcast::error::RecvError::Lagged(n)) => self.missed(n),
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        item.or_else(|| self.pending())
     }
 
     /// The next item if one is ready now.
     pub fn try_next(&mut self) -> Option<EventItem> {
-        if let Some(item) = self.pending() {
-            return Some(item);
-        }
-        match self.rx.try_recv() {
-            Ok((seq, ev)) => self.event(seq, ev),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => self.missed(n),
-            Err(_) => None,
+        loop {
+            if let Some(item) = self.pending() {
+                return Some(item);
+            }
+            let item = match self.rx.try_recv() {
+                Ok((seq, ev)) => self.event(seq, ev),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.missed(n),
+                Err(_) => return None,
+            };
+            if item.is_some() {
+                return item;
+            }
         }
     }
 
@@ -158,8 +168,12 @@ impl EventStream {
             let n = std::mem::take(&mut self.gap);
             return self.missed(n);
         }
-        let (seq, ev) = self.backlog.pop_front()?;
-        self.event(seq, ev)
+        while let Some((seq, ev)) = self.backlog.pop_front() {
+            if let Some(item) = self.event(seq, ev) {
+                return Some(item);
+            }
+        }
+        None
     }
 
     fn event(&mut self, seq: u64, ev: ClusterEvent) -> Option<EventItem> {

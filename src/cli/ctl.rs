@@ -3,8 +3,8 @@
 //! Human tables by default, `--json` for scripts. The CLI's own identity key lives in a file it
 //! creates on first use (`--key-dir`, default `$IROH_RAFT_CLI_DIR` or
 //! `$HOME/.config/iroh-raft`). Exit codes: 0 done, 1 failed (the cluster answered with an
-//! error), 2 bad usage, 3 refused (not admitted, or not allowed), 4 unreachable (no member
-//! answered in time).
+//! error, or a write's outcome is unknown: its connection was lost after sending), 2 bad usage,
+//! 3 refused (not admitted, or not allowed), 4 unreachable (no member answered in time).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

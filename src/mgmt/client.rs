@@ -165,11 +165,6 @@ impl IrohRaftManagementClient {
         members: Vec<EndpointAddr>,
         ticket: Option<&Ticket>,
     ) -> Result<Self, ClientError> {
-        if members.is_empty() {
-            return Err(ClientError::Unreachable {
-                reason: "no member address given".into(),
-            });
-        }
         let key = key.unwrap_or_else(SecretKey::generate);
         let endpoint = bind_offline_endpoint(key, ([0, 0, 0, 0], 0).into())
             .await
@@ -187,6 +182,7 @@ impl IrohRaftManagementClient {
         ticket: Option<&Ticket>,
     ) -> Result<Self, ClientError> {
         if members.is_empty() {
+            endpoint.close().await;
             return Err(ClientError::Unreachable {
                 reason: "no member address given".into(),
             });

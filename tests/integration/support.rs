@@ -5,6 +5,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use iroh_raft::{
     KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, RaftClusterBuilder, Role,
+    Ticket, TicketRole,
     net::{bind_endpoint, endpoint_peer_addr},
 };
 use tempfile::TempDir;
@@ -235,6 +236,18 @@ impl TestCluster {
             }
         }
         out
+    }
+
+    /// Waits for the leader ([`Self::wait_for_leader`]) and has it mint a ticket for `role`,
+    /// valid for a day.
+    pub async fn leader_ticket(&self, role: TicketRole) -> (u64, Ticket) {
+        let leader = self.wait_for_leader().await;
+        let ticket = self
+            .node(leader)
+            .ticket(role, Duration::from_secs(86_400))
+            .await
+            .expect("the leader mints a ticket");
+        (leader, ticket)
     }
 
     /// Waits until exactly one running node leads and every running node follows it in the same

@@ -94,12 +94,7 @@ async fn every_request_kind_works_from_any_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_fails_over_when_its_node_dies() {
     let mut cluster = cluster(3).await;
-    let leader = cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(leader)
-        .ticket(TicketRole::Admin, DAY)
-        .await
-        .unwrap();
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::Admin).await;
     let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
     assert_eq!(client.session().await.unwrap().0, leader);
     let _: KvResponse = client.propose(&put("a", "1")).await.unwrap();
@@ -187,12 +182,7 @@ async fn admission_by_ticket_and_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_in_order() {
     let cluster = cluster(3).await;
-    let leader = cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(leader)
-        .ticket(TicketRole::ReadOnly, DAY)
-        .await
-        .unwrap();
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::ReadOnly).await;
     let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
     let mut events = client.subscribe().await.unwrap();
     cluster.node(leader).propose(put("e", "1")).await.unwrap();
@@ -239,12 +229,7 @@ async fn events_stream_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_remote_subscriber_is_told_what_it_missed_and_never_slows_writes() {
     let cluster = cluster(3).await;
-    let leader = cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(leader)
-        .ticket(TicketRole::ReadOnly, DAY)
-        .await
-        .unwrap();
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::ReadOnly).await;
     // A client whose streams take at most 2 KiB before it reads: the node's sends to a
     // subscriber that does not read block on QUIC flow control almost at once.
     let transport = iroh::endpoint::QuicTransportConfig::builder()

@@ -29,18 +29,11 @@ use iroh_raft::{
 
 use crate::support::{TestCluster, wait_for, wait_for_some};
 
-const DAY: Duration = Duration::from_secs(86_400);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
     let cluster =
         TestCluster::start_configured(3, 3, |b| b.remote_reads(iroh_raft::kv::remote_get)).await;
-    let leader = cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(leader)
-        .ticket(TicketRole::Admin, DAY)
-        .await
-        .unwrap();
+    let (_, ticket) = cluster.leader_ticket(TicketRole::Admin).await;
     let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
     const N: usize = 300;
     // Writes of distinct keys, all in flight at once: each response is its own command's.
@@ -112,12 +105,7 @@ async fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_moves_to_a_new_leader_by_itself() {
     let cluster = TestCluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(leader)
-        .ticket(TicketRole::Admin, DAY)
-        .await
-        .unwrap();
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::Admin).await;
     let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
     assert_eq!(client.session().await.unwrap().0, leader);
     let target = if leader == 3 { 1 } else { 3 };
@@ -176,13 +164,8 @@ async fn raw_connection(addr: iroh::EndpointAddr, ticket: &str) -> (iroh::Endpoi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_with_broken_framing_is_refused_and_the_rest_keeps_working() {
     let cluster = TestCluster::start(3).await;
-    let leader = cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(leader)
-        .ticket(TicketRole::Admin, DAY)
-        .await
-        .unwrap()
-        .to_string();
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::Admin).await;
+    let ticket = ticket.to_string();
     let addr = cluster.addrs[leader as usize - 1].0.clone();
     let (ep, conn) = raw_connection(addr, &ticket).await;
 
@@ -292,13 +275,8 @@ async fn hello_from(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_holds_at_most_sixteen_connections_to_a_node() {
     let cluster = TestCluster::start(1).await;
-    cluster.wait_for_leader().await;
-    let ticket = cluster
-        .node(1)
-        .ticket(TicketRole::ReadOnly, DAY)
-        .await
-        .unwrap()
-        .to_string();
+    let (_, ticket) = cluster.leader_ticket(TicketRole::ReadOnly).await;
+    let ticket = ticket.to_string();
     let addr = cluster.addrs[0].0.clone();
     let ep = bind_offline_endpoint(SecretKey::generate(), "127.0.0.1:0".parse().unwrap())
         .await

@@ -132,6 +132,31 @@ impl<T> Archivable for T where
 {
 }
 
+/// Anything that decodes, validated, from a frame's archive (both protocols' messages).
+pub(crate) trait Decodable:
+    Archive<
+        Archived: for<'a> rkyv::bytecheck::CheckBytes<
+            rkyv::api::high::HighValidator<'a, rancor::Error>,
+        > + Deserialize<Self, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    > + Sized
+{
+}
+
+impl<T> Decodable for T where
+    T: Archive<
+        Archived: for<'a> rkyv::bytecheck::CheckBytes<
+            rkyv::api::high::HighValidator<'a, rancor::Error>,
+        > + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    >
+{
+}
+
+/// Validates and decodes one frame's archive (already in an aligned buffer).
+pub(crate) fn decode_framed<T: Decodable>(archive: &[u8]) -> Result<T, DiscoveryWireError> {
+    rkyv::from_bytes::<T, rancor::Error>(archive)
+        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+}
+
 /// One frame (`u32` LE length, then the rkyv archive) of at most `max` bytes: the framing the
 /// discovery and management protocols share.
 pub(crate) fn encode_framed<T: Archivable>(
@@ -190,18 +215,14 @@ async fn read_discovery(
 pub async fn read_request(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<DiscoveryRequest, DiscoveryWireError> {
-    let bytes = read_discovery(recv).await?;
-    rkyv::from_bytes::<DiscoveryRequest, rancor::Error>(&bytes)
-        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+    decode_framed(&read_discovery(recv).await?)
 }
 
 /// Reads one framed [`DiscoveryResponse`].
 pub async fn read_response(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<DiscoveryResponse, DiscoveryWireError> {
-    let bytes = read_discovery(recv).await?;
-    rkyv::from_bytes::<DiscoveryResponse, rancor::Error>(&bytes)
-        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+    decode_framed(&read_discovery(recv).await?)
 }
 
 #[cfg(test)]

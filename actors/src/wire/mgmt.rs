@@ -3,7 +3,9 @@
 
 use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
 
-use super::discovery::{Archivable, DiscoveryWireError, encode_framed, read_framed};
+use super::discovery::{
+    Archivable, Decodable, DiscoveryWireError, decode_framed, encode_framed, read_framed,
+};
 
 /// ALPN of the management protocol.
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
@@ -377,12 +379,7 @@ impl MgmtReader {
         &mut self,
         recv: &mut iroh::endpoint::RecvStream,
     ) -> Result<Option<MgmtCall>, DiscoveryWireError> {
-        let Some(frame) = self.next_frame(recv).await? else {
-            return Ok(None);
-        };
-        rkyv::from_bytes::<MgmtCall, rancor::Error>(frame)
-            .map(Some)
-            .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+        self.next(recv).await
     }
 
     /// The next [`MgmtReply`]; `Ok(None)` when the stream ended cleanly between frames.
@@ -390,12 +387,17 @@ impl MgmtReader {
         &mut self,
         recv: &mut iroh::endpoint::RecvStream,
     ) -> Result<Option<MgmtReply>, DiscoveryWireError> {
-        let Some(frame) = self.next_frame(recv).await? else {
-            return Ok(None);
-        };
-        rkyv::from_bytes::<MgmtReply, rancor::Error>(frame)
-            .map(Some)
-            .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+        self.next(recv).await
+    }
+
+    async fn next<T: Decodable>(
+        &mut self,
+        recv: &mut iroh::endpoint::RecvStream,
+    ) -> Result<Option<T>, DiscoveryWireError> {
+        match self.next_frame(recv).await? {
+            Some(frame) => decode_framed(frame).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The next frame's archive, copied to an aligned buffer.
@@ -452,24 +454,23 @@ pub fn encode_mgmt<T: Archivable>(msg: &T) -> Result<Vec<u8>, DiscoveryWireError
 pub async fn read_mgmt_request(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<Option<MgmtRequest>, DiscoveryWireError> {
-    let Some(bytes) = read_framed(recv, MAX_MGMT_FRAME).await? else {
-        return Ok(None);
-    };
-    rkyv::from_bytes::<MgmtRequest, rancor::Error>(&bytes)
-        .map(Some)
-        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+    read_mgmt(recv).await
 }
 
 /// Reads one framed [`MgmtResponse`]; `Ok(None)` when the stream ended cleanly first.
 pub async fn read_mgmt_response(
     recv: &mut iroh::endpoint::RecvStream,
 ) -> Result<Option<MgmtResponse>, DiscoveryWireError> {
-    let Some(bytes) = read_framed(recv, MAX_MGMT_FRAME).await? else {
-        return Ok(None);
-    };
-    rkyv::from_bytes::<MgmtResponse, rancor::Error>(&bytes)
-        .map(Some)
-        .map_err(|e| DiscoveryWireError::Malformed(e.to_string()))
+    read_mgmt(recv).await
+}
+
+async fn read_mgmt<T: Decodable>(
+    recv: &mut iroh::endpoint::RecvStream,
+) -> Result<Option<T>, DiscoveryWireError> {
+    match read_framed(recv, MAX_MGMT_FRAME).await? {
+        Some(bytes) => decode_framed(&bytes).map(Some),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
