@@ -164,6 +164,165 @@ pub enum FatalError {
         /// This node's id.
         node: NodeId,
     },
+    /// Damaged or inconsistent data: a record whose checksum does not match, a committed entry
+    /// that does not decode, or a replica whose applied history differs from the cluster's. The
+    /// node stopped serving and voting; [`Corruption::RECOVERY`] says what to do.
+    #[error(transparent)]
+    Corruption(Corruption),
+    /// This node's data dir is older than what it had acknowledged to the cluster (restored from
+    /// an old copy, or writes lost without fsync). It stopped before raft could act on it; it
+    /// must be removed and join again with an empty data dir.
+    #[error("node {node} runs on a stale data dir: {evidence}. {}", Corruption::RECOVERY)]
+    StaleDataDir {
+        /// This node's id.
+        node: NodeId,
+        /// How it was found out.
+        evidence: StaleEvidence,
+    },
+}
+
+impl FatalError {
+    /// The corruption that stopped the node, if that is what did (including a storage failure
+    /// that found damaged data).
+    pub fn corruption(&self) -> Option<&Corruption> {
+        match self {
+            FatalError::Corruption(c) => Some(c),
+            FatalError::Storage(e) => match e.as_ref() {
+                StorageError::Corrupt(c) => Some(c),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// How a node found out that its data dir is stale.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StaleEvidence {
+    /// The leader says entries up to `commit` are committed and held here (it counted this
+    /// node's acknowledgements), but the log here ends at `last_index`.
+    #[error("the leader ({leader}) counts entries up to {commit} as held here, but the log ends at {last_index}")]
+    LogBehindAcknowledged {
+        /// The leader that sent the commit index.
+        leader: NodeId,
+        /// The commit index it sent (at most what this node acknowledged).
+        commit: u64,
+        /// The last index of this node's log.
+        last_index: u64,
+    },
+    /// A peer has seen this node start more often than its data dir remembers.
+    #[error("peer {peer} has seen incarnation {seen} of this node, the data dir is at {ours}")]
+    IncarnationBehind {
+        /// The peer that refused us.
+        peer: NodeId,
+        /// The highest incarnation the peer has seen.
+        seen: u64,
+        /// This start's incarnation.
+        ours: u64,
+    },
+}
+
+/// Where damaged or inconsistent data was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataLocation {
+    /// The database file as a whole (redb refused it).
+    File,
+    /// A Raft log entry.
+    LogEntry {
+        /// Its index.
+        index: u64,
+    },
+    /// A node metadata record (hard state, membership, identity...).
+    Meta {
+        /// The record's key.
+        key: &'static str,
+    },
+    /// One stored chunk of a snapshot.
+    SnapshotChunk {
+        /// The snapshot's last log index.
+        index: u64,
+        /// The chunk's number.
+        chunk: u32,
+    },
+    /// A snapshot as a whole (its size or checksum over all chunks, or its header).
+    Snapshot {
+        /// The snapshot's last log index.
+        index: u64,
+    },
+    /// The state machine as of an applied index (the replica consistency check).
+    AppliedState {
+        /// The index whose running hash differs.
+        index: u64,
+    },
+}
+
+impl std::fmt::Display for DataLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataLocation::File => write!(f, "the database file"),
+            DataLocation::LogEntry { index } => write!(f, "log entry {index} (table log)"),
+            DataLocation::Meta { key } => write!(f, "metadata record {key:?} (table meta)"),
+            DataLocation::SnapshotChunk { index, chunk } => {
+                write!(f, "chunk {chunk} of the snapshot at {index} (table snapshot_chunks)")
+            }
+            DataLocation::Snapshot { index } => write!(f, "the snapshot at {index}"),
+            DataLocation::AppliedState { index } => {
+                write!(f, "the entries applied up to {index}")
+            }
+        }
+    }
+}
+
+/// What was wrong with damaged data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The record's checksum does not match its bytes.
+    Checksum,
+    /// The record's checksum matches but its contents do not decode.
+    Undecodable,
+    /// Records that decode contradict each other (a commit index beyond the log, a gap).
+    Inconsistent,
+    /// The running hash of the applied entries differs from the one the rest of the cluster
+    /// computed at the same index.
+    Diverged,
+}
+
+/// Damaged or inconsistent data, with where it was found. Never skipped: the node stops.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("data corruption in {}: {location}: {detail}. {}", path.display(), Corruption::RECOVERY)]
+pub struct Corruption {
+    /// The database file (empty for an in-memory database).
+    pub path: PathBuf,
+    /// Where in it.
+    pub location: DataLocation,
+    /// What was wrong.
+    pub kind: CorruptionKind,
+    /// A sentence for the operator.
+    pub detail: String,
+}
+
+impl Corruption {
+    /// What an operator does about a corrupt or stale member.
+    pub const RECOVERY: &'static str = "To recover: remove this member from the cluster \
+        (`iroh-raft ctl remove-member ID`), empty its data dir, and join it again with a \
+        ticket; the other members keep serving meanwhile";
+
+    pub(crate) fn new(
+        path: &std::path::Path,
+        location: DataLocation,
+        kind: CorruptionKind,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            path: path.to_owned(),
+            location,
+            kind,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// Why a leadership transfer did not happen.
@@ -204,14 +363,10 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The file is not a database we wrote, or its contents do not decode.
-    #[error("{path} is corrupt or was not written by iroh-raft: {reason}")]
-    Corrupt {
-        /// The redb file (empty for an in-memory database).
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
+    /// The file is not a database we wrote, or a record in it is damaged (its checksum does
+    /// not match, it does not decode, or it contradicts the others).
+    #[error(transparent)]
+    Corrupt(Corruption),
     /// The data dir was written by a version with another storage layout.
     #[error("data dir format version {found} is not supported (this build reads {supported})")]
     IncompatibleVersion {

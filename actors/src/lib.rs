@@ -120,8 +120,8 @@ pub mod wire;
 pub use config::{NodeConfig, TICKS_PER_HEARTBEAT};
 pub use driver::{Driver, DriverStatus, Effects, InitialLog, ProposeRefused};
 pub use error::{
-    CodecError, FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError,
-    TransferError,
+    CodecError, Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError,
+    SnapshotError, StaleEvidence, StartError, StorageError, TransferError,
 };
 pub use events::{
     ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish,

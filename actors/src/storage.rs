@@ -13,6 +13,7 @@ mod actor;
 mod codec;
 mod db;
 mod records;
+mod seal;
 mod snapshot;
 mod tables;
 

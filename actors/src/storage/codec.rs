@@ -4,35 +4,47 @@
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use serde::{Deserialize, Serialize};
 
-/// `[entry_type u8][term u64][context_len u32][context][data]`; the index is the table key.
+use super::seal::{SEAL_LEN, Tag, seal_in_place, unseal};
+
+/// Why a stored record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecordError {
+    /// Its checksum does not match.
+    Checksum,
+    /// The checksum matches but the bytes do not decode.
+    Undecodable(String),
+}
+
+/// `[entry_type u8][term u64][context_len u32][context][data][seal]`; the index is the table key
+/// (and part of the seal).
 pub(crate) fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(13 + e.context.len() + e.data.len());
+    out.reserve(13 + e.context.len() + e.data.len() + SEAL_LEN);
     out.push(e.entry_type as i32 as u8);
     out.extend_from_slice(&e.term.to_le_bytes());
     out.extend_from_slice(&(e.context.len() as u32).to_le_bytes());
     out.extend_from_slice(&e.context);
     out.extend_from_slice(&e.data);
+    seal_in_place(Tag::Log, &e.index.to_le_bytes(), out, 0);
 }
 
-pub(crate) fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, String> {
+pub(crate) fn decode_entry(index: u64, sealed: &[u8]) -> Result<Entry, RecordError> {
+    let bytes = unseal(Tag::Log, &index.to_le_bytes(), sealed).ok_or(RecordError::Checksum)?;
+    let bad = |why: String| Err(RecordError::Undecodable(why));
     if bytes.len() < 13 {
-        return Err(format!(
-            "entry {index} is {} bytes, shorter than its header",
-            bytes.len()
-        ));
+        return bad(format!("{} bytes, shorter than its header", bytes.len()));
     }
     let entry_type = match bytes[0] {
         0 => EntryType::EntryNormal,
         1 => EntryType::EntryConfChange,
         2 => EntryType::EntryConfChangeV2,
-        t => return Err(format!("entry {index} has unknown type {t}")),
+        t => return bad(format!("unknown entry type {t}")),
     };
     let term = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
     let ctx_len = u32::from_le_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
     let rest = &bytes[13..];
     if rest.len() < ctx_len {
-        return Err(format!("entry {index} context overruns the record"));
+        return bad("its context overruns the record".into());
     }
     Ok(Entry {
         entry_type,
@@ -121,11 +133,22 @@ mod tests {
         let mut buf = Vec::new();
         encode_entry(&e, &mut buf);
         assert_eq!(decode_entry(42, &buf).unwrap(), e);
-        for cut in 0..13 {
-            assert!(decode_entry(42, &buf[..cut]).is_err());
+        for cut in 0..buf.len() {
+            assert_eq!(decode_entry(42, &buf[..cut]), Err(RecordError::Checksum));
         }
+        // Stored under another index: the seal covers the key.
+        assert_eq!(decode_entry(43, &buf), Err(RecordError::Checksum));
         buf[9] = 200; // context length beyond the record
-        assert!(decode_entry(42, &buf).is_err());
+        assert_eq!(decode_entry(42, &buf), Err(RecordError::Checksum));
+        // A well-sealed record that does not decode is told apart from a damaged one.
+        let mut forged = vec![2u8];
+        forged.extend_from_slice(&9u64.to_le_bytes());
+        forged.extend_from_slice(&200u32.to_le_bytes());
+        super::seal_in_place(Tag::Log, &42u64.to_le_bytes(), &mut forged, 0);
+        assert!(matches!(
+            decode_entry(42, &forged),
+            Err(RecordError::Undecodable(_))
+        ));
     }
 
     #[test]

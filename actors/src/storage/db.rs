@@ -13,15 +13,16 @@ use redb::{
 };
 
 use super::{
-    codec,
+    codec::{self, RecordError},
     records::{
         self, Identity, Member, PersistBatch, Recovered, decode_identity, decode_index_term,
         decode_members, decode_snapshot, encode_identity, encode_index_term, encode_members,
         encode_snapshot,
     },
+    seal::{Tag, seal, unseal},
     tables::{FORMAT_VERSION, LOG, META, SNAPSHOT_CHUNKS, meta_key},
 };
-use crate::error::StorageError;
+use crate::error::{Corruption, CorruptionKind, DataLocation, StorageError};
 
 /// redb's page cache per database (its default is 1 GiB). The Raft log is read from memory
 /// (MemLog) and written in small group commits, and snapshots stream through in chunks, so a
@@ -89,10 +90,12 @@ impl LogDb {
             .create(path)
             .map_err(|e| match e {
                 redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-                    StorageError::Corrupt {
-                        path: path.to_owned(),
+                    StorageError::Corrupt(Corruption::new(
+                        path,
+                        DataLocation::File,
+                        CorruptionKind::Undecodable,
                         reason,
-                    }
+                    ))
                 }
                 other => StorageError::Open {
                     path: path.to_owned(),
@@ -144,7 +147,14 @@ impl LogDb {
                 Some(bytes) => {
                     let found = <[u8; 4]>::try_from(bytes.as_slice())
                         .map(u32::from_le_bytes)
-                        .map_err(|_| this.corrupt("format version record"))?;
+                        .map_err(|_| {
+                            this.corrupt(
+                                DataLocation::Meta {
+                                    key: meta_key::FORMAT_VERSION,
+                                },
+                                RecordError::Undecodable(format!("{} bytes", bytes.len())),
+                            )
+                        })?;
                     if found != FORMAT_VERSION {
                         return Err(StorageError::IncompatibleVersion {
                             found,
@@ -161,9 +171,12 @@ impl LogDb {
                 }
             }
             let current = match meta.get(meta_key::SNAPSHOT).io("read snapshot")? {
-                Some(v) => Some(
-                    decode_snapshot(v.value()).ok_or_else(|| this.corrupt("snapshot record"))?,
-                ),
+                Some(v) => Some(decode_meta(
+                    &this.path,
+                    meta_key::SNAPSHOT,
+                    v.value(),
+                    decode_snapshot,
+                )?),
                 None => None,
             };
             tx.open_table(LOG).io("open log")?;
@@ -201,11 +214,31 @@ impl LogDb {
         Ok(this)
     }
 
-    pub(super) fn corrupt(&self, what: &str) -> StorageError {
-        StorageError::Corrupt {
-            path: self.path.clone(),
-            reason: format!("{what} does not decode"),
-        }
+    pub(super) fn corrupt(&self, location: DataLocation, e: RecordError) -> StorageError {
+        corrupt(&self.path, location, e)
+    }
+
+    fn inconsistent(&self, location: DataLocation, detail: String) -> StorageError {
+        StorageError::Corrupt(Corruption::new(
+            &self.path,
+            location,
+            CorruptionKind::Inconsistent,
+            detail,
+        ))
+    }
+
+    /// A sealed metadata record, checked and decoded.
+    fn meta<T>(
+        &self,
+        tx: &redb::ReadTransaction,
+        key: &'static str,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<Option<T>, StorageError> {
+        let table = tx.open_table(META).io("open meta")?;
+        let value = table.get(key).io("read meta")?;
+        value
+            .map(|v| decode_meta(&self.path, key, v.value(), decode))
+            .transpose()
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
@@ -229,14 +262,9 @@ impl LogDb {
         let tx = self.begin_read()?;
         let log = tx.open_table(LOG).io("open log")?;
         let last = log.last().io("read log")?.map(|(k, _)| k.value());
-        let start = match meta_value(&tx, meta_key::LOG_START)? {
-            Some(b) => {
-                decode_index_term(&b)
-                    .ok_or_else(|| self.corrupt("log start"))?
-                    .0
-            }
-            None => 0,
-        };
+        let start = self
+            .meta(&tx, meta_key::LOG_START, decode_index_term)?
+            .map_or(0, |(index, _)| index);
         Ok(last.unwrap_or(0).max(start))
     }
 
@@ -248,75 +276,119 @@ impl LogDb {
     /// The identity recorded at bootstrap, if any.
     pub fn identity(&self) -> Result<Option<Identity>, StorageError> {
         let tx = self.begin_read()?;
-        meta_value(&tx, meta_key::IDENTITY)?
-            .map(|b| decode_identity(&b).ok_or_else(|| self.corrupt("identity")))
-            .transpose()
+        self.meta(&tx, meta_key::IDENTITY, decode_identity)
     }
 
     /// The current snapshot's record, if there is one.
     pub fn current_snapshot(&self) -> Result<Option<records::SnapshotRecord>, StorageError> {
         let tx = self.begin_read()?;
-        meta_value(&tx, meta_key::SNAPSHOT)?
-            .map(|b| decode_snapshot(&b).ok_or_else(|| self.corrupt("snapshot record")))
-            .transpose()
+        self.meta(&tx, meta_key::SNAPSHOT, decode_snapshot)
     }
 
-    /// Reads everything a restarting node needs.
+    /// Reads everything a restarting node needs, verifying every record's checksum and that
+    /// the records agree with each other (see [`Self::check_consistency`]).
     pub fn recover(&self) -> Result<Recovered, StorageError> {
         let tx = self.begin_read()?;
-        let get = |key: &str| meta_value(&tx, key);
-        let mut out = Recovered::default();
-        if let Some(b) = get(meta_key::IDENTITY)? {
-            out.identity = Some(decode_identity(&b).ok_or_else(|| self.corrupt("identity"))?);
-        }
-        if let Some(b) = get(meta_key::HARD_STATE)? {
-            out.hard_state =
-                codec::decode_hard_state(&b).map_err(|_| self.corrupt("hard state"))?;
-        }
-        if let Some(b) = get(meta_key::CONF_STATE)? {
-            out.conf_state =
-                codec::decode_conf_state(&b).map_err(|_| self.corrupt("conf state"))?;
-        }
-        if let Some(b) = get(meta_key::MEMBERS)? {
-            out.members = decode_members(&b).ok_or_else(|| self.corrupt("members"))?;
-        }
-        if let Some(b) = get(meta_key::SNAPSHOT)? {
-            out.snapshot =
-                Some(decode_snapshot(&b).ok_or_else(|| self.corrupt("snapshot record"))?);
-        }
-        if let Some(b) = get(meta_key::LOG_START)? {
-            out.log_start = decode_index_term(&b).ok_or_else(|| self.corrupt("log start"))?;
-        }
+        let mut out = Recovered {
+            identity: self.meta(&tx, meta_key::IDENTITY, decode_identity)?,
+            hard_state: self
+                .meta(&tx, meta_key::HARD_STATE, |b| {
+                    codec::decode_hard_state(b).ok()
+                })?
+                .unwrap_or_default(),
+            conf_state: self
+                .meta(&tx, meta_key::CONF_STATE, |b| {
+                    codec::decode_conf_state(b).ok()
+                })?
+                .unwrap_or_default(),
+            members: self
+                .meta(&tx, meta_key::MEMBERS, decode_members)?
+                .unwrap_or_default(),
+            snapshot: self.meta(&tx, meta_key::SNAPSHOT, decode_snapshot)?,
+            log_start: self
+                .meta(&tx, meta_key::LOG_START, decode_index_term)?
+                .unwrap_or_default(),
+            ..Default::default()
+        };
         let log = tx.open_table(LOG).io("open log")?;
         let mut expected = out.log_start.0 + 1;
         for row in log.iter().io("read log")? {
             let (k, v) = row.io("read log")?;
             let index = k.value();
             if index != expected {
-                return Err(StorageError::Corrupt {
-                    path: self.path.clone(),
-                    reason: format!("log has a gap: expected index {expected}, found {index}"),
-                });
+                return Err(self.inconsistent(
+                    DataLocation::LogEntry { index: expected },
+                    format!("the log has a gap: entry {expected} is missing, the next is {index}"),
+                ));
             }
             expected = index + 1;
-            let entry =
-                codec::decode_entry(index, v.value()).map_err(|reason| StorageError::Corrupt {
-                    path: self.path.clone(),
-                    reason,
-                })?;
+            let entry = codec::decode_entry(index, v.value())
+                .map_err(|e| self.corrupt(DataLocation::LogEntry { index }, e))?;
             out.entries.push(entry);
         }
-        if out
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| s.index < out.log_start.0)
-        {
-            return Err(StorageError::Corrupt {
-                path: self.path.clone(),
-                reason: "the log was compacted past the snapshot".into(),
-            });
-        }
+        self.check_consistency(&out)?;
         Ok(out)
+    }
+
+    /// The durable records must describe one Raft state that raft-rs can start from: terms never
+    /// go down along the log, no entry is from a term the node has not reached, the commit index
+    /// is within the log, and the snapshot covers the compacted prefix. A contradiction is a
+    /// typed [`StorageError::Corrupt`] here, never a panic inside raft-rs.
+    fn check_consistency(&self, r: &Recovered) -> Result<(), StorageError> {
+        let hs = &r.hard_state;
+        let hard_state = DataLocation::Meta {
+            key: meta_key::HARD_STATE,
+        };
+        let snapshot_index = r.snapshot.as_ref().map_or(0, |s| s.index);
+        if snapshot_index < r.log_start.0 {
+            return Err(self.inconsistent(
+                DataLocation::Meta {
+                    key: meta_key::LOG_START,
+                },
+                format!(
+                    "the log was compacted up to {} but the snapshot only covers {snapshot_index}",
+                    r.log_start.0
+                ),
+            ));
+        }
+        let mut prev_term = r.log_start.1;
+        for e in &r.entries {
+            if e.term < prev_term {
+                return Err(self.inconsistent(
+                    DataLocation::LogEntry { index: e.index },
+                    format!(
+                        "term {} is below the previous entry's term {prev_term}",
+                        e.term
+                    ),
+                ));
+            }
+            prev_term = e.term;
+        }
+        if prev_term > hs.term {
+            return Err(self.inconsistent(
+                hard_state,
+                format!(
+                    "the log holds an entry of term {prev_term}, after the node's term {}",
+                    hs.term
+                ),
+            ));
+        }
+        let last_index = r
+            .entries
+            .last()
+            .map_or(r.log_start.0, |e| e.index)
+            .max(snapshot_index);
+        if hs.commit > last_index {
+            return Err(self.inconsistent(
+                hard_state,
+                format!(
+                    "commit index {} is beyond the last entry held ({last_index}): entries this \
+                     node acknowledged are missing",
+                    hs.commit
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts one more start of this data dir, durably, and returns the new count: a number no
@@ -326,18 +398,16 @@ impl LogDb {
         let next = {
             let mut meta = tx.open_table(META).io("open meta")?;
             let current = match meta.get(meta_key::INCARNATION).io("read incarnation")? {
-                Some(v) => u64::from_le_bytes(
-                    v.value()
-                        .try_into()
-                        .map_err(|_| self.corrupt("incarnation"))?,
-                ),
+                Some(v) => decode_meta(&self.path, meta_key::INCARNATION, v.value(), |b| {
+                    Some(u64::from_le_bytes(b.try_into().ok()?))
+                })?,
                 None => 0,
             };
-            meta.insert(
+            put_meta(
+                &mut meta,
                 meta_key::INCARNATION,
-                (current + 1).to_le_bytes().as_slice(),
-            )
-            .io("write incarnation")?;
+                &(current + 1).to_le_bytes(),
+            )?;
             current + 1
         };
         tx.commit().io("commit")?;
@@ -354,15 +424,13 @@ impl LogDb {
         let tx = self.begin_write(true)?;
         {
             let mut meta = tx.open_table(META).io("open meta")?;
-            meta.insert(meta_key::IDENTITY, encode_identity(&identity).as_slice())
-                .io("write identity")?;
-            meta.insert(
+            put_meta(&mut meta, meta_key::IDENTITY, &encode_identity(&identity))?;
+            put_meta(
+                &mut meta,
                 meta_key::CONF_STATE,
-                codec::encode_conf_state(conf_state).as_slice(),
-            )
-            .io("write conf state")?;
-            meta.insert(meta_key::MEMBERS, encode_members(members).as_slice())
-                .io("write members")?;
+                &codec::encode_conf_state(conf_state),
+            )?;
+            put_meta(&mut meta, meta_key::MEMBERS, &encode_members(members))?;
         }
         tx.commit().io("commit")
     }
@@ -381,13 +449,12 @@ impl LogDb {
                     // An installed snapshot replaces the whole log: anything we held, committed
                     // or a divergent uncommitted tail, is superseded by it.
                     log.retain(|_, _| false).io("clear log")?;
-                    meta.insert(meta_key::SNAPSHOT, encode_snapshot(snap).as_slice())
-                        .io("write snapshot record")?;
-                    meta.insert(
+                    put_meta(&mut meta, meta_key::SNAPSHOT, &encode_snapshot(snap))?;
+                    put_meta(
+                        &mut meta,
                         meta_key::LOG_START,
-                        encode_index_term((snap.index, snap.term)).as_slice(),
-                    )
-                    .io("write log start")?;
+                        &encode_index_term((snap.index, snap.term)),
+                    )?;
                     let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
                     let keep = snap.id;
                     chunks
@@ -408,18 +475,18 @@ impl LogDb {
                     last_index = batch.entries.last().map_or(last_index, |e| e.index);
                 }
                 if let Some(hs) = &batch.hard_state {
-                    meta.insert(
+                    put_meta(
+                        &mut meta,
                         meta_key::HARD_STATE,
-                        codec::encode_hard_state(hs).as_slice(),
-                    )
-                    .io("write hard state")?;
+                        &codec::encode_hard_state(hs),
+                    )?;
                 }
                 if let Some(cs) = &batch.conf_state {
-                    meta.insert(
+                    put_meta(
+                        &mut meta,
                         meta_key::CONF_STATE,
-                        codec::encode_conf_state(cs).as_slice(),
-                    )
-                    .io("write conf state")?;
+                        &codec::encode_conf_state(cs),
+                    )?;
                 }
             }
         }
@@ -438,12 +505,11 @@ impl LogDb {
         let mut log = tx.open_table(LOG).io("open log")?;
         log.retain_in(..=index, |_, _| false).io("purge log")?;
         let mut meta = tx.open_table(META).io("open meta")?;
-        meta.insert(
+        put_meta(
+            &mut meta,
             meta_key::LOG_START,
-            encode_index_term((index, term)).as_slice(),
+            &encode_index_term((index, term)),
         )
-        .io("write log start")?;
-        Ok(())
     }
 
     /// Makes every earlier non-durable commit durable (an empty fsynced commit).
@@ -452,10 +518,48 @@ impl LogDb {
     }
 }
 
-fn meta_value(tx: &redb::ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-    let meta = tx.open_table(META).io("open meta")?;
-    let value = meta.get(key).io("read meta")?;
-    Ok(value.map(|v| v.value().to_vec()))
+pub(super) fn corrupt(path: &Path, location: DataLocation, e: RecordError) -> StorageError {
+    let (kind, detail) = match e {
+        RecordError::Checksum => (
+            CorruptionKind::Checksum,
+            "its checksum does not match its bytes".to_owned(),
+        ),
+        RecordError::Undecodable(why) => (
+            CorruptionKind::Undecodable,
+            format!("its checksum matches but it does not decode: {why}"),
+        ),
+    };
+    StorageError::Corrupt(Corruption::new(path, location, kind, detail))
+}
+
+/// Checks a metadata record's seal and decodes it.
+pub(super) fn decode_meta<T>(
+    path: &Path,
+    key: &'static str,
+    sealed: &[u8],
+    decode: impl FnOnce(&[u8]) -> Option<T>,
+) -> Result<T, StorageError> {
+    let location = || DataLocation::Meta { key };
+    let bytes = unseal(Tag::Meta, key.as_bytes(), sealed)
+        .ok_or_else(|| corrupt(path, location(), RecordError::Checksum))?;
+    decode(bytes).ok_or_else(|| {
+        corrupt(
+            path,
+            location(),
+            RecordError::Undecodable(format!("{} bytes", bytes.len())),
+        )
+    })
+}
+
+/// Writes a sealed metadata record.
+pub(super) fn put_meta(
+    meta: &mut redb::Table<&str, &[u8]>,
+    key: &'static str,
+    payload: &[u8],
+) -> Result<(), StorageError> {
+    meta.insert(key, seal(Tag::Meta, key.as_bytes(), payload).as_slice())
+        .io("write meta")?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -475,11 +579,12 @@ mod tests {
     }
 
     fn batch(number: u64, entries: Vec<Entry>, commit: u64) -> PersistBatch {
+        let term = entries.iter().map(|e| e.term).max().unwrap_or(0).max(2);
         PersistBatch {
             number,
             entries,
             hard_state: Some(HardState {
-                term: 2,
+                term,
                 vote: 1,
                 commit,
                 ..Default::default()
@@ -510,11 +615,11 @@ mod tests {
         assert_eq!(got, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
         assert_eq!(r.hard_state.commit, 4);
         assert_eq!(db.last_index(), 6);
-        // Truncating to a shorter tail removes everything after it.
-        db.write(&[batch(4, vec![entry(3, 3, "d")], 4)], true)
+        // Truncating to a shorter (uncommitted) tail removes everything after it.
+        db.write(&[batch(4, vec![entry(5, 3, "d")], 4)], true)
             .unwrap();
-        assert_eq!(db.recover().unwrap().entries.len(), 3);
-        assert_eq!(db.last_index(), 3);
+        assert_eq!(db.recover().unwrap().entries.len(), 5);
+        assert_eq!(db.last_index(), 5);
         db
     }
 
@@ -548,8 +653,8 @@ mod tests {
         assert_eq!(r.identity, Some(identity));
         assert_eq!(r.conf_state, cs);
         assert_eq!(r.members, members);
-        assert_eq!(r.entries.len(), 3);
-        assert_eq!(db.last_index(), 3);
+        assert_eq!(r.entries.len(), 5);
+        assert_eq!(db.last_index(), 5);
     }
 
     #[test]
@@ -581,6 +686,71 @@ mod tests {
                 keep,
                 "the file was modified"
             );
+        }
+    }
+
+    /// Writes entries with recognisable payloads to a file, closes it, flips one byte of the
+    /// first occurrence of `needle` in the file, and recovers it again.
+    fn damage_and_recover(needle: &[u8]) -> Result<Recovered, StorageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut db = LogDb::open(&path).unwrap();
+        let entries = (1..=50)
+            .map(|i| entry(i, 1, &format!("payload-{i:04}")))
+            .collect();
+        db.write(&[batch(1, entries, 40)], true).unwrap();
+        drop(db);
+        let mut file = std::fs::read(&path).unwrap();
+        let at = file
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("needle in file");
+        file[at + needle.len() - 1] ^= 0x01;
+        std::fs::write(&path, &file).unwrap();
+        LogDb::open(&path)?.recover()
+    }
+
+    #[test]
+    fn a_changed_byte_inside_an_entry_is_refused_naming_the_entry() {
+        match damage_and_recover(b"payload-0017") {
+            Err(StorageError::Corrupt(c)) => {
+                assert_eq!(c.location, DataLocation::LogEntry { index: 17 });
+                assert_eq!(c.kind, CorruptionKind::Checksum);
+                let message = c.to_string();
+                assert!(message.contains("log entry 17"), "{message}");
+                assert!(message.contains("remove this member"), "{message}");
+            }
+            other => panic!("expected a corruption of entry 17, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_changed_hard_state_is_refused() {
+        // The hard state record: term 2, vote 1, commit 40, little-endian.
+        let mut record = 2u64.to_le_bytes().to_vec();
+        record.extend_from_slice(&1u64.to_le_bytes());
+        record.extend_from_slice(&40u64.to_le_bytes());
+        match damage_and_recover(&record) {
+            Err(StorageError::Corrupt(c)) => {
+                assert_eq!(c.location, DataLocation::Meta { key: "hard_state" });
+                assert_eq!(c.kind, CorruptionKind::Checksum);
+            }
+            other => panic!("expected a corrupt hard state, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_commit_index_beyond_the_log_is_refused_before_raft_sees_it() {
+        let mut db = LogDb::in_memory().unwrap();
+        db.write(&[batch(1, vec![entry(1, 1, "a"), entry(2, 1, "b")], 2)], true)
+            .unwrap();
+        db.write(&[batch(2, Vec::new(), 9)], true).unwrap();
+        match db.recover() {
+            Err(StorageError::Corrupt(c)) => {
+                assert_eq!(c.kind, CorruptionKind::Inconsistent);
+                assert!(c.detail.contains("commit index 9"), "{}", c.detail);
+            }
+            other => panic!("expected an inconsistency, got {other:?}"),
         }
     }
 

@@ -5,16 +5,26 @@
 //! current in one durable transaction that also deletes its predecessor and purges the log it
 //! covers. A CRC-32 over the whole stream is checked whenever the bytes are read back.
 
-use std::{io, sync::Arc};
+use std::{io, path::PathBuf, sync::Arc};
 
 use redb::{Database, ReadableDatabase};
 
 use super::{
-    db::{DbHandle, IoContext, LogDb},
+    codec::RecordError,
+    db::{DbHandle, IoContext, LogDb, corrupt, put_meta},
     records::{SnapshotRecord, encode_snapshot},
+    seal::{Tag, seal, unseal},
     tables::{META, SNAPSHOT_CHUNKS, meta_key},
 };
-use crate::error::StorageError;
+use crate::error::{Corruption, CorruptionKind, DataLocation, StorageError};
+
+/// The seal key of a chunk: its snapshot's storage id and its number.
+fn chunk_key(id: u64, no: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&id.to_le_bytes());
+    key[8..].copy_from_slice(&no.to_le_bytes());
+    key
+}
 
 /// Size of one snapshot chunk (1 MiB): the unit of memory a snapshot costs in flight, of a redb
 /// write while it is stored, and of a frame on the transfer stream.
@@ -38,7 +48,10 @@ impl LogDb {
         let tx = self.begin_write(false)?;
         {
             let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
-            chunks.insert((id, no), bytes).io("write snapshot chunk")?;
+            let sealed = seal(Tag::Chunk, &chunk_key(id, no), bytes);
+            chunks
+                .insert((id, no), sealed.as_slice())
+                .io("write snapshot chunk")?;
         }
         tx.commit().io("commit")
     }
@@ -72,8 +85,7 @@ impl LogDb {
         let tx = self.begin_write(true)?;
         {
             let mut meta = tx.open_table(META).io("open meta")?;
-            meta.insert(meta_key::SNAPSHOT, encode_snapshot(record).as_slice())
-                .io("write snapshot record")?;
+            put_meta(&mut meta, meta_key::SNAPSHOT, &encode_snapshot(record))?;
         }
         if let Some(old) = previous.filter(|old| old.id != record.id) {
             let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
@@ -90,14 +102,18 @@ impl LogDb {
 
     /// Reads a stored snapshot back.
     pub fn snapshot_reader(&self, record: &SnapshotRecord) -> SnapshotReader {
-        SnapshotReader::new(self.db.clone(), record.clone())
+        SnapshotReader::new(self.db.clone(), self.path.clone(), record.clone())
     }
 }
 
 impl DbHandle {
     /// Reads a stored snapshot back.
     pub fn snapshot_reader(&self, record: &SnapshotRecord) -> Result<SnapshotReader, StorageError> {
-        Ok(SnapshotReader::new(self.database()?, record.clone()))
+        Ok(SnapshotReader::new(
+            self.database()?,
+            self.path.clone(),
+            record.clone(),
+        ))
     }
 }
 
@@ -157,9 +173,12 @@ impl<F: FnMut(u32, Vec<u8>) -> io::Result<()>> io::Write for SnapshotWriter<F> {
 }
 
 /// Reads a stored snapshot chunk by chunk (one short read transaction each, so a slow reader does
-/// not pin old pages), and fails at the end if the size or checksum differ from the record.
+/// not pin old pages), checking each chunk's seal as it is read, and fails at the end if the size
+/// or checksum differ from the record. A damaged chunk is an `InvalidData` I/O error whose inner
+/// error is the [`Corruption`] (see [`SnapshotReader::corruption`]).
 pub struct SnapshotReader {
     db: Arc<Database>,
+    path: PathBuf,
     record: SnapshotRecord,
     next: u32,
     buf: Vec<u8>,
@@ -178,9 +197,10 @@ impl std::fmt::Debug for SnapshotReader {
 }
 
 impl SnapshotReader {
-    fn new(db: Arc<Database>, record: SnapshotRecord) -> Self {
+    fn new(db: Arc<Database>, path: PathBuf, record: SnapshotRecord) -> Self {
         Self {
             db,
+            path,
             record,
             next: 0,
             buf: Vec::new(),
@@ -195,17 +215,36 @@ impl SnapshotReader {
         &self.record
     }
 
+    /// The [`Corruption`] an error of this reader carries, if it found damaged data.
+    pub fn corruption(e: &io::Error) -> Option<&Corruption> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<StorageError>())
+            .and_then(|e| match e {
+                StorageError::Corrupt(c) => Some(c),
+                _ => None,
+            })
+    }
+
     /// The next stored chunk, `None` after the last one (once size and checksum matched).
     pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
         if self.next == self.record.chunks {
             let checksum = self.hasher.clone().finalize();
             if self.read != self.record.size || checksum != self.record.checksum {
+                let detail = format!(
+                    "{} bytes, crc {checksum:08x}; its record says {} bytes, crc {:08x}",
+                    self.read, self.record.size, self.record.checksum
+                );
+                let c = Corruption::new(
+                    &self.path,
+                    DataLocation::Snapshot {
+                        index: self.record.index,
+                    },
+                    CorruptionKind::Checksum,
+                    detail,
+                );
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "snapshot {} does not match its record: {} bytes, crc {checksum:08x}; expected {} bytes, crc {:08x}",
-                        self.record.index, self.read, self.record.size, self.record.checksum
-                    ),
+                    StorageError::Corrupt(c),
                 ));
             }
             return Ok(None);
@@ -227,6 +266,19 @@ impl SnapshotReader {
                 ),
             )
         })?;
+        let key = chunk_key(self.record.id, self.next);
+        let mut chunk = chunk;
+        let Some(len) = unseal(Tag::Chunk, &key, &chunk).map(<[u8]>::len) else {
+            let location = DataLocation::SnapshotChunk {
+                index: self.record.index,
+                chunk: self.next,
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                corrupt(&self.path, location, RecordError::Checksum),
+            ));
+        };
+        chunk.truncate(len);
         self.next += 1;
         self.read += chunk.len() as u64;
         self.hasher.update(&chunk);
@@ -410,6 +462,34 @@ mod tests {
             read_all(&db, &good).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    #[test]
+    fn a_changed_byte_in_a_stored_chunk_names_the_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut db = LogDb::open(&path).unwrap();
+        let mut data = vec![7u8; SNAPSHOT_CHUNK];
+        data.extend_from_slice(b"the second chunk's recognisable bytes");
+        let record = write_snapshot(&mut db, 12, &data);
+        db.commit_snapshot(&record, None).unwrap();
+        drop(db);
+        let mut file = std::fs::read(&path).unwrap();
+        let needle = b"recognisable";
+        let at = file.windows(needle.len()).position(|w| w == needle).unwrap();
+        file[at] ^= 0x20;
+        std::fs::write(&path, &file).unwrap();
+        let db = LogDb::open(&path).unwrap();
+        let err = read_all(&db, &record).unwrap_err();
+        let c = SnapshotReader::corruption(&err).expect("a typed corruption");
+        assert_eq!(
+            c.location,
+            DataLocation::SnapshotChunk {
+                index: 12,
+                chunk: 1
+            }
+        );
+        assert_eq!(c.kind, CorruptionKind::Checksum);
     }
 
     #[test]

@@ -7,20 +7,26 @@ use redb::TableDefinition;
 ///
 /// 2: every snapshot starts with a header (magic, cluster id, membership with tombstones), and a
 /// founded cluster's log starts with a bootstrap snapshot at index 1.
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// 3: every stored value but the format version carries a checksum over its table, key and
+/// bytes (see `seal.rs`), verified whenever it is read; the snapshot header carries the running
+/// hash of the entries applied up to the snapshot.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Node metadata: format version, identity, hard state, conf state, members, the current
-/// snapshot and where the log starts.
+/// snapshot and where the log starts. Its name stays at `_v1` so that every build finds the
+/// format version (stored without a seal, four little-endian bytes) and refuses a layout it
+/// does not read; the other values are sealed since format 3.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("iroh_raft_meta_v1");
 
-/// The Raft log: index → encoded entry.
-pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("iroh_raft_log_v1");
+/// The Raft log: index → sealed encoded entry.
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("iroh_raft_log_v2");
 
-/// Snapshot bytes: (snapshot id, chunk number) → chunk. Only the id named by the `snapshot` meta
+/// Snapshot bytes: (snapshot id, chunk number) → sealed chunk. Only the id named by the `snapshot` meta
 /// record is current; any other id is a snapshot being written or received, and is deleted at
 /// start-up if the node stopped before it was committed.
 pub(crate) const SNAPSHOT_CHUNKS: TableDefinition<(u64, u32), &[u8]> =
-    TableDefinition::new("iroh_raft_snapshot_chunks_v1");
+    TableDefinition::new("iroh_raft_snapshot_chunks_v2");
 
 /// Keys of [`META`].
 pub(crate) mod meta_key {
