@@ -211,13 +211,12 @@ pub enum StaleEvidence {
         /// The last index of this node's log.
         last_index: u64,
     },
-    /// A peer has seen this node start more often than its data dir remembers.
-    #[error("peer {peer} has seen incarnation {seen} of this node, the data dir is at {ours}")]
+    /// A peer has seen this node start more often than its data dir remembers (it refused our
+    /// Hello with [`crate::wire::CloseCode::StaleIncarnation`]).
+    #[error("peer {peer} has seen a later start of this node than its data dir's incarnation {ours}")]
     IncarnationBehind {
         /// The peer that refused us.
         peer: NodeId,
-        /// The highest incarnation the peer has seen.
-        seen: u64,
         /// This start's incarnation.
         ours: u64,
     },
@@ -276,7 +275,7 @@ impl std::fmt::Display for DataLocation {
 }
 
 /// What was wrong with damaged data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CorruptionKind {
     /// The record's checksum does not match its bytes.
@@ -388,6 +387,15 @@ pub enum StorageError {
         node: NodeId,
         /// Endpoint id this process was started with.
         endpoint: String,
+    },
+    /// The node found this data dir corrupt or stale while it ran, and fenced it: it never
+    /// serves from it again.
+    #[error("{} was fenced: {reason}", path.display())]
+    Fenced {
+        /// The redb file.
+        path: PathBuf,
+        /// The fatal error that fenced it (it says how to recover).
+        reason: String,
     },
     /// The database was closed (the node shut down).
     #[error("the database is closed")]

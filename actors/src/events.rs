@@ -89,6 +89,14 @@ pub enum ClusterEvent {
         /// The fatal error, as text.
         reason: String,
     },
+    /// The replica consistency check found that `node`'s applied entries differ from the
+    /// cluster's at `index` (a corruption alarm; if `node` is this node, it stops).
+    ReplicaDiverged {
+        /// The diverged member.
+        node: NodeId,
+        /// The index compared.
+        index: u64,
+    },
 }
 
 /// One item of an [`EventStream`].

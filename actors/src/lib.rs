@@ -103,6 +103,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
+mod consistency;
 mod driver;
 mod error;
 mod events;
@@ -118,6 +119,7 @@ mod types;
 pub mod wire;
 
 pub use config::{NodeConfig, TICKS_PER_HEARTBEAT};
+pub use consistency::ApplyHash;
 pub use driver::{Driver, DriverStatus, Effects, InitialLog, ProposeRefused};
 pub use error::{
     CodecError, Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError,
@@ -129,18 +131,18 @@ pub use events::{
 };
 pub use membership::{
     Admission, MemberInfo, MemberRole, Membership, MembershipChange, MembershipRefusal,
-    read_snapshot_header, write_snapshot_header,
+    SnapshotHeader, read_snapshot_header, write_snapshot_header,
 };
 pub use node::{Bootstrap, Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
-    ChangeMembership, GetMembers, GetStatus, InspectLog, LinearizableQuery, LogView,
-    MAX_MESSAGES_PER_READY, MembersView, Propose, Query, RAFT_MAILBOX, RaftActor, RaftArgs,
-    Shutdown, TransferLeadership, TriggerSnapshot,
+    CHECKPOINT_HEARTBEATS, ChangeMembership, GetMembers, GetStatus, InspectLog,
+    LinearizableQuery, LogView, MAX_MESSAGES_PER_READY, MembersView, PeerHello, Propose, Query,
+    RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown, TransferLeadership, TriggerSnapshot,
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{
-    Close, CommitSnapshot, DB_CACHE_SIZE, DbHandle, DiscardSnapshot, FORMAT_VERSION, Flush,
+    Close, CommitSnapshot, DB_CACHE_SIZE, DbHandle, DiscardSnapshot, FORMAT_VERSION, Fence, Flush,
     Identity, LogDb, MAX_BATCHES_PER_COMMIT, Member, NewSnapshotId, PERSIST_QUEUE, PersistBatch,
     PersistProgress, Recover, Recovered, SNAPSHOT_CHUNK, SnapshotReader, SnapshotRecord,
     SnapshotWriter, StorageActor, StorageArgs, WriteChunk,

@@ -16,7 +16,7 @@ use raft::eraftpb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{storage::Member, types::NodeId};
+use crate::{consistency::ApplyHash, storage::Member, types::NodeId};
 
 /// Members and tombstones, and the id of the cluster they belong to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -489,35 +489,70 @@ impl Membership {
     }
 }
 
-/// Magic and version at the start of every snapshot: `b"IRS"` + format 1.
-const SNAPSHOT_MAGIC: [u8; 4] = *b"IRS\x01";
+/// Magic and version at the start of every snapshot: `b"IRS"` + format 2.
+const SNAPSHOT_MAGIC: [u8; 4] = *b"IRS\x02";
 
-/// Writes the header every snapshot starts with: magic, membership, and whether state machine
-/// bytes follow (a bootstrap snapshot has none: the state machine starts empty).
-pub fn write_snapshot_header(
-    out: &mut dyn io::Write,
-    membership: &Membership,
-    has_state: bool,
-) -> io::Result<()> {
+/// What every snapshot starts with, before the state machine's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The membership as of the snapshot's index.
+    pub membership: Membership,
+    /// The running hash of every entry applied up to the snapshot's index (the replica
+    /// consistency check continues from it); `None` if the node that took it had lost track.
+    pub applied_hash: Option<ApplyHash>,
+    /// Whether state machine bytes follow (a bootstrap snapshot has none: the state machine
+    /// starts empty).
+    pub has_state: bool,
+}
+
+/// Writes the header every snapshot starts with: magic, membership, applied hash, and whether
+/// state machine bytes follow.
+pub fn write_snapshot_header(out: &mut dyn io::Write, header: &SnapshotHeader) -> io::Result<()> {
     out.write_all(&SNAPSHOT_MAGIC)?;
-    membership.write_to(out)?;
-    out.write_all(&[has_state as u8])
+    header.membership.write_to(out)?;
+    match &header.applied_hash {
+        Some(hash) => {
+            out.write_all(&[1])?;
+            out.write_all(hash)?;
+        }
+        None => out.write_all(&[0])?,
+    }
+    out.write_all(&[header.has_state as u8])
 }
 
 /// Reads a snapshot header; the state machine's bytes (if any) follow in `input`.
-pub fn read_snapshot_header(input: &mut dyn io::Read) -> io::Result<(Membership, bool)> {
+pub fn read_snapshot_header(input: &mut dyn io::Read) -> io::Result<SnapshotHeader> {
     let mut magic = [0u8; 4];
     input.read_exact(&mut magic)?;
     if magic != SNAPSHOT_MAGIC {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "not an iroh-raft snapshot",
+            "not an iroh-raft snapshot of this format",
         ));
     }
     let membership = Membership::read_from(input)?;
-    let mut has_state = [0u8; 1];
-    input.read_exact(&mut has_state)?;
-    Ok((membership, has_state[0] == 1))
+    let mut flag = [0u8; 1];
+    input.read_exact(&mut flag)?;
+    let applied_hash = match flag[0] {
+        0 => None,
+        1 => {
+            let mut hash = [0u8; 32];
+            input.read_exact(&mut hash)?;
+            Some(hash)
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot header: bad applied-hash flag",
+            ));
+        }
+    };
+    input.read_exact(&mut flag)?;
+    Ok(SnapshotHeader {
+        membership,
+        applied_hash,
+        has_state: flag[0] == 1,
+    })
 }
 
 #[cfg(test)]
@@ -598,14 +633,19 @@ mod tests {
             ),
             Err(MembershipRefusal::IdTaken { id: 1, .. })
         ));
-        let mut buf = Vec::new();
-        write_snapshot_header(&mut buf, &m, true).unwrap();
-        buf.extend_from_slice(b"state");
-        let mut input = buf.as_slice();
-        let (back, has_state) = read_snapshot_header(&mut input).unwrap();
-        assert_eq!(back, m);
-        assert!(has_state);
-        assert_eq!(input, b"state");
+        for applied_hash in [None, Some([7; 32])] {
+            let header = SnapshotHeader {
+                membership: m.clone(),
+                applied_hash,
+                has_state: true,
+            };
+            let mut buf = Vec::new();
+            write_snapshot_header(&mut buf, &header).unwrap();
+            buf.extend_from_slice(b"state");
+            let mut input = buf.as_slice();
+            assert_eq!(read_snapshot_header(&mut input).unwrap(), header);
+            assert_eq!(input, b"state");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
     config::NodeConfig,
     error::{FatalError, StartError, StorageError},
     events::{EVENT_MAILBOX, EventBus},
-    membership::{Membership, write_snapshot_header},
+    membership::{Membership, SnapshotHeader, write_snapshot_header},
     peer::{Dialer, RaftProtocol},
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
     state_machine::{StateMachine, StateMachineSource},
@@ -162,7 +162,13 @@ fn write_initial_snapshot(
         chunks.push((no, bytes));
         Ok(())
     });
-    write_snapshot_header(&mut writer, &Membership::initial(members), false)
+    let header = SnapshotHeader {
+        membership: Membership::initial(members),
+        // Every founding member starts its running hash here, with the same value.
+        applied_hash: Some([0; 32]),
+        has_state: false,
+    };
+    write_snapshot_header(&mut writer, &header)
         .map_err(|e| StorageError::io("write initial snapshot", e))?;
     let (size, count, checksum) = writer
         .finish()
@@ -308,7 +314,7 @@ impl<S: StateMachine> Node<S> {
             .await;
         let protocol = RaftProtocol::new(
             me,
-            raft.clone().recipient(),
+            (raft.clone().recipient(), raft.clone().reply_recipient()),
             membership_rx,
             raft.clone().recipient(),
             storage.clone(),

@@ -9,6 +9,7 @@
 
 mod actor;
 mod changes;
+mod integrity;
 mod messages;
 mod peers;
 mod pending;
@@ -17,6 +18,7 @@ mod snapshot;
 
 pub use actor::{RaftActor, RaftArgs};
 pub use changes::{ChangeMembership, GetMembers, MembersView, TransferLeadership};
+pub use integrity::{CHECKPOINT_HEARTBEATS, PeerHello};
 pub use messages::{GetStatus, InspectLog, LinearizableQuery, LogView, Propose, Query, Shutdown};
 pub use snapshot::TriggerSnapshot;
 

@@ -56,4 +56,7 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// The current voters.
     pub voters: Vec<NodeId>,
+    /// Members whose applied entries this node found to differ from its own (the replica
+    /// consistency check): a corruption alarm for each.
+    pub diverged: Vec<NodeId>,
 }

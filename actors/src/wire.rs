@@ -18,16 +18,23 @@
 //! The length is at most [`MAX_FRAME_SIZE`]; a longer one closes the connection with
 //! [`CloseCode::FrameTooLarge`] before any of it is buffered.
 //!
-//! The first frame of a stream is [`Frame::Hello`]: protocol version, the sender's Raft id and
-//! the receiver's. The acceptor checks that the sender id is the one the membership records for
-//! the connection's endpoint id and that the receiver id is its own. Later frames are one of
+//! The first frame of a stream is [`Frame::Hello`]: protocol version, the sender's Raft id, the
+//! receiver's, and the sender's incarnation (how many times its data dir started a node). The
+//! acceptor checks that the sender id is the one the membership records for the connection's
+//! endpoint id and that the receiver id is its own, and asks its RaftActor whether it has seen a
+//! higher incarnation from that member: then the sender runs on an old copy of its data dir
+//! (it may have forgotten votes and entries it acknowledged) and the connection is closed with
+//! [`CloseCode::StaleIncarnation`], which tells the sender to stop. Later frames are one of
 //! - [`Frame::Raft`]: a batch of Raft messages; every `from` must be the Hello sender and every
 //!   `to` the receiver;
 //! - [`Frame::Forward`]: proposals a follower forwards to the leader, each with the follower's
 //!   proposal id and a kind: an application command, a membership change, or a request to hand
 //!   leadership over;
 //! - [`Frame::ForwardReply`]: the leader's answer per forwarded proposal: the index and term the
-//!   entry was given, "not leader" with a hint, or a refusal with its typed reason.
+//!   entry was given, "not leader" with a hint, or a refusal with its typed reason;
+//! - [`Frame::Checkpoint`]: the sender's last applied index and the running hash of every entry
+//!   it applied up to there (blake3, chained; see the replica consistency check in the crate
+//!   docs), sent to every member every few heartbeats.
 //!
 //! Entries are `EntryNormal` or `EntryConfChangeV2`; a configuration change must be a flat
 //! ConfChangeV2 (only varint and length-delimited fields, no groups), checked before it reaches
@@ -145,11 +152,12 @@ pub use mgmt::{
     encode_mgmt, read_mgmt_request, read_mgmt_response,
 };
 
-/// ALPN of the consensus protocol.
-pub const ALPN: &[u8] = b"iroh-raft/0";
+/// ALPN of the consensus protocol. `/1` since the Hello carries the sender's incarnation and
+/// members exchange applied-entry checkpoints (storage format 3).
+pub const ALPN: &[u8] = b"iroh-raft/1";
 
 /// Minor protocol version carried in [`Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest frame payload accepted (16 MiB). It must hold one append message of
 /// `max_append_bytes` (1 MiB by default) plus an entry of up to [`MAX_COMMAND_SIZE`]; anything
@@ -185,6 +193,9 @@ pub enum CloseCode {
     /// The management protocol: this endpoint already has as many connections to this node as
     /// one key may hold. Another member may accept it.
     TooManyConnections = 8,
+    /// The Hello carried an incarnation below one this node has already seen from the same
+    /// member: the sender runs on an old copy of its data dir. A node that receives this stops.
+    StaleIncarnation = 9,
 }
 
 impl CloseCode {
@@ -205,6 +216,7 @@ impl CloseCode {
             6 => CloseCode::VersionMismatch,
             7 => CloseCode::Removed,
             8 => CloseCode::TooManyConnections,
+            9 => CloseCode::StaleIncarnation,
             _ => return None,
         })
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use iroh_raft_actors::{
-    LogDb, PersistBatch, SnapshotRecord, SnapshotWriter,
+    CorruptionKind, LogDb, PersistBatch, SnapshotRecord, SnapshotWriter, StorageError,
     wire::{
         ForwardOutcome, ForwardReply, ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
         WireSnapshotMeta, decode_frame, encode_frame, validate_frame,
@@ -91,7 +91,12 @@ fn wire_message() -> impl Strategy<Value = WireMessage> {
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u32>(), any::<u64>(), any::<u64>())
-            .prop_map(|(version, from, to)| Frame::Hello(Hello { version, from, to })),
+            .prop_map(|(version, from, to)| Frame::Hello(Hello {
+                version,
+                from,
+                to,
+                incarnation: from ^ to,
+            })),
         prop::collection::vec(wire_message(), 0..4).prop_map(Frame::Raft),
         prop::collection::vec(
             (any::<u64>(), prop::collection::vec(any::<u8>(), 0..32)),
@@ -128,6 +133,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         prop::collection::vec(any::<u8>(), 0..256).prop_map(Frame::SnapshotChunk),
         (any::<u64>(), any::<u32>())
             .prop_map(|(size, checksum)| Frame::SnapshotEnd { size, checksum }),
+        (any::<u64>(), any::<[u8; 32]>())
+            .prop_map(|(index, hash)| Frame::Checkpoint { index, hash }),
     ]
 }
 
@@ -209,6 +216,22 @@ struct Model {
 impl Model {
     fn last(&self) -> u64 {
         self.log.keys().next_back().copied().unwrap_or(self.start.0)
+    }
+
+    /// Whether the records describe a Raft state raft-rs could start from (what `recover`
+    /// checks): terms never go down along the log, no entry is newer than the hard state's
+    /// term, and the commit index is within the log or the snapshot.
+    fn consistent(&self) -> bool {
+        let (hs_term, commit) = self.hard_state.unwrap_or((0, 0));
+        let mut prev = self.start.1;
+        for &t in self.log.values() {
+            if t < prev {
+                return false;
+            }
+            prev = t;
+        }
+        let snapshot = self.snapshot.map_or(0, |(i, _)| i);
+        prev <= hs_term && commit <= self.last().max(snapshot)
     }
 }
 
@@ -293,7 +316,18 @@ proptest! {
                     db = LogDb::open(&path).unwrap();
                 }
             }
-            let r = db.recover().unwrap();
+            let r = match db.recover() {
+                Ok(r) => {
+                    prop_assert!(m.consistent(), "an inconsistent state was accepted: {m:?}");
+                    r
+                }
+                Err(StorageError::Corrupt(c)) => {
+                    prop_assert_eq!(&c.kind, &CorruptionKind::Inconsistent);
+                    prop_assert!(!m.consistent(), "a consistent state was refused: {c}; {m:?}");
+                    continue;
+                }
+                Err(e) => panic!("recover failed: {e}"),
+            };
             let log: BTreeMap<u64, u64> = r.entries.iter().map(|e| (e.index, e.term)).collect();
             prop_assert_eq!(&log, &m.log);
             prop_assert_eq!(r.log_start, m.start);

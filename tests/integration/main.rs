@@ -14,6 +14,7 @@ mod t47_supervision;
 mod t50_follower_catch_up;
 mod t55_snapshots;
 mod t60_full_restart;
+mod t65_integrity;
 mod t70_admission;
 mod t75_membership;
 mod t77_tickets;

@@ -222,10 +222,13 @@ impl TestCluster {
         self.nodes.iter().flatten()
     }
 
-    /// Shuts node `id` down gracefully.
+    /// Shuts node `id` down gracefully, and closes its endpoint (the first start's endpoint
+    /// was bound by the test, so the node does not close it), freeing its port for a restart.
     pub async fn stop(&mut self, id: u64) {
         let node = self.nodes[id as usize - 1].take().expect("node is running");
+        let endpoint = node.endpoint().clone();
         node.shutdown().await.unwrap();
+        endpoint.close().await;
     }
 
     pub async fn statuses(&self) -> Vec<NodeStatus> {

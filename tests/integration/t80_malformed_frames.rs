@@ -17,7 +17,12 @@ fn frame(f: Frame) -> Vec<u8> {
 }
 
 fn hello(from: u64, to: u64, version: u32) -> Vec<u8> {
-    frame(Frame::Hello(Hello { version, from, to }))
+    frame(Frame::Hello(Hello {
+        version,
+        from,
+        to,
+        incarnation: 1,
+    }))
 }
 
 /// Connects to node 1 as member 3, writes `bytes` on a consensus stream and returns the close

@@ -12,7 +12,7 @@ use iroh_raft::{
     KeyValueStore,
     actors::{
         Bootstrap, InspectLog, LogDb, LogView, Member, Node, NodeConfig, NodeId, NodeSpec, Query,
-        Role, StateMachineSource, StorageSpawn,
+        Role, StartError, StateMachineSource, StorageSpawn,
     },
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -109,6 +109,13 @@ impl Sim {
 
     /// Starts node `id` from what its disk holds.
     pub async fn start(&mut self, id: NodeId) {
+        if let Err(e) = self.try_start(id).await {
+            panic!("node {id} failed to start: {e}");
+        }
+    }
+
+    /// Starts node `id` from what its disk holds, or says why it refused to.
+    pub async fn try_start(&mut self, id: NodeId) -> Result<(), StartError> {
         let incarnation = self.net.register(id);
         let n = self.nodes.get_mut(&id).expect("known node");
         assert!(n.running.is_none(), "node {id} is running");
@@ -122,8 +129,13 @@ impl Sim {
         config.snapshot_trailing_entries = 8;
         config.rng_seed = Some(self.seed ^ (id << 40) ^ n.starts);
         (self.configure)(&mut config);
-        let db = LogDb::with_backend(n.disk.clone(), format!("sim-node-{id}").into())
-            .expect("disk opens");
+        let db = match LogDb::with_backend(n.disk.clone(), format!("sim-node-{id}").into()) {
+            Ok(db) => db,
+            Err(e) => {
+                self.net.unregister(id);
+                return Err(StartError::Storage(Arc::new(e)));
+            }
+        };
         let node = Node::start(NodeSpec {
             config,
             endpoint_id: n.key.public(),
@@ -147,11 +159,54 @@ impl Sim {
             }),
             storage_spawn: StorageSpawn::Task,
         })
-        .await
-        .unwrap_or_else(|e| panic!("node {id} failed to start: {e}"));
+        .await;
+        let node = match node {
+            Ok(node) => node,
+            Err(e) => {
+                self.net.unregister(id);
+                return Err(e);
+            }
+        };
         self.net.attach(id, incarnation, node.protocol.clone());
         self.handles.lock().unwrap().insert(id, node.clone());
         n.running = Some((incarnation, node));
+        Ok(())
+    }
+
+    /// Crashes node `id` and changes one digit of a client's value somewhere on its disk (a
+    /// log entry, a snapshot chunk, or a stale copy in a free page): the damage a bad sector or
+    /// a stray write leaves. Returns false if the disk held no client value yet.
+    pub fn crash_and_damage(&mut self, id: NodeId) -> bool {
+        self.crash(id);
+        let n = self.nodes.get_mut(&id).expect("known node");
+        let mut image = n.disk.crash_image();
+        // Client values look like `c<client>-<n>`: remember where each one's last digit is.
+        let mut digits = Vec::new();
+        let mut i = 0;
+        while i + 3 < image.len() {
+            if image[i] == b'c' && image[i + 1].is_ascii_digit() {
+                let mut j = i + 1;
+                while j < image.len() && image[j].is_ascii_digit() {
+                    j += 1;
+                }
+                if j + 1 < image.len() && image[j] == b'-' && image[j + 1].is_ascii_digit() {
+                    let mut k = j + 1;
+                    while k + 1 < image.len() && image[k + 1].is_ascii_digit() {
+                        k += 1;
+                    }
+                    digits.push(k);
+                    i = k;
+                }
+            }
+            i += 1;
+        }
+        if digits.is_empty() {
+            return false;
+        }
+        let at = digits[self.rng.random_range(0..digits.len())];
+        image[at] = if image[at] == b'9' { b'0' } else { image[at] + 1 };
+        n.disk = SimDisk::from_image(image);
+        true
     }
 
     /// Kills node `id` at once and loses every write its disk had not synced.
@@ -289,7 +344,30 @@ impl Sim {
                 break l;
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("liveness: no agreed leader within {bound:?}"));
+                let seen: Vec<String> = self
+                    .views()
+                    .await
+                    .iter()
+                    .map(|(id, _, v)| {
+                        let s = &v.status;
+                        format!("node {id}: {:?} leader {:?} term {}", s.role, s.leader, s.term)
+                    })
+                    .collect();
+                let mut failed = Vec::new();
+                for (id, node) in self.handles.lock().unwrap().clone() {
+                    let asked = node
+                        .raft
+                        .ask(Query(|_: &KeyValueStore| ()))
+                        .reply_timeout(Duration::from_millis(100))
+                        .await;
+                    if let Err(e) = asked {
+                        failed.push(format!("node {id}: {e}"));
+                    }
+                }
+                return Err(format!(
+                    "liveness: no agreed leader within {bound:?} among {:?}: {seen:?} {failed:?}",
+                    self.ids
+                ));
             }
             self.run_for(Duration::from_millis(50)).await?;
         };

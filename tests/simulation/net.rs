@@ -22,7 +22,7 @@ use iroh::EndpointAddr;
 use iroh_raft::actors::{
     NodeId,
     peer::{BoxFuture, Dialer, FrameSource, Link, LinkError, RaftProtocol, StreamEnd, StreamSink},
-    wire::{CloseCode, Frame, Hello, PROTOCOL_VERSION, decode_frame, encode_frame},
+    wire::{CloseCode, Frame, Hello, decode_frame, encode_frame},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{sync::mpsc, time::Instant};
@@ -249,10 +249,10 @@ impl std::fmt::Debug for SimNet {
 impl Dialer for SimDialer {
     fn dial(
         &self,
-        me: NodeId,
-        peer: NodeId,
+        hello: Hello,
         _: EndpointAddr,
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
+        let (me, peer) = (hello.from, hello.to);
         let net = self.net.clone();
         let from = (me, self.incarnation);
         Box::pin(async move {
@@ -290,17 +290,9 @@ impl Dialer for SimDialer {
                 last_at: Instant::now(),
                 seq: 0,
             };
-            let mut hello = Vec::new();
-            encode_frame(
-                &Frame::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                    from: me,
-                    to: peer,
-                }),
-                &mut hello,
-            )
-            .expect("hello encodes");
-            link.enqueue(&hello)?;
+            let mut bytes = Vec::new();
+            encode_frame(&Frame::Hello(hello), &mut bytes).expect("hello encodes");
+            link.enqueue(&bytes)?;
             Ok(Box::new(link) as Box<dyn Link>)
         })
     }

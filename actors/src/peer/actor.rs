@@ -15,8 +15,10 @@ use tracing::{Instrument, Span, debug, info_span, trace};
 
 use super::{Dialer, Link, LinkError, StreamSink};
 use crate::{
+    consistency::ApplyHash,
+    error::Corruption,
     events::{ClusterEvent, EventBus, Publish},
-    storage::{DbHandle, SnapshotRecord},
+    storage::{DbHandle, SnapshotReader, SnapshotRecord},
     types::NodeId,
     wire::{
         CloseCode, ForwardReply, ForwardedProposal, Frame, Hello, PROTOCOL_VERSION, WireMessage,
@@ -42,6 +44,8 @@ pub struct Outbound {
     pub replies: Vec<ForwardReply>,
     /// A snapshot the peer needs, to stream on a stream of its own.
     pub snapshot: Option<Box<SnapshotOffer>>,
+    /// This node's last applied index and running hash (the replica consistency check).
+    pub checkpoint: Option<(u64, ApplyHash)>,
 }
 
 /// raft-rs's `MsgSnapshot` for a follower, and where the snapshot's bytes are.
@@ -54,12 +58,14 @@ pub struct SnapshotOffer {
 }
 
 /// How streaming a snapshot to `peer` ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SnapshotSent {
     /// The follower.
     pub peer: NodeId,
     /// Whether every byte was delivered and read.
     pub delivered: bool,
+    /// The stored snapshot turned out to be damaged while it was read for sending.
+    pub corruption: Option<Corruption>,
 }
 
 impl Outbound {
@@ -69,6 +75,7 @@ impl Outbound {
             && self.forwards.is_empty()
             && self.replies.is_empty()
             && self.snapshot.is_none()
+            && self.checkpoint.is_none()
     }
 }
 
@@ -80,9 +87,9 @@ pub struct PeerUnreachable {
     /// Forwarded proposals that were certainly not sent (dropped before any byte was written):
     /// their proposers may safely retry.
     pub unsent_forwards: Vec<u64>,
-    /// The peer closed the connection with [`CloseCode::Removed`]: this node was removed from
-    /// the cluster.
-    pub removed_us: bool,
+    /// The peer refused this node for good: [`CloseCode::Removed`] (this node was removed from
+    /// the cluster) or [`CloseCode::StaleIncarnation`] (this node runs on an old data dir).
+    pub refused: Option<CloseCode>,
 }
 
 /// What a PeerActor is started with.
@@ -92,6 +99,8 @@ pub struct PeerArgs {
     pub me: NodeId,
     /// The peer.
     pub peer: NodeId,
+    /// This node's incarnation, sent in every Hello.
+    pub incarnation: u64,
     /// Where to reach it.
     pub addr: EndpointAddr,
     /// How to reach it.
@@ -126,20 +135,17 @@ impl PeerActor {
             if self.retry_at.is_some_and(|t| Instant::now() < t) {
                 return None;
             }
-            let dial = self
-                .args
-                .dialer
-                .dial(self.args.me, self.args.peer, self.args.addr.clone());
+            let dial = self.args.dialer.dial(self.hello(), self.args.addr.clone());
             match dial.await {
                 Ok(link) => {
                     debug!(peer = self.args.peer, "connected");
-                    // The peer may refuse us as removed after the handshake, or later: watch
-                    // for that close code for as long as the connection lives.
+                    // The peer may refuse us for good after the handshake, or later: watch for
+                    // those close codes for as long as the connection lives.
                     let closed = link.closed();
-                    let me = self.removed_notice();
+                    let notice = self.refusal_notice();
                     tokio::spawn(async move {
-                        if closed.await == Some(CloseCode::Removed) {
-                            me();
+                        if let Some(code) = closed.await {
+                            notice(code);
                         }
                     });
                     self.link = Some(link);
@@ -150,13 +156,8 @@ impl PeerActor {
                     });
                 }
                 Err(e) => {
-                    if matches!(
-                        e,
-                        LinkError::Refused {
-                            code: CloseCode::Removed
-                        }
-                    ) {
-                        self.removed_us();
+                    if let LinkError::Refused { code } = e {
+                        self.refusal_notice()(code);
                     }
                     self.failed(e.to_string());
                     return None;
@@ -164,6 +165,16 @@ impl PeerActor {
             }
         }
         self.link.as_mut()
+    }
+
+    /// The first frame of every stream to the peer.
+    fn hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            from: self.args.me,
+            to: self.args.peer,
+            incarnation: self.args.incarnation,
+        }
     }
 
     /// Drops the link (if any), schedules a redial and tells the RaftActor.
@@ -182,22 +193,21 @@ impl PeerActor {
         self.report_unreachable(Vec::new());
     }
 
-    /// The peer refused us as a removed member.
-    fn removed_us(&self) {
-        self.removed_notice()();
-    }
-
-    /// Tells the RaftActor that the peer refused us as a removed member (callable from a task).
-    fn removed_notice(&self) -> impl FnOnce() + Send + 'static {
+    /// Tells the RaftActor when the peer closed with a code that refuses this node for good
+    /// (removed, stale incarnation); callable from a task.
+    fn refusal_notice(&self) -> impl FnOnce(CloseCode) + Send + 'static {
         let raft = self.args.raft.clone();
         let peer = self.args.peer;
-        move || {
+        move |code| {
+            if !matches!(code, CloseCode::Removed | CloseCode::StaleIncarnation) {
+                return;
+            }
             if let Some(raft) = raft.upgrade() {
                 let _ = raft
                     .tell(PeerUnreachable {
                         peer,
                         unsent_forwards: Vec::new(),
-                        removed_us: true,
+                        refused: Some(code),
                     })
                     .try_send();
             }
@@ -210,7 +220,7 @@ impl PeerActor {
                 .tell(PeerUnreachable {
                     peer: self.args.peer,
                     unsent_forwards,
-                    removed_us: false,
+                    refused: None,
                 })
                 .try_send();
         }
@@ -258,6 +268,9 @@ impl PeerActor {
         if !batch.replies.is_empty() {
             self.push_frame(Frame::ForwardReply(batch.replies));
         }
+        if let Some((index, hash)) = batch.checkpoint {
+            self.push_frame(Frame::Checkpoint { index, hash });
+        }
     }
 
     fn push_frame(&mut self, frame: Frame) {
@@ -289,11 +302,8 @@ impl PeerActor {
         };
         self.buf = buf;
         trace!(peer = self.args.peer, bytes = self.buf.len(), "sent");
-        if let Err(LinkError::Refused {
-            code: CloseCode::Removed,
-        }) = &result
-        {
-            self.removed_us();
+        if let Err(LinkError::Refused { code }) = &result {
+            self.refusal_notice()(*code);
         }
         if let Err(e) = result {
             self.failed(e.to_string());
@@ -318,25 +328,35 @@ impl PeerActor {
                     .tell(SnapshotSent {
                         peer,
                         delivered: false,
+                        corruption: None,
                     })
                     .try_send();
             }
             return;
         };
-        let (me, db) = (self.args.me, self.args.db.clone());
+        let (hello, db) = (self.hello(), self.args.db.clone());
         let span = self.span.clone();
         self.transfer = Some(tokio::spawn(
             async move {
                 let index = offer.record.index;
                 let result =
-                    async { stream_snapshot(stream.await?, me, peer, offer, &db).await }.await;
+                    async { stream_snapshot(stream.await?, hello, offer, &db).await }.await;
+                let mut corruption = None;
                 match &result {
                     Ok(bytes) => debug!(index, bytes, "snapshot delivered"),
-                    Err(e) => debug!(index, error = %e, "snapshot transfer failed"),
+                    Err(SendFailure::Corrupt(c)) => corruption = Some(c.clone()),
+                    Err(SendFailure::Link(e)) => {
+                        debug!(index, error = %e, "snapshot transfer failed")
+                    }
                 }
                 if let Some(r) = report.upgrade() {
                     let delivered = result.is_ok();
-                    let _ = r.tell(SnapshotSent { peer, delivered }).await;
+                    let sent = SnapshotSent {
+                        peer,
+                        delivered,
+                        corruption,
+                    };
+                    let _ = r.tell(sent).await;
                 }
             }
             .instrument(span),
@@ -344,27 +364,32 @@ impl PeerActor {
     }
 }
 
+/// Why a snapshot was not delivered.
+enum SendFailure {
+    Link(LinkError),
+    /// The stored snapshot is damaged.
+    Corrupt(Corruption),
+}
+
+impl From<LinkError> for SendFailure {
+    fn from(e: LinkError) -> Self {
+        SendFailure::Link(e)
+    }
+}
+
 /// Writes Hello, header, every chunk and the end frame; returns the bytes sent.
 async fn stream_snapshot(
     mut stream: Box<dyn StreamSink>,
-    me: NodeId,
-    peer: NodeId,
+    hello: Hello,
     offer: Box<SnapshotOffer>,
     db: &DbHandle,
-) -> Result<u64, LinkError> {
+) -> Result<u64, SendFailure> {
     let mut buf = Vec::new();
     let push = |frame: Frame, buf: &mut Vec<u8>| {
         buf.clear();
         encode_frame(&frame, buf).map_err(|e| LinkError::Closed(e.to_string()))
     };
-    push(
-        Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            from: me,
-            to: peer,
-        }),
-        &mut buf,
-    )?;
+    push(Frame::Hello(hello), &mut buf)?;
     stream.send(&buf).await?;
     push(
         Frame::SnapshotHeader(Box::new(convert_outgoing(&offer.msg))),
@@ -375,10 +400,12 @@ async fn stream_snapshot(
         .snapshot_reader(&offer.record)
         .map_err(|e| LinkError::Closed(e.to_string()))?;
     // One chunk in memory at a time; the reader checks size and checksum after the last one.
-    while let Some(chunk) = reader
-        .next_chunk()
-        .map_err(|e| LinkError::Closed(e.to_string()))?
-    {
+    while let Some(chunk) = reader.next_chunk().map_err(|e| {
+        match SnapshotReader::corruption(&e) {
+            Some(c) => SendFailure::Corrupt(c.clone()),
+            None => SendFailure::Link(LinkError::Closed(e.to_string())),
+        }
+    })? {
         push(Frame::SnapshotChunk(chunk), &mut buf)?;
         stream.send(&buf).await?;
     }

@@ -9,7 +9,7 @@ use iroh::{
     endpoint::{Connection, ReadExactError, RecvStream},
     protocol::{AcceptError, ProtocolHandler},
 };
-use kameo::actor::{ActorRef, Recipient};
+use kameo::actor::{ActorRef, Recipient, ReplyRecipient};
 use raft::eraftpb::Message as RaftMessage;
 use rkyv::util::AlignedVec;
 use tokio::{sync::watch, task::JoinSet};
@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use super::BoxFuture;
 use crate::{
     membership::{Admission, Membership},
+    raft_actor::PeerHello,
     storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
     wire::{
@@ -53,10 +54,16 @@ pub struct RaftProtocol {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftProtocol").field("me", &self.me).finish()
+    }
+}
+
 struct Inner {
     me: NodeId,
     inbound: Recipient<Inbound>,
+    hello: ReplyRecipient<PeerHello, bool>,
     membership: watch::Receiver<Arc<Membership>>,
     snapshots: Recipient<SnapshotReceived>,
     storage: ActorRef<StorageActor>,
@@ -87,7 +94,7 @@ impl RaftProtocol {
     /// snapshots are stored through `storage` and announced to `snapshots`.
     pub fn new(
         me: NodeId,
-        inbound: Recipient<Inbound>,
+        (inbound, hello): (Recipient<Inbound>, ReplyRecipient<PeerHello, bool>),
         membership: watch::Receiver<Arc<Membership>>,
         snapshots: Recipient<SnapshotReceived>,
         storage: ActorRef<StorageActor>,
@@ -96,6 +103,7 @@ impl RaftProtocol {
             inner: Arc::new(Inner {
                 me,
                 inbound,
+                hello,
                 membership,
                 snapshots,
                 storage,
@@ -203,6 +211,21 @@ impl RaftProtocol {
                         to: h.to,
                         me,
                     });
+                }
+                let hello = PeerHello {
+                    from,
+                    incarnation: h.incarnation,
+                };
+                match self.inner.hello.ask(hello).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return StreamEnd::Refused(WireError::StaleIncarnation {
+                            from,
+                            incarnation: h.incarnation,
+                        });
+                    }
+                    // The RaftActor is gone (stopping or restarting): nothing to serve.
+                    Err(_) => return StreamEnd::Closed,
                 }
             }
             Ok(Some(_)) => return StreamEnd::Refused(WireError::BadHello),

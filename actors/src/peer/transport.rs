@@ -8,10 +8,7 @@ use iroh::{
     endpoint::{Connection, ConnectionError, SendStream},
 };
 
-use crate::{
-    types::NodeId,
-    wire::{ALPN, CloseCode, Frame, Hello, PROTOCOL_VERSION, encode_frame},
-};
+use crate::wire::{ALPN, CloseCode, Frame, Hello, encode_frame};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -52,11 +49,10 @@ fn write_error(conn: &Connection, e: impl std::fmt::Display) -> LinkError {
 
 /// Opens outgoing links to peers.
 pub trait Dialer: Send + Sync + Debug + 'static {
-    /// Dials `peer` at `addr` and opens its consensus stream, sending `Hello` from `me`.
+    /// Dials `hello.to` at `addr` and opens its consensus stream, starting it with `hello`.
     fn dial(
         &self,
-        me: NodeId,
-        peer: NodeId,
+        hello: Hello,
         addr: EndpointAddr,
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>>;
 }
@@ -103,8 +99,7 @@ impl IrohDialer {
 impl Dialer for IrohDialer {
     fn dial(
         &self,
-        me: NodeId,
-        peer: NodeId,
+        hello: Hello,
         addr: EndpointAddr,
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
         let endpoint = self.endpoint.clone();
@@ -126,14 +121,10 @@ impl Dialer for IrohDialer {
                     }
                 };
                 let mut link = IrohLink { conn, stream };
-                let mut hello = Vec::new();
-                let frame = Frame::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                    from: me,
-                    to: peer,
-                });
-                encode_frame(&frame, &mut hello).map_err(|e| LinkError::Connect(e.to_string()))?;
-                link.send(&hello).await?;
+                let mut bytes = Vec::new();
+                encode_frame(&Frame::Hello(hello), &mut bytes)
+                    .map_err(|e| LinkError::Connect(e.to_string()))?;
+                link.send(&bytes).await?;
                 Ok(Box::new(link) as Box<dyn Link>)
             };
             tokio::time::timeout(timeout, connect)

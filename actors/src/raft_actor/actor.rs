@@ -29,14 +29,20 @@ use super::{
 };
 use crate::{
     config::NodeConfig,
+    consistency::ConsistencyCheck,
     driver::{Driver, InitialLog},
-    error::{FatalError, ProposeError, ReadError, SnapshotError, StartError, TransferError},
+    error::{
+        FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError,
+        TransferError,
+    },
     events::{ClusterEvent, EventBus, Publish},
     membership::{Membership, read_snapshot_header},
     node::StorageSpawn,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
-    storage::{DbHandle, PersistBatch, PersistProgress, Recover, StorageActor},
+    storage::{
+        DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor,
+    },
     types::{NodeId, NodeStatus},
 };
 
@@ -142,6 +148,10 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) transfers: Vec<TransferWait>,
     /// Per peer: the tick of the last frame received from it, and of the last reconnect asked.
     pub(super) heard: BTreeMap<NodeId, (u64, u64)>,
+    /// The running hash of applied entries and what peers reported of theirs.
+    pub(super) consistency: ConsistencyCheck,
+    /// Per peer: the highest incarnation seen in its Hellos (a lower one is a stale data dir).
+    pub(super) incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -189,6 +199,7 @@ impl<S: StateMachine> RaftActor<S> {
             first_index: self.driver.first_index(),
             snapshot_index: self.driver.snapshot_meta().index,
             voters: s.voters,
+            diverged: self.consistency.diverged_peers().keys().copied().collect(),
         }
     }
 
@@ -210,10 +221,15 @@ impl<S: StateMachine> RaftActor<S> {
         if matches!(self.lifecycle, Lifecycle::Failed(_)) {
             return;
         }
-        if matches!(e, FatalError::Removed { .. }) {
-            tracing::info!(node = self.id(), "node stopped: removed from the cluster");
-        } else {
-            error!(node = self.id(), error = %e, "node failed");
+        match &e {
+            FatalError::Removed { .. } => {
+                tracing::info!(node = self.id(), "node stopped: removed from the cluster")
+            }
+            FatalError::Corruption(_) | FatalError::StaleDataDir { .. } => {
+                error!(node = self.id(), error = %e, "node stopped: it must not serve from this data dir again");
+                self.fence(&e);
+            }
+            _ => error!(node = self.id(), error = %e, "node failed"),
         }
         self.publish(ClusterEvent::NodeStopped {
             node: self.id(),
@@ -276,24 +292,35 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             .ok_or(StartError::NoStateMachine)?;
         // The snapshot holds the membership and state as of its index; the log after it is
         // replayed. A joining node without one yet knows only the members it was given.
-        let (membership, conf_state, applied) = match &recovered.snapshot {
+        let (membership, conf_state, applied, check) = match &recovered.snapshot {
             Some(record) => {
-                let restore_err = |e: std::io::Error| StartError::Restore {
-                    index: record.index,
-                    reason: e.to_string(),
+                let restore_err = |e: std::io::Error| match SnapshotReader::corruption(&e) {
+                    Some(c) => StartError::Storage(Arc::new(StorageError::Corrupt(c.clone()))),
+                    None => StartError::Restore {
+                        index: record.index,
+                        reason: e.to_string(),
+                    },
                 };
                 let mut reader = args.db.snapshot_reader(record).map_err(StartError::from)?;
-                let (membership, has_state) =
-                    read_snapshot_header(&mut reader).map_err(restore_err)?;
-                if has_state {
+                let header = read_snapshot_header(&mut reader).map_err(restore_err)?;
+                if header.has_state {
                     sm.restore(&mut reader).map_err(restore_err)?;
                 }
-                (membership, record.conf_state.clone(), record.index)
+                let check = ConsistencyCheck::new(header.applied_hash.map(|h| (record.index, h)));
+                (
+                    header.membership,
+                    record.conf_state.clone(),
+                    record.index,
+                    check,
+                )
             }
             None => (
                 Membership::new([0; 16], &recovered.members),
                 recovered.conf_state,
                 0,
+                // A joining node applies nothing before the leader's snapshot, which carries
+                // the hash to continue from.
+                ConsistencyCheck::new(None),
             ),
         };
         args.membership.send_replace(Arc::new(membership.clone()));
@@ -319,7 +346,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
             peers: Peers::new(
-                me,
+                (me, recovered.incarnation),
                 &membership.members(),
                 args.dialer,
                 to_me,
@@ -355,6 +382,8 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             conf_proposals: Proposals::new(),
             transfers: Vec::new(),
             heard: BTreeMap::new(),
+            consistency: check,
+            incarnations: BTreeMap::new(),
         })
     }
 

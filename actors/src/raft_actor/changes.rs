@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{actor::RaftActor, pending::encode_context};
 use crate::{
-    error::{FatalError, ProposeError, TransferError},
+    error::{CodecError, FatalError, ProposeError, TransferError},
     events::ClusterEvent,
     membership::{MemberInfo, MembershipChange, MembershipRefusal},
     state_machine::StateMachine,
@@ -255,7 +255,13 @@ impl<S: StateMachine> RaftActor<S> {
         let cc = match ConfChangeV2::parse_from_bytes(&e.data) {
             Ok(cc) => cc,
             Err(err) => {
-                warn!(index = e.index, error = %err, "configuration change does not decode; skipped");
+                if let Some(reply) = reply {
+                    reply.send(Err(ProposeError::Codec(CodecError::new(&err))));
+                }
+                self.corrupt_entry(
+                    e.index,
+                    format!("committed configuration change does not decode: {err}"),
+                );
                 return;
             }
         };

@@ -12,12 +12,13 @@ use super::{
 };
 use crate::{
     config::TICKS_PER_HEARTBEAT,
-    error::{FatalError, ProposeError, ReadError},
+    error::{CodecError, FatalError, ProposeError, ReadError, StaleEvidence},
     membership::MembershipRefusal,
     peer::{Inbound, PeerUnreachable},
     state_machine::StateMachine,
     types::{NodeId, NodeStatus, Role},
     wire::{
+        CloseCode,
         FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
         ForwardedProposal, InboundPayload,
     },
@@ -40,6 +41,12 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
         };
         if let Err(e) = self.check_running() {
             reply.send(Err(e));
+            return delegated;
+        }
+        // A committed entry that does not decode stops every replica (it is never skipped), so
+        // bytes from a remote client must be a command before they enter the log.
+        if let Err(e) = postcard::from_bytes::<S::Command>(&msg.data) {
+            reply.send(Err(ProposeError::Codec(CodecError::new(e))));
             return delegated;
         }
         let id = self.next_id();
@@ -181,9 +188,13 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
         let now = self.now;
         self.heard.entry(msg.from).or_insert((now, now)).0 = now;
         match msg.payload {
+            InboundPayload::Checkpoint { index, hash } => self.on_checkpoint(msg.from, index, hash),
             InboundPayload::Raft(msgs) => {
                 for m in msgs {
                     trace!(from = msg.from, kind = ?m.msg_type, "step");
+                    if !self.check_incoming(&m) {
+                        return;
+                    }
                     if let Err(e) = self.driver.step(m) {
                         debug!(from = msg.from, error = %e, "message ignored");
                     }
@@ -260,11 +271,22 @@ impl<S: StateMachine> Message<PeerUnreachable> for RaftActor<S> {
     type Reply = ();
 
     async fn handle(&mut self, msg: PeerUnreachable, _: &mut Context<Self, ()>) {
-        if msg.removed_us && self.membership.contains(self.id()) {
-            // A member refused us as removed: tombstones are permanent, so this node's removal
-            // was committed even if it never applied it itself.
-            self.removed();
-            return;
+        match msg.refused {
+            Some(CloseCode::Removed) if self.membership.contains(self.id()) => {
+                // A member refused us as removed: tombstones are permanent, so this node's
+                // removal was committed even if it never applied it itself.
+                self.removed();
+                return;
+            }
+            Some(CloseCode::StaleIncarnation) => {
+                let evidence = StaleEvidence::IncarnationBehind {
+                    peer: msg.peer,
+                    ours: self.session,
+                };
+                self.stale(evidence);
+                return;
+            }
+            _ => {}
         }
         self.driver.report_unreachable(msg.peer);
         self.unsent_forwards(msg.peer, msg.unsent_forwards);

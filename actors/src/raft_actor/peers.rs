@@ -26,6 +26,8 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct Peers {
     me: NodeId,
+    /// This node's incarnation, for the Hello of every stream.
+    incarnation: u64,
     members: BTreeMap<NodeId, EndpointAddr>,
     actors: BTreeMap<NodeId, ActorRef<PeerActor>>,
     dialer: Arc<dyn Dialer>,
@@ -37,7 +39,7 @@ pub(crate) struct Peers {
 
 impl Peers {
     pub(crate) fn new(
-        me: NodeId,
+        (me, incarnation): (NodeId, u64),
         members: &[Member],
         dialer: Arc<dyn Dialer>,
         raft: (WeakRecipient<PeerUnreachable>, WeakRecipient<SnapshotSent>),
@@ -46,6 +48,7 @@ impl Peers {
     ) -> Self {
         Self {
             me,
+            incarnation,
             members: members
                 .iter()
                 .map(|m| (m.node_id, m.addr.clone()))
@@ -105,6 +108,7 @@ impl Peers {
             let args = PeerArgs {
                 me: self.me,
                 peer: to,
+                incarnation: self.incarnation,
                 addr,
                 dialer: self.dialer.clone(),
                 raft: self.raft.clone(),

@@ -4,14 +4,16 @@
 //! messages that waited for it once the StorageActor confirms.
 
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{
     actor::{InFlight, Lifecycle, RaftActor},
     pending::decode_context,
 };
 use crate::{
-    error::{CodecError, FatalError, ProposeError, ReadError},
+    error::{
+        CodecError, Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError,
+    },
     events::ClusterEvent,
     membership::MembershipRefusal,
     state_machine::StateMachine,
@@ -42,6 +44,7 @@ impl<S: StateMachine> RaftActor<S> {
         self.check_transfers();
         self.driver.leave_joint_if_stuck();
         self.reconnect_silent_peers();
+        self.send_checkpoints();
     }
 
     /// A leader or candidate expects every voter to answer within an election timeout; a peer
@@ -193,15 +196,25 @@ impl<S: StateMachine> RaftActor<S> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
-        let Some(last) = entries.last().map(|e| e.index) else {
+        let mut last = None;
+        for e in entries {
+            let index = e.index;
+            self.consistency.applied(&e);
+            self.apply_entry(e);
+            if !matches!(self.lifecycle, Lifecycle::Running) {
+                // A committed entry that cannot be applied stops the node right there: nothing
+                // after it is applied, and the applied index stays before it.
+                break;
+            }
+            last = Some(index);
+        }
+        let Some(last) = last else {
             return;
         };
-        for e in entries {
-            self.apply_entry(e);
-        }
         self.applied = last;
         self.driver.advance_apply_to(last);
         self.publish(ClusterEvent::Applied { index: last });
+        self.check_applied();
         self.maybe_snapshot();
     }
 
@@ -221,27 +234,37 @@ impl<S: StateMachine> RaftActor<S> {
                     reply.send(Err(MembershipRefusal::InProgress.into()));
                 }
             }
-            EntryType::EntryNormal => {
-                let response = postcard::from_bytes::<S::Command>(&e.data)
-                    .map(|cmd| self.sm.apply(cmd))
-                    .map_err(|err| ProposeError::Codec(CodecError::new(err)));
-                match (reply, response) {
-                    (Some(reply), response) => reply.send(response),
-                    (None, Err(err)) => {
-                        warn!(index = e.index, error = %err, "entry is not a command; skipped")
+            EntryType::EntryNormal => match postcard::from_bytes::<S::Command>(&e.data) {
+                Ok(cmd) => {
+                    let response = self.sm.apply(cmd);
+                    if let Some(reply) = reply {
+                        reply.send(Ok(response));
                     }
-                    (None, Ok(_)) => {}
                 }
-            }
+                Err(err) => {
+                    if let Some(reply) = reply {
+                        reply.send(Err(ProposeError::Codec(CodecError::new(&err))));
+                    }
+                    // Skipping it would make this replica's state differ from the others'.
+                    self.corrupt_entry(e.index, format!("committed entry is not a command: {err}"));
+                }
+            },
             EntryType::EntryConfChangeV2 => self.apply_conf_entry(&e, conf_reply),
             EntryType::EntryConfChange => {
                 // Never proposed by this crate, and refused on the wire.
-                warn!(
-                    index = e.index,
-                    "legacy configuration change entry; skipped"
-                );
+                self.corrupt_entry(e.index, "committed entry is a legacy configuration change");
             }
         }
+    }
+
+    /// A committed entry cannot be applied: the node stops with a typed corruption.
+    pub(super) fn corrupt_entry(&mut self, index: u64, detail: impl Into<String>) {
+        self.fail(FatalError::Corruption(Corruption::new(
+            self.db.path(),
+            DataLocation::LogEntry { index },
+            CorruptionKind::Undecodable,
+            detail,
+        )));
     }
 
     /// Forwarded proposals that never left this node: their callers may retry.

@@ -18,13 +18,16 @@ use super::actor::RaftActor;
 use crate::{
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
-    membership::{Membership, in_conf, read_snapshot_header, write_snapshot_header},
+    consistency::ApplyHash,
+    membership::{
+        Membership, SnapshotHeader, in_conf, read_snapshot_header, write_snapshot_header,
+    },
     node::StorageSpawn,
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
     storage::{
-        CommitSnapshot, DiscardSnapshot, NewSnapshotId, SnapshotRecord, SnapshotWriter,
-        StorageActor, WriteChunk,
+        CommitSnapshot, DiscardSnapshot, NewSnapshotId, SnapshotReader, SnapshotRecord,
+        SnapshotWriter, StorageActor, WriteChunk,
     },
 };
 
@@ -107,11 +110,17 @@ impl<S: StateMachine> RaftActor<S> {
             .then(|| self.driver.term_at(purge).map(|t| (purge, t)))
             .flatten();
         let conf_state = self.driver.conf_state();
+        let applied_hash = self
+            .consistency
+            .head()
+            .filter(|&(at, _)| at == index)
+            .map(|(_, h)| h);
         let view = self.sm.snapshot();
         self.snapshots.taking = true;
         debug!(index, ?purge_to, "taking snapshot");
         let job = SnapshotJob {
             membership: self.membership.clone(),
+            applied_hash,
             storage: self.storage.clone(),
             index,
             term,
@@ -170,14 +179,19 @@ impl<S: StateMachine> RaftActor<S> {
             .db
             .snapshot_reader(&record)
             .map_err(|e| FatalError::Storage(e.into()))?;
-        let restore_err = |e: io::Error| FatalError::Raft {
-            reason: format!("restoring snapshot {}: {e}", record.index).into(),
+        let restore_err = |e: io::Error| match SnapshotReader::corruption(&e) {
+            Some(c) => FatalError::Corruption(c.clone()),
+            None => FatalError::Raft {
+                reason: format!("restoring snapshot {}: {e}", record.index).into(),
+            },
         };
-        let (membership, has_state) = read_snapshot_header(&mut reader).map_err(restore_err)?;
-        if has_state {
+        let header = read_snapshot_header(&mut reader).map_err(restore_err)?;
+        if header.has_state {
             self.sm.restore(&mut reader).map_err(restore_err)?;
         }
-        self.set_membership(membership);
+        self.set_membership(header.membership);
+        self.consistency
+            .reset(header.applied_hash.map(|h| (meta.index, h)));
         // raft-rs takes the applied index only once the snapshot is durable here
         // (`Snapshots::applied_when_persisted`); the state machine is there already.
         self.applied = meta.index;
@@ -238,6 +252,8 @@ impl<S: StateMachine> RaftActor<S> {
 struct SnapshotJob {
     /// The membership as of the captured state: it leads the snapshot's bytes.
     membership: Membership,
+    /// The running hash of the entries applied up to `index`.
+    applied_hash: Option<ApplyHash>,
     storage: ActorRef<StorageActor>,
     index: u64,
     term: u64,
@@ -268,13 +284,17 @@ impl SnapshotJob {
         } else {
             flume::unbounded()
         };
-        let membership = self.membership.clone();
+        let header = SnapshotHeader {
+            membership: self.membership.clone(),
+            applied_hash: self.applied_hash,
+            has_state: true,
+        };
         let produce = move || {
             let mut writer = SnapshotWriter::new(|no, bytes| {
                 tx.send((no, bytes))
                     .map_err(|_| io::Error::other("snapshot store stopped"))
             });
-            write_snapshot_header(&mut writer, &membership, true)?;
+            write_snapshot_header(&mut writer, &header)?;
             view.write_to(&mut writer).and_then(|()| writer.finish())
         };
         let (written, stored) = if threads {
@@ -414,6 +434,11 @@ impl<S: StateMachine> Message<SnapshotSent> for RaftActor<S> {
     type Reply = ();
 
     async fn handle(&mut self, msg: SnapshotSent, _: &mut Context<Self, ()>) {
+        if let Some(c) = msg.corruption {
+            // Our own snapshot is damaged: sending it again would fail the same way.
+            self.fail(FatalError::Corruption(c));
+            return;
+        }
         self.driver.report_snapshot(msg.peer, msg.delivered);
     }
 }

@@ -195,6 +195,29 @@ impl Message<Recover> for StorageActor {
     }
 }
 
+/// Fence the data dir: the node found it corrupt or stale, and it must never serve from it
+/// again (see [`LogDb::fence`]). Best effort: a failing disk may not take the mark either.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// Why (the fatal error, with what the operator should do).
+    pub reason: String,
+}
+
+impl Message<Fence> for StorageActor {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: Fence, _: &mut Context<Self, ()>) {
+        let written = match self.db.as_mut() {
+            Some(db) => db.fence(&msg.reason),
+            None => Err(StorageError::Closed),
+        };
+        match written {
+            Ok(()) => error!(reason = %msg.reason, "data dir fenced: it will not serve again"),
+            Err(e) => error!(error = %e, "could not fence the data dir"),
+        }
+    }
+}
+
 /// Write everything queued, fsync it and close this actor's database handle (shutdown). Later
 /// writes fail with [`StorageError::Closed`].
 #[derive(Debug)]

@@ -64,6 +64,11 @@ pub struct DbHandle {
 }
 
 impl DbHandle {
+    /// The database file (empty for an in-memory database).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Lets go of the database; later [`LogDb::from_handle`] calls fail with
     /// [`StorageError::Closed`].
     pub fn close(&self) {
@@ -84,25 +89,23 @@ impl DbHandle {
 impl LogDb {
     /// Opens (or creates) the database file. A file that is not a redb database, is corrupt, or
     /// was written with another layout version is refused with a typed error; it is never reset.
+    ///
+    /// redb verifies the checksum of every page of the file at every open (not only after a
+    /// crash), and durable commits use its two-phase commit: a damaged page is then an error,
+    /// never a silent roll-back to the commit before it (with one-phase commit, redb takes a
+    /// last commit that fails its checksums for one torn by a crash and drops it, which would
+    /// forget votes and entries this node had acknowledged).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(DB_CACHE_SIZE)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-                    StorageError::Corrupt(Corruption::new(
-                        path,
-                        DataLocation::File,
-                        CorruptionKind::Undecodable,
-                        reason,
-                    ))
-                }
-                other => StorageError::Open {
-                    path: path.to_owned(),
-                    source: Box::new(other),
-                },
-            })?;
+        let db = Self::builder().create(path).map_err(|e| open_error(path, e))?;
         Self::init(db, path.to_owned())
+    }
+
+    fn builder() -> redb::Builder {
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(DB_CACHE_SIZE)
+            .set_check_integrity_on_open(true);
+        builder
     }
 
     /// A database that lives in memory only (tests, simulation).
@@ -116,13 +119,9 @@ impl LogDb {
         backend: impl redb::StorageBackend,
         label: PathBuf,
     ) -> Result<Self, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(DB_CACHE_SIZE)
+        let db = Self::builder()
             .create_with_backend(backend)
-            .map_err(|e| StorageError::Open {
-                path: label.clone(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| open_error(&label, e))?;
         Self::init(db, label)
     }
 
@@ -253,6 +252,9 @@ impl LogDb {
             Durability::None
         };
         tx.set_durability(durability).io("set durability")?;
+        // See `open`: a durable commit is written in two phases, so a commit that does not
+        // verify later is damage, not a torn write.
+        tx.set_two_phase_commit(durable);
         Ok(tx)
     }
 
@@ -289,6 +291,15 @@ impl LogDb {
     /// the records agree with each other (see [`Self::check_consistency`]).
     pub fn recover(&self) -> Result<Recovered, StorageError> {
         let tx = self.begin_read()?;
+        let fenced = self.meta(&tx, meta_key::FENCED, |b| {
+            String::from_utf8(b.to_vec()).ok()
+        })?;
+        if let Some(reason) = fenced {
+            return Err(StorageError::Fenced {
+                path: self.path.clone(),
+                reason,
+            });
+        }
         let mut out = Recovered {
             identity: self.meta(&tx, meta_key::IDENTITY, decode_identity)?,
             hard_state: self
@@ -414,6 +425,32 @@ impl LogDb {
         Ok(next)
     }
 
+    /// Replaces the stored entry at `entry.index` with `entry`, sealed as if it had been written
+    /// so. A fault-injection tool: a record that is wrong but passes its checksum is what the
+    /// replica consistency check exists to catch, and tests need one to show that it does.
+    #[doc(hidden)]
+    pub fn rewrite_entry(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), StorageError> {
+        let tx = self.begin_write(true)?;
+        {
+            let mut log = tx.open_table(LOG).io("open log")?;
+            codec::encode_entry(entry, &mut self.scratch);
+            log.insert(entry.index, self.scratch.as_slice())
+                .io("rewrite entry")?;
+        }
+        tx.commit().io("commit")
+    }
+
+    /// Marks this data dir as one that must not serve again (the node found it corrupt or
+    /// stale), durably: [`Self::recover`] refuses it from now on with the reason.
+    pub fn fence(&mut self, reason: &str) -> Result<(), StorageError> {
+        let tx = self.begin_write(true)?;
+        {
+            let mut meta = tx.open_table(META).io("open meta")?;
+            put_meta(&mut meta, meta_key::FENCED, reason.as_bytes())?;
+        }
+        tx.commit().io("commit")
+    }
+
     /// Records identity, initial conf state and members of a new node, durably.
     pub fn bootstrap(
         &mut self,
@@ -515,6 +552,24 @@ impl LogDb {
     /// Makes every earlier non-durable commit durable (an empty fsynced commit).
     pub fn flush(&mut self) -> Result<(), StorageError> {
         self.write(&[], true)
+    }
+}
+
+/// A redb open error: corruption is typed as such, anything else is an open failure.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StorageError {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StorageError::Corrupt(Corruption::new(
+                path,
+                DataLocation::File,
+                CorruptionKind::Checksum,
+                reason,
+            ))
+        }
+        other => StorageError::Open {
+            path: path.to_owned(),
+            source: Box::new(other),
+        },
     }
 }
 
@@ -710,27 +765,79 @@ mod tests {
         LogDb::open(&path)?.recover()
     }
 
+    /// A byte changed on disk is caught at open, by redb's page checksums (verified at every
+    /// open) or by the record's own seal; never served.
     #[test]
-    fn a_changed_byte_inside_an_entry_is_refused_naming_the_entry() {
-        match damage_and_recover(b"payload-0017") {
-            Err(StorageError::Corrupt(c)) => {
-                assert_eq!(c.location, DataLocation::LogEntry { index: 17 });
-                assert_eq!(c.kind, CorruptionKind::Checksum);
-                let message = c.to_string();
-                assert!(message.contains("log entry 17"), "{message}");
-                assert!(message.contains("remove this member"), "{message}");
+    fn a_changed_byte_in_the_file_is_refused() {
+        // An entry's value, and the hard state record (term 2, vote 1, commit 40).
+        let mut hard_state = 2u64.to_le_bytes().to_vec();
+        hard_state.extend_from_slice(&1u64.to_le_bytes());
+        hard_state.extend_from_slice(&40u64.to_le_bytes());
+        for needle in [&b"payload-0017"[..], &hard_state] {
+            match damage_and_recover(needle) {
+                Err(StorageError::Corrupt(c)) => {
+                    assert_eq!(c.kind, CorruptionKind::Checksum);
+                    let message = c.to_string();
+                    assert!(message.contains("remove this member"), "{message}");
+                }
+                other => panic!("expected a corruption, got {other:?}"),
             }
-            other => panic!("expected a corruption of entry 17, got {other:?}"),
         }
     }
 
+    /// Writes `value` as the raw stored bytes of a record, bypassing the codecs.
+    fn put_raw(db: &LogDb, key: RawKey, value: &[u8]) {
+        let tx = db.db.begin_write().unwrap();
+        match key {
+            RawKey::Log(index) => {
+                tx.open_table(LOG).unwrap().insert(index, value).unwrap();
+            }
+            RawKey::Meta(key) => {
+                tx.open_table(META).unwrap().insert(key, value).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    enum RawKey {
+        Log(u64),
+        Meta(&'static str),
+    }
+
     #[test]
-    fn a_changed_hard_state_is_refused() {
-        // The hard state record: term 2, vote 1, commit 40, little-endian.
-        let mut record = 2u64.to_le_bytes().to_vec();
-        record.extend_from_slice(&1u64.to_le_bytes());
-        record.extend_from_slice(&40u64.to_le_bytes());
-        match damage_and_recover(&record) {
+    fn a_record_whose_seal_does_not_match_is_refused_naming_it() {
+        let mut db = LogDb::in_memory().unwrap();
+        db.write(
+            &[batch(1, (1..=20).map(|i| entry(i, 1, "v")).collect(), 10)],
+            true,
+        )
+        .unwrap();
+        let mut sealed = Vec::new();
+        codec::encode_entry(&entry(17, 1, "v"), &mut sealed);
+        sealed[14] ^= 0x40;
+        put_raw(&db, RawKey::Log(17), &sealed);
+        match db.recover() {
+            Err(StorageError::Corrupt(c)) => {
+                assert_eq!(c.location, DataLocation::LogEntry { index: 17 });
+                assert_eq!(c.kind, CorruptionKind::Checksum);
+                assert!(c.to_string().contains("log entry 17"), "{c}");
+            }
+            other => panic!("expected a corruption of entry 17, got {other:?}"),
+        }
+        // The same entry stored under another index fails its seal too.
+        let mut moved = Vec::new();
+        codec::encode_entry(&entry(16, 1, "v"), &mut moved);
+        put_raw(&db, RawKey::Log(17), &moved);
+        assert!(matches!(db.recover(), Err(StorageError::Corrupt(c))
+            if c.location == DataLocation::LogEntry { index: 17 }));
+        // A metadata record.
+        let hs = codec::encode_hard_state(&HardState {
+            term: 2,
+            commit: 9,
+            ..Default::default()
+        });
+        put_raw(&db, RawKey::Meta(meta_key::HARD_STATE), &hs);
+        match db.recover() {
             Err(StorageError::Corrupt(c)) => {
                 assert_eq!(c.location, DataLocation::Meta { key: "hard_state" });
                 assert_eq!(c.kind, CorruptionKind::Checksum);

@@ -465,21 +465,26 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_byte_in_a_stored_chunk_names_the_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        let mut db = LogDb::open(&path).unwrap();
+    fn a_chunk_whose_seal_does_not_match_is_refused_naming_it() {
+        let mut db = LogDb::in_memory().unwrap();
         let mut data = vec![7u8; SNAPSHOT_CHUNK];
-        data.extend_from_slice(b"the second chunk's recognisable bytes");
+        data.extend_from_slice(b"the second chunk's bytes");
         let record = write_snapshot(&mut db, 12, &data);
         db.commit_snapshot(&record, None).unwrap();
-        drop(db);
-        let mut file = std::fs::read(&path).unwrap();
-        let needle = b"recognisable";
-        let at = file.windows(needle.len()).position(|w| w == needle).unwrap();
-        file[at] ^= 0x20;
-        std::fs::write(&path, &file).unwrap();
-        let db = LogDb::open(&path).unwrap();
+        // The second chunk's stored bytes change after they were written.
+        {
+            let tx = db.db.begin_write().unwrap();
+            let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).unwrap();
+            let mut stored = redb::ReadableTable::get(&chunks, (record.id, 1))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            stored[3] ^= 0x20;
+            chunks.insert((record.id, 1), stored.as_slice()).unwrap();
+            drop(chunks);
+            tx.commit().unwrap();
+        }
         let err = read_all(&db, &record).unwrap_err();
         let c = SnapshotReader::corruption(&err).expect("a typed corruption");
         assert_eq!(

@@ -41,4 +41,6 @@ pub(crate) mod meta_key {
     pub(crate) const LOG_START: &str = "log_start";
     /// How many times a RaftActor started on this data dir.
     pub(crate) const INCARNATION: &str = "incarnation";
+    /// Why this data dir must not serve again (it was found corrupt or stale), if it was.
+    pub(crate) const FENCED: &str = "fenced";
 }

@@ -47,6 +47,14 @@ pub enum WireError {
         /// This node.
         me: NodeId,
     },
+    /// The Hello's incarnation is below one already seen from the same member.
+    #[error("node {from} sent incarnation {incarnation}, below one already seen: stale data dir")]
+    StaleIncarnation {
+        /// The sender.
+        from: NodeId,
+        /// The incarnation it sent.
+        incarnation: u64,
+    },
 }
 
 impl WireError {
@@ -57,6 +65,7 @@ impl WireError {
             WireError::Malformed { .. } => CloseCode::MalformedFrame,
             WireError::BadHello | WireError::WrongParty { .. } => CloseCode::ProtocolViolation,
             WireError::VersionMismatch { .. } => CloseCode::VersionMismatch,
+            WireError::StaleIncarnation { .. } => CloseCode::StaleIncarnation,
         }
     }
 
@@ -142,7 +151,12 @@ mod tests {
                 version: 1,
                 from: 1,
                 to: 2,
+                incarnation: 3,
             }),
+            Frame::Checkpoint {
+                index: 9,
+                hash: [5; 32],
+            },
         ] {
             let mut out = Vec::new();
             encode_frame(&frame, &mut out).unwrap();

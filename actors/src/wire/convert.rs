@@ -17,6 +17,13 @@ pub enum InboundPayload {
     Forward(Vec<ForwardedProposal>),
     /// Answers to proposals this node forwarded.
     ForwardReply(Vec<ForwardReply>),
+    /// The sender's applied index and running hash.
+    Checkpoint {
+        /// Last applied index.
+        index: u64,
+        /// The running hash there.
+        hash: [u8; 32],
+    },
 }
 
 /// Validates a frame of a consensus stream from the authenticated `from` to `me` and converts
@@ -34,6 +41,7 @@ pub fn validate_frame(frame: Frame, from: NodeId, me: NodeId) -> Result<InboundP
             .map(InboundPayload::Raft),
         Frame::Forward(proposals) => Ok(InboundPayload::Forward(proposals)),
         Frame::ForwardReply(replies) => Ok(InboundPayload::ForwardReply(replies)),
+        Frame::Checkpoint { index, hash } => Ok(InboundPayload::Checkpoint { index, hash }),
     }
 }
 

@@ -25,6 +25,14 @@ pub enum Frame {
         /// CRC-32 of all the bytes.
         checksum: u32,
     },
+    /// The sender's running hash of the entries it applied, up to `index` (the replica
+    /// consistency check).
+    Checkpoint {
+        /// The last index the sender applied.
+        index: u64,
+        /// Its running hash there.
+        hash: [u8; 32],
+    },
 }
 
 /// Stream preamble.
@@ -36,6 +44,10 @@ pub struct Hello {
     pub from: u64,
     /// Raft id the sender believes the receiver has.
     pub to: u64,
+    /// How many times the sender's data dir has started a node, counted durably: a receiver that
+    /// has seen a higher number from the same node refuses the stream with
+    /// [`super::CloseCode::StaleIncarnation`] (the sender runs on an old copy of its data dir).
+    pub incarnation: u64,
 }
 
 /// A raft-rs `eraftpb::Message`.

@@ -10,6 +10,7 @@ use iroh_raft_actors::{
     Bootstrap, GetStatus, LinearizableQuery, LogDb, Member, Node, NodeConfig, NodeSpec, Propose,
     ProposeError, ReadError, Role, StateMachine, StateMachineSource, StorageSpawn, WriteSnapshot,
     peer::{BoxFuture, Dialer, Link, LinkError},
+    wire::Hello,
 };
 use kameo::error::SendError;
 
@@ -20,8 +21,7 @@ pub struct NoNetwork;
 impl Dialer for NoNetwork {
     fn dial(
         &self,
-        _: u64,
-        _: u64,
+        _: Hello,
         _: EndpointAddr,
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
         Box::pin(async { Err(LinkError::Connect("no network in this test".into())) })

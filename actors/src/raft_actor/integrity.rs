@@ -1,0 +1,155 @@
+//! The RaftActor's integrity checks: the replica consistency check (running hashes of applied
+//! entries, exchanged as checkpoints), stale data dirs (an incarnation below one already seen, a
+//! leader's commit index beyond our log), and what a node does when it finds itself corrupt or
+//! stale: it stops serving and voting, and fences its data dir so that it never serves from it
+//! again.
+
+use kameo::message::{Context, Message};
+use raft::eraftpb::{Message as RaftMessage, MessageType};
+use tracing::{error, warn};
+
+use super::actor::RaftActor;
+use crate::{
+    config::TICKS_PER_HEARTBEAT,
+    consistency::{ApplyHash, Verdict},
+    error::{Corruption, CorruptionKind, DataLocation, FatalError, StaleEvidence},
+    events::ClusterEvent,
+    state_machine::StateMachine,
+    storage::Fence,
+    types::NodeId,
+};
+
+/// Heartbeats between two checkpoints a node sends each member (and one right after start).
+pub const CHECKPOINT_HEARTBEATS: u64 = 10;
+
+impl<S: StateMachine> RaftActor<S> {
+    /// This node runs on a stale data dir: stop before raft acts on it.
+    pub(super) fn stale(&mut self, evidence: StaleEvidence) {
+        let node = self.id();
+        self.fail(FatalError::StaleDataDir { node, evidence });
+    }
+
+    /// Writes down, durably, that this data dir must not serve again (corrupt or stale): the next
+    /// start refuses it with the reason until the operator empties it and rejoins the node.
+    pub(super) fn fence(&self, e: &FatalError) {
+        let reason = e.to_string();
+        let _ = self.storage.tell(Fence { reason }).try_send();
+    }
+
+    /// Checks a Raft message against this node's log before raft-rs sees it. A leader sends a
+    /// heartbeat's commit index only up to what this node acknowledged as durable; a commit
+    /// beyond our log means we lost acknowledged entries (raft-rs would panic on it). Returns
+    /// false when the node stopped.
+    pub(super) fn check_incoming(&mut self, m: &RaftMessage) -> bool {
+        let last_index = self.driver.last_index();
+        if m.msg_type == MessageType::MsgHeartbeat && m.commit > last_index {
+            self.stale(StaleEvidence::LogBehindAcknowledged {
+                leader: m.from,
+                commit: m.commit,
+                last_index,
+            });
+            return false;
+        }
+        true
+    }
+
+    /// Every [`CHECKPOINT_HEARTBEATS`] heartbeats (and on the first tick after a start), tells
+    /// every member where this node's running hash stands.
+    pub(super) fn send_checkpoints(&mut self) {
+        let every = CHECKPOINT_HEARTBEATS * TICKS_PER_HEARTBEAT as u64;
+        if self.now % every != 1 {
+            return;
+        }
+        let Some(point) = self.consistency.head() else {
+            return;
+        };
+        let me = self.id();
+        for member in self.membership.members() {
+            if member.node_id != me {
+                self.outbox.entry(member.node_id).or_default().checkpoint = Some(point);
+            }
+        }
+    }
+
+    /// A peer's checkpoint arrived.
+    pub(super) fn on_checkpoint(&mut self, from: NodeId, index: u64, hash: ApplyHash) {
+        let voters = self.driver.conf_state().voters;
+        let (me, leader) = (self.id(), self.driver.leader());
+        let verdict = self
+            .consistency
+            .peer_checkpoint(from, index, hash, &voters, me, leader);
+        self.act_on(verdict);
+    }
+
+    /// After applying: compares the checkpoints that were ahead of us.
+    pub(super) fn check_applied(&mut self) {
+        let voters = self.driver.conf_state().voters;
+        let (me, leader) = (self.id(), self.driver.leader());
+        let verdict = self.consistency.check_pending(&voters, me, leader);
+        self.act_on(verdict);
+    }
+
+    fn act_on(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Consistent => {}
+            Verdict::PeerDiverged { peers } => {
+                for (node, index) in peers {
+                    error!(
+                        peer = node,
+                        index, "corruption alarm: the peer's applied entries differ from ours"
+                    );
+                    self.publish(ClusterEvent::ReplicaDiverged { node, index });
+                }
+            }
+            Verdict::SelfDiverged { index, differ } => {
+                let detail = format!(
+                    "the running hash of the entries applied here differs from the one of \
+                     voters {differ:?} at the same index (this replica's history is not the \
+                     cluster's)"
+                );
+                let c = Corruption::new(
+                    self.db.path(),
+                    DataLocation::AppliedState { index },
+                    CorruptionKind::Diverged,
+                    detail,
+                );
+                self.publish(ClusterEvent::ReplicaDiverged {
+                    node: self.id(),
+                    index,
+                });
+                self.fail(FatalError::Corruption(c));
+            }
+        }
+    }
+}
+
+/// A peer opened a stream to this node with this incarnation: accept it unless a higher one was
+/// seen from the same node (then it runs on an old copy of its data dir). Asked by the protocol
+/// handler before it reads anything else from the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerHello {
+    /// The authenticated peer.
+    pub from: NodeId,
+    /// The incarnation in its Hello.
+    pub incarnation: u64,
+}
+
+impl<S: StateMachine> Message<PeerHello> for RaftActor<S> {
+    /// Whether the stream may go on.
+    type Reply = bool;
+
+    async fn handle(&mut self, msg: PeerHello, _: &mut Context<Self, bool>) -> bool {
+        let seen = self.incarnations.entry(msg.from).or_insert(0);
+        if msg.incarnation < *seen {
+            warn!(
+                peer = msg.from,
+                incarnation = msg.incarnation,
+                seen = *seen,
+                "refusing a peer on a stale data dir"
+            );
+            return false;
+        }
+        *seen = msg.incarnation;
+        true
+    }
+}
