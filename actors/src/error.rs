@@ -32,6 +32,13 @@ pub enum ProposeError {
         /// The log index the proposal had been given.
         index: u64,
     },
+    /// The proposal was forwarded to the leader of a term that ended without it being applied
+    /// (a leader of `term` has committed since): it never will be, so retrying is safe.
+    #[error("the leader it was forwarded to lost its term before applying it (term {term} has a leader now)")]
+    LeaderChanged {
+        /// The term whose leader has committed since.
+        term: u64,
+    },
     /// No answer in time. The outcome is unknown: the command may or may not have been applied.
     #[error("proposal timed out; its outcome is unknown")]
     Timeout,
@@ -68,7 +75,9 @@ impl ProposeError {
     pub fn is_safe_to_retry(&self) -> bool {
         matches!(
             self,
-            ProposeError::NotLeader { .. } | ProposeError::Dropped { .. }
+            ProposeError::NotLeader { .. }
+                | ProposeError::Dropped { .. }
+                | ProposeError::LeaderChanged { .. }
         )
     }
 }

@@ -107,6 +107,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 .map(|(id, data)| ForwardedProposal {
                     session: id / 3,
                     id,
+                    term: id / 7,
                     kind: (id % 3) as u8,
                     data
                 })

@@ -52,6 +52,10 @@ struct Scenario {
     faults: Faults,
 }
 
+/// Seeds each scenario runs in a plain `cargo test` (at least 1,000 fault schedules in all);
+/// `SIM_SEEDS` overrides it.
+const SEEDS_PER_SCENARIO: u64 = 80;
+
 fn seeds(name: &str) -> Vec<u64> {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
@@ -59,7 +63,7 @@ fn seeds(name: &str) -> Vec<u64> {
     let count: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(SEEDS_PER_SCENARIO);
     let mut base = 0xcbf2_9ce4_8422_2325u64;
     fnv(&mut base, name.as_bytes());
     (0..count).map(|i| base.wrapping_add(i)).collect()

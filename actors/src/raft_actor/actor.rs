@@ -122,6 +122,8 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) in_flight: VecDeque<InFlight>,
     pub(super) events: ActorRef<EventBus>,
     pub(super) ticker: Interval,
+    /// When the last tick ran (see `ticks_due`).
+    pub(super) last_tick: tokio::time::Instant,
     /// Ticks since start: the clock of request deadlines.
     pub(super) now: u64,
     pub(super) handled: usize,
@@ -366,6 +368,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             in_flight: VecDeque::new(),
             events: args.events,
             ticker,
+            last_tick: tokio::time::Instant::now(),
             now: 0,
             handled: 0,
             next_id: 0,

@@ -15,7 +15,10 @@ use raft::eraftpb::{ConfChangeV2, Entry};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{actor::RaftActor, pending::encode_context};
+use super::{
+    actor::RaftActor,
+    pending::{Taken, encode_context},
+};
 use crate::{
     error::{CodecError, FatalError, ProposeError, TransferError},
     events::ClusterEvent,
@@ -331,7 +334,9 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
         if self.driver.role() == Role::Leader {
             let context = encode_context(self.id(), self.session, id);
             match self.propose_change(context, &msg.change, msg.max_lag) {
-                Ok(index) => self.conf_proposals.insert(id, reply, Some(index), deadline),
+                Ok(index) => self
+                    .conf_proposals
+                    .insert(id, reply, Taken::Appended(index), deadline),
                 Err(e) => reply.send(Err(e)),
             }
         } else if let Some(leader) = self.driver.leader() {
@@ -344,10 +349,12 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
                 .push(ForwardedProposal {
                     session: self.session,
                     id,
+                    term: self.driver.term(),
                     kind: FORWARD_MEMBERSHIP,
                     data,
                 });
-            self.conf_proposals.insert(id, reply, None, deadline);
+            let taken = Taken::Forwarded(self.driver.term());
+            self.conf_proposals.insert(id, reply, taken, deadline);
         } else {
             reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
         }
@@ -399,6 +406,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
                 .push(ForwardedProposal {
                     session: self.session,
                     id,
+                    term: self.driver.term(),
                     kind: FORWARD_TRANSFER,
                     data: postcard::to_allocvec(&msg.to).expect("ids encode"),
                 });

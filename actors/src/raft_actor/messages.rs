@@ -8,7 +8,7 @@ use tracing::{debug, trace};
 
 use super::{
     actor::{Lifecycle, RaftActor},
-    pending::{ReadFn, encode_context},
+    pending::{ReadFn, Taken, encode_context},
 };
 use crate::{
     config::TICKS_PER_HEARTBEAT,
@@ -56,13 +56,18 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 .driver
                 .propose(encode_context(self.id(), self.session, id), msg.data)
             {
-                Ok((index, _)) => self.proposals.insert(id, reply, Some(index), deadline),
+                Ok((index, _)) => {
+                    self.proposals
+                        .insert(id, reply, Taken::Appended(index), deadline)
+                }
                 Err(_) => reply.send(Err(ProposeError::NotLeader { leader_hint: None })),
             }
         } else if let Some(leader) = self.driver.leader() {
+            let term = self.driver.term();
             let forward = ForwardedProposal {
                 session: self.session,
                 id,
+                term,
                 kind: FORWARD_COMMAND,
                 data: msg.data,
             };
@@ -71,7 +76,8 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 .or_default()
                 .forwards
                 .push(forward);
-            self.proposals.insert(id, reply, None, deadline);
+            self.proposals
+                .insert(id, reply, Taken::Forwarded(term), deadline);
         } else {
             reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
         }
@@ -236,15 +242,21 @@ impl<S: StateMachine> RaftActor<S> {
     /// As leader, appends proposals a follower forwarded and tells it where they went.
     fn accept_forwards(&mut self, from: NodeId, proposals: Vec<ForwardedProposal>) {
         for p in proposals {
-            let outcome = if p.kind == FORWARD_MEMBERSHIP && self.driver.role() == Role::Leader {
+            let leads = self.driver.role() == Role::Leader;
+            let outcome = if p.kind != FORWARD_TRANSFER && p.term != self.driver.term() {
+                // Appended only in the term it was forwarded in (see `ForwardedProposal::term`).
+                ForwardOutcome::NotLeader {
+                    leader_hint: self.driver.leader().unwrap_or(0),
+                }
+            } else if p.kind == FORWARD_MEMBERSHIP && leads {
                 self.accept_forwarded_change(from, &p)
-            } else if p.kind == FORWARD_TRANSFER && self.driver.role() == Role::Leader {
+            } else if p.kind == FORWARD_TRANSFER && leads {
                 self.accept_forwarded_transfer(&p)
             } else if p.kind != FORWARD_COMMAND {
                 ForwardOutcome::NotLeader {
                     leader_hint: self.driver.leader().unwrap_or(0),
                 }
-            } else if self.driver.role() == Role::Leader {
+            } else if leads {
                 match self
                     .driver
                     .propose(encode_context(from, p.session, p.id), p.data)

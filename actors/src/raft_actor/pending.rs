@@ -39,10 +39,21 @@ pub(crate) fn decode_context(ctx: &[u8]) -> Option<(NodeId, u64, u64)> {
 
 pub(crate) type ProposeReply<R> = ReplySender<Result<R, ProposeError>>;
 
+/// Where a proposal this node took went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Taken {
+    /// Appended to this node's log (it leads) at this index.
+    Appended(u64),
+    /// Forwarded to the leader of this term.
+    Forwarded(u64),
+}
+
 struct PendingProposal<R: Send + 'static> {
     reply: ProposeReply<R>,
     index: Option<u64>,
     deadline: u64,
+    /// The term it was forwarded in, for a proposal this node forwarded to a leader.
+    forwarded_in: Option<u64>,
 }
 
 /// Proposals taken by this node and not yet answered.
@@ -63,14 +74,13 @@ impl<R: Send + 'static> Proposals<R> {
         self.by_id.len()
     }
 
-    /// Tracks a proposal; `index` is known when this node appended it itself.
-    pub(crate) fn insert(
-        &mut self,
-        id: u64,
-        reply: ProposeReply<R>,
-        index: Option<u64>,
-        deadline: u64,
-    ) {
+    /// Tracks a proposal: `Appended(index)` when this node appended it itself,
+    /// `Forwarded(term)` when it forwarded it to the leader of `term`.
+    pub(crate) fn insert(&mut self, id: u64, reply: ProposeReply<R>, at: Taken, deadline: u64) {
+        let (index, forwarded_in) = match at {
+            Taken::Appended(index) => (Some(index), None),
+            Taken::Forwarded(term) => (None, Some(term)),
+        };
         if let Some(index) = index {
             self.by_index.insert(index, id);
         }
@@ -80,8 +90,25 @@ impl<R: Send + 'static> Proposals<R> {
                 reply,
                 index,
                 deadline,
+                forwarded_in,
             },
         );
+    }
+
+    /// An entry of `term` was applied: proposals forwarded in an earlier term whose index is
+    /// still unknown were never appended in their term, or were overwritten (an entry of that
+    /// term that commits lies before this one, and would have been recognised when applied).
+    /// They fail as safe to retry instead of waiting for their deadline.
+    pub(crate) fn forwarded_before(&mut self, term: u64) {
+        let stale: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, p)| p.index.is_none() && p.forwarded_in.is_some_and(|t| t < term))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            self.fail(id, ProposeError::LeaderChanged { term });
+        }
     }
 
     /// The leader appended a forwarded proposal at `index`.
@@ -134,6 +161,20 @@ impl<R: Send + 'static> Proposals<R> {
             if let Some(p) = self.by_id.remove(&id) {
                 p.reply.send(Err(err()));
             }
+        }
+    }
+
+    /// Fails every forwarded proposal whose index is not known (a snapshot replaced the log: it
+    /// may or may not be inside it).
+    pub(crate) fn fail_unplaced(&mut self, err: impl Fn() -> ProposeError) {
+        let unplaced: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, p)| p.index.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in unplaced {
+            self.fail(id, err());
         }
     }
 

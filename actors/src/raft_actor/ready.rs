@@ -36,15 +36,39 @@ impl<S: StateMachine> RaftActor<S> {
         if !matches!(self.lifecycle, Lifecycle::Running) {
             return;
         }
-        self.now += 1;
-        self.driver.tick();
+        // Before the clock moves: a follower that starts campaigning on this tick has not
+        // refreshed its peers' silence clocks yet (that happens in the Ready round), and would
+        // otherwise drop every healthy connection to them.
+        self.reconnect_silent_peers();
+        for _ in 0..self.ticks_due() {
+            self.now += 1;
+            self.driver.tick();
+        }
         self.proposals.expire(self.now);
         self.conf_proposals.expire(self.now);
         self.reads.expire(self.now);
         self.check_transfers();
         self.driver.leave_joint_if_stuck();
-        self.reconnect_silent_peers();
         self.send_checkpoints();
+    }
+
+    /// Ticks to run now. A follower runs one per timer tick: when its loop is slow (a burst of
+    /// large entries) its clock slows with it instead of making it campaign against a healthy
+    /// leader. A leader runs one per tick interval of real time since its last tick (at most
+    /// two election timeouts' worth): a leader whose process was paused (SIGSTOP, a VM freeze)
+    /// or starved for longer than an election timeout has most likely been replaced, and its
+    /// check-quorum now steps it down on the first tick instead of when a message from the new
+    /// term happens to reach it; the silence of its peers it reports is the real one too.
+    fn ticks_due(&mut self) -> u64 {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if self.driver.role() != Role::Leader {
+            return 1;
+        }
+        let interval = self.config.tick_interval().as_micros().max(1);
+        let cap = 2 * self.config.election_ticks() as u128 + 1;
+        (elapsed.as_micros() / interval).clamp(1, cap) as u64
     }
 
     /// A leader or candidate expects every voter to answer within an election timeout; a peer
@@ -197,8 +221,10 @@ impl<S: StateMachine> RaftActor<S> {
 
     fn apply(&mut self, entries: Vec<Entry>) {
         let mut last = None;
+        let mut term = 0;
         for e in entries {
             let index = e.index;
+            term = e.term;
             self.consistency.applied(&e);
             self.apply_entry(e);
             if !matches!(self.lifecycle, Lifecycle::Running) {
@@ -212,6 +238,8 @@ impl<S: StateMachine> RaftActor<S> {
             return;
         };
         self.applied = last;
+        self.proposals.forwarded_before(term);
+        self.conf_proposals.forwarded_before(term);
         self.driver.advance_apply_to(last);
         self.publish(ClusterEvent::Applied { index: last });
         self.check_applied();

@@ -198,6 +198,11 @@ impl<S: StateMachine> RaftActor<S> {
         // Whether proposals at or below the snapshot were applied is not knowable from here.
         self.proposals
             .fail_through(meta.index, || ProposeError::Interrupted);
+        self.proposals.fail_unplaced(|| ProposeError::Interrupted);
+        self.conf_proposals
+            .fail_through(meta.index, || ProposeError::Interrupted);
+        self.conf_proposals
+            .fail_unplaced(|| ProposeError::Interrupted);
         let stale: Vec<(u64, u64)> = self
             .snapshots
             .staged

@@ -103,6 +103,10 @@ pub struct ForwardedProposal {
     pub session: u64,
     /// The follower's id for this proposal; it comes back in the entry context and the reply.
     pub id: u64,
+    /// The follower's term when it forwarded: the leader appends the proposal only in that same
+    /// term (otherwise it answers "not leader"). So once the follower applies an entry of a
+    /// later term, a proposal it forwarded that was not applied before never will be.
+    pub term: u64,
     /// What `data` holds: [`FORWARD_COMMAND`], [`FORWARD_MEMBERSHIP`] or [`FORWARD_TRANSFER`].
     pub kind: u8,
     /// The encoded command (postcard), membership change or transfer target.
