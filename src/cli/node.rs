@@ -46,7 +46,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "NAME")]
     lan_name: Option<String>,
     /// How long the tickets printed at --bootstrap stay valid (e.g. 30s, 10m, 24h, 7d).
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = parse_positive_duration)]
     ticket_ttl: Duration,
 }
 
@@ -61,21 +61,26 @@ fn parse_preset(s: &str) -> Result<Preset, String> {
     }
 }
 
-/// `30s`, `10m`, `24h`, `7d`.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+/// `500ms`, `30s`, `10m`, `24h`, `7d`, more than zero (a ticket valid for 0s is born expired, a
+/// timeout of 0s cannot succeed).
+pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let invalid = || format!("'{s}' is not a duration like 500ms, 30s, 10m, 24h or 7d");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 30s, 10m, 24h or 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("'{s}' is not a duration like 30s, 10m, 24h or 7d")),
+    let n: u64 = n.parse().map_err(|_| invalid())?;
+    let millis: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(invalid()),
     };
-    Ok(Duration::from_secs(n * secs))
+    if n == 0 {
+        return Err(format!("'{s}': the duration must be more than zero"));
+    }
+    let millis = n.checked_mul(millis).ok_or_else(invalid)?;
+    Ok(Duration::from_millis(millis))
 }
 
 const CONF_FILE: &str = "node.conf";

@@ -1,0 +1,9 @@
+//! Real `iroh-raft` processes on loopback (nodes started with `iroh-raft node`, operated with
+//! `ctl` and `kv`): what an operator sees. Files are numbered in the order the features build
+//! on each other.
+
+mod support;
+
+mod t10_cluster;
+mod t20_cli;
+mod t40_degraded;
