@@ -6,4 +6,5 @@ mod support;
 
 mod t10_cluster;
 mod t20_cli;
+mod t30_join;
 mod t40_degraded;
