@@ -515,7 +515,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             request_timeout,
             retry_interval,
             Lifetime::new(
-                node,
+                (node_id, node),
                 endpoint,
                 router,
                 owns_endpoint,

@@ -7,7 +7,9 @@
 //!   (kept in `DIR/node.conf`).
 //!
 //! SIGTERM and Ctrl-C shut the node down gracefully. A node that learns it was removed from the
-//! cluster exits with status 0 (restarting it would be refused anyway).
+//! cluster exits with status 0 (restarting it would be refused anyway); a node that stops for
+//! good otherwise (storage failure, corrupt data, its supervisor gave up) exits non-zero with
+//! the reason on stderr.
 //!
 //! A failed `--join` leaves the data dir as it found it, unless a member had already admitted
 //! the node: then the dir holds that node, and running the same command again finishes the
@@ -20,9 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use iroh_raft::{
-    BuildError, ClusterEvent, EventItem, KeyValueStore, Preset, RaftCluster, Ticket, TicketRole,
-};
+use iroh_raft::{BuildError, FatalError, KeyValueStore, Preset, RaftCluster, Ticket, TicketRole};
 
 /// Options of `iroh-raft node`.
 #[derive(clap::Args, Debug)]
@@ -226,7 +226,6 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("{role} ticket: {ticket}");
         }
     }
-    let mut events = cluster.subscribe().await?;
     println!(
         "ready node={} endpoint={} addr={}",
         cluster.node_id(),
@@ -234,33 +233,26 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         bound
     );
 
-    let stopped = async {
-        while let Some(item) = events.next().await {
-            if let EventItem::Event(ClusterEvent::NodeStopped {
-                removed, reason, ..
-            }) = item
-            {
-                return (removed, reason);
-            }
-        }
-        (false, "event stream ended".to_owned())
-    };
+    // Until a signal, or until the node stops for good on its own: removed from the cluster,
+    // a storage failure or corrupt data, or its supervisor gave up restarting a crashed actor.
     let outcome = tokio::select! {
         _ = shutdown_signal() => None,
-        stopped = stopped => Some(stopped),
+        stopped = cluster.stopped() => Some(stopped),
     };
     let result = cluster.shutdown().await;
+    let id = cluster.node_id();
     match outcome {
         None => {
             result.context("shutting down")?;
-            eprintln!("node {} shut down", cluster.node_id());
+            eprintln!("node {id} shut down");
             Ok(())
         }
-        Some((true, reason)) => {
-            eprintln!("{reason}; exiting");
+        Some(Some(FatalError::Removed { .. })) => {
+            eprintln!("node {id} was removed from the cluster; exiting");
             Ok(())
         }
-        Some((false, reason)) => bail!("node stopped: {reason}"),
+        Some(Some(e)) => bail!("node {id} stopped: {e}"),
+        Some(None) => bail!("node {id} stopped"),
     }
 }
 

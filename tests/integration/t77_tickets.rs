@@ -124,6 +124,18 @@ async fn tickets_admit_and_refuse_each_with_its_reason() {
         })
     })
     .await;
+    // The handle reports the removal on every call, and to whoever waits for its stop.
+    let stopped = tokio::time::timeout(crate::support::WAIT, three.stopped()).await;
+    assert!(
+        matches!(stopped, Ok(Some(iroh_raft::FatalError::Removed { .. }))),
+        "{stopped:?}"
+    );
+    assert!(matches!(
+        three.status().await,
+        Err(iroh_raft::ReadError::Fatal(
+            iroh_raft::FatalError::Removed { .. }
+        ))
+    ));
     let _ = three.shutdown().await;
     // The ticket still names live members (1 and 2), who refuse it.
     assert_eq!(
