@@ -10,11 +10,16 @@ use std::{
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
-    Bootstrap, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError,
-    StateMachine, StateMachineSource, StorageSpawn, Ticket,
+    IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
+    StateMachineSource, StorageSpawn, Ticket,
     wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
+
+mod join;
+
+use join::Created;
+pub use join::JOIN_PENDING_FILE;
 
 use crate::{
     JoinOptions, Preset,
@@ -22,11 +27,17 @@ use crate::{
     discovery::{DiscoveryProtocol, request_join},
     error::{BuildError, ConfigError},
     mgmt::{MgmtProtocol, RemoteReader},
-    net::{PeerAddr, bind_offline_endpoint, endpoint_peer_addr, load_or_create_secret_key},
+    net::{
+        PeerAddr, bind_offline_endpoint, close_within, endpoint_peer_addr,
+        load_or_create_secret_key,
+    },
 };
 
 /// Name of the redb file inside the data dir.
 pub const DB_FILE: &str = "raft.redb";
+
+/// How long a failed build waits for its endpoint's close (see [`close_within`]).
+const FAILED_CLOSE_GRACE: Duration = Duration::from_millis(200);
 
 /// How long a PeerActor waits for one connection attempt.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -381,50 +392,84 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (None, _) => None,
         };
 
+        // All or nothing: until the node exists, a failure removes what this build created.
+        let mut created = Created::missing_dirs(&data_dir);
         std::fs::create_dir_all(&data_dir).map_err(|source| BuildError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
-        let (endpoint, owns_endpoint) = match self.endpoint.take() {
-            Some(ep) => (ep, false),
+        created.file(data_dir.join(DB_FILE));
+        let bound = match self.endpoint.take() {
+            Some(ep) => Ok((ep, false)),
             None => {
-                let key = match self.secret_key.take() {
-                    Some(key) => key,
-                    None => load_or_create_secret_key(&data_dir)?,
-                };
                 let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                (bind_offline_endpoint(key, bind).await?, true)
+                self.own_endpoint(&data_dir, bind, &mut created)
+                    .await
+                    .map(|ep| (ep, true))
             }
         };
-        match self
+        let (endpoint, owns_endpoint) = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                created.undo();
+                return Err(e);
+            }
+        };
+        let started = self
             .start(
                 endpoint.clone(),
                 owns_endpoint,
-                data_dir,
+                (data_dir, &mut created),
                 peers,
                 state_machine,
             )
-            .await
-        {
+            .await;
+        match started {
             Ok(cluster) => Ok(cluster),
             Err(e) => {
                 if owns_endpoint {
-                    endpoint.close().await;
+                    // Dials to members that are down would hold a full close up for ~3 s.
+                    close_within(&endpoint, FAILED_CLOSE_GRACE).await;
                 }
+                created.undo();
                 Err(e)
             }
         }
+    }
+
+    /// The node's own endpoint, with the data dir's key unless one was given.
+    async fn own_endpoint(
+        &mut self,
+        data_dir: &std::path::Path,
+        bind: SocketAddr,
+        created: &mut Created,
+    ) -> Result<Endpoint, BuildError> {
+        let key = match self.secret_key.take() {
+            Some(key) => key,
+            None => {
+                created.file(data_dir.join(crate::net::SECRET_KEY_FILE));
+                load_or_create_secret_key(data_dir)?
+            }
+        };
+        bind_offline_endpoint(key, bind).await
     }
 
     async fn start(
         self,
         endpoint: Endpoint,
         owns_endpoint: bool,
-        data_dir: PathBuf,
+        (data_dir, created): (PathBuf, &mut Created),
         peers: Vec<(NodeId, PeerAddr)>,
         state_machine: StateMachineSource<S>,
     ) -> Result<RaftCluster<S>, BuildError> {
         let db_path = data_dir.join(DB_FILE);
+        // A new node asks to join before it creates its log: a refusal leaves nothing behind.
+        let mut accepted = None;
+        if let Some(ticket) = &self.join_ticket
+            && !db_path.exists()
+        {
+            accepted = Some(request_join(&endpoint, ticket, self.join_as_learner).await?);
+        }
         let db = tokio::task::spawn_blocking(move || LogDb::open(&db_path))
             .await
             .map_err(|e| StartError::Raft {
@@ -432,41 +477,10 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             })?
             .map_err(StartError::from)?;
         let stored = db.identity().map_err(StartError::from)?;
-        // A restarted node's stored identity and membership win over flags; a new node joins
-        // by ticket, or founds / joins with the given id.
-        let mut pending_join = None;
-        let (node_id, bootstrap) = match (stored, &self.join_ticket) {
-            (Some(identity), _) => (
-                self.node_id.unwrap_or(identity.node_id),
-                Bootstrap::Join(Vec::new()),
-            ),
-            (None, Some(ticket)) => {
-                let accepted = request_join(&endpoint, ticket, self.join_as_learner).await?;
-                let me = accepted.id;
-                pending_join = Some(accepted.pending);
-                let known = accepted
-                    .members
-                    .into_iter()
-                    .filter(|m| m.node_id != me)
-                    .collect();
-                (me, Bootstrap::Join(known))
-            }
-            (None, None) => {
-                let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
-                let members = initial_members(node_id, &endpoint, peers)?;
-                let bootstrap = if self.joining {
-                    Bootstrap::Join(
-                        members
-                            .into_iter()
-                            .filter(|m| m.node_id != node_id)
-                            .collect(),
-                    )
-                } else {
-                    Bootstrap::Initial(members)
-                };
-                (node_id, bootstrap)
-            }
-        };
+        let (node_id, bootstrap, join) = self
+            .identity(stored, accepted, &endpoint, &data_dir, created, peers)
+            .await?;
+        created.keep();
         let config = self.node_config(node_id)?;
         let storage_spawn = match Handle::current().runtime_flavor() {
             RuntimeFlavor::CurrentThread => StorageSpawn::Task,
@@ -501,7 +515,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             request_timeout,
             retry_interval,
             Lifetime::new(
-                node,
+                (node_id, node),
                 endpoint,
                 router,
                 owns_endpoint,
@@ -510,13 +524,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         );
         discovery.attach(&cluster);
         mgmt.attach(&cluster);
-        if let Some(pending) = pending_join {
-            let wait = self.join_options.timeout + Duration::from_secs(10);
-            if let Err(e) = pending.finish(wait).await {
-                let _ = cluster.shutdown().await;
-                return Err(e);
-            }
-        }
+        self.finish_join(&cluster, join, &data_dir).await?;
         Ok(cluster)
     }
 }

@@ -2,4 +2,5 @@
 
 pub(crate) mod ctl;
 pub(crate) mod demo;
+pub(crate) mod kv;
 pub(crate) mod node;

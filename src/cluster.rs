@@ -18,6 +18,8 @@ use iroh_raft_actors::{
 use kameo::error::SendError;
 use tokio::time::Instant;
 
+mod failure;
+
 use crate::{
     discovery::DiscoveryProtocol,
     mgmt::MgmtProtocol,
@@ -34,17 +36,20 @@ pub(crate) struct Lifetime<S: StateMachine> {
     pub(crate) stopped: AtomicBool,
     discovery: DiscoveryProtocol<S>,
     mgmt: MgmtProtocol<S>,
+    /// The node's fatal error, once it has one (see [`failure`]).
+    failure: tokio::sync::watch::Receiver<Option<FatalError>>,
 }
 
 impl<S: StateMachine> Lifetime<S> {
     pub(crate) fn new(
-        node: Node<S>,
+        (node_id, node): (NodeId, Node<S>),
         endpoint: Endpoint,
         router: Option<Router>,
         owns_endpoint: bool,
         (discovery, mgmt): (DiscoveryProtocol<S>, MgmtProtocol<S>),
     ) -> Self {
         Self {
+            failure: failure::spawn(node_id, &node),
             node,
             endpoint,
             router,
@@ -373,6 +378,9 @@ impl<S: StateMachine> RaftCluster<S> {
     /// Takes a snapshot of this node's state machine now and compacts its log behind it; returns
     /// the index the snapshot covers once it is durable. Appends and commits go on meanwhile.
     pub async fn trigger_snapshot(&self) -> Result<u64, SnapshotError> {
+        if let Some(e) = self.fatal_error() {
+            return Err(SnapshotError::Fatal(e));
+        }
         match self.node.raft.ask(TriggerSnapshot).await {
             Ok(index) => Ok(index),
             Err(SendError::HandlerError(e)) => Err(e),
@@ -383,8 +391,10 @@ impl<S: StateMachine> RaftCluster<S> {
         }
     }
 
-    /// A stream of cluster events from now on.
+    /// A stream of cluster events from now on (a node that stopped for good answers with its
+    /// fatal error; its `NodeStopped` event went to the subscribers of that time).
     pub async fn subscribe(&self) -> Result<EventStream, ReadError> {
+        self.check_alive()?;
         self.node
             .events
             .ask(Subscribe)
@@ -403,8 +413,32 @@ impl<S: StateMachine> RaftCluster<S> {
             .map_err(|_| ReadError::ShuttingDown)
     }
 
+    /// The fatal error that stopped this node for good (removed, storage failure, corrupt
+    /// data, the supervisor gave up restarting it), once the handle has seen it. Every call
+    /// fails with it from then on.
+    pub fn fatal_error(&self) -> Option<FatalError> {
+        self.lifetime.failure.borrow().clone()
+    }
+
+    /// Waits until the node stops for good on its own and returns why; `None` once it was shut
+    /// down (or dropped) instead. A process that runs a node waits on this beside its signals.
+    pub async fn stopped(&self) -> Option<FatalError> {
+        let mut failure = self.lifetime.failure.clone();
+        let stopped = failure.wait_for(Option::is_some).await.ok()?;
+        stopped.clone()
+    }
+
+    /// `Err` with the node's fatal error, if it has one.
+    pub(crate) fn check_alive(&self) -> Result<(), ReadError> {
+        match self.fatal_error() {
+            Some(e) => Err(ReadError::Fatal(e)),
+            None => Ok(()),
+        }
+    }
+
     /// This node's view of the cluster.
     pub async fn status(&self) -> Result<NodeStatus, ReadError> {
+        self.check_alive()?;
         match self
             .node
             .raft

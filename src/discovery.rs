@@ -9,6 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use iroh::{
     Endpoint, EndpointAddr, EndpointId,
     endpoint::{Connection, SendStream},
@@ -258,7 +259,14 @@ impl PendingJoin {
     }
 }
 
-/// The newcomer side: presents `ticket` to each member it names in turn until one accepts.
+/// How long a newcomer waits for any member named in its ticket to accept a connection. On a
+/// LAN a live member answers within milliseconds; members that are down cost no more than this,
+/// all of them together (they are dialled at once).
+const JOIN_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The newcomer side: dials every member the ticket names at once and presents the ticket on
+/// the first connection that opens (once: two members must not each add the newcomer), then on
+/// the next one if that member fails to answer.
 pub(crate) async fn request_join(
     endpoint: &Endpoint,
     ticket: &Ticket,
@@ -277,13 +285,30 @@ pub(crate) async fn request_join(
     let bytes = encode_discovery(&request).map_err(|e| BuildError::JoinUnreachable {
         reason: e.to_string(),
     })?;
+    let mut dials: FuturesUnordered<_> = ticket
+        .members
+        .iter()
+        .map(|member| async move {
+            let conn = endpoint.connect(member.clone(), DISCOVERY_ALPN).await;
+            (member.id, conn.map_err(|e| e.to_string()))
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + JOIN_DIAL_TIMEOUT;
     let mut last = String::from("the ticket names no member");
-    for member in &ticket.members {
+    loop {
+        let (member, conn) = match tokio::time::timeout_at(deadline, dials.next()).await {
+            Ok(Some(dialled)) => dialled,
+            Ok(None) => return Err(BuildError::JoinUnreachable { reason: last }),
+            Err(_) => {
+                return Err(BuildError::JoinUnreachable {
+                    reason: format!(
+                        "no member accepted a connection within {JOIN_DIAL_TIMEOUT:?} (last: {last})"
+                    ),
+                });
+            }
+        };
         let attempt = async {
-            let conn = endpoint
-                .connect(member.clone(), DISCOVERY_ALPN)
-                .await
-                .map_err(|e| e.to_string())?;
+            let conn = conn?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             send.write_all(&bytes).await.map_err(|e| e.to_string())?;
             let answer = read_response(&mut recv).await.map_err(|e| e.to_string())?;
@@ -306,9 +331,8 @@ pub(crate) async fn request_join(
             Ok(Err(e)) => last = e,
             Err(_) => last = "timed out".into(),
         }
-        warn!(member = %member.id.fmt_short(), reason = %last, "member unreachable for join");
+        warn!(member = %member.fmt_short(), reason = %last, "member unreachable for join");
     }
-    Err(BuildError::JoinUnreachable { reason: last })
 }
 
 fn member_from_wire(m: DiscoveryMember) -> Option<Member> {

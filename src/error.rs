@@ -136,4 +136,15 @@ pub enum BuildError {
         /// What the last attempt reported.
         reason: String,
     },
+    /// A member admitted this node (it is in the cluster's membership) but the join did not
+    /// finish. The data dir holds the node, marked [`crate::JOIN_PENDING_FILE`]: building
+    /// again with the same data dir and a join ticket finishes the join.
+    #[error("node {node} was admitted but its join did not finish: {source}")]
+    JoinIncomplete {
+        /// The node's id.
+        node: NodeId,
+        /// Why it did not finish.
+        #[source]
+        source: Box<BuildError>,
+    },
 }

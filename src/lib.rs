@@ -14,7 +14,7 @@ pub mod mgmt;
 pub mod net;
 mod preset;
 
-pub use builder::{DB_FILE, Peer, RaftClusterBuilder};
+pub use builder::{DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
 pub use discovery::DiscoveryProtocol;
 pub use error::{BuildError, ConfigError};

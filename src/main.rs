@@ -21,15 +21,29 @@ enum Command {
     /// --bootstrap, join one with --join TICKET, or restart from --data-dir alone.
     Node(Box<cli::node::NodeArgs>),
     /// Operate a cluster over the management protocol (needs an admin or read-only ticket).
-    /// Exit codes: 0 done, 1 failed, 2 bad usage, 3 refused, 4 unreachable.
+    /// Exit codes: 0 done; 1 failed, or outcome unknown (a write was sent and got no answer:
+    /// it may be applied), or no answer in time; 2 bad usage; 3 refused; 4 unreachable (no
+    /// member admitted the CLI within --timeout: nothing was sent).
     Ctl(Box<cli::ctl::CtlArgs>),
     /// Put, get (linearizable) and delete keys of the built-in KV store of a cluster.
-    /// Exit codes: 0 done, 1 failed or not found, 2 bad usage, 3 refused, 4 unreachable.
-    Kv(Box<cli::ctl::KvArgs>),
+    /// Exit codes: 0 done; 1 failed, not found, or outcome unknown (a write was sent and got
+    /// no answer: it may be applied); 2 bad usage (a value too large: nothing sent); 3
+    /// refused; 4 unreachable (nothing was sent).
+    Kv(Box<cli::kv::KvArgs>),
+}
+
+/// Ends the process at once with `code`: what QUIC may still wait for (acknowledgements from
+/// members that are down, dials that lost the race; closes were given their grace period) is of
+/// no use to a process that is done, and a runtime shutdown would drop endpoints mid-close.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -40,24 +54,21 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(args).await,
         Command::Node(args) => cli::node::run(*args).await,
-        Command::Ctl(args) => {
-            return match cli::ctl::run_ctl(*args).await {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(f) => f.exit(),
-            };
-        }
-        Command::Kv(args) => {
-            return match cli::ctl::run_kv(*args).await {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(f) => f.exit(),
-            };
-        }
+        Command::Ctl(args) => exit_now(client_code(cli::ctl::run_ctl(*args).await)),
+        Command::Kv(args) => exit_now(client_code(cli::kv::run_kv(*args).await)),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => exit_now(0),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            exit_now(1)
         }
+    }
+}
+
+fn client_code(result: Result<(), cli::ctl::Failure>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(f) => f.report(),
     }
 }

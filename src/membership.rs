@@ -101,6 +101,7 @@ impl<S: StateMachine> RaftCluster<S> {
     }
 
     pub(crate) async fn members_view(&self) -> Result<MembersView, ReadError> {
+        self.check_alive()?;
         match self
             .actors()
             .raft

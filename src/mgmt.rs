@@ -5,5 +5,7 @@
 mod client;
 mod server;
 
-pub use client::{ClientError, EventSubscription, IrohRaftManagementClient};
+pub use client::{
+    ClientError, ClientOptions, DEFAULT_TIMEOUT, EventSubscription, IrohRaftManagementClient,
+};
 pub use server::{MgmtProtocol, RemoteReader};

@@ -171,6 +171,16 @@ pub async fn bind_endpoint(data_dir: &Path, bind: SocketAddr) -> Result<Endpoint
     bind_offline_endpoint(key, bind).await
 }
 
+/// Closes `endpoint`, waiting at most `grace`; the rest of the close (QUIC's wait for
+/// acknowledgements, up to ~3 s for peers that are down or dials that were dropped) goes on in
+/// the background. `Endpoint::close` does the work only in its first call, so that call is the
+/// one left to run to its end.
+pub(crate) async fn close_within(endpoint: &Endpoint, grace: std::time::Duration) {
+    let endpoint = endpoint.clone();
+    let closing = tokio::spawn(async move { endpoint.close().await });
+    let _ = tokio::time::timeout(grace, closing).await;
+}
+
 /// The address peers should use for `endpoint`: its id and its bound sockets.
 pub fn endpoint_peer_addr(endpoint: &Endpoint) -> PeerAddr {
     let addr = endpoint

@@ -1,21 +1,33 @@
-//! `iroh-raft ctl` and `iroh-raft kv`: the management client on the command line.
+//! `iroh-raft ctl`: the management client on the command line (and what `kv` shares with it).
 //!
 //! Human tables by default, `--json` for scripts. The CLI's own identity key lives in a file it
 //! creates on first use (`--key-dir`, default `$IROH_RAFT_CLI_DIR` or
-//! `$HOME/.config/iroh-raft`). Exit codes: 0 done, 1 failed (the cluster answered with an
-//! error, or a write's outcome is unknown: its connection was lost after sending), 2 bad usage,
-//! 3 refused (not admitted, or not allowed), 4 unreachable (no member answered in time).
+//! `$HOME/.config/iroh-raft`). A command takes at most `--timeout` (default 10 s) in all,
+//! finding a member included; members are dialled at once, so members that are down cost
+//! nothing while another one answers.
+//!
+//! Exit codes: 0 done; 1 failed: the cluster answered with an error, a write's outcome is
+//! unknown (it was sent and no answer came: it may or may not be applied), or a read got no
+//! answer in time; 2 bad usage (a value too large is refused before anything is sent); 3
+//! refused (not admitted, or not allowed); 4 unreachable: no member admitted the CLI in time,
+//! and nothing was sent.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use iroh_raft::{
-    ClusterEvent, EventItem, KvCommand, KvResponse, Ticket, TicketRole,
-    mgmt::{ClientError, IrohRaftManagementClient},
+    ClusterEvent, EventItem, Ticket, TicketRole,
+    actors::wire::MgmtErrorKind,
+    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
     net::load_or_create_secret_key,
 };
 use serde_json::json;
 
-use super::node::parse_duration;
+use super::node::parse_positive_duration;
+
+mod status;
 
 /// Where and how to reach the cluster.
 #[derive(clap::Args, Debug)]
@@ -25,10 +37,13 @@ pub(crate) struct Connect {
     cluster: Ticket,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Directory of the CLI's identity key (created on first use).
     #[arg(long, value_name = "DIR", global = true)]
     key_dir: Option<PathBuf>,
+    /// The longest the whole command may take, finding a member included (500ms, 3s, 1m).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_positive_duration)]
+    timeout: Duration,
 }
 
 /// Options of `iroh-raft ctl`.
@@ -42,7 +57,8 @@ pub(crate) struct CtlArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum CtlCommand {
-    /// Leader, term, commit and applied index, every member with its role and lag.
+    /// Leader, term, commit and applied index; every member with its role, and the leader's
+    /// view of it: match index, lag behind the leader's log, last contact.
     Status,
     /// Quorum, healthy voters, storage, this node's role and lag.
     Health,
@@ -67,66 +83,48 @@ enum CtlCommand {
         /// join, admin or read-only.
         #[arg(long)]
         role: TicketRole,
-        /// How long it stays valid (30s, 10m, 24h, 7d).
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        /// How long it stays valid (30s, 10m, 24h, 7d; more than zero).
+        #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
         expires: Duration,
-    },
-}
-
-/// Options of `iroh-raft kv`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct KvArgs {
-    #[command(flatten)]
-    connect: Connect,
-    #[command(subcommand)]
-    command: KvCmd,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum KvCmd {
-    /// Set KEY to VALUE.
-    Put {
-        /// The key.
-        key: String,
-        /// The value.
-        value: String,
-    },
-    /// Read KEY (linearizable).
-    Get {
-        /// The key.
-        key: String,
-    },
-    /// Delete KEY.
-    Delete {
-        /// The key.
-        key: String,
     },
 }
 
 /// A failure with the exit code it maps to.
 pub(crate) struct Failure {
-    code: u8,
-    message: String,
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
+        // 4 promises that nothing was sent; everything that may have reached a node is 1.
         let code = match e {
             ClientError::Refused { .. } | ClientError::Forbidden(_) => 3,
-            ClientError::Unreachable { .. } | ClientError::Timeout(_) => 4,
+            ClientError::Unreachable { .. } => 4,
+            ClientError::TooLarge { .. } => 2,
             _ => 1,
         };
-        Failure {
-            code,
-            message: e.to_string(),
-        }
+        let message = match e {
+            // The node could not finish it (it timed out or stopped there).
+            ClientError::Failed {
+                kind: MgmtErrorKind::Unknown,
+                message,
+            } => format!("outcome unknown: {message}"),
+            e => e.to_string(),
+        };
+        Failure { code, message }
     }
 }
 
 impl Failure {
-    pub(crate) fn exit(self) -> ExitCode {
+    pub(crate) fn usage(message: String) -> Self {
+        Failure { code: 2, message }
+    }
+
+    /// Prints the message; returns the exit code.
+    pub(crate) fn report(self) -> i32 {
         eprintln!("error: {}", self.message);
-        ExitCode::from(self.code)
+        i32::from(self.code)
     }
 }
 
@@ -141,93 +139,56 @@ fn key_dir(given: &Option<PathBuf>) -> PathBuf {
     PathBuf::from(home).join(".config").join("iroh-raft")
 }
 
-async fn connect(c: &Connect) -> Result<IrohRaftManagementClient, Failure> {
-    let key = load_or_create_secret_key(&key_dir(&c.key_dir)).map_err(|e| Failure {
-        code: 1,
-        message: format!("CLI identity: {e}"),
-    })?;
-    let members = c.cluster.members.clone();
-    Ok(IrohRaftManagementClient::connect_with(Some(key), members, Some(&c.cluster)).await?)
+/// The command's client and its one deadline: every call gets what is left of `--timeout`.
+pub(crate) struct Cli {
+    client: IrohRaftManagementClient,
+    deadline: Instant,
 }
 
-fn hex(bytes: &[u8]) -> String {
+impl Cli {
+    /// A client that has dialled nobody yet: the first call finds a member.
+    pub(crate) async fn new(c: &Connect) -> Result<Self, Failure> {
+        let deadline = Instant::now() + c.timeout;
+        let key = load_or_create_secret_key(&key_dir(&c.key_dir)).map_err(|e| Failure {
+            code: 1,
+            message: format!("CLI identity: {e}"),
+        })?;
+        let options = ClientOptions::default().key(key).timeout(c.timeout);
+        let members = c.cluster.members.clone();
+        let client = IrohRaftManagementClient::new(members, Some(&c.cluster), options).await?;
+        Ok(Self { client, deadline })
+    }
+
+    /// The client, for one call within what is left of the deadline.
+    pub(crate) fn call(&self) -> IrohRaftManagementClient {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        self.client.with_timeout(left.max(Duration::from_millis(1)))
+    }
+
+    /// Closes the client without waiting for members that are down.
+    pub(crate) async fn close(self) {
+        self.client.close().await;
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) async fn run_ctl(args: CtlArgs) -> Result<(), Failure> {
-    let client = connect(&args.connect).await?;
+    let cli = Cli::new(&args.connect).await?;
     let json = args.connect.json;
-    let result = ctl(&client, args.command, json).await;
-    client.close().await;
+    let result = ctl(&cli, args.command, json).await;
+    cli.close().await;
     result
 }
 
-async fn ctl(
-    client: &IrohRaftManagementClient,
-    cmd: CtlCommand,
-    json: bool,
-) -> Result<(), Failure> {
+async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
     match cmd {
-        CtlCommand::Status | CtlCommand::Members => {
-            let members_only = matches!(cmd, CtlCommand::Members);
-            let s = client.status().await?;
-            let members: Vec<_> = s
-                .members
-                .iter()
-                .map(|m| {
-                    json!({
-                        "id": m.id, "role": m.role, "endpoint": hex(&m.key), "addrs": m.addrs,
-                        "match_index": m.matched, "lag": m.lag,
-                        "last_contact_ms": (m.last_contact_ms != u64::MAX).then_some(m.last_contact_ms),
-                    })
-                })
-                .collect();
-            if json {
-                let out = if members_only {
-                    json!({ "members": members })
-                } else {
-                    json!({
-                        "node": s.node_id, "cluster_id": hex(&s.cluster_id),
-                        "leader": (s.leader != 0).then_some(s.leader), "term": s.term,
-                        "commit_index": s.commit_index, "applied_index": s.applied_index,
-                        "role": s.role, "members": members,
-                    })
-                };
-                println!("{out}");
-                return Ok(());
-            }
-            if !members_only {
-                let leader = if s.leader == 0 {
-                    "none".into()
-                } else {
-                    s.leader.to_string()
-                };
-                println!("cluster   {}", hex(&s.cluster_id));
-                println!("leader    {leader}   term {}", s.term);
-                println!(
-                    "node {} ({})   commit {}   applied {}",
-                    s.node_id, s.role, s.commit_index, s.applied_index
-                );
-                println!();
-            }
-            println!(
-                "{:>4}  {:<9} {:>8}  {:>8}  {:<16}  ADDRESSES",
-                "ID", "ROLE", "MATCH", "LAG", "ENDPOINT"
-            );
-            for m in &s.members {
-                println!(
-                    "{:>4}  {:<9} {:>8}  {:>8}  {:<16}  {}",
-                    m.id,
-                    m.role,
-                    m.matched,
-                    m.lag,
-                    &hex(&m.key)[..16],
-                    m.addrs.join(",")
-                );
-            }
-        }
+        CtlCommand::Status => status::print(cli, json, false).await?,
+        CtlCommand::Members => status::print(cli, json, true).await?,
         CtlCommand::Health => {
-            let h = client.health().await?;
+            let h = cli.call().health().await?;
             if json {
                 println!(
                     "{}",
@@ -251,13 +212,13 @@ async fn ctl(
             }
         }
         CtlCommand::RemoveMember { id } => {
-            let index = client.remove_member(id).await?;
+            let index = cli.call().remove_member(id).await?;
             print_one(json, json!({ "removed": id, "index": index }), || {
                 format!("removed node {id} (index {index})")
             });
         }
         CtlCommand::TransferLeader { id } => {
-            let (leader, took) = client.transfer_leader(id).await?;
+            let (leader, took) = cli.call().transfer_leader(id).await?;
             print_one(
                 json,
                 json!({ "leader": leader, "elapsed_ms": took.as_millis() as u64 }),
@@ -265,43 +226,45 @@ async fn ctl(
             );
         }
         CtlCommand::Snapshot => {
-            let index = client.snapshot().await?;
+            let index = cli.call().snapshot().await?;
             print_one(json, json!({ "snapshot_index": index }), || {
                 format!("snapshot at index {index}")
             });
         }
         CtlCommand::Ticket { role, expires } => {
-            let ticket = client.mint_ticket(role, expires).await?;
+            let ticket = cli.call().mint_ticket(role, expires).await?;
             print_one(
                 json,
                 json!({ "ticket": ticket.to_string(), "role": role.to_string(), "expires_at": ticket.expires_at }),
                 || ticket.to_string(),
             );
         }
-        CtlCommand::Watch => {
-            let mut events = client.subscribe().await?;
-            loop {
-                let item = tokio::select! {
-                    item = events.next() => item,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                };
-                match item {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(EventItem::Missed(n))) => {
-                        print_one(json, json!({ "missed": n }), || {
-                            format!("… missed {n} events")
-                        })
-                    }
-                    Some(Ok(EventItem::Event(ev))) => print_event(json, events.last_seq, &ev),
-                }
-            }
-        }
+        CtlCommand::Watch => watch(cli, json).await?,
     }
     Ok(())
 }
 
-fn print_one(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+/// Prints events until Ctrl-C or the node ends the stream (only subscribing is bounded by the
+/// deadline).
+async fn watch(cli: &Cli, json: bool) -> Result<(), Failure> {
+    let mut events = cli.call().subscribe().await?;
+    loop {
+        let item = tokio::select! {
+            item = events.next() => item,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match item {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(EventItem::Missed(n))) => print_one(json, json!({ "missed": n }), || {
+                format!("… missed {n} events")
+            }),
+            Some(Ok(EventItem::Event(ev))) => print_event(json, events.last_seq, &ev),
+        }
+    }
+}
+
+pub(crate) fn print_one(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
     if json {
         println!("{value}");
     } else {
@@ -316,56 +279,4 @@ fn print_event(json: bool, seq: u64, ev: &ClusterEvent) {
     } else {
         println!("{seq:>6}  {ev:?}");
     }
-}
-
-pub(crate) async fn run_kv(args: KvArgs) -> Result<(), Failure> {
-    let client = connect(&args.connect).await?;
-    let json = args.connect.json;
-    let result = async {
-        match args.command {
-            KvCmd::Put { key, value } => {
-                let cmd = KvCommand::Set {
-                    key: key.clone(),
-                    value,
-                };
-                let r: KvResponse = client.propose(&cmd).await?;
-                print_one(json, json!({ "key": key, "previous": r.previous }), || {
-                    "ok".into()
-                });
-            }
-            KvCmd::Delete { key } => {
-                let r: KvResponse = client
-                    .propose(&KvCommand::Delete { key: key.clone() })
-                    .await?;
-                print_one(
-                    json,
-                    json!({ "key": key, "previous": r.previous }),
-                    || match r.previous {
-                        Some(_) => "deleted".into(),
-                        None => "not found".into(),
-                    },
-                );
-            }
-            KvCmd::Get { key } => {
-                let value: Option<String> = client.read(&key).await?;
-                if json {
-                    println!("{}", json!({ "key": key, "value": value }));
-                } else {
-                    match value {
-                        Some(v) => println!("{v}"),
-                        None => {
-                            return Err(Failure {
-                                code: 1,
-                                message: format!("{key}: not found"),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
-    client.close().await;
-    result
 }

@@ -7,7 +7,13 @@
 //!   (kept in `DIR/node.conf`).
 //!
 //! SIGTERM and Ctrl-C shut the node down gracefully. A node that learns it was removed from the
-//! cluster exits with status 0 (restarting it would be refused anyway).
+//! cluster exits with status 0 (restarting it would be refused anyway); a node that stops for
+//! good otherwise (storage failure, corrupt data, its supervisor gave up) exits non-zero with
+//! the reason on stderr.
+//!
+//! A failed `--join` leaves the data dir as it found it, unless a member had already admitted
+//! the node: then the dir holds that node, and running the same command again finishes the
+//! join (see `iroh_raft::JOIN_PENDING_FILE`).
 
 use std::{
     net::SocketAddr,
@@ -16,9 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use iroh_raft::{
-    BuildError, ClusterEvent, EventItem, KeyValueStore, Preset, RaftCluster, Ticket, TicketRole,
-};
+use iroh_raft::{BuildError, FatalError, KeyValueStore, Preset, RaftCluster, Ticket, TicketRole};
 
 /// Options of `iroh-raft node`.
 #[derive(clap::Args, Debug)]
@@ -46,7 +50,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "NAME")]
     lan_name: Option<String>,
     /// How long the tickets printed at --bootstrap stay valid (e.g. 30s, 10m, 24h, 7d).
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = parse_positive_duration)]
     ticket_ttl: Duration,
 }
 
@@ -61,35 +65,41 @@ fn parse_preset(s: &str) -> Result<Preset, String> {
     }
 }
 
-/// `30s`, `10m`, `24h`, `7d`.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+/// `500ms`, `30s`, `10m`, `24h`, `7d`, more than zero (a ticket valid for 0s is born expired, a
+/// timeout of 0s cannot succeed).
+pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let invalid = || format!("'{s}' is not a duration like 500ms, 30s, 10m, 24h or 7d");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 30s, 10m, 24h or 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("'{s}' is not a duration like 30s, 10m, 24h or 7d")),
+    let n: u64 = n.parse().map_err(|_| invalid())?;
+    let millis: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(invalid()),
     };
-    Ok(Duration::from_secs(n * secs))
+    if n == 0 {
+        return Err(format!("'{s}': the duration must be more than zero"));
+    }
+    let millis = n.checked_mul(millis).ok_or_else(invalid)?;
+    Ok(Duration::from_millis(millis))
 }
 
 const CONF_FILE: &str = "node.conf";
 
-/// The bind address a previous run recorded.
+/// The bind address a previous run recorded: in `node.conf`, or, for a node whose join did not
+/// finish, in the pending mark (the address the cluster was given for it).
 fn stored_bind(dir: &Path) -> anyhow::Result<Option<SocketAddr>> {
-    let path = dir.join(CONF_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    for line in text.lines() {
-        if let Some(addr) = line.strip_prefix("bind=") {
+    for file in [CONF_FILE, iroh_raft::JOIN_PENDING_FILE] {
+        let path = dir.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("bind=")) {
             let addr = addr
                 .trim()
                 .parse()
@@ -100,6 +110,72 @@ fn stored_bind(dir: &Path) -> anyhow::Result<Option<SocketAddr>> {
     Ok(None)
 }
 
+/// The node a data dir's log holds, if any (a log without one is what an interrupted first
+/// start leaves: the dir still counts as new).
+fn stored_node(dir: &Path) -> anyhow::Result<Option<u64>> {
+    let path = dir.join(iroh_raft::DB_FILE);
+    let db = iroh_raft::actors::LogDb::open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let identity = db
+        .identity()
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(identity.map(|i| i.node_id))
+}
+
+/// Refuses flags that do not fit what the data dir holds, with what to do instead.
+fn check_data_dir(args: &NodeArgs) -> anyhow::Result<()> {
+    let dir = &args.data_dir;
+    let pending = dir.join(iroh_raft::JOIN_PENDING_FILE).exists();
+    let has_log = dir.join(iroh_raft::DB_FILE).exists();
+    if pending {
+        if args.bootstrap || args.join.is_none() {
+            bail!(
+                "{} holds a node the cluster admitted whose join did not finish: run again with \
+                 --join TICKET (a join ticket of that cluster) to finish it",
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    if has_log
+        && (args.bootstrap || args.join.is_some())
+        && let Some(id) = stored_node(dir)?
+    {
+        bail!(
+            "{} already holds node {id}; restart it with only --data-dir",
+            dir.display()
+        );
+    }
+    if !has_log && !args.bootstrap && args.join.is_none() {
+        bail!(
+            "{} holds no node: pass --bootstrap to found a cluster or --join TICKET to join one",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// A failed start, with what the operator can do next.
+fn start_failure(dir: &Path, e: BuildError) -> anyhow::Error {
+    let dir = dir.display();
+    match e {
+        BuildError::JoinRefused { .. } => anyhow::anyhow!(
+            "{e}\n{dir} was left as it was: get a valid join ticket from a member \
+             (iroh-raft ctl --cluster ADMIN-TICKET ticket --role join) and run again"
+        ),
+        BuildError::JoinUnreachable { .. } => anyhow::anyhow!(
+            "{e}\n{dir} was left as it was: run again once a member named in the ticket is \
+             reachable (or with a ticket from a member that is)"
+        ),
+        BuildError::JoinIncomplete { node, .. } => anyhow::anyhow!(
+            "{e}\n{dir} holds node {node}, a member of the cluster now: run the same command \
+             again (same --data-dir, a join ticket) to finish joining; it comes back on the \
+             address the cluster knows"
+        ),
+        e => anyhow::Error::new(e).context("starting the node"),
+    }
+}
+
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
@@ -107,20 +183,8 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    check_data_dir(&args)?;
     let dir = &args.data_dir;
-    let initialized = dir.join(iroh_raft::DB_FILE).exists();
-    if initialized && (args.bootstrap || args.join.is_some()) {
-        bail!(
-            "{} already holds a node; restart it with only --data-dir",
-            dir.display()
-        );
-    }
-    if !initialized && !args.bootstrap && args.join.is_none() {
-        bail!(
-            "{} holds no node: pass --bootstrap to found a cluster or --join TICKET to join one",
-            dir.display()
-        );
-    }
     let bind = match args.bind {
         Some(b) => b,
         None => stored_bind(dir)?.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -143,11 +207,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             builder = builder.join_as_learner();
         }
     }
-    let cluster = match builder.build().await {
-        Ok(c) => c,
-        Err(e @ BuildError::JoinRefused { .. }) => bail!("{e}"),
-        Err(e) => return Err(e).context("starting the node"),
-    };
+    let cluster = builder.build().await.map_err(|e| start_failure(dir, e))?;
     let bound = cluster
         .endpoint()
         .bound_sockets()
@@ -166,7 +226,6 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("{role} ticket: {ticket}");
         }
     }
-    let mut events = cluster.subscribe().await?;
     println!(
         "ready node={} endpoint={} addr={}",
         cluster.node_id(),
@@ -174,33 +233,26 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         bound
     );
 
-    let stopped = async {
-        while let Some(item) = events.next().await {
-            if let EventItem::Event(ClusterEvent::NodeStopped {
-                removed, reason, ..
-            }) = item
-            {
-                return (removed, reason);
-            }
-        }
-        (false, "event stream ended".to_owned())
-    };
+    // Until a signal, or until the node stops for good on its own: removed from the cluster,
+    // a storage failure or corrupt data, or its supervisor gave up restarting a crashed actor.
     let outcome = tokio::select! {
         _ = shutdown_signal() => None,
-        stopped = stopped => Some(stopped),
+        stopped = cluster.stopped() => Some(stopped),
     };
     let result = cluster.shutdown().await;
+    let id = cluster.node_id();
     match outcome {
         None => {
             result.context("shutting down")?;
-            eprintln!("node {} shut down", cluster.node_id());
+            eprintln!("node {id} shut down");
             Ok(())
         }
-        Some((true, reason)) => {
-            eprintln!("{reason}; exiting");
+        Some(Some(FatalError::Removed { .. })) => {
+            eprintln!("node {id} was removed from the cluster; exiting");
             Ok(())
         }
-        Some((false, reason)) => bail!("node stopped: {reason}"),
+        Some(Some(e)) => bail!("node {id} stopped: {e}"),
+        Some(None) => bail!("node {id} stopped"),
     }
 }
 

@@ -7,9 +7,20 @@
 //! What is sent again, and what is not: a request that never left the client (its node was
 //! unreachable, the lane had closed, its frame was not entirely written) is sent to another
 //! member; so are status, health, reads, snapshots and tickets whatever happened. A proposal or a
-//! membership change whose connection was lost after it was sent, or that the node could not
-//! finish (`MgmtErrorKind::Unknown`), is never sent again: the caller gets
-//! [`ClientError::OutcomeUnknown`] or [`ClientError::Failed`] and decides.
+//! membership change whose connection was lost after it was sent, that got no answer in time
+//! after it was sent, or that the node could not finish (`MgmtErrorKind::Unknown`), is never
+//! sent again: the caller gets [`ClientError::OutcomeUnknown`] or [`ClientError::Failed`] and
+//! decides.
+//!
+//! How long a call takes: at most the client's timeout ([`ClientOptions::timeout`], 10 s by
+//! default), finding a member included. Members are dialled all at once and the first that
+//! admits the client wins, so members that are down cost nothing while another one answers.
+//!
+//! The error says what the cluster may have done: [`ClientError::Unreachable`] and
+//! [`ClientError::Refused`] only when the request provably never left the client;
+//! [`ClientError::OutcomeUnknown`] when a change or command may have been delivered;
+//! [`ClientError::Timeout`] when a request without effect (status, health, a read, ...) was sent
+//! and not answered in time.
 
 use std::{
     collections::HashMap,
@@ -17,74 +28,41 @@ use std::{
     time::Duration,
 };
 
-use iroh::{
-    Endpoint, EndpointAddr, SecretKey,
-    endpoint::{Connection, RecvStream, SendStream},
-};
+use iroh::{Endpoint, EndpointAddr, SecretKey};
 use iroh_raft_actors::{
-    ClusterEvent, EventItem, NodeId, Ticket,
+    NodeId, Ticket,
     wire::{
-        CloseCode, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth, MgmtReader, MgmtRequest,
+        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtHealth, MgmtReader, MgmtRequest,
         MgmtResponse, MgmtRole, MgmtStatus,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
-use crate::net::bind_offline_endpoint;
+use crate::net::{bind_offline_endpoint, close_within};
 
+mod error;
+mod events;
 mod lanes;
+mod options;
 mod session;
 
+pub use error::ClientError;
+pub use events::EventSubscription;
 use lanes::Session;
+pub use options::{ClientOptions, DEFAULT_TIMEOUT};
 
-/// How a management call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// A member refused this client (no valid ticket, not on the allowlist).
-    #[error("refused by the cluster: {reason}")]
-    Refused {
-        /// What the member said.
-        reason: String,
-    },
-    /// No member could be reached.
-    #[error("no member reachable: {reason}")]
-    Unreachable {
-        /// What the last attempt reported.
-        reason: String,
-    },
-    /// The client's role does not allow the request.
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// The request reached the cluster and failed.
-    #[error("{kind:?}: {message}")]
-    Failed {
-        /// The kind, for programs.
-        kind: MgmtErrorKind,
-        /// What the node said.
-        message: String,
-    },
-    /// A command, query or answer did not (de)serialize.
-    #[error("codec: {0}")]
-    Codec(String),
-    /// No answer in time; the outcome of a write is unknown.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// The connection was lost after a change or a command was sent and before it was
-    /// answered: it may or may not have taken effect (the client does not resend it, which
-    /// could apply it twice).
-    #[error("outcome unknown: {reason}")]
-    OutcomeUnknown {
-        /// What happened to the connection.
-        reason: String,
-    },
-}
+/// How long [`IrohRaftManagementClient::close`] waits for the nodes to acknowledge the close. A
+/// live node on a LAN acknowledges within milliseconds; QUIC would otherwise keep retransmitting
+/// to members that are down (or never answered a dial) for ~3 s, holding up a CLI's exit.
+const CLOSE_GRACE: Duration = Duration::from_millis(150);
 
 /// A remote client of a cluster. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct IrohRaftManagementClient {
     inner: Arc<Inner>,
+    /// The longest one call may take, finding a member included.
+    timeout: Duration,
 }
 
 struct Inner {
@@ -97,7 +75,6 @@ struct Inner {
     /// A move to the leader is under way.
     moving: AtomicBool,
     current: Mutex<Option<Session>>,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for IrohRaftManagementClient {
@@ -108,70 +85,67 @@ impl std::fmt::Debug for IrohRaftManagementClient {
     }
 }
 
-/// A subscription to a node's events.
-pub struct EventSubscription {
-    recv: RecvStream,
-    reader: MgmtReader,
-    _send: SendStream,
-    _conn: Connection,
-    /// The run of the node's event bus the numbers belong to (pass it to
-    /// [`IrohRaftManagementClient::resume`]).
-    pub epoch: u64,
-    /// Number of the last event received (or reported missed).
-    pub last_seq: u64,
-}
-
-impl EventSubscription {
-    /// The next event, a "missed N" marker, or `None` once the node ended the stream.
-    pub async fn next(&mut self) -> Option<Result<EventItem, ClientError>> {
-        let response = self
-            .reader
-            .next_reply(&mut self.recv)
-            .await
-            .map(|r| r.map(|r| r.response));
-        match response {
-            Ok(Some(MgmtResponse::Event { seq, event })) => {
-                self.last_seq = seq;
-                Some(
-                    postcard::from_bytes::<ClusterEvent>(&event)
-                        .map(EventItem::Event)
-                        .map_err(|e| ClientError::Codec(e.to_string())),
-                )
-            }
-            Ok(Some(MgmtResponse::Missed { count })) => {
-                self.last_seq += count;
-                Some(Ok(EventItem::Missed(count)))
-            }
-            Ok(Some(MgmtResponse::Error { kind, message, .. })) => {
-                Some(Err(ClientError::Failed { kind, message }))
-            }
-            Ok(Some(_)) | Ok(None) => None,
-            Err(e) => Some(Err(ClientError::Unreachable {
-                reason: e.to_string(),
-            })),
-        }
-    }
-}
-
 fn addr_strings(addr: &EndpointAddr) -> Vec<String> {
     addr.ip_addrs().map(ToString::to_string).collect()
 }
 
 impl IrohRaftManagementClient {
-    /// A client that knows these members and is admitted because its key is a member or on
-    /// the nodes' allowlist (or with `ticket`). `key` is its identity (`None`: a fresh one).
-    pub async fn connect_with(
-        key: Option<SecretKey>,
+    /// A client of these members (admitted because its key is a member or on the nodes'
+    /// allowlist, or with `ticket`) that dials nobody yet: its first call finds a member within
+    /// that call's timeout, so a command costs one deadline in all (no round trip before it;
+    /// the client moves to the leader in the background once a reply names it).
+    pub async fn new(
         members: Vec<EndpointAddr>,
         ticket: Option<&Ticket>,
+        options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let key = key.unwrap_or_else(SecretKey::generate);
+        if members.is_empty() {
+            return Err(ClientError::Unreachable {
+                reason: "no member address given".into(),
+            });
+        }
+        let key = options.key.unwrap_or_else(SecretKey::generate);
         let endpoint = bind_offline_endpoint(key, ([0, 0, 0, 0], 0).into())
             .await
             .map_err(|e| ClientError::Unreachable {
                 reason: e.to_string(),
             })?;
-        Self::connect_on(endpoint, members, ticket).await
+        Ok(Self::assemble(endpoint, members, ticket, options.timeout))
+    }
+
+    fn assemble(
+        endpoint: Endpoint,
+        members: Vec<EndpointAddr>,
+        ticket: Option<&Ticket>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                ticket: ticket.map(ToString::to_string),
+                members: Mutex::new(members),
+                ids: Mutex::new(HashMap::new()),
+                moving: AtomicBool::new(false),
+                current: Mutex::new(None),
+            }),
+            timeout,
+        }
+    }
+
+    /// A client that knows these members and is admitted because its key is a member or on
+    /// the nodes' allowlist (or with `ticket`). `key` is its identity (`None`: a fresh one).
+    /// Returns once a member admitted it (refusals are reported here) and the client is on the
+    /// leader, if one is known, all within [`DEFAULT_TIMEOUT`].
+    pub async fn connect_with(
+        key: Option<SecretKey>,
+        members: Vec<EndpointAddr>,
+        ticket: Option<&Ticket>,
+    ) -> Result<Self, ClientError> {
+        let options = ClientOptions {
+            key,
+            ..ClientOptions::default()
+        };
+        Self::new(members, ticket, options).await?.admitted().await
     }
 
     /// Like [`Self::connect_with`], on an endpoint of the caller's (the client closes it at
@@ -187,24 +161,26 @@ impl IrohRaftManagementClient {
                 reason: "no member address given".into(),
             });
         }
-        let client = Self {
-            inner: Arc::new(Inner {
-                endpoint,
-                ticket: ticket.map(ToString::to_string),
-                members: Mutex::new(members),
-                ids: Mutex::new(HashMap::new()),
-                moving: AtomicBool::new(false),
-                current: Mutex::new(None),
-                timeout: Duration::from_secs(10),
-            }),
-        };
-        if let Err(e) = client.connection().await {
-            client.inner.endpoint.close().await;
+        Self::assemble(endpoint, members, ticket, DEFAULT_TIMEOUT)
+            .admitted()
+            .await
+    }
+
+    /// Finds a member that admits this client and, within the same timeout, learns the
+    /// membership and moves to the leader if one is known (a long-lived client's writes then
+    /// take no extra hop from the start); on failure closes the endpoint.
+    async fn admitted(self) -> Result<Self, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if let Err(e) = self.connection(deadline).await {
+            self.close().await;
             return Err(e);
         }
-        // Learn the membership and go to the leader, if one is known.
-        let _ = client.status().await;
-        Ok(client)
+        if let Ok(MgmtResponse::Status(status)) =
+            self.request_by(MgmtRequest::Status, deadline).await
+        {
+            self.learn(&status, deadline).await;
+        }
+        Ok(self)
     }
 
     /// Connects to any of `members` (raft id and address), failing over between them.
@@ -254,22 +230,39 @@ impl IrohRaftManagementClient {
         self.inner.endpoint.id()
     }
 
-    /// Closes the connection and the client's endpoint.
+    /// The longest one call of this handle may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A handle on the same connection whose calls may take up to `timeout` each.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            timeout,
+        }
+    }
+
+    /// Closes the connection and the client's endpoint. Waits at most 150 ms: the
+    /// rest of the close (QUIC's wait for acknowledgements, ~3 s for a member that is down or
+    /// a dial that was dropped) goes on in the background.
     pub async fn close(&self) {
         if let Some(c) = self.inner.current.lock().await.take() {
             c.conn
                 .close(CloseCode::Normal.to_varint(), b"client closed");
         }
-        self.inner.endpoint.close().await;
+        close_within(&self.inner.endpoint, CLOSE_GRACE).await;
     }
 
     /// The cluster as the connected node sees it. Also teaches the client the members'
-    /// addresses, and moves its connection to the leader.
+    /// addresses, and moves its connection to the leader (within the call's timeout).
     pub async fn status(&self) -> Result<MgmtStatus, ClientError> {
-        let MgmtResponse::Status(status) = self.request(MgmtRequest::Status).await? else {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let MgmtResponse::Status(status) = self.request_by(MgmtRequest::Status, deadline).await?
+        else {
             return Err(ClientError::Codec("unexpected answer to Status".into()));
         };
-        self.learn(&status).await;
+        self.learn(&status, deadline).await;
         Ok(status)
     }
 
@@ -289,6 +282,12 @@ impl IrohRaftManagementClient {
     ) -> Result<R, ClientError> {
         let command =
             postcard::to_allocvec(command).map_err(|e| ClientError::Codec(e.to_string()))?;
+        if command.len() > MAX_COMMAND_SIZE {
+            return Err(ClientError::TooLarge {
+                size: command.len(),
+                max: MAX_COMMAND_SIZE,
+            });
+        }
         match self.request(MgmtRequest::Propose { command }).await? {
             MgmtResponse::Proposed { response } => {
                 postcard::from_bytes(&response).map_err(|e| ClientError::Codec(e.to_string()))
@@ -418,7 +417,8 @@ impl IrohRaftManagementClient {
         let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
             reason: e.to_string(),
         };
-        let session = self.connection().await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let session = self.connection(deadline).await?;
         // A lane of its own, so that events never hold up other requests.
         let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| unreachable(&e))?;
         let mut batch = MgmtBatch::new();
@@ -431,9 +431,9 @@ impl IrohRaftManagementClient {
             .map_err(|e| unreachable(&e))?;
         let mut reader = MgmtReader::new();
         // Events start once the node confirms the subscription.
-        let confirmed = tokio::time::timeout(self.inner.timeout, reader.next_reply(&mut recv))
+        let confirmed = tokio::time::timeout_at(deadline, reader.next_reply(&mut recv))
             .await
-            .map_err(|_| ClientError::Timeout(self.inner.timeout))?;
+            .map_err(|_| ClientError::Timeout(self.timeout))?;
         let (epoch, last_seq) = match confirmed.map(|r| r.map(|r| r.response)) {
             Ok(Some(MgmtResponse::Subscribed { epoch, after })) => (epoch, after),
             Ok(Some(MgmtResponse::Error { kind, message, .. })) => {

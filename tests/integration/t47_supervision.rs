@@ -7,11 +7,11 @@ use std::{
 };
 
 use iroh_raft::{
-    FatalError, KeyValueStore, KvCommand, KvResponse, KvSnapshot, Preset, ProposeError,
-    RaftCluster, StateMachine,
+    ClusterEvent, EventItem, FatalError, KeyValueStore, KvCommand, KvResponse, KvSnapshot, Preset,
+    ProposeError, RaftCluster, ReadError, StateMachine,
 };
 
-use crate::support::{set, wait_for};
+use crate::support::{WAIT, set, wait_for};
 
 /// The KV store, except that applying `key == "crash"` panics while `armed` is set (and
 /// `poison` always panics).
@@ -112,7 +112,35 @@ async fn a_poison_entry_stops_the_node_with_a_fatal_error_after_bounded_restarts
     let node = single_node(dir.path(), Arc::new(AtomicBool::new(false)), starts.clone()).await;
     wait_for("leadership", || async { node.leader().await == Some(1) }).await;
     node.propose(set("fine", "1")).await.unwrap();
+    let mut events = node.subscribe().await.unwrap();
     let _ = node.propose(set("poison", "1")).await;
+    // The handle learns of the stop by itself, and tells its subscribers.
+    let stopped = tokio::time::timeout(WAIT, node.stopped())
+        .await
+        .expect("the node reported its stop");
+    assert!(
+        matches!(stopped, Some(FatalError::ActorStopped { .. })),
+        "{stopped:?}"
+    );
+    let event = tokio::time::timeout(WAIT, async {
+        while let Some(item) = events.next().await {
+            if let EventItem::Event(ClusterEvent::NodeStopped {
+                removed, reason, ..
+            }) = item
+            {
+                return Some((removed, reason));
+            }
+        }
+        None
+    })
+    .await
+    .expect("a NodeStopped event");
+    assert!(matches!(event, Some((false, _))), "{event:?}");
+    // Every call reports it, status and subscriptions included.
+    assert!(node.fatal_error().is_some());
+    assert!(matches!(node.status().await, Err(ReadError::Fatal(_))));
+    assert!(matches!(node.subscribe().await, Err(ReadError::Fatal(_))));
+    assert!(matches!(node.members().await, Err(ReadError::Fatal(_))));
     wait_for("the supervisor to give up", || async {
         matches!(
             node.propose(set("x", "y")).await,

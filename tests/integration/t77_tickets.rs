@@ -1,14 +1,15 @@
 //! Joining by ticket over the discovery protocol: a good ticket admits a node (learner, then
 //! voter); expired, forged, foreign, wrong-role tickets and tickets whose issuer was removed are
-//! each refused with their own reason, and the cluster is unaffected.
+//! each refused with their own reason, and the cluster is unaffected. A join that a member
+//! admitted but did not finish keeps its node, which finishes joining when built again.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use iroh_raft::{
     BuildError, KeyValueStore, Preset, RaftCluster, Ticket, TicketRole, actors::wire::RefusalKind,
 };
 
-use crate::support::{TestCluster, set, wait_for};
+use crate::support::{TestCluster, set, wait_for, wait_for_some};
 
 async fn join_with(ticket: &Ticket) -> Result<RaftCluster<KeyValueStore>, BuildError> {
     let dir = tempfile::tempdir().unwrap();
@@ -123,6 +124,18 @@ async fn tickets_admit_and_refuse_each_with_its_reason() {
         })
     })
     .await;
+    // The handle reports the removal on every call, and to whoever waits for its stop.
+    let stopped = tokio::time::timeout(crate::support::WAIT, three.stopped()).await;
+    assert!(
+        matches!(stopped, Ok(Some(iroh_raft::FatalError::Removed { .. }))),
+        "{stopped:?}"
+    );
+    assert!(matches!(
+        three.status().await,
+        Err(iroh_raft::ReadError::Fatal(
+            iroh_raft::FatalError::Removed { .. }
+        ))
+    ));
     let _ = three.shutdown().await;
     // The ticket still names live members (1 and 2), who refuse it.
     assert_eq!(
@@ -134,5 +147,92 @@ async fn tickets_admit_and_refuse_each_with_its_reason() {
     let leader = cluster.wait_for_leader().await;
     cluster.node(leader).propose(set("b", "2")).await.unwrap();
     joined.shutdown().await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_admitted_but_not_finished_keeps_its_node_and_finishes_when_built_again() {
+    // Node 1 brings newcomers in patiently; node 2 gives up on a promotion at once (the
+    // newcomer cannot have caught up): it admits a learner, then fails the join.
+    let mut cluster = TestCluster::start_with(2, 1).await;
+    let impatient = iroh_raft::JoinOptions {
+        max_lag: 0,
+        timeout: Duration::from_millis(1),
+    };
+    let two = cluster
+        .builder(1)
+        .bind_address(cluster.port(1))
+        .join_options(impatient)
+        .build()
+        .await
+        .unwrap();
+    cluster.nodes[1] = Some(two);
+    let leader = cluster.wait_for_leader().await;
+    cluster.node(leader).propose(set("a", "1")).await.unwrap();
+    let day = Duration::from_secs(86_400);
+    let like = cluster.node(1).ticket(TicketRole::Join, day).await.unwrap();
+    let only = |i: usize| {
+        let key = iroh_raft::net::load_or_create_secret_key(&cluster.data_dir(i)).unwrap();
+        let members = vec![cluster.addrs[i].0.clone()];
+        Ticket::issue(
+            &key,
+            like.cluster_id,
+            members,
+            TicketRole::Join,
+            SystemTime::now() + day,
+        )
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let builder = |ticket: Ticket, bind: Option<String>| {
+        let b = RaftCluster::builder()
+            .data_dir(dir.path())
+            .state_machine(KeyValueStore::new())
+            .preset(Preset::Testing)
+            .join_ticket(ticket);
+        match bind {
+            Some(bind) => b.bind_address(bind),
+            None => b,
+        }
+    };
+    let err = builder(only(1), None).build().await.unwrap_err();
+    assert!(
+        matches!(err, BuildError::JoinIncomplete { node: 3, .. }),
+        "{err}"
+    );
+    // The node is a member now: its data dir is kept, marked, with the address it was given.
+    let mark = std::fs::read_to_string(dir.path().join(iroh_raft::JOIN_PENDING_FILE)).unwrap();
+    let bind = mark
+        .lines()
+        .find_map(|l| l.strip_prefix("bind="))
+        .expect("the address in the mark")
+        .to_owned();
+    assert!(dir.path().join(iroh_raft::DB_FILE).exists());
+
+    // Built again with a ticket of a member that finishes joins: the same node, now a voter.
+    // (The first attempt's endpoint lets go of its address once its close has drained.)
+    let three = wait_for_some("node 3 built again on its address", || {
+        let attempt = builder(only(0), Some(bind.clone())).build();
+        async move {
+            match attempt.await {
+                Err(BuildError::Bind { .. }) => None,
+                other => Some(other.unwrap()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(three.node_id(), 3);
+    assert!(!dir.path().join(iroh_raft::JOIN_PENDING_FILE).exists());
+    wait_for("node 3 to be a voter", || async {
+        let members = cluster.node(leader).members().await.unwrap();
+        members.voters() == vec![1, 2, 3]
+    })
+    .await;
+    let read = three
+        .linearizable_query(|kv| kv.get("a").cloned())
+        .await
+        .unwrap();
+    assert_eq!(read.as_deref(), Some("1"));
+    three.shutdown().await.unwrap();
     cluster.shutdown().await;
 }

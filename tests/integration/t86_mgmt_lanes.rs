@@ -1,7 +1,8 @@
 //! The management protocol's lanes (pipelined request streams): many calls in flight on one
 //! connection each get their own answer, a lane whose framing breaks is refused without
-//! harming the connection or the node, and a write whose connection is lost before its answer
-//! is reported as "outcome unknown", never sent twice.
+//! harming the connection or the node, and a write whose connection is lost before its answer,
+//! or that gets no answer in time once sent, is reported as "outcome unknown", never sent twice
+//! and never as "unreachable" (which promises that nothing was sent).
 
 use std::{
     sync::{
@@ -23,7 +24,7 @@ use iroh_raft::{
         MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt,
         read_mgmt_response,
     },
-    mgmt::{ClientError, IrohRaftManagementClient},
+    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
     net::{bind_offline_endpoint, endpoint_peer_addr},
 };
 
@@ -72,6 +73,12 @@ async fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
         done.unwrap();
     }
     // Subscriptions are bounded per connection: the 33rd is refused, and one ended makes room.
+    // (The client settles on the leader first: a move would start a fresh connection.)
+    wait_for("the client on the leader", || async {
+        let status = client.status().await.unwrap();
+        client.session().await.unwrap().0 == status.leader
+    })
+    .await;
     let mut subscriptions = Vec::new();
     for _ in 0..32 {
         subscriptions.push(client.subscribe().await.unwrap());
@@ -305,11 +312,13 @@ async fn one_key_holds_at_most_sixteen_connections_to_a_node() {
     cluster.shutdown().await;
 }
 
-/// A stand-in node: admits anyone, answers Status, and drops the connection when it receives
-/// a proposal (counting them).
+/// A stand-in node: admits anyone, answers Status, and counts proposals; it drops the
+/// connection when it receives one, or (`silent`) never answers it. Other requests get no
+/// answer.
 #[derive(Debug, Clone, Default)]
 struct DropsProposals {
     proposals: Arc<AtomicUsize>,
+    silent: bool,
 }
 
 impl ProtocolHandler for DropsProposals {
@@ -325,7 +334,7 @@ impl ProtocolHandler for DropsProposals {
         // Lanes are served concurrently, as a node does.
         let mut lanes = tokio::task::JoinSet::new();
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let (conn, proposals) = (conn.clone(), self.proposals.clone());
+            let (conn, proposals, silent) = (conn.clone(), self.proposals.clone(), self.silent);
             lanes.spawn(async move {
                 let mut reader = MgmtReader::new();
                 while let Ok(Some(MgmtCall { id, request })) = reader.next_call(&mut recv).await {
@@ -342,6 +351,9 @@ impl ProtocolHandler for DropsProposals {
                         }),
                         MgmtRequest::Propose { .. } => {
                             proposals.fetch_add(1, Ordering::SeqCst);
+                            if silent {
+                                continue;
+                            }
                             conn.close(1u32.into(), b"gone mid-request");
                             return;
                         }
@@ -388,5 +400,51 @@ async fn a_write_whose_connection_is_lost_is_reported_unknown_and_not_resent() {
     // A read-only request is simply asked again, on a new connection.
     client.status().await.unwrap();
     client.close().await;
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_write_without_an_answer_in_time_is_outcome_unknown_never_unreachable() {
+    let ep = bind_offline_endpoint(SecretKey::generate(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let handler = DropsProposals {
+        silent: true,
+        ..DropsProposals::default()
+    };
+    let router = Router::builder(ep.clone())
+        .accept(MGMT_ALPN, handler.clone())
+        .spawn();
+    // A member that never answers comes first: it costs nothing while the other one answers.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let nobody = iroh::EndpointAddr::new(SecretKey::generate().public())
+        .with_ip_addr(hole.local_addr().unwrap());
+    let options = ClientOptions::default().timeout(Duration::from_millis(500));
+    let members = vec![nobody.clone(), endpoint_peer_addr(&ep).0];
+    let client = IrohRaftManagementClient::new(members, None, options.clone())
+        .await
+        .unwrap();
+    client.status().await.unwrap();
+    // The write left: it may be applied later, whatever the client hears now.
+    let err = client
+        .propose::<_, KvResponse>(&KvCommand::Delete { key: "k".into() })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!(handler.proposals.load(Ordering::SeqCst), 1, "resent");
+    // A request without effect that was sent and not answered is a timeout, not unreachable.
+    let err = client.health().await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+    client.close().await;
+    // No member admits the client in time: nothing was sent, and it says so.
+    let alone = IrohRaftManagementClient::new(vec![nobody], None, options)
+        .await
+        .unwrap();
+    let err = alone
+        .propose::<_, KvResponse>(&KvCommand::Delete { key: "k".into() })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+    alone.close().await;
     router.shutdown().await.unwrap();
 }

@@ -1,11 +1,15 @@
 //! A client connection's lanes: pipelined request streams, each with a task that writes the
 //! queued calls in batches and a task that hands each reply to the caller waiting for it.
+//!
+//! Whether a call left the client is decided in one place, its [`Claim`]: the writer claims a
+//! call before its bytes go to QUIC, a caller whose deadline passed abandons it; whichever comes
+//! first wins, so a caller that abandoned its call knows it was never sent (and never will be).
 
 use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -17,7 +21,10 @@ use iroh_raft_actors::{
         MgmtRole,
     },
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, timeout_at},
+};
 
 use super::ClientError;
 
@@ -40,9 +47,42 @@ pub(super) enum LaneError {
     Lost(String),
     /// It does not encode.
     Codec(String),
+    /// No answer by the deadline. `sent`: the writer had claimed it (its bytes were handed, or
+    /// were being handed, to QUIC); if not, it was abandoned in the queue and is never sent.
+    TimedOut {
+        /// Whether it may have reached the node.
+        sent: bool,
+    },
 }
 
 type Answer = oneshot::Sender<Result<MgmtResponse, LaneError>>;
+
+/// A call waits in the queue.
+const QUEUED: u8 = 0;
+/// The writer took it: from here on its bytes may reach the node.
+const CLAIMED: u8 = 1;
+/// Its caller gave up first: the writer drops it unsent.
+const ABANDONED: u8 = 2;
+
+/// Who got to a queued call first: the lane's writer ([`CLAIMED`]) or its caller's deadline
+/// ([`ABANDONED`]). Moves out of [`QUEUED`] exactly once.
+#[derive(Clone, Default)]
+struct Claim(Arc<AtomicU8>);
+
+impl Claim {
+    fn take(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A call in a lane's queue.
+struct Job {
+    request: MgmtRequest,
+    answer: Answer,
+    claim: Claim,
+}
 
 /// The connection to one node, admitted, with its lanes.
 #[derive(Clone)]
@@ -56,7 +96,7 @@ pub(super) struct Session {
 }
 
 pub(super) struct Lanes {
-    queues: Vec<mpsc::Sender<(MgmtRequest, Answer)>>,
+    queues: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
 }
 
@@ -99,18 +139,36 @@ impl Lanes {
         })
     }
 
-    /// Sends `request` on the next lane and waits for its answer.
-    pub(super) async fn call(&self, request: MgmtRequest) -> Result<MgmtResponse, LaneError> {
+    /// Sends `request` on the next lane and waits for its answer until `deadline`.
+    pub(super) async fn call(
+        &self,
+        request: MgmtRequest,
+        deadline: Instant,
+    ) -> Result<MgmtResponse, LaneError> {
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         let (answer, answered) = oneshot::channel();
-        if self.queues[lane].send((request, answer)).await.is_err() {
-            return Err(LaneError::NotSent(
-                "the connection's lane has closed".into(),
-            ));
+        let claim = Claim::default();
+        let job = Job {
+            request,
+            answer,
+            claim: claim.clone(),
+        };
+        match timeout_at(deadline, self.queues[lane].send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(LaneError::NotSent(
+                    "the connection's lane has closed".into(),
+                ));
+            }
+            Err(_) => return Err(LaneError::TimedOut { sent: false }),
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(LaneError::Lost("the lane ended before answering".into())))
+        match timeout_at(deadline, answered).await {
+            Ok(answer) => answer
+                .unwrap_or_else(|_| Err(LaneError::Lost("the lane ended before answering".into()))),
+            Err(_) => Err(LaneError::TimedOut {
+                sent: !claim.take(ABANDONED),
+            }),
+        }
     }
 }
 
@@ -119,11 +177,7 @@ impl Lanes {
 /// stream) when the client drops the lane, or when a write fails: a call whose frame was not
 /// entirely handed to the connection is answered `NotSent` (the node cannot have read it),
 /// the others are left to the reading half (`Lost` if the lane dies before their answer).
-async fn write_calls(
-    mut send: SendStream,
-    mut jobs: mpsc::Receiver<(MgmtRequest, Answer)>,
-    state: SharedLane,
-) {
+async fn write_calls(mut send: SendStream, mut jobs: mpsc::Receiver<Job>, state: SharedLane) {
     let mut next_id = 1u64;
     let mut batch = MgmtBatch::new();
     // (id, end of its frame in the batch)
@@ -137,16 +191,24 @@ async fn write_calls(
         frames.clear();
         let mut answers = Vec::new();
         let mut job = Some(first);
-        while let Some((request, answer)) = job.take() {
-            let id = next_id;
-            next_id += 1;
-            match batch.push(&MgmtCall { id, request }) {
-                Ok(()) => {
-                    frames.push((id, batch.len()));
-                    answers.push((id, answer));
-                }
-                Err(e) => {
-                    let _ = answer.send(Err(LaneError::Codec(e.to_string())));
+        while let Some(Job {
+            request,
+            answer,
+            claim,
+        }) = job.take()
+        {
+            // A call whose caller already gave up is dropped unsent.
+            if claim.take(CLAIMED) {
+                let id = next_id;
+                next_id += 1;
+                match batch.push(&MgmtCall { id, request }) {
+                    Ok(()) => {
+                        frames.push((id, batch.len()));
+                        answers.push((id, answer));
+                    }
+                    Err(e) => {
+                        let _ = answer.send(Err(LaneError::Codec(e.to_string())));
+                    }
                 }
             }
             if batch.len() < WRITE_BATCH {
@@ -184,8 +246,8 @@ async fn write_calls(
     };
     // Whatever is still queued was never sent.
     jobs.close();
-    while let Ok((_, answer)) = jobs.try_recv() {
-        let _ = answer.send(Err(LaneError::NotSent(failure.clone())));
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.answer.send(Err(LaneError::NotSent(failure.clone())));
     }
 }
 

@@ -1,5 +1,6 @@
-//! Which node a client talks to: admission (Hello), failover between members, moving to the
-//! leader, and the resend rule of [`IrohRaftManagementClient::request`].
+//! Which node a client talks to: admission (Hello) with every member dialled at once, failover
+//! between members, moving to the leader, and the resend rule of
+//! [`IrohRaftManagementClient::request`].
 
 use std::{
     sync::{
@@ -9,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use iroh::{EndpointAddr, endpoint::Connection};
 use iroh_raft_actors::{
     NodeId,
@@ -18,14 +20,19 @@ use iroh_raft_actors::{
     },
 };
 
+use tokio::time::{Instant, timeout_at};
+
 use super::{
     ClientError, IrohRaftManagementClient,
     lanes::{LaneError, Lanes, Session},
 };
 use crate::net::addr_from_wire;
 
-/// How long one member gets to accept a connection before the client tries the next.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a background move to the leader may take to dial it.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause between attempts while the cluster has no leader or a member is unavailable.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl IrohRaftManagementClient {
     pub(super) async fn hello(&self, addr: EndpointAddr) -> Result<Session, ClientError> {
@@ -74,9 +81,17 @@ impl IrohRaftManagementClient {
         }
     }
 
-    /// The current session, or a new one with the first member that admits this client.
-    pub(super) async fn connection(&self) -> Result<Session, ClientError> {
-        let mut current = self.inner.current.lock().await;
+    /// The current session, or a new one with the first member that admits this client by
+    /// `deadline`. Every member is dialled at once: the first to admit the client wins and the
+    /// other attempts are dropped; a refusal is the cluster's policy (another member would say
+    /// the same) and ends the search. Nothing is sent on a failed search.
+    pub(super) async fn connection(&self, deadline: Instant) -> Result<Session, ClientError> {
+        let waited = || ClientError::Unreachable {
+            reason: format!("no member admitted this client within {:?}", self.timeout),
+        };
+        let mut current = timeout_at(deadline, self.inner.current.lock())
+            .await
+            .map_err(|_| waited())?;
         if let Some(c) = current.as_ref() {
             if c.conn.close_reason().is_none() {
                 return Ok(c.clone());
@@ -90,24 +105,37 @@ impl IrohRaftManagementClient {
             }
         }
         let members = self.inner.members.lock().await.clone();
-        let mut last = ClientError::Unreachable {
-            reason: "no member".into(),
-        };
-        // A member that does not answer a dial within DIAL_TIMEOUT is skipped for the next.
-        for addr in members {
-            match tokio::time::timeout(DIAL_TIMEOUT.min(self.inner.timeout), self.hello(addr)).await
-            {
-                Ok(Ok(c)) => {
+        let mut dials: FuturesUnordered<_> = members
+            .into_iter()
+            .map(|addr| {
+                let this = self.clone();
+                async move { this.hello(addr).await }
+            })
+            .collect();
+        let mut last = None;
+        loop {
+            match timeout_at(deadline, dials.next()).await {
+                Ok(Some(Ok(c))) => {
                     *current = Some(c.clone());
+                    tokio::spawn(close_losers(dials, deadline));
                     return Ok(c);
                 }
-                // A refusal is the cluster's policy: another member would say the same.
-                Ok(Err(e @ ClientError::Refused { .. })) => return Err(e),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = ClientError::Timeout(DIAL_TIMEOUT.min(self.inner.timeout)),
+                Ok(Some(Err(e @ ClientError::Refused { .. }))) => return Err(e),
+                Ok(Some(Err(e))) => last = Some(e),
+                Ok(None) => {
+                    return Err(last.unwrap_or_else(|| ClientError::Unreachable {
+                        reason: "no member".into(),
+                    }));
+                }
+                Err(_) => {
+                    let mut e = waited();
+                    if let (ClientError::Unreachable { reason }, Some(l)) = (&mut e, last) {
+                        reason.push_str(&format!(" (last: {l})"));
+                    }
+                    return Err(e);
+                }
             }
         }
-        Err(last)
     }
 
     /// Drops the current connection (its node stopped answering) so the next call fails over.
@@ -126,11 +154,20 @@ impl IrohRaftManagementClient {
         }
     }
 
-    /// Sends one request, failing over to other members while they are unreachable or have no
-    /// leader, until the client's timeout. A change or command whose connection was lost
-    /// after sending is not sent again ([`ClientError::OutcomeUnknown`]).
+    /// Sends one request within the client's timeout; see [`Self::request_by`].
     pub(super) async fn request(&self, req: MgmtRequest) -> Result<MgmtResponse, ClientError> {
-        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        self.request_by(req, Instant::now() + self.timeout).await
+    }
+
+    /// Sends one request, failing over to other members while they are unreachable or have no
+    /// leader, until `deadline`. A change or command that may have left the client and got no
+    /// answer is not sent again ([`ClientError::OutcomeUnknown`]); one that provably did not
+    /// leave is [`ClientError::Unreachable`].
+    pub(super) async fn request_by(
+        &self,
+        req: MgmtRequest,
+        deadline: Instant,
+    ) -> Result<MgmtResponse, ClientError> {
         let resendable = matches!(
             req,
             MgmtRequest::Status
@@ -139,78 +176,94 @@ impl IrohRaftManagementClient {
                 | MgmtRequest::Snapshot
                 | MgmtRequest::MintTicket { .. }
         );
+        // Why the last attempt that left the client had no effect (no leader, node down, a read
+        // whose connection was lost): if the next attempt cannot find a member, that is the
+        // answer, not "unreachable" (which promises nothing was sent).
+        let mut answered: Option<ClientError> = None;
         loop {
-            let session = self.connection().await?;
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let answer = tokio::time::timeout(remaining, session.lanes.call(req.clone())).await;
-            if let Ok(Ok(_)) = &answer {
+            let session = match self.connection(deadline).await {
+                Ok(s) => s,
+                Err(e) => return Err(answered.unwrap_or(e)),
+            };
+            let answer = session.lanes.call(req.clone(), deadline).await;
+            if answer.is_ok() {
                 self.follow_leader(&session);
             }
-            let retry = match answer {
-                Err(_) => {
-                    // The node (or this connection) is stuck: the next call goes elsewhere.
-                    self.drop_connection(&session.conn).await;
-                    return Err(ClientError::Timeout(self.inner.timeout));
+            let retry = match self.outcome(&session, answer, resendable).await {
+                Ok(answer) => return Ok(answer),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::NoEffect(e)) => {
+                    answered = Some(e.clone());
+                    e
                 }
-                Ok(Ok(MgmtResponse::Error {
-                    kind: MgmtErrorKind::Forbidden,
-                    message,
-                    ..
-                })) => return Err(ClientError::Forbidden(message)),
-                Ok(Ok(MgmtResponse::Error {
-                    kind: MgmtErrorKind::Unavailable,
-                    message,
-                    ..
-                })) => ClientError::Failed {
-                    kind: MgmtErrorKind::Unavailable,
-                    message,
-                },
-                Ok(Ok(MgmtResponse::Error {
-                    kind: MgmtErrorKind::NodeDown,
-                    message,
-                    ..
-                })) => {
-                    // That node is out of service: fail over.
-                    self.drop_connection(&session.conn).await;
-                    ClientError::Failed {
-                        kind: MgmtErrorKind::NodeDown,
-                        message,
-                    }
-                }
-                Ok(Ok(MgmtResponse::Error {
-                    kind: MgmtErrorKind::Unknown,
-                    message,
-                    ..
-                })) => {
-                    // Timed out or interrupted there (the node may be stopping): the outcome
-                    // is the caller's to find out; the next call goes elsewhere.
-                    self.drop_connection(&session.conn).await;
-                    return Err(ClientError::Failed {
-                        kind: MgmtErrorKind::Unknown,
-                        message,
-                    });
-                }
-                Ok(Ok(MgmtResponse::Error { kind, message, .. })) => {
-                    return Err(ClientError::Failed { kind, message });
-                }
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(LaneError::Codec(e))) => return Err(ClientError::Codec(e)),
-                Ok(Err(LaneError::NotSent(reason))) => {
-                    self.drop_connection(&session.conn).await;
-                    ClientError::Unreachable { reason }
-                }
-                Ok(Err(LaneError::Lost(reason))) => {
-                    self.drop_connection(&session.conn).await;
-                    if !resendable {
-                        return Err(ClientError::OutcomeUnknown { reason });
-                    }
-                    ClientError::Unreachable { reason }
-                }
+                Err(Attempt::NotSent(e)) => e,
             };
-            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
-                return Err(retry);
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(answered.unwrap_or(retry));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// What one attempt of a request came to.
+    async fn outcome(
+        &self,
+        session: &Session,
+        answer: Result<MgmtResponse, LaneError>,
+        resendable: bool,
+    ) -> Result<MgmtResponse, Attempt> {
+        let response = match answer {
+            Ok(response) => response,
+            Err(LaneError::Codec(e)) => return Err(Attempt::Final(ClientError::Codec(e))),
+            Err(LaneError::TimedOut { sent }) => {
+                // The node (or this connection) is stuck: the next call goes elsewhere.
+                self.drop_connection(&session.conn).await;
+                let e = match (sent, resendable) {
+                    (false, _) => ClientError::Unreachable {
+                        reason: format!(
+                            "no answer within {:?}; the request was never sent",
+                            self.timeout
+                        ),
+                    },
+                    (true, true) => ClientError::Timeout(self.timeout),
+                    (true, false) => ClientError::OutcomeUnknown {
+                        reason: format!("sent, and no answer within {:?}", self.timeout),
+                    },
+                };
+                return Err(Attempt::Final(e));
+            }
+            Err(LaneError::NotSent(reason)) => {
+                self.drop_connection(&session.conn).await;
+                return Err(Attempt::NotSent(ClientError::Unreachable { reason }));
+            }
+            Err(LaneError::Lost(reason)) => {
+                self.drop_connection(&session.conn).await;
+                if !resendable {
+                    return Err(Attempt::Final(ClientError::OutcomeUnknown { reason }));
+                }
+                return Err(Attempt::NoEffect(ClientError::Timeout(self.timeout)));
+            }
+        };
+        let MgmtResponse::Error { kind, message, .. } = response else {
+            return Ok(response);
+        };
+        match kind {
+            MgmtErrorKind::Forbidden => Err(Attempt::Final(ClientError::Forbidden(message))),
+            MgmtErrorKind::Unavailable => {
+                Err(Attempt::NoEffect(ClientError::Failed { kind, message }))
+            }
+            MgmtErrorKind::NodeDown => {
+                // That node is out of service: fail over.
+                self.drop_connection(&session.conn).await;
+                Err(Attempt::NoEffect(ClientError::Failed { kind, message }))
+            }
+            MgmtErrorKind::Unknown => {
+                // Timed out or interrupted there (the node may be stopping): the outcome is the
+                // caller's to find out; the next call goes elsewhere.
+                self.drop_connection(&session.conn).await;
+                Err(Attempt::Final(ClientError::Failed { kind, message }))
+            }
+            _ => Err(Attempt::Final(ClientError::Failed { kind, message })),
         }
     }
 
@@ -239,27 +292,44 @@ impl IrohRaftManagementClient {
         let known = self.inner.ids.lock().await.get(&leader).cloned();
         let Some(addr) = known else {
             // A leader this client has not heard of: learn the members (which moves there).
-            let status =
-                tokio::time::timeout(self.inner.timeout, lanes.call(MgmtRequest::Status)).await;
-            return match status {
-                Ok(Ok(MgmtResponse::Status(status))) => {
-                    self.learn(&status).await;
+            let deadline = Instant::now() + self.timeout;
+            return match lanes.call(MgmtRequest::Status, deadline).await {
+                Ok(MgmtResponse::Status(status)) => {
+                    self.learn(&status, deadline).await;
                     true
                 }
                 _ => false,
             };
         };
-        match tokio::time::timeout(DIAL_TIMEOUT.min(self.inner.timeout), self.hello(addr)).await {
+        match tokio::time::timeout(MOVE_TIMEOUT.min(self.timeout), self.hello(addr)).await {
             Ok(Ok(session)) if session.node_id == leader => {
-                // The old session closes once its calls in flight are answered.
-                *self.inner.current.lock().await = Some(session);
+                self.adopt(session).await;
                 true
             }
             _ => false,
         }
     }
 
-    pub(super) async fn learn(&self, status: &MgmtStatus) {
+    /// Makes `session` the current one, unless the client already has a live session with its
+    /// node (another call moved there meanwhile): then `session` is closed. A replaced session
+    /// closes once its calls in flight are answered and its lanes are dropped.
+    async fn adopt(&self, session: Session) {
+        let mut current = self.inner.current.lock().await;
+        let there = current
+            .as_ref()
+            .is_some_and(|c| c.node_id == session.node_id && c.conn.close_reason().is_none());
+        if there {
+            session
+                .conn
+                .close(CloseCode::Normal.to_varint(), b"already connected");
+        } else {
+            *current = Some(session);
+        }
+    }
+
+    /// Learns the members' addresses from `status` and, if it names a leader this client is
+    /// not on, moves there (if it admits the client by `deadline`).
+    pub(super) async fn learn(&self, status: &MgmtStatus, deadline: Instant) {
         let addrs: Vec<(NodeId, EndpointAddr)> = status
             .members
             .iter()
@@ -293,14 +363,40 @@ impl IrohRaftManagementClient {
         if status.leader != 0 && !on_leader {
             let leader = addrs.into_iter().find(|(id, _)| *id == status.leader);
             if let Some((_, addr)) = leader
-                && let Ok(Ok(c)) = tokio::time::timeout(self.inner.timeout, self.hello(addr)).await
+                && let Ok(Ok(session)) = timeout_at(deadline, self.hello(addr)).await
+                && session.node_id == status.leader
             {
-                // The old connection closes once its calls in flight are answered and its
-                // lanes are dropped.
-                *self.inner.current.lock().await = Some(c);
+                self.adopt(session).await;
             }
         }
     }
+}
+
+/// Lets the dials that lost the race finish (until `deadline`) and closes them politely: a
+/// dial dropped mid-handshake makes its node log an aborted handshake.
+async fn close_losers<F>(mut dials: FuturesUnordered<F>, deadline: Instant)
+where
+    F: Future<Output = Result<Session, ClientError>>,
+{
+    while let Ok(Some(dialled)) = timeout_at(deadline, dials.next()).await {
+        if let Ok(session) = dialled {
+            session.conn.close(
+                CloseCode::Normal.to_varint(),
+                b"another member answered first",
+            );
+        }
+    }
+}
+
+/// How one attempt of a request ended, when it did not succeed.
+enum Attempt {
+    /// The request never left the client: try another member.
+    NotSent(ClientError),
+    /// It left the client and had no effect (a node answered that it did not act on it, or a
+    /// request without effect was lost): try again.
+    NoEffect(ClientError),
+    /// Nothing more to try.
+    Final(ClientError),
 }
 
 /// The Hello on a connection's first stream, and its answer.

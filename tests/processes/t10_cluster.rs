@@ -2,90 +2,18 @@
 //! fourth; kill -9 the leader; the rest elect and keep serving; restart the killed one with only
 //! `--data-dir` and check it catches up (it is needed for quorum afterwards); SIGTERM shuts every
 //! node down cleanly. Writes come from an embedded node that joined as a learner with the same
-//! ticket (the management client comes with the management issue).
+//! ticket. Then `ctl` and `kv` against a running node.
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
 use iroh_raft::{KeyValueStore, KvCommand, Preset, RaftCluster, Ticket};
 
-const BIN: &str = env!("CARGO_BIN_EXE_iroh-raft");
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Proc {
-    child: Child,
-    id: u64,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `iroh-raft node` with `args` and waits for its `ready node=N` line.
-fn spawn(dir: &Path, args: &[&str]) -> Proc {
-    let mut child = Command::new(BIN)
-        .arg("node")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .args(["--preset", "testing"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn iroh-raft node");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("ready node=") {
-                let id: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();
-                let _ = tx.send(id);
-            }
-        }
-    });
-    let id = rx
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("node in {} did not become ready", dir.display()));
-    Proc { child, id }
-}
-
-fn sigterm(p: &mut Proc) {
-    send_sigterm(p);
-    wait_exit(p);
-}
-
-fn send_sigterm(p: &Proc) {
-    let status = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Waits for a node told to stop; it must exit with status 0.
-fn wait_exit(p: &mut Proc) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            assert!(status.success(), "node {} exited with {status}", p.id);
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node {} ignored SIGTERM",
-            p.id
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::support::{BIN, WAIT, cli, send_sigterm, sigterm, spawn, wait_exit};
 
 fn set(i: usize) -> KvCommand {
     KvCommand::Set {
@@ -239,21 +167,6 @@ fn bad_flags_and_refused_tickets_exit_non_zero_with_the_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bootstrap"));
 }
 
-/// Runs the CLI with `args`; returns (exit code, stdout, stderr).
-fn cli(key_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--key-dir")
-        .arg(key_dir)
-        .output()
-        .expect("run iroh-raft");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn ctl_and_kv_against_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,8 +271,11 @@ fn ctl_and_kv_against_a_running_node() {
     let _ = watch.kill();
     let _ = watch.wait();
 
-    // The node stops: unreachable (exit 4).
+    // The node stops: unreachable (exit 4: nothing was sent).
     sigterm(&mut node);
-    let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", admin, "health"]);
+    let (code, _, err) = cli(
+        keys.path(),
+        &["ctl", "--cluster", admin, "--timeout", "2s", "health"],
+    );
     assert_eq!(code, 4, "{err}");
 }

@@ -1,0 +1,42 @@
+//! [`ClientOptions`]: a client's identity and the time one call may take.
+
+use std::time::Duration;
+
+use iroh::SecretKey;
+
+/// How long a call may take by default, finding a member included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How [`IrohRaftManagementClient::new`](super::IrohRaftManagementClient::new) sets a client up.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The client's identity (default: a fresh key).
+    pub key: Option<SecretKey>,
+    /// The longest one call may take, finding a member that admits the client included
+    /// (default [`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            key: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Uses `key` as the client's identity.
+    pub fn key(mut self, key: SecretKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the longest one call may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}

@@ -1,0 +1,11 @@
+//! Real `iroh-raft` processes on loopback (nodes started with `iroh-raft node`, operated with
+//! `ctl` and `kv`): what an operator sees. Files are numbered in the order the features build
+//! on each other; `timings` measures and prints, and is `--ignored`.
+
+mod support;
+
+mod t10_cluster;
+mod t20_cli;
+mod t30_join;
+mod t40_degraded;
+mod timings;

@@ -1,0 +1,245 @@
+//! Starting and stopping node processes, and running the CLI. Every wait is on a condition
+//! (a line printed, a process exited, a command's answer) with a deadline; none sleeps and
+//! hopes.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use iroh::{EndpointAddr, SecretKey};
+use iroh_raft::{Ticket, TicketRole};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_iroh-raft");
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A node process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub id: u64,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be resumed to be reaped.
+        signal(self, "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `iroh-raft node` with `args` and waits for its `ready node=N` line.
+pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
+    let mut child = Command::new(BIN)
+        .arg("node")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .args(["--preset", "testing"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn iroh-raft node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("ready node=") {
+                let id: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let _ = tx.send(id);
+            }
+        }
+    });
+    let id = rx
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("node in {} did not become ready", dir.display()));
+    Proc { child, id }
+}
+
+/// Sends `SIG<name>` to a node.
+pub fn signal(p: &Proc, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &p.child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn send_sigterm(p: &Proc) {
+    signal(p, "TERM");
+}
+
+pub fn sigterm(p: &mut Proc) {
+    send_sigterm(p);
+    wait_exit(p);
+}
+
+/// Waits for a node told to stop (or removed); it must exit with status 0.
+pub fn wait_exit(p: &mut Proc) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            assert!(status.success(), "node {} exited with {status}", p.id);
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {} did not exit", p.id);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a CLI run printed and returned.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the CLI with `args` (and `--key-dir`), feeding it `stdin`.
+pub fn cli_in(key_dir: &Path, args: &[&str], stdin: &[u8]) -> Out {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--key-dir")
+        .arg(key_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run iroh-raft");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the CLI with `args` (and `--key-dir`); returns (exit code, stdout, stderr).
+pub fn cli(key_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = cli_in(key_dir, args, b"");
+    (out.code, out.stdout, out.stderr)
+}
+
+/// Runs `args` until `done` holds for its output; panics with `what` after [`WAIT`].
+pub fn cli_until(key_dir: &Path, args: &[&str], what: &str, done: impl Fn(&Out) -> bool) -> Out {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = cli_in(key_dir, args, b"");
+        if done(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: last exit {} {}{}",
+            out.code,
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+/// The first line of a file the node wrote (a ticket).
+pub fn read_line(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+/// A ticket signed by the member whose data dir is `dir`, naming `members`, for `role`, with
+/// `expires_in` seconds to live (negative: already expired).
+pub fn ticket_from(
+    dir: &Path,
+    like: &Ticket,
+    members: Vec<EndpointAddr>,
+    role: TicketRole,
+    expires_in: i64,
+) -> String {
+    let key = iroh_raft::net::load_or_create_secret_key(dir).unwrap();
+    let now = std::time::SystemTime::now();
+    let secs = Duration::from_secs(expires_in.unsigned_abs());
+    let expires = if expires_in >= 0 {
+        now + secs
+    } else {
+        now - secs
+    };
+    Ticket::issue(&key, like.cluster_id, members, role, expires).to_string()
+}
+
+/// An address where nothing answers: a UDP socket that swallows every packet (a member that
+/// is down, or paused, as far as a dialler can tell). Kept open while the socket lives.
+pub fn black_hole() -> (std::net::UdpSocket, EndpointAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = EndpointAddr::new(SecretKey::generate().public())
+        .with_ip_addr(socket.local_addr().unwrap());
+    (socket, addr)
+}
+
+/// A cluster of `n` node processes: one bootstrapped, the others joined by ticket, and an admin
+/// ticket that names them all.
+pub struct Cluster {
+    pub dirs: Vec<tempfile::TempDir>,
+    pub procs: Vec<Proc>,
+    pub keys: tempfile::TempDir,
+    pub admin: String,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Self {
+        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let keys = tempfile::tempdir().unwrap();
+        let bind = ["--bind", "127.0.0.1:0"];
+        let mut procs = vec![spawn(dirs[0].path(), &[bind[0], bind[1], "--bootstrap"])];
+        let join = read_line(&dirs[0].path().join("ticket"));
+        for dir in &dirs[1..] {
+            procs.push(spawn(dir.path(), &[bind[0], bind[1], "--join", &join]));
+        }
+        let first_admin = read_line(&dirs[0].path().join("admin-ticket"));
+        let (code, out, err) = cli(
+            keys.path(),
+            &[
+                "ctl",
+                "--cluster",
+                &first_admin,
+                "ticket",
+                "--role",
+                "admin",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        Self {
+            dirs,
+            procs,
+            keys,
+            admin: out.trim().to_owned(),
+        }
+    }
+
+    /// The leader, as `ctl status` reports it once there is one.
+    pub fn leader(&self) -> u64 {
+        let out = cli_until(
+            self.keys.path(),
+            &["ctl", "--cluster", &self.admin, "--json", "status"],
+            "a leader",
+            |o| o.code == 0 && o.stdout.contains("\"leaders_view\":true"),
+        );
+        let status: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        status["leader"].as_u64().unwrap()
+    }
+
+    pub fn proc(&self, id: u64) -> &Proc {
+        self.procs.iter().find(|p| p.id == id).unwrap()
+    }
+
+    /// The endpoint id of node `id` (from its data dir's key).
+    pub fn proc_endpoint(&self, id: u64) -> iroh::EndpointId {
+        let at = self.procs.iter().position(|p| p.id == id).unwrap();
+        iroh_raft::net::load_or_create_secret_key(self.dirs[at].path())
+            .unwrap()
+            .public()
+    }
+}

@@ -1,0 +1,150 @@
+//! Measures and prints what an operator waits for; nothing here passes or fails on a figure.
+//! `cargo test --release -p iroh-raft --test processes -- --ignored --nocapture timings`
+//!
+//! - kill -9 of the leader of five nodes → the first `kv put` that succeeds (puts run back to
+//!   back, each a new CLI process with the default timeout), and → a new leader as `ctl status`
+//!   sees it (polled back to back in another thread): medians of several trials;
+//! - `ctl status` with two dead members at the head of the ticket;
+//! - how long a CLI process takes to exit after it printed its answer.
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use iroh_raft::{Ticket, TicketRole};
+
+use crate::support::{BIN, Cluster, cli, spawn, ticket_from};
+
+const TRIALS: usize = 5;
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+/// Runs the CLI; returns (exit code, time to the end of its output, time to its exit).
+fn timed(key_dir: &std::path::Path, args: &[&str]) -> (i32, Duration, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--key-dir")
+        .arg(key_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 4096];
+    let mut printed = start.elapsed();
+    while let Ok(n) = stdout.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        printed = start.elapsed();
+    }
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), printed, start.elapsed())
+}
+
+/// Polls `ctl status` until a leader other than `old` answers; the time since `t0`.
+fn new_leader_after(keys: &std::path::Path, admin: &str, old: u64, t0: Instant) -> Duration {
+    loop {
+        let (code, out, _) = cli(
+            keys,
+            &[
+                "ctl",
+                "--cluster",
+                admin,
+                "--json",
+                "--timeout",
+                "2s",
+                "status",
+            ],
+        );
+        if code == 0 {
+            let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            if s["leaders_view"] == true && s["leader"].as_u64().is_some_and(|l| l != old) {
+                return t0.elapsed();
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no new leader");
+    }
+}
+
+#[test]
+#[ignore = "measures and prints timings"]
+fn timings() {
+    let mut c = Cluster::start(5);
+    let (keys, admin) = (c.keys.path().to_owned(), c.admin.clone());
+    let (mut to_put, mut to_leader, mut failed_puts) = (Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..TRIALS {
+        let leader = c.leader();
+        let at = c.procs.iter().position(|p| p.id == leader).unwrap();
+        c.procs[at].child.kill().unwrap();
+        let t0 = Instant::now();
+        c.procs[at].child.wait().unwrap();
+        let (k, a) = (keys.clone(), admin.clone());
+        let elected = std::thread::spawn(move || new_leader_after(&k, &a, leader, t0));
+        let mut failures = 0;
+        let put = loop {
+            let key = format!("t{trial}");
+            let (code, _, _) = cli(&keys, &["kv", "--cluster", &admin, "put", &key, "v"]);
+            if code == 0 {
+                break t0.elapsed();
+            }
+            failures += 1;
+        };
+        let elected = elected.join().unwrap();
+        eprintln!(
+            "trial {trial}: put ok after {put:?}, new leader seen after {elected:?}, {failures} failed puts"
+        );
+        to_put.push(put);
+        to_leader.push(elected);
+        failed_puts.push(failures);
+        c.procs[at] = spawn(c.dirs[at].path(), &[]);
+    }
+    eprintln!(
+        "kill -9 of the leader → first successful kv put: median {:?}; → new leader seen: median {:?} ({TRIALS} trials; failed puts per trial {failed_puts:?})",
+        median(to_put),
+        median(to_leader)
+    );
+
+    // Two dead members at the head of the ticket (kill -9, not the leader).
+    let leader = c.leader();
+    let like: Ticket = admin.parse().unwrap();
+    let mut dead = Vec::new();
+    for p in c.procs.iter_mut().filter(|p| p.id != leader).take(2) {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        dead.push(p.id);
+    }
+    let key_of = |id: u64| {
+        let at = c.procs.iter().position(|p| p.id == id).unwrap();
+        iroh_raft::net::load_or_create_secret_key(c.dirs[at].path())
+            .unwrap()
+            .public()
+    };
+    let dead_keys: Vec<_> = dead.iter().map(|&id| key_of(id)).collect();
+    let (mut first, mut rest): (Vec<_>, Vec<_>) = like
+        .members
+        .iter()
+        .cloned()
+        .partition(|m| dead_keys.contains(&m.id));
+    first.append(&mut rest);
+    let at = c.procs.iter().position(|p| p.id == leader).unwrap();
+    let ticket = ticket_from(c.dirs[at].path(), &like, first, TicketRole::Admin, 3600);
+    let (mut status, mut exit) = (Vec::new(), Vec::new());
+    for _ in 0..TRIALS {
+        let (code, printed, exited) = timed(&keys, &["ctl", "--cluster", &ticket, "status"]);
+        assert_eq!(code, 0);
+        status.push(exited);
+        exit.push(exited - printed);
+    }
+    eprintln!(
+        "ctl status with two dead members ({dead:?}) at the head of the ticket: median {:?}; exit after printing: median {:?} ({TRIALS} runs)",
+        median(status),
+        median(exit)
+    );
+}
