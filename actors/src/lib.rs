@@ -15,8 +15,8 @@
 //!
 //! | actor | owns | receives | sends |
 //! |---|---|---|---|
-//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], the applied [`Membership`], pending proposals, membership changes, transfers and reads, the PeerActor table | `Propose`, `Query`, `LinearizableQuery`, `ChangeMembership`, `TransferLeadership`, `GetMembers`, `GetStatus`, `TriggerSnapshot`, `Shutdown` from the facade; [`peer::Inbound`] and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` (with "the peer refused us as removed") and [`peer::SnapshotSent`] from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); the applied membership to the protocol handler (watch); events to the EventBus (`try_send`) |
-//! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it, and snapshot readers read it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `NewSnapshotId`, `WriteChunk`, `CommitSnapshot`, `DiscardSnapshot` from the snapshot writer and the protocol handler; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
+//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], the applied [`Membership`], pending proposals, membership changes, transfers and reads, the PeerActor table, the replica consistency check (running hash of applied entries, peers' checkpoints), the highest incarnation seen per peer | `Propose`, `Query`, `LinearizableQuery`, `ChangeMembership`, `TransferLeadership`, `GetMembers`, `GetStatus`, `TriggerSnapshot`, `Shutdown` from the facade; [`peer::Inbound`] (Raft messages, forwards, checkpoints), [`PeerHello`] (ask: may this incarnation of a peer talk to us?) and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` (with "the peer refused us for good": removed, or stale incarnation) and [`peer::SnapshotSent`] (with a corruption found reading our snapshot) from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches (Raft messages, forwards, replies, checkpoints) to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); `Fence` when it finds its data corrupt or stale; the applied membership to the protocol handler (watch); events to the EventBus (`try_send`) |
+//! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it, and snapshot readers read it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `NewSnapshotId`, `WriteChunk`, `CommitSnapshot`, `DiscardSnapshot` from the snapshot writer and the protocol handler; `Fence` from the RaftActor; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
 //! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches, `StopPeer`, `Reconnect` (a leader or candidate heard nothing from the peer for an election timeout: the connection may be dead without QUIC knowing) | frames on the wire; `PeerUnreachable` (with the forwarded proposals it could not send); peer events |
 //! | [`EventBus`] | a bounded broadcast ring, and the last [`EVENT_BUFFER`] events numbered per run (random epoch per start) | `Publish`, `Subscribe`, `SubscribeFrom` (resume after the last event seen) | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
 //! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
@@ -88,6 +88,32 @@
 //!   from the stored chunks ([`SnapshotReader`]) and persists it with the Ready: the snapshot
 //!   replaces the whole log, including any divergent uncommitted tail.
 //! - Restart: the RaftActor restores the current snapshot, then raft-rs replays the log after it.
+//!
+//! # Integrity
+//! Nothing is served that was not verified, and nothing damaged is skipped:
+//! - Every stored record (log entries, hard state, membership, snapshot metadata and chunks)
+//!   carries a CRC-32 over its table, key and bytes, checked whenever it is read; redb checks
+//!   its page checksums at every open and commits in two phases, so a damaged last commit is an
+//!   error rather than a silent roll-back. At start-up the records must also agree with each
+//!   other (terms never go down, the commit index is within the log) before raft-rs sees them.
+//!   A mismatch is a typed [`Corruption`] naming the table and index.
+//! - A committed entry that does not decode stops the node (proposals from remote clients must
+//!   decode before they enter the log, so only damage or a foreign writer can cause one).
+//! - The replica consistency check: each node chains a blake3 hash over every entry it applies
+//!   (a snapshot's header carries the hash at its index) and every ten heartbeats sends each
+//!   member a checkpoint `(applied index, hash)`. A node whose hash is outvoted by a majority
+//!   of voters at the same index (or, with no majority either way, differs from the leader's)
+//!   stops; the others raise [`ClusterEvent::ReplicaDiverged`] and report it in their status.
+//! - Stale data dirs: the Hello of every stream carries the sender's durable incarnation, and a
+//!   peer that has seen a higher one refuses it ([`wire::CloseCode::StaleIncarnation`]); a
+//!   leader's heartbeat whose commit index is beyond our log means we lost entries we
+//!   acknowledged. Either stops the node with [`FatalError::StaleDataDir`] before raft-rs acts.
+//! - A node that stops for corruption or a stale data dir fences its data dir (a durable mark):
+//!   it refuses to start from it again until the operator removes the member, empties the dir and
+//!   joins it anew ([`Corruption::RECOVERY`]).
+//! - Forwarded proposals carry the follower's term and are appended only in that term: once the
+//!   follower applies an entry of a later term, an unapplied forward never will be, and its
+//!   caller learns at once that it is safe to retry ([`ProposeError::LeaderChanged`]).
 //!
 //! # Streams
 //! One QUIC connection per direction per pair of members: one unidirectional stream on it

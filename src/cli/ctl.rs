@@ -196,6 +196,7 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
                         "node": h.node_id, "quorum_available": h.quorum_available,
                         "healthy_voters": h.healthy_voters, "voters": h.voters,
                         "storage_ok": h.storage_ok, "role": h.role, "apply_lag": h.apply_lag,
+                        "data_corruption": h.data_corruption, "stopped": h.stopped,
                     })
                 );
             } else {
@@ -209,6 +210,14 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
                 );
                 println!("storage ok        {}", h.storage_ok);
                 println!("apply lag         {}", h.apply_lag);
+                if h.data_corruption.is_empty() {
+                    println!("data corruption   none");
+                } else {
+                    println!("data corruption   ALARM: members {:?}", h.data_corruption);
+                }
+                if let Some(why) = &h.stopped {
+                    println!("stopped           {why}");
+                }
             }
         }
         CtlCommand::RemoveMember { id } => {

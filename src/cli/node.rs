@@ -192,7 +192,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut builder = RaftCluster::builder()
         .data_dir(dir)
         .bind_address(bind)
-        .state_machine(KeyValueStore::new())
+        // A factory, so that a crashed RaftActor restarts from durable state with a fresh store.
+        .state_machine_factory(KeyValueStore::new)
         .remote_reads(iroh_raft::kv::remote_get)
         .preset(args.preset);
     if args.bootstrap {

@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use iroh_raft::{
-    KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, RaftClusterBuilder, Role,
+    BuildError, KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, RaftClusterBuilder, Role,
     Ticket, TicketRole,
     net::{bind_endpoint, endpoint_peer_addr},
 };
@@ -198,16 +198,26 @@ impl TestCluster {
     }
 
     /// Restarts node `i` on its data dir and port, with no peer list (as a real restart would).
+    /// The previous run's UDP socket is released only once the last clone of its endpoint is
+    /// dropped (tasks of the stopped node let go of theirs shortly after shutdown returns), so
+    /// binding the port again is retried until it is free.
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is running");
-        let builder = RaftCluster::builder()
-            .node_id(i as u64 + 1)
-            .data_dir(self.data_dir(i))
-            .bind_address(self.port(i))
-            .state_machine(KeyValueStore::new())
-            .preset(Preset::Testing)
-            .request_timeout(Duration::from_secs(20));
-        let node = (self.configure)(builder).build().await.unwrap();
+        let node = wait_for_some("the node's port to be free for a restart", || async {
+            let builder = RaftCluster::builder()
+                .node_id(i as u64 + 1)
+                .data_dir(self.data_dir(i))
+                .bind_address(self.port(i))
+                .state_machine(KeyValueStore::new())
+                .preset(Preset::Testing)
+                .request_timeout(Duration::from_secs(20));
+            match (self.configure)(builder).build().await {
+                Ok(node) => Some(node),
+                Err(BuildError::Bind { .. }) => None,
+                Err(e) => panic!("node {i} failed to restart: {e}"),
+            }
+        })
+        .await;
         self.nodes[i] = Some(node);
     }
 

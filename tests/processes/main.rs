@@ -4,8 +4,12 @@
 
 mod support;
 
+#[path = "../simulation/linearizability.rs"]
+mod linearizability;
+
 mod t10_cluster;
 mod t20_cli;
 mod t30_join;
 mod t40_degraded;
+mod t50_chaos;
 mod timings;

@@ -31,14 +31,19 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `iroh-raft node` with `args` and waits for its `ready node=N` line.
+/// Starts `iroh-raft node` with `args` (Testing preset) and waits for its `ready node=N` line.
 pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
+    spawn_with(dir, args, "testing")
+}
+
+/// Starts `iroh-raft node` with `args` and a preset, and waits for its `ready node=N` line.
+pub fn spawn_with(dir: &Path, args: &[&str], preset: &str) -> Proc {
     let mut child = Command::new(BIN)
         .arg("node")
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .args(["--preset", "testing"])
+        .args(["--preset", preset])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -190,13 +195,26 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, "testing")
+    }
+
+    /// `n` node processes with a preset.
+    pub fn start_with(n: usize, preset: &str) -> Self {
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let keys = tempfile::tempdir().unwrap();
         let bind = ["--bind", "127.0.0.1:0"];
-        let mut procs = vec![spawn(dirs[0].path(), &[bind[0], bind[1], "--bootstrap"])];
+        let mut procs = vec![spawn_with(
+            dirs[0].path(),
+            &[bind[0], bind[1], "--bootstrap"],
+            preset,
+        )];
         let join = read_line(&dirs[0].path().join("ticket"));
         for dir in &dirs[1..] {
-            procs.push(spawn(dir.path(), &[bind[0], bind[1], "--join", &join]));
+            procs.push(spawn_with(
+                dir.path(),
+                &[bind[0], bind[1], "--join", &join],
+                preset,
+            ));
         }
         let first_admin = read_line(&dirs[0].path().join("admin-ticket"));
         let (code, out, err) = cli(

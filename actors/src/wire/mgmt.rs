@@ -11,7 +11,7 @@ use super::discovery::{
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
 
 /// Version carried in [`MgmtRequest::Hello`].
-pub const MGMT_VERSION: u32 = 2;
+pub const MGMT_VERSION: u32 = 3;
 
 /// Largest management message (8 MiB: a command of up to 4 MiB with room to spare).
 pub const MAX_MGMT_FRAME: usize = 8 * 1024 * 1024;
@@ -42,6 +42,12 @@ pub struct MgmtMember {
     pub lag: u64,
     /// Milliseconds since this node last heard from the member (`u64::MAX`: never).
     pub last_contact_ms: u64,
+    /// This node heard from the member within an election timeout (always true for itself).
+    /// On the leader, a voter that is not fresh is one the cluster cannot count on.
+    pub fresh: bool,
+    /// This node's replica consistency check found the member's applied entries to differ
+    /// from its own (a corruption alarm).
+    pub diverged: bool,
 }
 
 /// The cluster as the answering node sees it.
@@ -82,6 +88,12 @@ pub struct MgmtHealth {
     pub role: String,
     /// Entries this node has not applied yet (commit − applied).
     pub apply_lag: u64,
+    /// The `data_corruption` check: members found corrupt as this node sees them (its own id
+    /// when it stopped because its data is corrupt or stale, peers whose applied entries
+    /// differ from its own). Empty when healthy.
+    pub data_corruption: Vec<u64>,
+    /// Why this node stopped, if it did (with what to do about it).
+    pub stopped: Option<String>,
 }
 
 /// A request: [`MgmtRequest::Hello`] alone on a connection's first stream, then any number of

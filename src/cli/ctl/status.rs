@@ -2,14 +2,13 @@
 //! far each member's log matches its own and when it last heard from each; a follower's answer
 //! is shown as such, with match and lag unknown, never as "lag 0".
 
-use iroh_raft::actors::wire::{MgmtHealth, MgmtMember, MgmtStatus};
+use iroh_raft::actors::wire::{MgmtMember, MgmtStatus};
 use serde_json::json;
 
 use super::{Cli, Failure, hex};
 
-/// The leader's status if it can be had within the deadline (else the first answer), and the
-/// same node's health (which voters it heard from within an election timeout).
-async fn leader_view(cli: &Cli) -> Result<(MgmtStatus, Option<MgmtHealth>), Failure> {
+/// The leader's status if it can be had within the deadline (else the first answer).
+async fn leader_view(cli: &Cli) -> Result<MgmtStatus, Failure> {
     let mut status = cli.call().status().await?;
     if status.leader != 0 && status.node_id != status.leader {
         // The first call moved the client to the leader if it could: ask there.
@@ -19,16 +18,7 @@ async fn leader_view(cli: &Cli) -> Result<(MgmtStatus, Option<MgmtHealth>), Fail
             status = s;
         }
     }
-    let health = if status.node_id == status.leader {
-        cli.call()
-            .health()
-            .await
-            .ok()
-            .filter(|h| h.node_id == status.node_id)
-    } else {
-        None
-    };
-    Ok((status, health))
+    Ok(status)
 }
 
 /// How the leader sees a member.
@@ -37,26 +27,24 @@ struct Seen {
     progress: Option<(u64, u64)>,
     /// Milliseconds since the answering node heard from it (`None`: never).
     contact_ms: Option<u64>,
-    /// `leader`, `ok`, `stale` (a voter the leader has not heard from within an election
-    /// timeout) or `?` (unknown: not the leader's answer, or a learner).
+    /// `leader`, `ok`, `stale` (the leader has not heard from it within an election timeout),
+    /// `corrupt` (its applied entries differ from the answering node's) or `?` (unknown: not
+    /// the leader's answer).
     state: &'static str,
 }
 
-fn seen(s: &MgmtStatus, health: Option<&MgmtHealth>, m: &MgmtMember) -> Seen {
+fn seen(s: &MgmtStatus, m: &MgmtMember) -> Seen {
     let on_leader = s.node_id == s.leader;
-    let state = if m.id == s.leader {
+    let state = if m.diverged {
+        "corrupt"
+    } else if m.id == s.leader {
         "leader"
+    } else if !on_leader {
+        "?"
+    } else if m.fresh {
+        "ok"
     } else {
-        match health {
-            Some(h) if h.voters.contains(&m.id) => {
-                if h.healthy_voters.contains(&m.id) {
-                    "ok"
-                } else {
-                    "stale"
-                }
-            }
-            _ => "?",
-        }
+        "stale"
     };
     Seen {
         progress: on_leader.then_some((m.matched, m.lag)),
@@ -66,12 +54,8 @@ fn seen(s: &MgmtStatus, health: Option<&MgmtHealth>, m: &MgmtMember) -> Seen {
 }
 
 pub(super) async fn print(cli: &Cli, json: bool, members_only: bool) -> Result<(), Failure> {
-    let (s, health) = leader_view(cli).await?;
-    let rows: Vec<_> = s
-        .members
-        .iter()
-        .map(|m| (m, seen(&s, health.as_ref(), m)))
-        .collect();
+    let s = leader_view(cli).await?;
+    let rows: Vec<_> = s.members.iter().map(|m| (m, seen(&s, m))).collect();
     if json {
         print_json(&s, &rows, members_only);
         return Ok(());

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use iroh_raft_actors::{
-    MemberRole, ProposeError, ReadError, Role, StateMachine, TicketRole, TransferError,
+    FatalError, MemberRole, ProposeError, ReadError, Role, StateMachine, TicketRole, TransferError,
     wire::{
         MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
     },
@@ -153,7 +153,8 @@ fn propose_error(e: &ProposeError) -> MgmtResponse {
     let kind = match e {
         ProposeError::NotLeader { .. }
         | ProposeError::LeaderUnreachable { .. }
-        | ProposeError::Dropped { .. } => MgmtErrorKind::Unavailable,
+        | ProposeError::Dropped { .. }
+        | ProposeError::LeaderChanged { .. } => MgmtErrorKind::Unavailable,
         // A node that stops may have appended the command before it did: the outcome is
         // unknown, so the client must not send it elsewhere.
         ProposeError::Timeout
@@ -162,7 +163,8 @@ fn propose_error(e: &ProposeError) -> MgmtResponse {
         | ProposeError::Fatal(_) => MgmtErrorKind::Unknown,
         ProposeError::Membership(_) | ProposeError::TooLarge { .. } => MgmtErrorKind::Refused,
         ProposeError::Codec(_) => MgmtErrorKind::Malformed,
-        _ => MgmtErrorKind::NodeDown,
+        // Whatever else a proposal may fail with, its outcome is not known to be "not applied".
+        _ => MgmtErrorKind::Unknown,
     };
     let hint = match e {
         ProposeError::NotLeader { leader_hint } => *leader_hint,
@@ -238,6 +240,9 @@ async fn status<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
                 } else {
                     contact
                 },
+                fresh: m.node_id == status.node_id
+                    || contact < view.election_timeout.as_millis() as u64,
+                diverged: status.diverged.contains(&m.node_id),
             }
         })
         .collect();
@@ -254,6 +259,9 @@ async fn status<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
 }
 
 async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+    if let Some(e) = cluster.fatal_error() {
+        return stopped_health(cluster, &e);
+    }
     let (status, view) = match (cluster.status().await, cluster.members_view().await) {
         (Ok(s), Ok(v)) => (s, v),
         (Err(e), _) | (_, Err(e)) => return read_error(&e),
@@ -280,5 +288,24 @@ async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
         storage_ok: cluster.actors().failure().await.is_none(),
         role: role_name(status.role).into(),
         apply_lag: status.commit_index.saturating_sub(status.applied_index),
+        data_corruption: status.diverged,
+        stopped: None,
+    })
+}
+
+/// The health of a node that stopped for good: nothing it serves, and why.
+fn stopped_health<S: StateMachine>(cluster: &RaftCluster<S>, e: &FatalError) -> MgmtResponse {
+    let me = cluster.node_id();
+    let corrupt = e.corruption().is_some() || matches!(e, FatalError::StaleDataDir { .. });
+    MgmtResponse::Health(MgmtHealth {
+        node_id: me,
+        quorum_available: false,
+        healthy_voters: Vec::new(),
+        voters: Vec::new(),
+        storage_ok: !matches!(e, FatalError::Storage(_)) && !corrupt,
+        role: "stopped".into(),
+        apply_lag: 0,
+        data_corruption: if corrupt { vec![me] } else { Vec::new() },
+        stopped: Some(e.to_string()),
     })
 }
