@@ -11,5 +11,7 @@ mod t10_cluster;
 mod t20_cli;
 mod t30_join;
 mod t40_degraded;
+mod t45_pause;
 mod t50_chaos;
+mod t60_damage;
 mod timings;
