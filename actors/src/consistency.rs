@@ -161,7 +161,12 @@ impl ConsistencyCheck {
 
     /// Compares the checkpoints peers sent that this node has now applied far enough to check.
     /// Call after applying; `voters` and `leader` are the current configuration's.
-    pub(crate) fn check_pending(&mut self, voters: &[NodeId], me: NodeId, leader: Option<NodeId>) -> Verdict {
+    pub(crate) fn check_pending(
+        &mut self,
+        voters: &[NodeId],
+        me: NodeId,
+        leader: Option<NodeId>,
+    ) -> Verdict {
         let applied = self.head.map_or(0, |(i, _)| i);
         let mut due = Vec::new();
         for (&peer, points) in &mut self.pending {
@@ -375,7 +380,10 @@ mod tests {
         for i in 2..=19 {
             behind.applied(&entry(i, b"v"));
         }
-        assert_eq!(behind.check_pending(&[1, 2], 1, Some(2)), Verdict::Consistent);
+        assert_eq!(
+            behind.check_pending(&[1, 2], 1, Some(2)),
+            Verdict::Consistent
+        );
         behind.applied(&entry(20, b"v"));
         // Two voters, the leader differs: the follower's history loses.
         assert_eq!(
@@ -392,7 +400,10 @@ mod tests {
         let mut c = ConsistencyCheck::new(Some((1, [0; 32])));
         c.applied(&entry(3, b"v"));
         assert_eq!(c.head(), None);
-        assert_eq!(c.peer_checkpoint(2, 1, [1; 32], &[1, 2, 3], 1, Some(2)), Verdict::Consistent);
+        assert_eq!(
+            c.peer_checkpoint(2, 1, [1; 32], &[1, 2, 3], 1, Some(2)),
+            Verdict::Consistent
+        );
         c.reset(Some((9, [7; 32])));
         assert_eq!(c.head(), Some((9, [7; 32])));
         assert_eq!(c.hash_at(9), Some([7; 32]));

@@ -34,7 +34,9 @@ pub enum ProposeError {
     },
     /// The proposal was forwarded to the leader of a term that ended without it being applied
     /// (a leader of `term` has committed since): it never will be, so retrying is safe.
-    #[error("the leader it was forwarded to lost its term before applying it (term {term} has a leader now)")]
+    #[error(
+        "the leader it was forwarded to lost its term before applying it (term {term} has a leader now)"
+    )]
     LeaderChanged {
         /// The term whose leader has committed since.
         term: u64,
@@ -181,7 +183,10 @@ pub enum FatalError {
     /// This node's data dir is older than what it had acknowledged to the cluster (restored from
     /// an old copy, or writes lost without fsync). It stopped before raft could act on it; it
     /// must be removed and join again with an empty data dir.
-    #[error("node {node} runs on a stale data dir: {evidence}. {}", Corruption::RECOVERY)]
+    #[error(
+        "node {node} runs on a stale data dir: {evidence}. {}",
+        Corruption::RECOVERY
+    )]
     StaleDataDir {
         /// This node's id.
         node: NodeId,
@@ -211,7 +216,9 @@ impl FatalError {
 pub enum StaleEvidence {
     /// The leader says entries up to `commit` are committed and held here (it counted this
     /// node's acknowledgements), but the log here ends at `last_index`.
-    #[error("the leader ({leader}) counts entries up to {commit} as held here, but the log ends at {last_index}")]
+    #[error(
+        "the leader ({leader}) counts entries up to {commit} as held here, but the log ends at {last_index}"
+    )]
     LogBehindAcknowledged {
         /// The leader that sent the commit index.
         leader: NodeId,
@@ -222,7 +229,9 @@ pub enum StaleEvidence {
     },
     /// A peer has seen this node start more often than its data dir remembers (it refused our
     /// Hello with [`crate::wire::CloseCode::StaleIncarnation`]).
-    #[error("peer {peer} has seen a later start of this node than its data dir's incarnation {ours}")]
+    #[error(
+        "peer {peer} has seen a later start of this node than its data dir's incarnation {ours}"
+    )]
     IncarnationBehind {
         /// The peer that refused us.
         peer: NodeId,
@@ -273,7 +282,10 @@ impl std::fmt::Display for DataLocation {
             DataLocation::LogEntry { index } => write!(f, "log entry {index} (table log)"),
             DataLocation::Meta { key } => write!(f, "metadata record {key:?} (table meta)"),
             DataLocation::SnapshotChunk { index, chunk } => {
-                write!(f, "chunk {chunk} of the snapshot at {index} (table snapshot_chunks)")
+                write!(
+                    f,
+                    "chunk {chunk} of the snapshot at {index} (table snapshot_chunks)"
+                )
             }
             DataLocation::Snapshot { index } => write!(f, "the snapshot at {index}"),
             DataLocation::AppliedState { index } => {

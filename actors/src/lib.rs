@@ -162,9 +162,9 @@ pub use membership::{
 pub use node::{Bootstrap, Node, NodeSpec, StorageSpawn, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
-    CHECKPOINT_HEARTBEATS, ChangeMembership, GetMembers, GetStatus, InspectLog,
-    LinearizableQuery, LogView, MAX_MESSAGES_PER_READY, MembersView, PeerHello, Propose, Query,
-    RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown, TransferLeadership, TriggerSnapshot,
+    CHECKPOINT_HEARTBEATS, ChangeMembership, GetMembers, GetStatus, InspectLog, LinearizableQuery,
+    LogView, MAX_MESSAGES_PER_READY, MembersView, PeerHello, Propose, Query, RAFT_MAILBOX,
+    RaftActor, RaftArgs, Shutdown, TransferLeadership, TriggerSnapshot,
 };
 pub use state_machine::{StateMachine, StateMachineSource, WriteSnapshot};
 pub use storage::{

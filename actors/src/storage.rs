@@ -18,8 +18,8 @@ mod snapshot;
 mod tables;
 
 pub use actor::{
-    Close, CommitSnapshot, DiscardSnapshot, Fence, Flush, NewSnapshotId, PersistProgress,
-    Recover, StorageActor, StorageArgs, WriteChunk,
+    Close, CommitSnapshot, DiscardSnapshot, Fence, Flush, NewSnapshotId, PersistProgress, Recover,
+    StorageActor, StorageArgs, WriteChunk,
 };
 pub use db::{DB_CACHE_SIZE, DbHandle, LogDb};
 pub use records::{Identity, Member, PersistBatch, Recovered, SnapshotRecord};

@@ -90,13 +90,14 @@ fn wire_message() -> impl Strategy<Value = WireMessage> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<u64>())
-            .prop_map(|(version, from, to)| Frame::Hello(Hello {
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(version, from, to)| Frame::Hello(
+            Hello {
                 version,
                 from,
                 to,
                 incarnation: from ^ to,
-            })),
+            }
+        )),
         prop::collection::vec(wire_message(), 0..4).prop_map(Frame::Raft),
         prop::collection::vec(
             (any::<u64>(), prop::collection::vec(any::<u8>(), 0..32)),

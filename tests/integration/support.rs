@@ -4,8 +4,8 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use iroh_raft::{
-    BuildError, KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster, RaftClusterBuilder, Role,
-    Ticket, TicketRole,
+    BuildError, KeyValueStore, KvCommand, NodeStatus, PeerAddr, Preset, RaftCluster,
+    RaftClusterBuilder, Role, Ticket, TicketRole,
     net::{bind_endpoint, endpoint_peer_addr},
 };
 use tempfile::TempDir;
@@ -62,6 +62,21 @@ pub fn set(key: impl Into<String>, value: impl Into<String>) -> KvCommand {
         key: key.into(),
         value: value.into(),
     }
+}
+
+/// Builds a node on a fixed port that an earlier endpoint held. That endpoint's UDP socket is
+/// released only once the last clone of it is dropped (tasks of a stopped node, or of the
+/// endpoint a test bound and closed, let go of theirs shortly after), so a bind error is retried
+/// until the port is free.
+pub async fn build_on_port(builder: impl Fn() -> RaftClusterBuilder<KeyValueStore>) -> Node {
+    wait_for_some("the port to be free", || async {
+        match builder().build().await {
+            Ok(node) => Some(node),
+            Err(BuildError::Bind { .. }) => None,
+            Err(e) => panic!("the node failed to start: {e}"),
+        }
+    })
+    .await
 }
 
 type Configure = Arc<
@@ -142,12 +157,7 @@ impl TestCluster {
     pub async fn start_growable(members: usize) -> Self {
         let mut cluster = Self::start_configured(members, 0, |b| b).await;
         cluster.founders = 1;
-        let node = cluster
-            .builder(0)
-            .bind_address(cluster.port(0))
-            .build()
-            .await
-            .unwrap();
+        let node = build_on_port(|| cluster.builder(0).bind_address(cluster.port(0))).await;
         cluster.nodes[0] = Some(node);
         cluster
     }
@@ -155,12 +165,7 @@ impl TestCluster {
     /// Starts node `i` as a new node that waits to be added to the running cluster.
     pub async fn start_joiner(&mut self, i: usize) {
         assert!(i >= self.founders, "node {i} is a founder");
-        let node = self
-            .builder(i)
-            .bind_address(self.port(i))
-            .build()
-            .await
-            .unwrap();
+        let node = build_on_port(|| self.builder(i).bind_address(self.port(i))).await;
         self.nodes[i] = Some(node);
     }
 
@@ -198,12 +203,9 @@ impl TestCluster {
     }
 
     /// Restarts node `i` on its data dir and port, with no peer list (as a real restart would).
-    /// The previous run's UDP socket is released only once the last clone of its endpoint is
-    /// dropped (tasks of the stopped node let go of theirs shortly after shutdown returns), so
-    /// binding the port again is retried until it is free.
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is running");
-        let node = wait_for_some("the node's port to be free for a restart", || async {
+        let node = build_on_port(|| {
             let builder = RaftCluster::builder()
                 .node_id(i as u64 + 1)
                 .data_dir(self.data_dir(i))
@@ -211,11 +213,7 @@ impl TestCluster {
                 .state_machine(KeyValueStore::new())
                 .preset(Preset::Testing)
                 .request_timeout(Duration::from_secs(20));
-            match (self.configure)(builder).build().await {
-                Ok(node) => Some(node),
-                Err(BuildError::Bind { .. }) => None,
-                Err(e) => panic!("node {i} failed to restart: {e}"),
-            }
+            (self.configure)(builder)
         })
         .await;
         self.nodes[i] = Some(node);

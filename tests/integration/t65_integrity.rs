@@ -71,10 +71,19 @@ async fn a_changed_byte_in_an_entry_is_refused_at_restart_and_the_others_serve()
     write(&cluster, 0, 40).await;
     let victim = a_follower(&cluster).await;
     cluster.stop(victim).await;
-    let db = cluster.data_dir(victim as usize - 1).join(iroh_raft::DB_FILE);
-    assert!(flip_every(&db, b"value-0017") > 0, "the value is in the file");
+    let db = cluster
+        .data_dir(victim as usize - 1)
+        .join(iroh_raft::DB_FILE);
+    assert!(
+        flip_every(&db, b"value-0017") > 0,
+        "the value is in the file"
+    );
 
-    let err = cluster.builder(victim as usize - 1).build().await.unwrap_err();
+    let err = cluster
+        .builder(victim as usize - 1)
+        .build()
+        .await
+        .unwrap_err();
     let BuildError::Start(StartError::Storage(e)) = &err else {
         panic!("expected a storage error, got {err:?}");
     };
@@ -83,7 +92,10 @@ async fn a_changed_byte_in_an_entry_is_refused_at_restart_and_the_others_serve()
     };
     // redb's page checksums (verified at every open) or the entry's own seal catch it.
     assert!(
-        matches!(c.location, DataLocation::File | DataLocation::LogEntry { .. }),
+        matches!(
+            c.location,
+            DataLocation::File | DataLocation::LogEntry { .. }
+        ),
         "{c:?}"
     );
     assert_eq!(c.kind, CorruptionKind::Checksum);

@@ -159,13 +159,13 @@ async fn a_join_admitted_but_not_finished_keeps_its_node_and_finishes_when_built
         max_lag: 0,
         timeout: Duration::from_millis(1),
     };
-    let two = cluster
-        .builder(1)
-        .bind_address(cluster.port(1))
-        .join_options(impatient)
-        .build()
-        .await
-        .unwrap();
+    let two = crate::support::build_on_port(|| {
+        cluster
+            .builder(1)
+            .bind_address(cluster.port(1))
+            .join_options(impatient)
+    })
+    .await;
     cluster.nodes[1] = Some(two);
     let leader = cluster.wait_for_leader().await;
     cluster.node(leader).propose(set("a", "1")).await.unwrap();

@@ -54,7 +54,10 @@ fn chaos_soak() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    run(env("CHAOS_ROUNDS", 40) as usize, env("CHAOS_SEED", 0xc4a0_5001));
+    run(
+        env("CHAOS_ROUNDS", 40) as usize,
+        env("CHAOS_SEED", 0xc4a0_5001),
+    );
 }
 
 /// The clients' shared record: every operation, ordered by one counter.
@@ -101,7 +104,11 @@ fn run(rounds: usize, seed: u64) {
     });
     // Every node is still running, and none raised a corruption alarm.
     for p in &mut cluster.procs {
-        assert!(p.child.try_wait().unwrap().is_none(), "node {} exited", p.id);
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "node {} exited",
+            p.id
+        );
     }
     rt.block_on(final_reads(&ticket, &history));
     rt.block_on(no_alarms(&ticket));
@@ -203,17 +210,14 @@ fn write_outcome(e: &ClientError) -> Option<Output> {
         | ClientError::Refused { .. }
         | ClientError::Forbidden(_)
         | ClientError::TooLarge { .. } => None,
-        ClientError::Failed { kind, .. }
-            if matches!(
-                kind,
+        ClientError::Failed {
+            kind:
                 MgmtErrorKind::Unavailable
-                    | MgmtErrorKind::Refused
-                    | MgmtErrorKind::Malformed
-                    | MgmtErrorKind::Forbidden
-            ) =>
-        {
-            None
-        }
+                | MgmtErrorKind::Refused
+                | MgmtErrorKind::Malformed
+                | MgmtErrorKind::Forbidden,
+            ..
+        } => None,
         _ => Some(Output::Unknown),
     }
 }
@@ -249,7 +253,11 @@ async fn client(
         };
         let call = history.tick();
         let output = match &op {
-            Op::Get => client.read::<String, Option<String>>(&key).await.ok().map(Output::Get),
+            Op::Get => client
+                .read::<String, Option<String>>(&key)
+                .await
+                .ok()
+                .map(Output::Get),
             Op::Put(v) => {
                 let cmd = KvCommand::Set {
                     key: key.clone(),
@@ -340,10 +348,13 @@ async fn no_alarms(ticket: &Ticket) {
             .find(|a| a.id.as_bytes() == &member.key)
             .expect("the ticket names every member");
         // The first call of a client that knows one member goes to that member.
-        let client =
-            IrohRaftManagementClient::new(vec![addr.clone()], Some(ticket), ClientOptions::default())
-                .await
-                .unwrap();
+        let client = IrohRaftManagementClient::new(
+            vec![addr.clone()],
+            Some(ticket),
+            ClientOptions::default(),
+        )
+        .await
+        .unwrap();
         let health = client.health().await.expect("every node answers");
         client.close().await;
         assert_eq!(health.node_id, member.id);

@@ -204,7 +204,11 @@ impl Sim {
             return false;
         }
         let at = digits[self.rng.random_range(0..digits.len())];
-        image[at] = if image[at] == b'9' { b'0' } else { image[at] + 1 };
+        image[at] = if image[at] == b'9' {
+            b'0'
+        } else {
+            image[at] + 1
+        };
         n.disk = SimDisk::from_image(image);
         true
     }
@@ -350,11 +354,15 @@ impl Sim {
                     .iter()
                     .map(|(id, _, v)| {
                         let s = &v.status;
-                        format!("node {id}: {:?} leader {:?} term {}", s.role, s.leader, s.term)
+                        format!(
+                            "node {id}: {:?} leader {:?} term {}",
+                            s.role, s.leader, s.term
+                        )
                     })
                     .collect();
                 let mut failed = Vec::new();
-                for (id, node) in self.handles.lock().unwrap().clone() {
+                let handles = self.handles.lock().unwrap().clone();
+                for (id, node) in handles {
                     let asked = node
                         .raft
                         .ask(Query(|_: &KeyValueStore| ()))

@@ -542,7 +542,11 @@ fn disk_corruption_faults(sim: &mut Sim) -> Pin<Box<dyn Future<Output = Result<(
             Err(StartError::Storage(e)) if matches!(*e, StorageError::Corrupt(_)) => {
                 sim.retire(victim);
             }
-            Err(e) => return Err(format!("node {victim} refused to start for another reason: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "node {victim} refused to start for another reason: {e}"
+                ));
+            }
         }
         sim.run_for(ms(500)).await
     })

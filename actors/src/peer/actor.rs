@@ -45,7 +45,7 @@ pub struct Outbound {
     /// A snapshot the peer needs, to stream on a stream of its own.
     pub snapshot: Option<Box<SnapshotOffer>>,
     /// This node's last applied index and running hash (the replica consistency check).
-    pub checkpoint: Option<(u64, ApplyHash)>,
+    pub checkpoint: Option<Box<(u64, ApplyHash)>>,
 }
 
 /// raft-rs's `MsgSnapshot` for a follower, and where the snapshot's bytes are.
@@ -268,7 +268,8 @@ impl PeerActor {
         if !batch.replies.is_empty() {
             self.push_frame(Frame::ForwardReply(batch.replies));
         }
-        if let Some((index, hash)) = batch.checkpoint {
+        if let Some(point) = batch.checkpoint {
+            let (index, hash) = *point;
             self.push_frame(Frame::Checkpoint { index, hash });
         }
     }
@@ -400,12 +401,14 @@ async fn stream_snapshot(
         .snapshot_reader(&offer.record)
         .map_err(|e| LinkError::Closed(e.to_string()))?;
     // One chunk in memory at a time; the reader checks size and checksum after the last one.
-    while let Some(chunk) = reader.next_chunk().map_err(|e| {
-        match SnapshotReader::corruption(&e) {
-            Some(c) => SendFailure::Corrupt(c.clone()),
-            None => SendFailure::Link(LinkError::Closed(e.to_string())),
-        }
-    })? {
+    while let Some(chunk) =
+        reader
+            .next_chunk()
+            .map_err(|e| match SnapshotReader::corruption(&e) {
+                Some(c) => SendFailure::Corrupt(c.clone()),
+                None => SendFailure::Link(LinkError::Closed(e.to_string())),
+            })?
+    {
         push(Frame::SnapshotChunk(chunk), &mut buf)?;
         stream.send(&buf).await?;
     }

@@ -56,7 +56,9 @@ pub struct RaftProtocol {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftProtocol").field("me", &self.me).finish()
+        f.debug_struct("RaftProtocol")
+            .field("me", &self.me)
+            .finish()
     }
 }
 

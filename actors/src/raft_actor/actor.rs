@@ -32,17 +32,14 @@ use crate::{
     consistency::ConsistencyCheck,
     driver::{Driver, InitialLog},
     error::{
-        FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError,
-        TransferError,
+        FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError, TransferError,
     },
     events::{ClusterEvent, EventBus, Publish},
     membership::{Membership, read_snapshot_header},
     node::StorageSpawn,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
-    storage::{
-        DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor,
-    },
+    storage::{DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor},
     types::{NodeId, NodeStatus},
 };
 

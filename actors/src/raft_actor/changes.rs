@@ -334,9 +334,10 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
         if self.driver.role() == Role::Leader {
             let context = encode_context(self.id(), self.session, id);
             match self.propose_change(context, &msg.change, msg.max_lag) {
-                Ok(index) => self
-                    .conf_proposals
-                    .insert(id, reply, Taken::Appended(index), deadline),
+                Ok(index) => {
+                    self.conf_proposals
+                        .insert(id, reply, Taken::Appended(index), deadline)
+                }
                 Err(e) => reply.send(Err(e)),
             }
         } else if let Some(leader) = self.driver.leader() {

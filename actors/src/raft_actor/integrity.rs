@@ -66,7 +66,7 @@ impl<S: StateMachine> RaftActor<S> {
         let me = self.id();
         for member in self.membership.members() {
             if member.node_id != me {
-                self.outbox.entry(member.node_id).or_default().checkpoint = Some(point);
+                self.outbox.entry(member.node_id).or_default().checkpoint = Some(Box::new(point));
             }
         }
     }

@@ -18,9 +18,8 @@ use crate::{
     state_machine::StateMachine,
     types::{NodeId, NodeStatus, Role},
     wire::{
-        CloseCode,
-        FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
-        ForwardedProposal, InboundPayload,
+        CloseCode, FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome,
+        ForwardReply, ForwardedProposal, InboundPayload,
     },
 };
 

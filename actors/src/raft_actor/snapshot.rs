@@ -16,9 +16,9 @@ use tracing::{debug, info, warn};
 
 use super::actor::RaftActor;
 use crate::{
+    consistency::ApplyHash,
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
-    consistency::ApplyHash,
     membership::{
         Membership, SnapshotHeader, in_conf, read_snapshot_header, write_snapshot_header,
     },

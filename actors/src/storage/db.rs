@@ -96,7 +96,9 @@ impl LogDb {
     /// last commit that fails its checksums for one torn by a crash and drops it, which would
     /// forget votes and entries this node had acknowledged).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Self::builder().create(path).map_err(|e| open_error(path, e))?;
+        let db = Self::builder()
+            .create(path)
+            .map_err(|e| open_error(path, e))?;
         Self::init(db, path.to_owned())
     }
 
@@ -288,7 +290,9 @@ impl LogDb {
     }
 
     /// Reads everything a restarting node needs, verifying every record's checksum and that
-    /// the records agree with each other (see [`Self::check_consistency`]).
+    /// the records agree with each other (terms never go down along the log, no entry is newer
+    /// than the hard state's term, the commit index is within the log or the snapshot, and the
+    /// snapshot covers the compacted prefix).
     pub fn recover(&self) -> Result<Recovered, StorageError> {
         let tx = self.begin_read()?;
         let fenced = self.meta(&tx, meta_key::FENCED, |b| {
@@ -849,8 +853,11 @@ mod tests {
     #[test]
     fn a_commit_index_beyond_the_log_is_refused_before_raft_sees_it() {
         let mut db = LogDb::in_memory().unwrap();
-        db.write(&[batch(1, vec![entry(1, 1, "a"), entry(2, 1, "b")], 2)], true)
-            .unwrap();
+        db.write(
+            &[batch(1, vec![entry(1, 1, "a"), entry(2, 1, "b")], 2)],
+            true,
+        )
+        .unwrap();
         db.write(&[batch(2, Vec::new(), 9)], true).unwrap();
         match db.recover() {
             Err(StorageError::Corrupt(c)) => {
