@@ -15,9 +15,9 @@ use std::{
 
 use iroh_raft::{Ticket, TicketRole};
 
-use crate::support::{BIN, Cluster, cli, spawn, ticket_from};
+use crate::support::{BIN, Cluster, cli, spawn_with, ticket_from};
 
-const TRIALS: usize = 5;
+const TRIALS: usize = 7;
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
@@ -76,9 +76,12 @@ fn new_leader_after(keys: &std::path::Path, admin: &str, old: u64, t0: Instant) 
 #[test]
 #[ignore = "measures and prints timings"]
 fn timings() {
-    let mut c = Cluster::start(5);
+    // The preset operators run (`TIMINGS_PRESET=testing` for the test timings).
+    let preset = std::env::var("TIMINGS_PRESET").unwrap_or_else(|_| "production".into());
+    let mut c = Cluster::start_with(5, &preset);
     let (keys, admin) = (c.keys.path().to_owned(), c.admin.clone());
     let (mut to_put, mut to_leader, mut failed_puts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut after_leader = Vec::new();
     for trial in 0..TRIALS {
         let leader = c.leader();
         let at = c.procs.iter().position(|p| p.id == leader).unwrap();
@@ -102,13 +105,15 @@ fn timings() {
         );
         to_put.push(put);
         to_leader.push(elected);
+        after_leader.push(put.saturating_sub(elected));
         failed_puts.push(failures);
-        c.procs[at] = spawn(c.dirs[at].path(), &[]);
+        c.procs[at] = spawn_with(c.dirs[at].path(), &[], &preset);
     }
     eprintln!(
-        "kill -9 of the leader → first successful kv put: median {:?}; → new leader seen: median {:?} ({TRIALS} trials; failed puts per trial {failed_puts:?})",
+        "preset {preset}: kill -9 of the leader → first successful kv put: median {:?}; → new leader seen: median {:?}; put after the new leader was seen: median {:?} ({TRIALS} trials; failed puts per trial {failed_puts:?})",
         median(to_put),
-        median(to_leader)
+        median(to_leader),
+        median(after_leader)
     );
 
     // Two dead members at the head of the ticket (kill -9, not the leader).
