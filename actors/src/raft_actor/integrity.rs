@@ -6,7 +6,7 @@
 
 use kameo::message::{Context, Message};
 use raft::eraftpb::{Message as RaftMessage, MessageType};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::actor::RaftActor;
 use crate::{
@@ -149,7 +149,16 @@ impl<S: StateMachine> Message<PeerHello> for RaftActor<S> {
             );
             return false;
         }
+        let restarted = *seen != 0 && msg.incarnation > *seen;
         *seen = msg.incarnation;
+        if restarted {
+            // The peer restarted: our own connection to it belongs to its previous process,
+            // which its new endpoint does not know, and QUIC would go on sending into it until
+            // its idle timeout (an election after a restart waited on that: pre-votes and
+            // their answers to the restarted node vanished). Dial it afresh.
+            debug!(peer = msg.from, incarnation = msg.incarnation, "peer restarted; redialling it");
+            self.peers.reconnect(msg.from);
+        }
         true
     }
 }
