@@ -114,24 +114,7 @@ async fn a_replica_whose_applied_entries_differ_stops_and_the_others_raise_the_a
     cluster.stop(victim).await;
     let dir = cluster.data_dir(victim as usize - 1);
 
-    // An entry that is wrong but passes its checksum (what a bug could write): the key renamed.
-    {
-        let mut db = LogDb::open(&dir.join(iroh_raft::DB_FILE)).unwrap();
-        let recovered = db.recover().unwrap();
-        let mut entry = recovered
-            .entries
-            .iter()
-            .find(|e| {
-                postcard::from_bytes::<KvCommand>(&e.data)
-                    .is_ok_and(|c| matches!(c, KvCommand::Set { key, .. } if key == "key-0012"))
-            })
-            .expect("the entry is in the log")
-            .clone();
-        entry.data = postcard::to_allocvec(&set("key-phantom", "value-0012"))
-            .unwrap()
-            .into();
-        db.rewrite_entry(&entry).unwrap();
-    }
+    rename_a_key(&dir);
 
     cluster.restart(victim as usize - 1).await;
     let node = cluster.nodes[victim as usize - 1].take().unwrap();
@@ -148,6 +131,98 @@ async fn a_replica_whose_applied_entries_differ_stops_and_the_others_raise_the_a
         .await;
     }
     write(&cluster, 100, 5).await;
+    assert!(node.shutdown().await.is_err());
+    assert_fenced(&cluster, victim as usize - 1).await;
+    cluster.shutdown().await;
+}
+
+/// Renames key-0012 inside the stored entry that set it, keeping the record's checksum valid
+/// (what a bug could write): the node's applied history then differs from the cluster's.
+fn rename_a_key(dir: &Path) {
+    let mut db = LogDb::open(&dir.join(iroh_raft::DB_FILE)).unwrap();
+    let recovered = db.recover().unwrap();
+    let mut entry = recovered
+        .entries
+        .iter()
+        .find(|e| {
+            postcard::from_bytes::<KvCommand>(&e.data)
+                .is_ok_and(|c| matches!(c, KvCommand::Set { key, .. } if key == "key-0012"))
+        })
+        .expect("the entry is in the log")
+        .clone();
+    entry.data = postcard::to_allocvec(&set("key-phantom", "value-0012"))
+        .unwrap()
+        .into();
+    db.rewrite_entry(&entry).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_applied_entries_differ_stops_once_a_majority_disagrees() {
+    let mut cluster = TestCluster::start(3).await;
+    write(&cluster, 0, 30).await;
+    let victim = cluster.wait_for_leader().await;
+    let [healthy, third] = {
+        let others: Vec<u64> = (1..=3).filter(|&id| id != victim).collect();
+        [others[0], others[1]]
+    };
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    rename_a_key(&cluster.data_dir(victim as usize - 1));
+
+    // The damaged node and one healthy member: a quorum, with the damaged node leading. Two
+    // voters that disagree cannot tell who is wrong; each raises the alarm about the other.
+    cluster.restart(victim as usize - 1).await;
+    cluster.restart(healthy as usize - 1).await;
+    if cluster.wait_for_leader().await != victim {
+        let leader = cluster.wait_for_leader().await;
+        cluster
+            .node(leader)
+            .transfer_leadership(Some(victim))
+            .await
+            .unwrap();
+    }
+    assert_eq!(cluster.wait_for_leader().await, victim);
+    wait_for("both members to see the other differ", || async {
+        cluster
+            .node(victim)
+            .status()
+            .await
+            .is_ok_and(|s| s.diverged == vec![healthy])
+            && cluster
+                .node(healthy)
+                .status()
+                .await
+                .is_ok_and(|s| s.diverged == vec![victim])
+    })
+    .await;
+
+    // The third member makes the disagreement a majority: the leader is the odd one out and
+    // stops; the two others elect and serve.
+    cluster.restart(third as usize - 1).await;
+    let node = cluster.nodes[victim as usize - 1].take().unwrap();
+    let FatalError::Corruption(c) = fatal(&node).await else {
+        panic!("expected a corruption");
+    };
+    assert_eq!(c.kind, CorruptionKind::Diverged);
+    assert!(matches!(c.location, DataLocation::AppliedState { .. }));
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, victim);
+    // The member that compared with it keeps the alarm up. The third may never have heard the
+    // leader's checkpoint (its own could have stopped the leader first); it blames nobody else.
+    assert_eq!(
+        cluster.node(healthy).status().await.unwrap().diverged,
+        vec![victim]
+    );
+    let seen = cluster.node(third).status().await.unwrap().diverged;
+    assert!(seen.is_empty() || seen == vec![victim], "{seen:?}");
+    write(&cluster, 100, 5).await;
+    let value = cluster
+        .node(new_leader)
+        .query(|kv| kv.get("key-0012").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("value-0012"));
     assert!(node.shutdown().await.is_err());
     assert_fenced(&cluster, victim as usize - 1).await;
     cluster.shutdown().await;

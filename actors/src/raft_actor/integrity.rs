@@ -156,7 +156,11 @@ impl<S: StateMachine> Message<PeerHello> for RaftActor<S> {
             // which its new endpoint does not know, and QUIC would go on sending into it until
             // its idle timeout (an election after a restart waited on that: pre-votes and
             // their answers to the restarted node vanished). Dial it afresh.
-            debug!(peer = msg.from, incarnation = msg.incarnation, "peer restarted; redialling it");
+            debug!(
+                peer = msg.from,
+                incarnation = msg.incarnation,
+                "peer restarted; redialling it"
+            );
             self.peers.reconnect(msg.from);
         }
         true
