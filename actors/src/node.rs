@@ -314,7 +314,11 @@ impl<S: StateMachine> Node<S> {
             .await;
         let protocol = RaftProtocol::new(
             me,
-            (raft.clone().recipient(), raft.clone().reply_recipient()),
+            (
+                raft.clone().recipient(),
+                raft.clone().reply_recipient(),
+                raft.clone().recipient(),
+            ),
             membership_rx,
             raft.clone().recipient(),
             storage.clone(),

@@ -18,7 +18,7 @@ mod snapshot;
 
 pub use actor::{RaftActor, RaftArgs};
 pub use changes::{ChangeMembership, GetMembers, MembersView, TransferLeadership};
-pub use integrity::{CHECKPOINT_HEARTBEATS, PeerHello};
+pub use integrity::{CHECKPOINT_HEARTBEATS, NotHeard, PeerHello};
 pub use messages::{GetStatus, InspectLog, LinearizableQuery, LogView, Propose, Query, Shutdown};
 pub use snapshot::TriggerSnapshot;
 

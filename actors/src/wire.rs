@@ -196,6 +196,10 @@ pub enum CloseCode {
     /// The Hello carried an incarnation below one this node has already seen from the same
     /// member: the sender runs on an old copy of its data dir. A node that receives this stops.
     StaleIncarnation = 9,
+    /// The sender heard nothing from this node for an election timeout and dials afresh. Its
+    /// own connection was fine (this close arrived), so the dead one is likely the receiver's
+    /// connection to it: the receiver dials afresh too.
+    NoAnswer = 10,
 }
 
 impl CloseCode {
@@ -217,6 +221,7 @@ impl CloseCode {
             7 => CloseCode::Removed,
             8 => CloseCode::TooManyConnections,
             9 => CloseCode::StaleIncarnation,
+            10 => CloseCode::NoAnswer,
             _ => return None,
         })
     }

@@ -38,16 +38,37 @@ pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
 
 /// Starts `iroh-raft node` with `args` and a preset, and waits for its `ready node=N` line.
 pub fn spawn_with(dir: &Path, args: &[&str], preset: &str) -> Proc {
-    let mut child = Command::new(BIN)
+    spawn_logging(dir, args, preset, None)
+}
+
+/// [`spawn_with`], the node's log appended to `log` when given: the runtime's info lines, or
+/// what `NODE_LOG` asks for (a `RUST_LOG` filter).
+pub fn spawn_logging(dir: &Path, args: &[&str], preset: &str, log: Option<&Path>) -> Proc {
+    let mut command = Command::new(BIN);
+    command
         .arg("node")
         .arg("--data-dir")
         .arg(dir)
         .args(args)
         .args(["--preset", preset])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn iroh-raft node");
+        .stdout(Stdio::piped());
+    match log {
+        Some(log) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            command
+                .env(
+                    "RUST_LOG",
+                    std::env::var("NODE_LOG").unwrap_or("warn,iroh_raft_actors=info".into()),
+                )
+                .stderr(file)
+        }
+        None => command.stderr(Stdio::inherit()),
+    };
+    let mut child = command.spawn().expect("spawn iroh-raft node");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -191,6 +212,8 @@ pub struct Cluster {
     pub procs: Vec<Proc>,
     pub keys: tempfile::TempDir,
     pub admin: String,
+    /// Where node `i` logs (`node-{i}.log`), when started by [`Cluster::start_logged`].
+    pub logs: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -200,20 +223,47 @@ impl Cluster {
 
     /// `n` node processes with a preset.
     pub fn start_with(n: usize, preset: &str) -> Self {
+        Self::start_inner(n, preset, None)
+    }
+
+    /// [`Cluster::start_with`], each node logging to a file of [`Cluster::log`].
+    pub fn start_logged(n: usize, preset: &str) -> Self {
+        Self::start_inner(n, preset, Some(tempfile::tempdir().unwrap()))
+    }
+
+    /// Node `i`'s log file, when the cluster logs.
+    pub fn log(&self, i: usize) -> Option<std::path::PathBuf> {
+        self.logs
+            .as_ref()
+            .map(|d| d.path().join(format!("node-{i}.log")))
+    }
+
+    /// Starts node `i` again on its data dir (logging where it logged before).
+    pub fn respawn(&self, i: usize, preset: &str) -> Proc {
+        spawn_logging(self.dirs[i].path(), &[], preset, self.log(i).as_deref())
+    }
+
+    fn start_inner(n: usize, preset: &str, logs: Option<tempfile::TempDir>) -> Self {
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let keys = tempfile::tempdir().unwrap();
+        let log = |i: usize| {
+            logs.as_ref()
+                .map(|d| d.path().join(format!("node-{i}.log")))
+        };
         let bind = ["--bind", "127.0.0.1:0"];
-        let mut procs = vec![spawn_with(
+        let mut procs = vec![spawn_logging(
             dirs[0].path(),
             &[bind[0], bind[1], "--bootstrap"],
             preset,
+            log(0).as_deref(),
         )];
         let join = read_line(&dirs[0].path().join("ticket"));
-        for dir in &dirs[1..] {
-            procs.push(spawn_with(
+        for (i, dir) in dirs.iter().enumerate().skip(1) {
+            procs.push(spawn_logging(
                 dir.path(),
                 &[bind[0], bind[1], "--join", &join],
                 preset,
+                log(i).as_deref(),
             ));
         }
         let first_admin = read_line(&dirs[0].path().join("admin-ticket"));
@@ -234,6 +284,7 @@ impl Cluster {
             procs,
             keys,
             admin: out.trim().to_owned(),
+            logs,
         }
     }
 

@@ -362,6 +362,97 @@ fn one_way_isolation() {
     });
 }
 
+/// The leader's view of how far `follower`'s log matches its own, and its commit index.
+async fn match_of(sim: &Sim, leader: NodeId, follower: NodeId) -> Option<(u64, u64)> {
+    let node = sim.handles.lock().unwrap().get(&leader).cloned()?;
+    let view = node.raft.ask(GetMembers).await.ok()?;
+    let status = node.raft.ask(iroh_raft::actors::GetStatus).await.ok()?;
+    let matched = view.matched.iter().find(|(id, _)| *id == follower)?.1;
+    Some((matched, status.commit_index))
+}
+
+/// Connections go silent: they lose everything, and their sender does not know (a QUIC
+/// connection to a peer's previous process). First a follower's connection to the leader: the
+/// follower hears the leader and never campaigns, so only the leader sees the silence; it closes
+/// its own connection with `NoAnswer` and the follower, told so, redials: the leader must hear
+/// the follower's log advance again. Then one follower's connection to the other, and the leader
+/// crashes: the survivors elect only once the candidate, hearing no answers, redials.
+fn silent_link_faults(sim: &mut Sim) -> Pin<Box<dyn Future<Output = Result<(), String>> + '_>> {
+    Box::pin(async move {
+        sim.run_for(ms(200)).await?;
+        let Some(l) = leader(sim).await else {
+            return sim.run_for(ms(500)).await;
+        };
+        let mut others: Vec<NodeId> = sim.ids.iter().copied().filter(|&o| o != l).collect();
+        if sim.rng.random_bool(0.5) {
+            others.reverse();
+        }
+        sim.net.silence(others[0], l);
+        sim.run_for(ms(100)).await?;
+        let target = match match_of(sim, l, others[0]).await {
+            Some((_, commit)) => commit,
+            None => return sim.run_for(ms(500)).await, // leadership moved meanwhile
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            sim.run_for(ms(50)).await?;
+            match match_of(sim, l, others[0]).await {
+                Some((matched, _)) if matched >= target => break,
+                Some(_) if tokio::time::Instant::now() > deadline => {
+                    return Err(format!(
+                        "leader {l} has not heard follower {} catch up to {target} within 3 s \
+                         of the follower's link to it going silent",
+                        others[0]
+                    ));
+                }
+                Some(_) => {}
+                None => break, // leadership moved: the silence was noticed another way
+            }
+        }
+        let Some(l) = leader(sim).await else {
+            return sim.run_for(ms(500)).await;
+        };
+        let mut others: Vec<NodeId> = sim.ids.iter().copied().filter(|&o| o != l).collect();
+        if sim.rng.random_bool(0.5) {
+            others.reverse();
+        }
+        sim.net.silence(others[0], others[1]);
+        sim.crash(l);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            sim.run_for(ms(50)).await?;
+            let views = sim.views().await;
+            let elected = views.iter().find(|(_, _, v)| v.status.role == Role::Leader);
+            if let Some((id, _, v)) = elected
+                && views
+                    .iter()
+                    .all(|(_, _, o)| o.status.leader == Some(*id) && o.status.term == v.status.term)
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "no leader among {others:?} 5 s after leader {l} crashed, with the link {} -> {} silent",
+                    others[0], others[1]
+                ));
+            }
+        }
+        sim.run_for(ms(300)).await?;
+        sim.start(l).await;
+        sim.run_for(ms(300)).await
+    })
+}
+
+#[test]
+fn silent_link_is_redialled() {
+    run_scenario(Scenario {
+        name: "silent_link_is_redialled",
+        nodes: 3,
+        clients: 3,
+        faults: silent_link_faults,
+    });
+}
+
 fn figure_8_faults(sim: &mut Sim) -> Pin<Box<dyn Future<Output = Result<(), String>> + '_>> {
     Box::pin(async move {
         sim.net.set_chaos(Chaos::unreliable());
@@ -705,6 +796,7 @@ fn soak() {
             minority_leader_faults,
         ),
         ("one_way_isolation", 3, 3, one_way_faults),
+        ("silent_link_is_redialled", 3, 3, silent_link_faults),
         ("figure_8", 5, 3, figure_8_faults),
         (
             "follower_far_behind_with_a_divergent_tail",

@@ -3,8 +3,9 @@
 //! (`RaftProtocol::serve_stream`), so frames are validated and routed by production code.
 //!
 //! Faults: one-way cuts (a cut link breaks; the PeerActor redials and fails until healed), node
-//! pauses (frames to and from the node wait), and chaos on Raft frames only: drop, duplicate and
-//! reorder. Forward frames are never dropped or duplicated on their own: a QUIC stream does not
+//! pauses (frames to and from the node wait), silent links (a link that loses everything sent on
+//! it while its sender believes it up, as a QUIC connection to a peer's previous process does:
+//! only a redial cures it), and chaos on Raft frames only: drop, duplicate and reorder. Forward frames are never dropped or duplicated on their own: a QUIC stream does not
 //! do that, and a duplicated forward would apply a command twice — only a broken link loses
 //! them, as a broken connection would.
 
@@ -72,6 +73,8 @@ struct State {
     nodes: BTreeMap<NodeId, Slot>,
     next_incarnation: u64,
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// The links open from one node to another, by their "silent" flags.
+    links: BTreeMap<(NodeId, NodeId), Vec<Arc<AtomicBool>>>,
     chaos: Chaos,
     trace: u64,
     raft_frames: u64,
@@ -104,6 +107,7 @@ impl SimNet {
                 nodes: BTreeMap::new(),
                 next_incarnation: 1,
                 cut: BTreeSet::new(),
+                links: BTreeMap::new(),
                 chaos: Chaos::calm(),
                 trace: 0xcbf2_9ce4_8422_2325,
                 raft_frames: 0,
@@ -154,6 +158,25 @@ impl SimNet {
             self.cut(id, other);
             self.cut(other, id);
         }
+    }
+
+    /// Every link open now from `from` to `to` goes silent: what is sent on it is lost, and its
+    /// sender is not told. Links dialled later work.
+    pub fn silence(&self, from: NodeId, to: NodeId) {
+        let mut s = self.state.lock().unwrap();
+        for flag in s.links.remove(&(from, to)).unwrap_or_default() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Registers a new link's silent flag.
+    fn open_link(&self, from: NodeId, to: NodeId) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut s = self.state.lock().unwrap();
+        let open = s.links.entry((from, to)).or_default();
+        open.retain(|f| Arc::strong_count(f) > 1);
+        open.push(flag.clone());
+        flag
     }
 
     pub fn heal_all(&self) {
@@ -268,6 +291,7 @@ impl Dialer for SimDialer {
             let (pump_tx, pump_rx) = mpsc::unbounded_channel();
             let (serve_tx, serve_rx) = mpsc::unbounded_channel();
             let broken = Arc::new(AtomicBool::new(false));
+            let silent = net.open_link(me, peer);
             tokio::spawn(pump(
                 net.clone(),
                 from,
@@ -287,6 +311,7 @@ impl Dialer for SimDialer {
                 to,
                 pump: pump_tx,
                 broken,
+                silent,
                 last_at: Instant::now(),
                 seq: 0,
             };
@@ -308,6 +333,7 @@ struct SimLink {
     to: (NodeId, u64),
     pump: mpsc::UnboundedSender<Scheduled>,
     broken: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     last_at: Instant,
     seq: u64,
 }
@@ -331,6 +357,9 @@ impl SimLink {
     fn enqueue(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(LinkError::Closed("link broken".into()));
+        }
+        if self.silent.load(Ordering::SeqCst) {
+            return Ok(());
         }
         for (frame, payload) in split_frames(bytes) {
             let raft = matches!(frame, Frame::Raft(_));
@@ -363,8 +392,21 @@ impl Link for SimLink {
         Box::pin(async move { result })
     }
 
-    fn close(&mut self, _: CloseCode, _: &str) {
+    fn close(&mut self, code: CloseCode, _: &str) {
         self.broken.store(true, Ordering::SeqCst);
+        // The receiver learns of the close (and its code) unless the link lost it.
+        if self.silent.load(Ordering::SeqCst)
+            || self.net.link_state(self.from, self.to) != LinkState::Up
+        {
+            return;
+        }
+        let (net, from, to) = (self.net.clone(), self.from, self.to);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some((_, protocol)) = net.current(to.0).filter(|(inc, _)| *inc == to.1) {
+                protocol.peer_closed(from.0, Some(code)).await;
+            }
+        });
     }
 
     fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
@@ -373,6 +415,7 @@ impl Link for SimLink {
             from: self.from,
             to: self.to,
             frames: Vec::new(),
+            silent: self.silent.clone(),
         };
         Box::pin(async move { Ok(Box::new(stream) as Box<dyn StreamSink>) })
     }
@@ -450,6 +493,7 @@ struct SimStream {
     from: (NodeId, u64),
     to: (NodeId, u64),
     frames: Vec<Frame>,
+    silent: Arc<AtomicBool>,
 }
 
 impl StreamSink for SimStream {
@@ -476,6 +520,9 @@ impl StreamSink for SimStream {
             tokio::time::sleep(Duration::from_millis(1 + bytes / 100_000)).await;
             if self.net.link_state(self.from, self.to) != LinkState::Up {
                 return Err(LinkError::Closed("link broken".into()));
+            }
+            if self.silent.load(Ordering::SeqCst) {
+                return Err(LinkError::Closed("no answer".into()));
             }
             let (_, protocol) = self
                 .net

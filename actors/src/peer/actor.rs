@@ -477,20 +477,29 @@ impl Message<StopPeer> for PeerActor {
     }
 }
 
-/// The peer has not answered for an election timeout although this node expected it to (it
-/// leads, or campaigns): the connection may be dead without QUIC having noticed yet (the peer
-/// process was killed and restarted: its new endpoint does not know the old connection, which
-/// lingers until the idle timeout). Drop it; the next batch dials afresh, without backoff.
+/// The connection may be dead without QUIC having noticed yet (the peer process was killed and
+/// restarted: its new endpoint does not know the old connection, which lingers until the idle
+/// timeout). Drop it; the next batch dials afresh, without backoff.
 #[derive(Debug, Clone, Copy)]
-pub struct Reconnect;
+pub enum Reconnect {
+    /// The peer has not answered for an election timeout although this node expected it to (it
+    /// leads, or campaigns). The close tells it so ([`CloseCode::NoAnswer`]): when only its
+    /// connection to us is dead, it redials too.
+    NoAnswer,
+    /// The peer restarted, or told us it hears nothing from us: a plain close.
+    Stale,
+}
 
 impl Message<Reconnect> for PeerActor {
     type Reply = ();
 
-    async fn handle(&mut self, _: Reconnect, _: &mut Context<Self, ()>) {
+    async fn handle(&mut self, why: Reconnect, _: &mut Context<Self, ()>) {
         if let Some(mut link) = self.link.take() {
-            debug!(peer = self.args.peer, "no answer from peer; reconnecting");
-            link.close(CloseCode::Normal, "no answer; reconnecting");
+            debug!(peer = self.args.peer, ?why, "reconnecting");
+            match why {
+                Reconnect::NoAnswer => link.close(CloseCode::NoAnswer, "no answer; reconnecting"),
+                Reconnect::Stale => link.close(CloseCode::Normal, "reconnecting"),
+            }
             self.retry_at = None;
             self.backoff = MIN_BACKOFF;
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use iroh::{
     EndpointId,
-    endpoint::{Connection, ReadExactError, RecvStream},
+    endpoint::{Connection, ConnectionError, ReadExactError, RecvStream},
     protocol::{AcceptError, ProtocolHandler},
 };
 use kameo::actor::{ActorRef, Recipient, ReplyRecipient};
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::BoxFuture;
 use crate::{
     membership::{Admission, Membership},
-    raft_actor::PeerHello,
+    raft_actor::{NotHeard, PeerHello},
     storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
     wire::{
@@ -66,6 +66,7 @@ struct Inner {
     me: NodeId,
     inbound: Recipient<Inbound>,
     hello: ReplyRecipient<PeerHello, bool>,
+    not_heard: Recipient<NotHeard>,
     membership: watch::Receiver<Arc<Membership>>,
     snapshots: Recipient<SnapshotReceived>,
     storage: ActorRef<StorageActor>,
@@ -96,7 +97,11 @@ impl RaftProtocol {
     /// snapshots are stored through `storage` and announced to `snapshots`.
     pub fn new(
         me: NodeId,
-        (inbound, hello): (Recipient<Inbound>, ReplyRecipient<PeerHello, bool>),
+        (inbound, hello, not_heard): (
+            Recipient<Inbound>,
+            ReplyRecipient<PeerHello, bool>,
+            Recipient<NotHeard>,
+        ),
         membership: watch::Receiver<Arc<Membership>>,
         snapshots: Recipient<SnapshotReceived>,
         storage: ActorRef<StorageActor>,
@@ -106,6 +111,7 @@ impl RaftProtocol {
                 me,
                 inbound,
                 hello,
+                not_heard,
                 membership,
                 snapshots,
                 storage,
@@ -176,11 +182,29 @@ impl RaftProtocol {
                     }
                 }
                 stream = conn.accept_uni() => {
-                    let Ok(recv) = stream else { return };
+                    let Ok(recv) = stream else {
+                        let code = match conn.close_reason() {
+                            Some(ConnectionError::ApplicationClosed(c)) => {
+                                CloseCode::from_u64(c.error_code.into_inner())
+                            }
+                            _ => None,
+                        };
+                        self.peer_closed(from, code).await;
+                        return;
+                    };
                     let this = self.clone();
                     readers.spawn(async move { this.read_stream(from, recv).await });
                 }
             }
+        }
+    }
+
+    /// Member `from` closed its connection to us, with `code` if it was one of ours. When it did
+    /// so because it heard nothing from us, our connection to it may be dead: the RaftActor
+    /// redials it. The QUIC accept loop calls this; a simulation calls it from its own network.
+    pub async fn peer_closed(&self, from: NodeId, code: Option<CloseCode>) {
+        if code == Some(CloseCode::NoAnswer) {
+            let _ = self.inner.not_heard.tell(NotHeard { from }).await;
         }
     }
 

@@ -103,6 +103,28 @@ pub(super) struct InFlight {
     pub(super) messages: Vec<Message>,
 }
 
+/// Ticks of what this node last had from one peer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Contact {
+    /// The last frame received from it (any: it reaches us).
+    pub(super) frame: u64,
+    /// The last answer (a Raft response or a forward reply: it hears us, and we hear it). A
+    /// peer that only sends requests (campaigning, its checkpoints) may not be hearing us.
+    pub(super) answer: u64,
+    /// The last time this node asked to redial it.
+    pub(super) redial: u64,
+}
+
+impl Contact {
+    pub(super) fn new(now: u64) -> Self {
+        Self {
+            frame: now,
+            answer: now,
+            redial: now,
+        }
+    }
+}
+
 /// Owns the Raft core and the state machine. See the module docs.
 pub struct RaftActor<S: StateMachine> {
     pub(super) config: NodeConfig,
@@ -145,8 +167,8 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) conf_proposals: Proposals<u64>,
     /// Leadership transfers waiting to be seen through.
     pub(super) transfers: Vec<TransferWait>,
-    /// Per peer: the tick of the last frame received from it, and of the last reconnect asked.
-    pub(super) heard: BTreeMap<NodeId, (u64, u64)>,
+    /// Per peer: when this node last heard from it, had an answer from it, asked to redial it.
+    pub(super) heard: BTreeMap<NodeId, Contact>,
     /// The running hash of applied entries and what peers reported of theirs.
     pub(super) consistency: ConsistencyCheck,
     /// Per peer: the highest incarnation seen in its Hellos (a lower one is a stale data dir).

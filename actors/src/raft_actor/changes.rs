@@ -445,8 +445,8 @@ impl<S: StateMachine> Message<GetMembers> for RaftActor<S> {
             last_contact: self
                 .heard
                 .iter()
-                .map(|(&id, &(heard, _))| {
-                    let ticks = self.now.saturating_sub(heard);
+                .map(|(&id, contact)| {
+                    let ticks = self.now.saturating_sub(contact.frame);
                     (id, self.config.tick_interval() * ticks as u32)
                 })
                 .collect(),

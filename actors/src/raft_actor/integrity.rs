@@ -14,6 +14,7 @@ use crate::{
     consistency::{ApplyHash, Verdict},
     error::{Corruption, CorruptionKind, DataLocation, FatalError, StaleEvidence},
     events::ClusterEvent,
+    peer::Reconnect,
     state_machine::StateMachine,
     storage::Fence,
     types::NodeId,
@@ -123,6 +124,30 @@ impl<S: StateMachine> RaftActor<S> {
     }
 }
 
+/// A peer closed its connection to this node with [`CloseCode::NoAnswer`](crate::wire::CloseCode):
+/// it heard nothing from us for an election timeout although its own messages reach us, so our
+/// connection to it is the likely dead one (established to a previous process of the peer, say,
+/// before we learnt of its restart). Told by the protocol handler; we dial it afresh.
+#[derive(Debug, Clone, Copy)]
+pub struct NotHeard {
+    /// The peer that closed.
+    pub from: NodeId,
+}
+
+impl<S: StateMachine> Message<NotHeard> for RaftActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: NotHeard, _: &mut Context<Self, ()>) {
+        if self.check_running().is_ok() {
+            debug!(
+                peer = msg.from,
+                "the peer hears nothing from us; redialling it"
+            );
+            self.peers.reconnect(msg.from, Reconnect::Stale);
+        }
+    }
+}
+
 /// A peer opened a stream to this node with this incarnation: accept it unless a higher one was
 /// seen from the same node (then it runs on an old copy of its data dir). Asked by the protocol
 /// handler before it reads anything else from the stream.
@@ -161,7 +186,7 @@ impl<S: StateMachine> Message<PeerHello> for RaftActor<S> {
                 incarnation = msg.incarnation,
                 "peer restarted; redialling it"
             );
-            self.peers.reconnect(msg.from);
+            self.peers.reconnect(msg.from, Reconnect::Stale);
         }
         true
     }

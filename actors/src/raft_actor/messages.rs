@@ -4,10 +4,11 @@ use kameo::{
     message::{Context, Message},
     reply::DelegatedReply,
 };
+use raft::eraftpb::MessageType;
 use tracing::{debug, trace};
 
 use super::{
-    actor::{Lifecycle, RaftActor},
+    actor::{Contact, Lifecycle, RaftActor},
     pending::{ReadFn, Taken, encode_context},
 };
 use crate::{
@@ -183,6 +184,26 @@ impl<S: StateMachine> Message<Shutdown> for RaftActor<S> {
     }
 }
 
+/// Whether a peer's frame answers something this node sent (a Raft response, a reply to a
+/// forward): proof that both directions of the link work. A peer that only sends requests (a
+/// follower campaigning, its checkpoints) may not be hearing us at all.
+fn answers_us(payload: &InboundPayload) -> bool {
+    match payload {
+        InboundPayload::Raft(msgs) => msgs.iter().any(|m| {
+            matches!(
+                m.msg_type,
+                MessageType::MsgAppendResponse
+                    | MessageType::MsgHeartbeatResponse
+                    | MessageType::MsgRequestVoteResponse
+                    | MessageType::MsgRequestPreVoteResponse
+                    | MessageType::MsgReadIndexResp
+            )
+        }),
+        InboundPayload::ForwardReply(_) => true,
+        InboundPayload::Forward(_) | InboundPayload::Checkpoint { .. } => false,
+    }
+}
+
 impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
     type Reply = ();
 
@@ -191,7 +212,11 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
             return;
         }
         let now = self.now;
-        self.heard.entry(msg.from).or_insert((now, now)).0 = now;
+        let contact = self.heard.entry(msg.from).or_insert(Contact::new(now));
+        contact.frame = now;
+        if answers_us(&msg.payload) {
+            contact.answer = now;
+        }
         match msg.payload {
             InboundPayload::Checkpoint { index, hash } => self.on_checkpoint(msg.from, index, hash),
             InboundPayload::Raft(msgs) => {

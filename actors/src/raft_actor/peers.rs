@@ -123,9 +123,9 @@ impl Peers {
     }
 
     /// Asks the PeerActor of `id` (if there is one) to drop its connection and dial afresh.
-    pub(crate) fn reconnect(&self, id: NodeId) {
+    pub(crate) fn reconnect(&self, id: NodeId, why: Reconnect) {
         if let Some(actor) = self.actors.get(&id) {
-            let _ = actor.tell(Reconnect).try_send();
+            let _ = actor.tell(why).try_send();
         }
     }
 

@@ -7,7 +7,7 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use tracing::info;
 
 use super::{
-    actor::{InFlight, Lifecycle, RaftActor},
+    actor::{Contact, InFlight, Lifecycle, RaftActor},
     pending::decode_context,
 };
 use crate::{
@@ -16,6 +16,7 @@ use crate::{
     },
     events::ClusterEvent,
     membership::MembershipRefusal,
+    peer::Reconnect,
     state_machine::StateMachine,
     storage::PersistBatch,
     types::{NodeId, Role},
@@ -85,10 +86,12 @@ impl<S: StateMachine> RaftActor<S> {
             if peer == self.id() {
                 continue;
             }
-            let (heard, asked) = self.heard.entry(peer).or_insert((now, now));
-            if now.saturating_sub(*heard) > timeout && now.saturating_sub(*asked) > timeout {
-                *asked = now;
-                self.peers.reconnect(peer);
+            let contact = self.heard.entry(peer).or_insert(Contact::new(now));
+            if now.saturating_sub(contact.answer) > timeout
+                && now.saturating_sub(contact.redial) > timeout
+            {
+                contact.redial = now;
+                self.peers.reconnect(peer, Reconnect::NoAnswer);
             }
         }
     }
@@ -321,7 +324,7 @@ impl<S: StateMachine> RaftActor<S> {
             // From now on this node expects answers: start every voter's silence clock.
             let now = self.now;
             for peer in self.driver.conf_state().voters {
-                self.heard.entry(peer).or_insert((now, now)).0 = now;
+                self.heard.entry(peer).or_insert(Contact::new(now)).answer = now;
             }
         }
         // A ReadIndex request in flight may have been dropped by the old leader: let the
