@@ -161,6 +161,11 @@ impl ConsistencyCheck {
 
     /// Compares the checkpoints peers sent that this node has now applied far enough to check.
     /// Call after applying; `voters` and `leader` are the current configuration's.
+    /// Whether peers' checkpoints wait for this node to apply further.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     pub(crate) fn check_pending(
         &mut self,
         voters: &[NodeId],

@@ -52,7 +52,9 @@ pub enum ProposeError {
         /// [`crate::wire::MAX_COMMAND_SIZE`].
         max: usize,
     },
-    /// The command could not be encoded, or the applied entry could not be decoded.
+    /// The command could not be encoded, or (remote bytes) does not decode as a command: refused
+    /// before it entered the log. (A committed entry that does not decode stops the node:
+    /// [`ProposeError::Fatal`].)
     #[error("command codec failed: {0}")]
     Codec(#[source] CodecError),
     /// The node is shutting down; the command was not accepted (or its outcome is unknown if it

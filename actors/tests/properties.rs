@@ -193,6 +193,11 @@ enum StoreOp {
     Install {
         ahead: u64,
     },
+    /// A hard state whose commit lies `past` entries beyond the log: recovery must refuse it.
+    /// The previous hard state is written back afterwards.
+    CommitPastTheLog {
+        past: u64,
+    },
     Reopen,
 }
 
@@ -202,6 +207,7 @@ fn store_op() -> impl Strategy<Value = StoreOp> {
         1 => (1u64..5, 0u64..50).prop_map(|(term, commit)| StoreOp::HardState { term, commit }),
         1 => (0u64..10, 0u64..4).prop_map(|(at, keep)| StoreOp::Snapshot { at, keep }),
         1 => (0u64..5).prop_map(|ahead| StoreOp::Install { ahead }),
+        1 => (1u64..5).prop_map(|past| StoreOp::CommitPastTheLog { past }),
         1 => Just(StoreOp::Reopen),
     ]
 }
@@ -218,6 +224,36 @@ struct Model {
 impl Model {
     fn last(&self) -> u64 {
         self.log.keys().next_back().copied().unwrap_or(self.start.0)
+    }
+
+    /// The highest term the records mention: what a Raft node's current term is at least.
+    fn term(&self) -> u64 {
+        let log = self.log.values().copied().max().unwrap_or(0);
+        let hs = self.hard_state.map_or(0, |(t, _)| t);
+        log.max(hs).max(self.start.1).max(1)
+    }
+
+    /// The commit index, if a hard state was written.
+    fn commit(&self) -> u64 {
+        self.hard_state.map_or(0, |(_, c)| c)
+    }
+
+    /// Writes a hard state to the store and the model.
+    fn set_hard_state(&mut self, db: &mut LogDb, term: u64, commit: u64) {
+        let hs = HardState {
+            term,
+            commit,
+            ..Default::default()
+        };
+        db.write(
+            &[PersistBatch {
+                hard_state: Some(hs),
+                ..Default::default()
+            }],
+            false,
+        )
+        .unwrap();
+        self.hard_state = Some((term, commit));
     }
 
     /// Whether the records describe a Raft state raft-rs could start from (what `recover`
@@ -269,20 +305,31 @@ proptest! {
         let mut db = LogDb::open(&path).unwrap();
         let mut m = Model::default();
         for op in ops {
+            // The operations keep the records a state Raft could be in (terms never go down,
+            // committed entries are never overwritten, the hard state's term covers the log),
+            // except CommitPastTheLog, which checks that recovery refuses one it could not be in.
             match op {
                 StoreOp::Append { back, count, term } => {
-                    let first = (m.last() + 1).saturating_sub(back).max(m.start.0 + 1);
+                    let first = (m.last() + 1)
+                        .saturating_sub(back)
+                        .max(m.start.0 + 1)
+                        .max(m.commit() + 1);
+                    let kept = m.log.range(..first).map(|(_, &t)| t).max().unwrap_or(0);
+                    let term = term.max(kept).max(m.start.1);
                     let entries: Vec<Entry> = (first..first + count).map(|index| Entry { index, term, ..Default::default() }).collect();
-                    db.write(&[PersistBatch { entries, must_sync: true, ..Default::default() }], true).unwrap();
+                    let hs_term = m.term().max(term);
+                    let hs = HardState { term: hs_term, commit: m.commit(), ..Default::default() };
+                    db.write(&[PersistBatch { entries, hard_state: Some(hs), must_sync: true, ..Default::default() }], true).unwrap();
+                    m.hard_state = Some((hs_term, m.commit()));
                     m.log.retain(|&i, _| i < first);
                     for i in first..first + count {
                         m.log.insert(i, term);
                     }
                 }
                 StoreOp::HardState { term, commit } => {
-                    let hs = HardState { term, commit, ..Default::default() };
-                    db.write(&[PersistBatch { hard_state: Some(hs), ..Default::default() }], false).unwrap();
-                    m.hard_state = Some((term, commit));
+                    let limit = m.last().max(m.snapshot.map_or(0, |(i, _)| i));
+                    let (term, commit) = (term.max(m.term()), commit.min(limit).max(m.commit()));
+                    m.set_hard_state(&mut db, term, commit);
                 }
                 StoreOp::Snapshot { at, keep } => {
                     let index = m.start.0 + at;
@@ -306,11 +353,26 @@ proptest! {
                     if m.snapshot.is_some_and(|(i, _)| i >= index) || index == 0 {
                         continue;
                     }
-                    let r = record(&mut db, index, 9);
-                    db.write(&[PersistBatch { snapshot: Some(r), must_sync: true, ..Default::default() }], true).unwrap();
+                    // A leader's snapshot comes with its term, which the hard state then holds.
+                    let term = m.term();
+                    let r = record(&mut db, index, term);
+                    let hs = HardState { term, commit: m.commit(), ..Default::default() };
+                    db.write(&[PersistBatch { snapshot: Some(r), hard_state: Some(hs), must_sync: true, ..Default::default() }], true).unwrap();
+                    m.hard_state = Some((term, m.commit()));
                     m.log.clear();
-                    m.start = (index, 9);
-                    m.snapshot = Some((index, 9));
+                    m.start = (index, term);
+                    m.snapshot = Some((index, term));
+                }
+                StoreOp::CommitPastTheLog { past } => {
+                    let (term, commit) = (m.term(), m.commit());
+                    let limit = m.last().max(m.snapshot.map_or(0, |(i, _)| i));
+                    m.set_hard_state(&mut db, term, limit + past);
+                    prop_assert!(!m.consistent());
+                    match db.recover() {
+                        Err(StorageError::Corrupt(c)) => prop_assert_eq!(&c.kind, &CorruptionKind::Inconsistent),
+                        other => prop_assert!(false, "a commit past the log was accepted: {other:?}"),
+                    }
+                    m.set_hard_state(&mut db, term, commit);
                 }
                 StoreOp::Reopen => {
                     db.flush().unwrap();
@@ -318,17 +380,10 @@ proptest! {
                     db = LogDb::open(&path).unwrap();
                 }
             }
+            prop_assert!(m.consistent(), "the generator left a state Raft cannot be in: {m:?}");
             let r = match db.recover() {
-                Ok(r) => {
-                    prop_assert!(m.consistent(), "an inconsistent state was accepted: {m:?}");
-                    r
-                }
-                Err(StorageError::Corrupt(c)) => {
-                    prop_assert_eq!(&c.kind, &CorruptionKind::Inconsistent);
-                    prop_assert!(!m.consistent(), "a consistent state was refused: {c}; {m:?}");
-                    continue;
-                }
-                Err(e) => panic!("recover failed: {e}"),
+                Ok(r) => r,
+                Err(e) => panic!("a consistent state was refused: {e}; {m:?}"),
             };
             let log: BTreeMap<u64, u64> = r.entries.iter().map(|e| (e.index, e.term)).collect();
             prop_assert_eq!(&log, &m.log);

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use iroh::EndpointAddr;
 use iroh_raft::{
     KvCommand, KvResponse, Ticket,
     actors::wire::MgmtErrorKind,
@@ -181,15 +182,16 @@ fn kill_and_restart(cluster: &mut Cluster, at: &[usize], down: Duration) {
     }
 }
 
+/// A client of `members` admitted by `ticket`; it dials at its first call.
+async fn client_of(members: Vec<EndpointAddr>, ticket: &Ticket) -> IrohRaftManagementClient {
+    IrohRaftManagementClient::new(members, Some(ticket), ClientOptions::default())
+        .await
+        .unwrap()
+}
+
 /// The leader, as some member reports it.
 async fn leader_of(ticket: &Ticket) -> u64 {
-    let client = IrohRaftManagementClient::new(
-        ticket.members.clone(),
-        Some(ticket),
-        ClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client = client_of(ticket.members.clone(), ticket).await;
     loop {
         if let Ok(s) = client.status().await
             && s.leader != 0
@@ -303,13 +305,7 @@ async fn client(
 /// After every client stopped: one linearizable read of every key, which must see every
 /// acknowledged write.
 async fn final_reads(ticket: &Ticket, history: &History) {
-    let client = IrohRaftManagementClient::new(
-        ticket.members.clone(),
-        Some(ticket),
-        ClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client = client_of(ticket.members.clone(), ticket).await;
     for k in 0..KEYS {
         let key = format!("k{k}");
         let call = history.tick();
@@ -332,13 +328,7 @@ async fn final_reads(ticket: &Ticket, history: &History) {
 
 /// Every node, asked on its own, reports no corruption alarm and is not stopped.
 async fn no_alarms(ticket: &Ticket) {
-    let client = IrohRaftManagementClient::new(
-        ticket.members.clone(),
-        Some(ticket),
-        ClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let client = client_of(ticket.members.clone(), ticket).await;
     let status = client.status().await.expect("the cluster answers");
     client.close().await;
     for member in &status.members {
@@ -348,13 +338,7 @@ async fn no_alarms(ticket: &Ticket) {
             .find(|a| a.id.as_bytes() == &member.key)
             .expect("the ticket names every member");
         // The first call of a client that knows one member goes to that member.
-        let client = IrohRaftManagementClient::new(
-            vec![addr.clone()],
-            Some(ticket),
-            ClientOptions::default(),
-        )
-        .await
-        .unwrap();
+        let client = client_of(vec![addr.clone()], ticket).await;
         let health = client.health().await.expect("every node answers");
         client.close().await;
         assert_eq!(health.node_id, member.id);

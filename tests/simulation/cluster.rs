@@ -325,18 +325,23 @@ impl Sim {
         self.invariants.check(&views)
     }
 
-    /// The leader every running node agrees on, if there is one.
+    /// The leader every node agrees on, if there is one and every node runs.
     pub async fn agreed_leader(&self) -> Option<NodeId> {
+        let (leader, running) = self.leader_of_running().await?;
+        (running == self.ids.len()).then_some(leader)
+    }
+
+    /// The leader every running node agrees on (in one term), if any, and how many run.
+    pub async fn leader_of_running(&self) -> Option<(NodeId, usize)> {
         let views = self.views().await;
         let leader = views
             .iter()
             .find(|(_, _, v)| v.status.role == Role::Leader)?;
         let (term, id) = (leader.2.status.term, leader.0);
-        (views.len() == self.ids.len()
-            && views
-                .iter()
-                .all(|(_, _, v)| v.status.leader == Some(id) && v.status.term == term))
-        .then_some(id)
+        views
+            .iter()
+            .all(|(_, _, v)| v.status.leader == Some(id) && v.status.term == term)
+            .then_some((id, views.len()))
     }
 
     /// Liveness: with faults gone, a leader is elected, a write commits and every node applies

@@ -421,13 +421,7 @@ fn silent_link_faults(sim: &mut Sim) -> Pin<Box<dyn Future<Output = Result<(), S
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             sim.run_for(ms(50)).await?;
-            let views = sim.views().await;
-            let elected = views.iter().find(|(_, _, v)| v.status.role == Role::Leader);
-            if let Some((id, _, v)) = elected
-                && views
-                    .iter()
-                    .all(|(_, _, o)| o.status.leader == Some(*id) && o.status.term == v.status.term)
-            {
+            if sim.leader_of_running().await.is_some() {
                 break;
             }
             if tokio::time::Instant::now() > deadline {

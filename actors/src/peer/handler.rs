@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use iroh::{
     EndpointId,
-    endpoint::{Connection, ConnectionError, ReadExactError, RecvStream},
+    endpoint::{Connection, ReadExactError, RecvStream},
     protocol::{AcceptError, ProtocolHandler},
 };
 use kameo::actor::{ActorRef, Recipient, ReplyRecipient};
@@ -16,7 +16,7 @@ use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::BoxFuture;
+use super::{BoxFuture, transport::close_code};
 use crate::{
     membership::{Admission, Membership},
     raft_actor::{NotHeard, PeerHello},
@@ -183,13 +183,7 @@ impl RaftProtocol {
                 }
                 stream = conn.accept_uni() => {
                     let Ok(recv) = stream else {
-                        let code = match conn.close_reason() {
-                            Some(ConnectionError::ApplicationClosed(c)) => {
-                                CloseCode::from_u64(c.error_code.into_inner())
-                            }
-                            _ => None,
-                        };
-                        self.peer_closed(from, code).await;
+                        self.peer_closed(from, close_code(conn)).await;
                         return;
                     };
                     let this = self.clone();

@@ -32,7 +32,7 @@ pub enum LinkError {
 }
 
 /// The close code the peer closed `conn` with, if it did so with one of ours.
-fn refusal(conn: &Connection) -> Option<CloseCode> {
+pub(crate) fn close_code(conn: &Connection) -> Option<CloseCode> {
     match conn.close_reason()? {
         ConnectionError::ApplicationClosed(c) => CloseCode::from_u64(c.error_code.into_inner()),
         _ => None,
@@ -41,7 +41,7 @@ fn refusal(conn: &Connection) -> Option<CloseCode> {
 
 /// A failed write on `conn`: a refusal if the peer closed it with a code, else a plain close.
 fn write_error(conn: &Connection, e: impl std::fmt::Display) -> LinkError {
-    match refusal(conn) {
+    match close_code(conn) {
         Some(code) => LinkError::Refused { code },
         None => LinkError::Closed(e.to_string()),
     }
@@ -114,7 +114,7 @@ impl Dialer for IrohDialer {
                 let stream = match conn.open_uni().await {
                     Ok(stream) => stream,
                     Err(e) => {
-                        return Err(match refusal(&conn) {
+                        return Err(match close_code(&conn) {
                             Some(code) => LinkError::Refused { code },
                             None => LinkError::Connect(e.to_string()),
                         });

@@ -20,7 +20,7 @@ use super::{
     pending::{Taken, encode_context},
 };
 use crate::{
-    error::{CodecError, FatalError, ProposeError, TransferError},
+    error::{FatalError, ProposeError, TransferError},
     events::ClusterEvent,
     membership::{MemberInfo, MembershipChange, MembershipRefusal},
     state_machine::StateMachine,
@@ -258,13 +258,13 @@ impl<S: StateMachine> RaftActor<S> {
         let cc = match ConfChangeV2::parse_from_bytes(&e.data) {
             Ok(cc) => cc,
             Err(err) => {
-                if let Some(reply) = reply {
-                    reply.send(Err(ProposeError::Codec(CodecError::new(&err))));
-                }
-                self.corrupt_entry(
+                let fatal = self.corrupt_entry(
                     e.index,
                     format!("committed configuration change does not decode: {err}"),
                 );
+                if let Some(reply) = reply {
+                    reply.send(Err(ProposeError::Fatal(fatal)));
+                }
                 return;
             }
         };

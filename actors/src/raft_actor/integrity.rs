@@ -30,11 +30,16 @@ impl<S: StateMachine> RaftActor<S> {
         self.fail(FatalError::StaleDataDir { node, evidence });
     }
 
-    /// Writes down, durably, that this data dir must not serve again (corrupt or stale): the next
-    /// start refuses it with the reason until the operator empties it and rejoins the node.
+    /// Asks the StorageActor to write down, durably, that this data dir must not serve again
+    /// (corrupt or stale): the next start refuses it with the reason until the operator empties
+    /// it and rejoins the node. Best effort: with the StorageActor gone or its mailbox full the
+    /// fence is not written (the next start then finds the damage again, or not if it was only
+    /// in memory), and this says so in the log.
     pub(super) fn fence(&self, e: &FatalError) {
         let reason = e.to_string();
-        let _ = self.storage.tell(Fence { reason }).try_send();
+        if let Err(err) = self.storage.tell(Fence { reason }).try_send() {
+            warn!(error = %err, "could not ask storage to fence the data dir");
+        }
     }
 
     /// Checks a Raft message against this node's log before raft-rs sees it. A leader sends a
@@ -54,11 +59,14 @@ impl<S: StateMachine> RaftActor<S> {
         true
     }
 
-    /// Every [`CHECKPOINT_HEARTBEATS`] heartbeats (and on the first tick after a start), tells
-    /// every member where this node's running hash stands.
-    pub(super) fn send_checkpoints(&mut self) {
+    /// Every [`CHECKPOINT_HEARTBEATS`] heartbeats (at ticks 1, 1 + every, …: the first right
+    /// after a start), tells every member where this node's running hash stands. `before` is the
+    /// clock before this timer tick: a leader catching up may have moved it past several ticks.
+    pub(super) fn send_checkpoints(&mut self, before: u64) {
         let every = CHECKPOINT_HEARTBEATS * TICKS_PER_HEARTBEAT as u64;
-        if self.now % every != 1 {
+        // How many checkpoint ticks lie in 1..=t.
+        let passed = |t: u64| t.div_ceil(every);
+        if passed(self.now) == passed(before) {
             return;
         }
         let Some(point) = self.consistency.head() else {
@@ -74,8 +82,7 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// A peer's checkpoint arrived.
     pub(super) fn on_checkpoint(&mut self, from: NodeId, index: u64, hash: ApplyHash) {
-        let voters = self.driver.conf_state().voters;
-        let (me, leader) = (self.id(), self.driver.leader());
+        let (voters, me, leader) = self.judges();
         let verdict = self
             .consistency
             .peer_checkpoint(from, index, hash, &voters, me, leader);
@@ -84,10 +91,21 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// After applying: compares the checkpoints that were ahead of us.
     pub(super) fn check_applied(&mut self) {
-        let voters = self.driver.conf_state().voters;
-        let (me, leader) = (self.id(), self.driver.leader());
+        if !self.consistency.has_pending() {
+            return;
+        }
+        let (voters, me, leader) = self.judges();
         let verdict = self.consistency.check_pending(&voters, me, leader);
         self.act_on(verdict);
+    }
+
+    /// What a verdict depends on: the voters, this node, the leader.
+    fn judges(&self) -> (Vec<NodeId>, NodeId, Option<NodeId>) {
+        (
+            self.driver.conf_state().voters,
+            self.id(),
+            self.driver.leader(),
+        )
     }
 
     fn act_on(&mut self, verdict: Verdict) {

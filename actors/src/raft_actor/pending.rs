@@ -60,6 +60,9 @@ struct PendingProposal<R: Send + 'static> {
 pub(crate) struct Proposals<R: Send + 'static> {
     by_id: BTreeMap<u64, PendingProposal<R>>,
     by_index: BTreeMap<u64, u64>,
+    /// The term of the last entry applied ([`Self::forwarded_before`] looks again only when it
+    /// grows: a forward is tagged with the term it was sent in, never below this one).
+    applied_term: u64,
 }
 
 impl<R: Send + 'static> Proposals<R> {
@@ -67,6 +70,7 @@ impl<R: Send + 'static> Proposals<R> {
         Self {
             by_id: BTreeMap::new(),
             by_index: BTreeMap::new(),
+            applied_term: 0,
         }
     }
 
@@ -100,14 +104,30 @@ impl<R: Send + 'static> Proposals<R> {
     /// term that commits lies before this one, and would have been recognised when applied).
     /// They fail as safe to retry instead of waiting for their deadline.
     pub(crate) fn forwarded_before(&mut self, term: u64) {
-        let stale: Vec<u64> = self
+        if term <= self.applied_term {
+            return;
+        }
+        self.applied_term = term;
+        self.fail_where(
+            |p| p.index.is_none() && p.forwarded_in.is_some_and(|t| t < term),
+            || ProposeError::LeaderChanged { term },
+        );
+    }
+
+    /// Fails every proposal `stale` picks with `err()`.
+    fn fail_where(
+        &mut self,
+        stale: impl Fn(&PendingProposal<R>) -> bool,
+        err: impl Fn() -> ProposeError,
+    ) {
+        let ids: Vec<u64> = self
             .by_id
             .iter()
-            .filter(|(_, p)| p.index.is_none() && p.forwarded_in.is_some_and(|t| t < term))
+            .filter(|(_, p)| stale(p))
             .map(|(&id, _)| id)
             .collect();
-        for id in stale {
-            self.fail(id, ProposeError::LeaderChanged { term });
+        for id in ids {
+            self.fail(id, err());
         }
     }
 
@@ -167,28 +187,12 @@ impl<R: Send + 'static> Proposals<R> {
     /// Fails every forwarded proposal whose index is not known (a snapshot replaced the log: it
     /// may or may not be inside it).
     pub(crate) fn fail_unplaced(&mut self, err: impl Fn() -> ProposeError) {
-        let unplaced: Vec<u64> = self
-            .by_id
-            .iter()
-            .filter(|(_, p)| p.index.is_none())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in unplaced {
-            self.fail(id, err());
-        }
+        self.fail_where(|p| p.index.is_none(), err);
     }
 
     /// Fails every proposal whose deadline (in ticks) has passed.
     pub(crate) fn expire(&mut self, now: u64) {
-        let expired: Vec<u64> = self
-            .by_id
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            self.fail(id, ProposeError::Timeout);
-        }
+        self.fail_where(|p| p.deadline <= now, || ProposeError::Timeout);
     }
 
     /// Fails everything.

@@ -11,9 +11,7 @@ use super::{
     pending::decode_context,
 };
 use crate::{
-    error::{
-        CodecError, Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError,
-    },
+    error::{Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError},
     events::ClusterEvent,
     membership::MembershipRefusal,
     peer::Reconnect,
@@ -41,6 +39,7 @@ impl<S: StateMachine> RaftActor<S> {
         // refreshed its peers' silence clocks yet (that happens in the Ready round), and would
         // otherwise drop every healthy connection to them.
         self.reconnect_silent_peers();
+        let before = self.now;
         for _ in 0..self.ticks_due() {
             self.now += 1;
             self.driver.tick();
@@ -50,16 +49,18 @@ impl<S: StateMachine> RaftActor<S> {
         self.reads.expire(self.now);
         self.check_transfers();
         self.driver.leave_joint_if_stuck();
-        self.send_checkpoints();
+        self.send_checkpoints(before);
     }
 
     /// Ticks to run now. A follower runs one per timer tick: when its loop is slow (a burst of
     /// large entries) its clock slows with it instead of making it campaign against a healthy
-    /// leader. A leader runs one per tick interval of real time since its last tick (at most
-    /// two election timeouts' worth): a leader whose process was paused (SIGSTOP, a VM freeze)
-    /// or starved for longer than an election timeout has most likely been replaced, and its
-    /// check-quorum now steps it down on the first tick instead of when a message from the new
-    /// term happens to reach it; the silence of its peers it reports is the real one too.
+    /// leader. So does a leader, unless its last tick is an election timeout or more ago: then
+    /// it runs the ticks of that real time (at most two election timeouts' worth). A leader
+    /// whose process was paused (SIGSTOP, a VM freeze) or starved that long has most likely been
+    /// replaced, and its check-quorum now steps it down on the first tick instead of when a
+    /// message from the new term happens to reach it; the silence of its peers it reports is the
+    /// real one too. (Shorter stalls run one tick: each tick past a heartbeat period would send
+    /// every peer another heartbeat.)
     fn ticks_due(&mut self) -> u64 {
         let now = tokio::time::Instant::now();
         let elapsed = now.saturating_duration_since(self.last_tick);
@@ -68,8 +69,11 @@ impl<S: StateMachine> RaftActor<S> {
             return 1;
         }
         let interval = self.config.tick_interval().as_micros().max(1);
-        let cap = 2 * self.config.election_ticks() as u128 + 1;
-        (elapsed.as_micros() / interval).clamp(1, cap) as u64
+        let election = self.config.election_ticks() as u128;
+        match elapsed.as_micros() / interval {
+            ticks if ticks >= election => ticks.min(2 * election + 1) as u64,
+            _ => 1,
+        }
     }
 
     /// A leader or candidate expects every voter to answer within an election timeout; a peer
@@ -273,11 +277,14 @@ impl<S: StateMachine> RaftActor<S> {
                     }
                 }
                 Err(err) => {
+                    // Skipping it would make this replica's state differ from the others'. The
+                    // proposer learns the node stopped on its committed entry, not that its
+                    // command was refused: it is in the log of a quorum.
+                    let fatal = self
+                        .corrupt_entry(e.index, format!("committed entry is not a command: {err}"));
                     if let Some(reply) = reply {
-                        reply.send(Err(ProposeError::Codec(CodecError::new(&err))));
+                        reply.send(Err(ProposeError::Fatal(fatal)));
                     }
-                    // Skipping it would make this replica's state differ from the others'.
-                    self.corrupt_entry(e.index, format!("committed entry is not a command: {err}"));
                 }
             },
             EntryType::EntryConfChangeV2 => self.apply_conf_entry(&e, conf_reply),
@@ -288,14 +295,16 @@ impl<S: StateMachine> RaftActor<S> {
         }
     }
 
-    /// A committed entry cannot be applied: the node stops with a typed corruption.
-    pub(super) fn corrupt_entry(&mut self, index: u64, detail: impl Into<String>) {
-        self.fail(FatalError::Corruption(Corruption::new(
+    /// A committed entry cannot be applied: the node stops with a typed corruption, returned.
+    pub(super) fn corrupt_entry(&mut self, index: u64, detail: impl Into<String>) -> FatalError {
+        let fatal = FatalError::Corruption(Corruption::new(
             self.db.path(),
             DataLocation::LogEntry { index },
             CorruptionKind::Undecodable,
             detail,
-        )));
+        ));
+        self.fail(fatal.clone());
+        fatal
     }
 
     /// Forwarded proposals that never left this node: their callers may retry.

@@ -90,7 +90,12 @@ impl<S: StateMachine> MgmtProtocol<S> {
             MgmtRequest::Propose { command } => match cluster.propose_encoded(command).await {
                 Ok(response) => match postcard::to_allocvec(&response) {
                     Ok(response) => MgmtResponse::Proposed { response },
-                    Err(e) => error(MgmtErrorKind::Malformed, e, None),
+                    // Applied: only its answer is lost.
+                    Err(e) => error(
+                        MgmtErrorKind::Unknown,
+                        format!("applied, but its answer does not encode: {e}"),
+                        None,
+                    ),
                 },
                 Err(e) => propose_error(&e),
             },

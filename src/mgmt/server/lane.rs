@@ -258,12 +258,17 @@ fn fill_batch(
 }
 
 /// Frames a reply, stamped with the leader this node knows of, into the batch; an answer too
-/// large to send becomes an error for its call.
+/// large to send becomes an error for its call, `Unknown`: the call ran (a write may be applied)
+/// and only its answer is lost.
 fn push_reply(batch: &mut MgmtBatch, mut reply: MgmtReply, leader: u64) {
     reply.leader = leader;
     if let Err(e) = batch.push(&reply) {
         warn!(error = %e, "management answer does not encode");
-        let response = error(MgmtErrorKind::Refused, format!("the answer {e}"), None);
+        let response = error(
+            MgmtErrorKind::Unknown,
+            format!("the call ran, but its answer {e}"),
+            None,
+        );
         let fallback = MgmtReply {
             id: reply.id,
             leader: reply.leader,
