@@ -24,7 +24,7 @@ pub use join::JOIN_PENDING_FILE;
 use crate::{
     JoinOptions, Preset,
     cluster::{Lifetime, RaftCluster},
-    discovery::{DiscoveryProtocol, request_join},
+    discovery::DiscoveryProtocol,
     error::{BuildError, ConfigError},
     mgmt::{MgmtProtocol, RemoteReader},
     net::{
@@ -468,7 +468,10 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         if let Some(ticket) = &self.join_ticket
             && !db_path.exists()
         {
-            accepted = Some(request_join(&endpoint, ticket, self.join_as_learner).await?);
+            accepted = Some(
+                self.ask_to_join(&endpoint, ticket, &data_dir, created)
+                    .await?,
+            );
         }
         let db = tokio::task::spawn_blocking(move || LogDb::open(&db_path))
             .await

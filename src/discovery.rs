@@ -295,22 +295,30 @@ pub(crate) async fn request_join(
         .collect();
     let deadline = tokio::time::Instant::now() + JOIN_DIAL_TIMEOUT;
     let mut last = String::from("the ticket names no member");
+    // A member that read the request may have admitted the node before its answer was lost.
+    let sent = std::cell::Cell::new(false);
+    let failed = |reason: String| {
+        if sent.get() {
+            BuildError::JoinOutcomeUnknown { reason }
+        } else {
+            BuildError::JoinUnreachable { reason }
+        }
+    };
     loop {
         let (member, conn) = match tokio::time::timeout_at(deadline, dials.next()).await {
             Ok(Some(dialled)) => dialled,
-            Ok(None) => return Err(BuildError::JoinUnreachable { reason: last }),
+            Ok(None) => return Err(failed(last)),
             Err(_) => {
-                return Err(BuildError::JoinUnreachable {
-                    reason: format!(
-                        "no member accepted a connection within {JOIN_DIAL_TIMEOUT:?} (last: {last})"
-                    ),
-                });
+                return Err(failed(format!(
+                    "no member accepted a connection within {JOIN_DIAL_TIMEOUT:?} (last: {last})"
+                )));
             }
         };
         let attempt = async {
             let conn = conn?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            sent.set(true);
             let answer = read_response(&mut recv).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, recv, answer))
         };

@@ -136,6 +136,17 @@ pub enum BuildError {
         /// What the last attempt reported.
         reason: String,
     },
+    /// The join request reached a member but no answer came back: the member may have admitted
+    /// the node (as a learner) or not. The node's key is kept in the data dir, and nothing
+    /// else: building again with the same data dir and a join ticket presents the same key,
+    /// which a member that admitted it recognises (same id), and one that did not admits.
+    #[error(
+        "the join request was sent but not answered, so this node may or may not be in the cluster now: {reason}"
+    )]
+    JoinOutcomeUnknown {
+        /// What the last attempt reported.
+        reason: String,
+    },
     /// A member admitted this node (it is in the cluster's membership) but the join did not
     /// finish. The data dir holds the node, marked [`crate::JOIN_PENDING_FILE`]: building
     /// again with the same data dir and a join ticket finishes the join.

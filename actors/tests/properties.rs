@@ -332,7 +332,11 @@ proptest! {
                     m.set_hard_state(&mut db, term, commit);
                 }
                 StoreOp::Snapshot { at, keep } => {
+                    // A node snapshots what it applied, which is committed.
                     let index = m.start.0 + at;
+                    if index > m.commit() {
+                        continue;
+                    }
                     let Some(&term) = m.log.get(&index) else { continue };
                     let purge = index.saturating_sub(keep);
                     let purge_to = (purge > m.start.0).then(|| (purge, m.log[&purge]));
@@ -353,12 +357,12 @@ proptest! {
                     if m.snapshot.is_some_and(|(i, _)| i >= index) || index == 0 {
                         continue;
                     }
-                    // A leader's snapshot comes with its term, which the hard state then holds.
+                    // A leader's snapshot comes with its term and is committed, as the hard state then says.
                     let term = m.term();
                     let r = record(&mut db, index, term);
-                    let hs = HardState { term, commit: m.commit(), ..Default::default() };
+                    let hs = HardState { term, commit: index, ..Default::default() };
                     db.write(&[PersistBatch { snapshot: Some(r), hard_state: Some(hs), must_sync: true, ..Default::default() }], true).unwrap();
-                    m.hard_state = Some((term, m.commit()));
+                    m.hard_state = Some((term, index));
                     m.log.clear();
                     m.start = (index, term);
                     m.snapshot = Some((index, term));

@@ -3,6 +3,9 @@
 //! - Before the node exists (a join ticket refused, expired or unheard, a bind that failed),
 //!   every file and directory this build created is removed again ([`Created::undo`]); what
 //!   was there before is never touched.
+//! - A join request that was sent but not answered may have been admitted: only the node's
+//!   key is kept ([`BuildError::JoinOutcomeUnknown`]), so that running again presents the same
+//!   key and a member that admitted it recognises it.
 //! - Once a member admitted a joining node, the node is part of the membership and its data
 //!   dir may hold Raft state that must not be lost (a promotion may have been committed even
 //!   if its answer was not). The data dir is kept, with a [`JOIN_PENDING_FILE`] that names the
@@ -61,6 +64,11 @@ impl Created {
         }
     }
 
+    /// Keeps `path` whatever happens (a key a member may already know).
+    pub(crate) fn spare(&mut self, path: &Path) {
+        self.files.retain(|f| f != path);
+    }
+
     /// From here on the data dir holds a node: a failure keeps it.
     pub(crate) fn keep(&mut self) {
         self.kept = true;
@@ -96,6 +104,22 @@ pub(super) enum Join {
 }
 
 impl<S: StateMachine> RaftClusterBuilder<S> {
+    /// Asks a member named in `ticket` to admit this new node. When the request was sent but
+    /// not answered, the node's key is kept: a member may know it already.
+    pub(super) async fn ask_to_join(
+        &self,
+        endpoint: &Endpoint,
+        ticket: &Ticket,
+        data_dir: &Path,
+        created: &mut Created,
+    ) -> Result<Accepted, BuildError> {
+        let result = request_join(endpoint, ticket, self.join_as_learner).await;
+        if let Err(BuildError::JoinOutcomeUnknown { .. }) = &result {
+            created.spare(&data_dir.join(crate::net::SECRET_KEY_FILE));
+        }
+        result
+    }
+
     /// The node's id, how it starts, and what is left of its join. A restarted node's stored
     /// identity wins over flags; a new node joins by ticket (`accepted`, if it already asked),
     /// or founds / joins with the given id.
@@ -122,7 +146,10 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (None, Some(ticket)) => {
                 let accepted = match accepted {
                     Some(a) => a,
-                    None => request_join(endpoint, ticket, self.join_as_learner).await?,
+                    None => {
+                        self.ask_to_join(endpoint, ticket, data_dir, created)
+                            .await?
+                    }
                 };
                 let me = accepted.id;
                 // The node is a member from here on: its data dir is kept whatever happens.

@@ -167,6 +167,10 @@ fn start_failure(dir: &Path, e: BuildError) -> anyhow::Error {
             "{e}\n{dir} was left as it was: run again once a member named in the ticket is \
              reachable (or with a ticket from a member that is)"
         ),
+        BuildError::JoinOutcomeUnknown { .. } => anyhow::anyhow!(
+            "{e}\n{dir} keeps only this node's key: run the same command again (same \
+             --data-dir, a join ticket); a member that admitted the node recognises the key"
+        ),
         BuildError::JoinIncomplete { node, .. } => anyhow::anyhow!(
             "{e}\n{dir} holds node {node}, a member of the cluster now: run the same command \
              again (same --data-dir, a join ticket) to finish joining; it comes back on the \

@@ -439,10 +439,12 @@ impl IrohRaftManagementClient {
             Ok(Some(MgmtResponse::Error { kind, message, .. })) => {
                 return Err(ClientError::Failed { kind, message });
             }
+            // It was sent: not "nothing was sent".
             other => {
-                return Err(unreachable(&format!(
-                    "subscription not confirmed: {other:?}"
-                )));
+                return Err(ClientError::Failed {
+                    kind: iroh_raft_actors::wire::MgmtErrorKind::Unknown,
+                    message: format!("subscription not confirmed: {other:?}"),
+                });
             }
         };
         Ok(EventSubscription {

@@ -187,10 +187,32 @@ impl<S: StateMachine> MgmtProtocol<S> {
         self.cluster.get().and_then(WeakCluster::upgrade)
     }
 
-    /// The role a client gets: members are admins, then the allowlist, then its ticket.
-    async fn admit(&self, remote: EndpointId, ticket: Option<String>) -> Result<MgmtRole, String> {
-        let cluster = self.cluster().ok_or("node is not running")?;
-        let view = cluster.members_view().await.map_err(|e| e.to_string())?;
+    /// The role a client gets: members are admins, then the allowlist, then its ticket. Refused
+    /// with the code to close with: `NotAMember` is the cluster's answer (another member would
+    /// give the same), `ShuttingDown` says only that this node cannot serve now.
+    async fn admit(
+        &self,
+        remote: EndpointId,
+        ticket: Option<String>,
+    ) -> Result<MgmtRole, (CloseCode, String)> {
+        let down = |why: String| (CloseCode::ShuttingDown, why);
+        let cluster = self
+            .cluster()
+            .ok_or_else(|| down("node is not running".into()))?;
+        let view = cluster
+            .members_view()
+            .await
+            .map_err(|e| down(e.to_string()))?;
+        self.admit_in(remote, ticket, &view)
+            .map_err(|why| (CloseCode::NotAMember, why))
+    }
+
+    fn admit_in(
+        &self,
+        remote: EndpointId,
+        ticket: Option<String>,
+        view: &iroh_raft_actors::MembersView,
+    ) -> Result<MgmtRole, String> {
         if view.members.iter().any(|m| m.addr.id == remote) {
             return Ok(MgmtRole::Admin);
         }
@@ -244,9 +266,9 @@ impl<S: StateMachine> MgmtProtocol<S> {
         };
         let role = match self.admit(remote, ticket).await {
             Ok(role) => role,
-            Err(why) => {
+            Err((code, why)) => {
                 warn!(endpoint = %remote.fmt_short(), %why, "management client refused");
-                conn.close(CloseCode::NotAMember.to_varint(), why.as_bytes());
+                conn.close(code.to_varint(), why.as_bytes());
                 return;
             }
         };

@@ -236,3 +236,73 @@ async fn a_join_admitted_but_not_finished_keeps_its_node_and_finishes_when_built
     three.shutdown().await.unwrap();
     cluster.shutdown().await;
 }
+
+/// A discovery "member" that reads a join request and hangs up without answering (it could
+/// have admitted the node first).
+#[derive(Debug, Clone)]
+struct ReadsAndHangsUp;
+
+impl iroh::protocol::ProtocolHandler for ReadsAndHangsUp {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        let (_send, mut recv) = conn.accept_bi().await?;
+        let mut buf = [0u8; 64];
+        let _ = recv.read(&mut buf).await;
+        conn.close(1u32.into(), b"gone");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_sent_but_unanswered_keeps_only_the_key_and_a_retry_uses_it() {
+    let cluster = TestCluster::start(3).await;
+    let ticket = cluster
+        .node(1)
+        .ticket(TicketRole::Join, Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    let ep = iroh_raft::net::bind_offline_endpoint(
+        iroh::SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let _router = iroh::protocol::Router::builder(ep.clone())
+        .accept(iroh_raft::actors::wire::DISCOVERY_ALPN, ReadsAndHangsUp)
+        .spawn();
+    let mut unanswered = ticket.clone();
+    unanswered.members = vec![iroh_raft::net::endpoint_peer_addr(&ep).0];
+
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("node");
+    let build = |ticket: &Ticket| {
+        RaftCluster::builder()
+            .data_dir(&dir)
+            .state_machine(KeyValueStore::new())
+            .preset(Preset::Testing)
+            .join_ticket(ticket.clone())
+            .build()
+    };
+    let Err(err) = build(&unanswered).await else {
+        panic!("joined although no member answered");
+    };
+    assert!(
+        matches!(err, BuildError::JoinOutcomeUnknown { .. }),
+        "a sent request is never reported as unreachable: {err}"
+    );
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, [iroh_raft::net::SECRET_KEY_FILE]);
+    let key = iroh_raft::net::load_or_create_secret_key(&dir).unwrap();
+
+    // Again with the same data dir and a ticket the cluster answers: the same key joins.
+    let joined = build(&ticket).await.unwrap();
+    assert_eq!(joined.endpoint().id(), key.public());
+    joined.shutdown().await.unwrap();
+    cluster.shutdown().await;
+}

@@ -11,7 +11,10 @@ use std::{
 };
 
 use iroh::{EndpointAddr, SecretKey};
-use iroh_raft::{Ticket, TicketRole};
+use iroh_raft::{
+    Ticket, TicketRole,
+    mgmt::{ClientOptions, IrohRaftManagementClient},
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_iroh-raft");
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -24,8 +27,8 @@ pub struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // A stopped process must be resumed to be reaped.
-        signal(self, "CONT");
+        // A stopped process must be resumed to be reaped (it may have exited already).
+        let _ = kill(self, "CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -79,18 +82,26 @@ pub fn spawn_logging(dir: &Path, args: &[&str], preset: &str, log: Option<&Path>
             }
         }
     });
-    let id = rx
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("node in {} did not become ready", dir.display()));
+    let Ok(id) = rx.recv_timeout(WAIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("node in {} did not become ready", dir.display());
+    };
     Proc { child, id }
 }
 
-/// Sends `SIG<name>` to a node.
+/// Sends `SIG<name>` to a node, which must be running (a signal that went nowhere would make
+/// a fault a no-op).
 pub fn signal(p: &Proc, name: &str) {
-    let _ = Command::new("kill")
+    assert!(kill(p, name), "SIG{name} to node {} failed", p.id);
+}
+
+fn kill(p: &Proc, name: &str) -> bool {
+    Command::new("kill")
         .args([&format!("-{name}"), &p.child.id().to_string()])
         .stderr(Stdio::null())
-        .status();
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn send_sigterm(p: &Proc) {
@@ -168,6 +179,8 @@ pub fn cli_until(key_dir: &Path, args: &[&str], what: &str, done: impl Fn(&Out) 
             out.stdout,
             out.stderr
         );
+        // A command that fails fast is not run back to back for a minute.
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -311,4 +324,43 @@ impl Cluster {
             .unwrap()
             .public()
     }
+}
+
+/// A management client of `members` admitted by `ticket`; it dials at its first call.
+pub async fn client_of(members: Vec<EndpointAddr>, ticket: &Ticket) -> IrohRaftManagementClient {
+    IrohRaftManagementClient::new(members, Some(ticket), ClientOptions::default())
+        .await
+        .unwrap()
+}
+
+/// Runs `iroh-raft node ARGS --data-dir DIR` until it exits on its own (panics after [`WAIT`]);
+/// returns its exit code and what it printed on stderr.
+pub fn run_until_exit(args: &[&str], dir: &Path) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .arg("node")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut out);
+        out
+    });
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node on {} kept running", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), reader.join().unwrap())
 }

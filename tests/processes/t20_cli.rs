@@ -61,6 +61,7 @@ fn large_values_from_stdin_and_a_file_and_none_over_the_limit() {
         "the refused value was stored: {}",
         out.stdout.len()
     );
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
 
     // A ticket valid for no time at all, and a timeout of none, are bad usage.
     let (code, _, err) = cli(

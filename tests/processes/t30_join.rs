@@ -2,29 +2,24 @@
 //! no member reachable), says so and what to do next; a retry with a good ticket then succeeds
 //! in the same data dir. A node removed from the cluster exits with status 0.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use iroh_raft::{Ticket, TicketRole};
 
-use crate::support::{BIN, Cluster, cli, sigterm, spawn, ticket_from, wait_exit};
+use crate::support::{Cluster, cli, run_until_exit, sigterm, spawn, ticket_from, wait_exit};
 
 /// `iroh-raft node --join TICKET` in `dir`, which must fail; returns its stderr.
 fn failed_join(dir: &Path, ticket: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["node", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--preset",
-            "testing",
-            "--join",
-            ticket,
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "joined with a bad ticket: {stderr}");
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--preset",
+        "testing",
+        "--join",
+        ticket,
+    ];
+    let (code, stderr) = run_until_exit(&args, dir);
+    assert_ne!(code, 0, "joined with a bad ticket: {stderr}");
     assert!(stderr.contains("was left as it was"), "{stderr}");
     stderr
 }

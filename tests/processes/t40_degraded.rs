@@ -80,9 +80,13 @@ fn dead_and_paused_members_as_the_cli_reports_them() {
         err.contains("outcome unknown") || err.contains("Unavailable"),
         "{err}"
     );
-    // A read gets no answer in time: 1 (it has no effect), not 4.
+    // A read gets no answer in time: 1 (it has no effect), not 4, and never a stale "not found".
     let (code, _, err) = kv(&admin, "2s", &["get", "paused"]);
     assert_eq!(code, 1, "{err}");
+    assert!(
+        !err.contains("not found"),
+        "a read answered without the leader: {err}"
+    );
     // Only the paused leader in the ticket: no member admits the CLI, nothing is sent: 4.
     let only_leader: Vec<_> = like
         .members
@@ -117,5 +121,6 @@ fn dead_and_paused_members_as_the_cli_reports_them() {
         (1, ""),
         "the unsent write was applied: {err}"
     );
+    assert!(err.contains("not found"), "the read did not answer: {err}");
     c.procs.clear();
 }

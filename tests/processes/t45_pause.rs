@@ -8,12 +8,9 @@
 
 use std::time::Duration;
 
-use iroh_raft::{
-    Ticket,
-    mgmt::{ClientOptions, IrohRaftManagementClient},
-};
+use iroh_raft::Ticket;
 
-use crate::support::{Cluster, signal};
+use crate::support::{Cluster, WAIT, client_of, signal};
 
 #[test]
 fn a_resumed_leader_does_not_claim_its_old_term() {
@@ -21,13 +18,7 @@ fn a_resumed_leader_does_not_claim_its_old_term() {
     let ticket: Ticket = cluster.admin.parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let all = IrohRaftManagementClient::new(
-            ticket.members.clone(),
-            Some(&ticket),
-            ClientOptions::default(),
-        )
-        .await
-        .unwrap();
+        let all = client_of(ticket.members.clone(), &ticket).await;
         let before = all.status().await.unwrap();
         let old = before.leader;
         assert_ne!(old, 0);
@@ -41,15 +32,17 @@ fn a_resumed_leader_does_not_claim_its_old_term() {
 
         // A connection to it alone, open before the pause: the question after the resume
         // reaches it at once.
-        let alone =
-            IrohRaftManagementClient::new(vec![addr], Some(&ticket), ClientOptions::default())
-                .await
-                .unwrap();
+        let alone = client_of(vec![addr], &ticket).await;
         assert_eq!(alone.status().await.unwrap().node_id, old);
 
         signal(cluster.proc(old), "STOP");
         // The others elect a leader in a later term.
+        let deadline = std::time::Instant::now() + WAIT;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new leader within {WAIT:?}"
+            );
             if let Ok(s) = all.status().await
                 && s.leader != 0
                 && s.leader != old

@@ -3,44 +3,7 @@
 //! data dir. Either way the node process exits non-zero with the reason and what to do, the
 //! data dir is never served from again, and the other members keep serving.
 
-use std::{
-    io::Read,
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
-
-use crate::support::{BIN, Cluster, WAIT, cli, sigterm, spawn_with};
-
-/// Runs `iroh-raft node --data-dir dir` until it exits on its own; returns its exit code and
-/// what it printed on stderr.
-fn run_until_exit(dir: &Path) -> (i32, String) {
-    let mut child = Command::new(BIN)
-        .args(["node", "--preset", "production", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stderr.read_to_string(&mut out);
-        out
-    });
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node on {} kept running", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code().unwrap_or(-1), reader.join().unwrap())
-}
+use crate::support::{Cluster, cli, run_until_exit, sigterm, spawn_with};
 
 /// Writes `count` keys through the cluster.
 fn put(cluster: &Cluster, from: usize, count: usize) {
@@ -85,7 +48,7 @@ fn a_changed_byte_in_raft_redb_stops_the_node_with_the_reason() {
     assert!(hits > 0, "the value is in the file");
     std::fs::write(&db, &file).unwrap();
 
-    let (code, stderr) = run_until_exit(cluster.dirs[i].path());
+    let (code, stderr) = run_until_exit(&["--preset", "production"], cluster.dirs[i].path());
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("data corruption"), "{stderr}");
     assert!(stderr.contains("remove this member"), "{stderr}");
@@ -112,11 +75,11 @@ fn a_node_restarted_from_an_old_copy_of_its_data_dir_exits_and_stays_out() {
 
     // Before: raft-rs panicked ("to_commit .. is out of range"), every restart of the actor
     // failed, and the process stayed up for minutes listed as a healthy voter.
-    let (code, stderr) = run_until_exit(&dir);
+    let (code, stderr) = run_until_exit(&["--preset", "production"], &dir);
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("stale data dir"), "{stderr}");
     // It never serves from that data dir again.
-    let (code, stderr) = run_until_exit(&dir);
+    let (code, stderr) = run_until_exit(&["--preset", "production"], &dir);
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("fenced"), "{stderr}");
     put(&cluster, 1000, 3);

@@ -49,6 +49,8 @@ pub struct Sim {
     invariants: Invariants,
     configure: fn(&mut NodeConfig),
     pub steps: u64,
+    /// How often this run's faults reached what the scenario is about (see `run_scenario`).
+    pub reached: u64,
 }
 
 impl Sim {
@@ -100,6 +102,7 @@ impl Sim {
             invariants: Invariants::default(),
             configure,
             steps: 0,
+            reached: 0,
         };
         for id in 1..=n {
             sim.start(id).await;

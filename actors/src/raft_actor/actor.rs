@@ -25,7 +25,7 @@ use super::{
     changes::TransferWait,
     peers::Peers,
     pending::{Proposals, Reads},
-    snapshot::{Snapshots, snapshot_meta},
+    snapshot::{Snapshots, restore_from, snapshot_meta},
 };
 use crate::{
     config::NodeConfig,
@@ -35,7 +35,7 @@ use crate::{
         FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError, TransferError,
     },
     events::{ClusterEvent, EventBus, Publish},
-    membership::{Membership, read_snapshot_header},
+    membership::Membership,
     node::StorageSpawn,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
@@ -323,10 +323,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
                     },
                 };
                 let mut reader = args.db.snapshot_reader(record).map_err(StartError::from)?;
-                let header = read_snapshot_header(&mut reader).map_err(restore_err)?;
-                if header.has_state {
-                    sm.restore(&mut reader).map_err(restore_err)?;
-                }
+                let header = restore_from(&mut reader, &mut sm).map_err(restore_err)?;
                 let check = ConsistencyCheck::new(header.applied_hash.map(|h| (record.index, h)));
                 (
                     header.membership,

@@ -85,6 +85,19 @@ impl Snapshots {
     }
 }
 
+/// Reads a stored snapshot's header and restores `sm` from the state bytes that follow (when it
+/// has any). An error from the reader may be a [`SnapshotReader::corruption`].
+pub(super) fn restore_from<S: StateMachine>(
+    reader: &mut SnapshotReader,
+    sm: &mut S,
+) -> io::Result<SnapshotHeader> {
+    let header = read_snapshot_header(reader)?;
+    if header.has_state {
+        sm.restore(reader)?;
+    }
+    Ok(header)
+}
+
 impl<S: StateMachine> RaftActor<S> {
     /// Takes a snapshot if the log has grown by `max_log_entries` since the last one.
     pub(super) fn maybe_snapshot(&mut self) {
@@ -185,10 +198,7 @@ impl<S: StateMachine> RaftActor<S> {
                 reason: format!("restoring snapshot {}: {e}", record.index).into(),
             },
         };
-        let header = read_snapshot_header(&mut reader).map_err(restore_err)?;
-        if header.has_state {
-            self.sm.restore(&mut reader).map_err(restore_err)?;
-        }
+        let header = restore_from(&mut reader, &mut self.sm).map_err(restore_err)?;
         self.set_membership(header.membership);
         self.consistency
             .reset(header.applied_hash.map(|h| (meta.index, h)));

@@ -46,8 +46,10 @@ impl EventSubscription {
                 Some(Err(ClientError::Failed { kind, message }))
             }
             Ok(Some(_)) | Ok(None) => None,
-            Err(e) => Some(Err(ClientError::Unreachable {
-                reason: e.to_string(),
+            // The subscription was running: not "nothing was sent".
+            Err(e) => Some(Err(ClientError::Failed {
+                kind: iroh_raft_actors::wire::MgmtErrorKind::Unknown,
+                message: format!("the event stream was lost: {e}"),
             })),
         }
     }

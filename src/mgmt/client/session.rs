@@ -64,17 +64,21 @@ impl IrohRaftManagementClient {
             }
             Ok(other) => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
             Err(_) => match conn.close_reason() {
-                // This node is busy with this key's connections: another member may not be.
+                // The cluster's answer to this client: another member would give the same.
                 Some(iroh::endpoint::ConnectionError::ApplicationClosed(c))
-                    if CloseCode::from_u64(c.error_code.into_inner())
-                        == Some(CloseCode::TooManyConnections) =>
+                    if matches!(
+                        CloseCode::from_u64(c.error_code.into_inner()),
+                        Some(CloseCode::NotAMember | CloseCode::VersionMismatch)
+                    ) =>
                 {
-                    Err(unreachable(&String::from_utf8_lossy(&c.reason)))
-                }
-                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
                     Err(ClientError::Refused {
                         reason: String::from_utf8_lossy(&c.reason).into_owned(),
                     })
+                }
+                // This node cannot serve now (shutting down, stopped, busy with this key's
+                // connections): another member may.
+                Some(iroh::endpoint::ConnectionError::ApplicationClosed(c)) => {
+                    Err(unreachable(&String::from_utf8_lossy(&c.reason)))
                 }
                 other => Err(unreachable(&format!("{other:?}"))),
             },
@@ -219,12 +223,16 @@ impl IrohRaftManagementClient {
                 // The node (or this connection) is stuck: the next call goes elsewhere.
                 self.drop_connection(&session.conn).await;
                 let e = match (sent, resendable) {
-                    (false, _) => ClientError::Unreachable {
-                        reason: format!(
-                            "no answer within {:?}; the request was never sent",
-                            self.timeout
-                        ),
-                    },
+                    // Not this attempt's, but an earlier one may have been answered: the loop
+                    // reports that if there was one.
+                    (false, _) => {
+                        return Err(Attempt::NotSent(ClientError::Unreachable {
+                            reason: format!(
+                                "no answer within {:?}; the request was never sent",
+                                self.timeout
+                            ),
+                        }));
+                    }
                     (true, true) => ClientError::Timeout(self.timeout),
                     (true, false) => ClientError::OutcomeUnknown {
                         reason: format!("sent, and no answer within {:?}", self.timeout),

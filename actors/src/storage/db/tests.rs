@@ -55,7 +55,14 @@ fn conformance(mut db: LogDb) -> LogDb {
     // Truncating to a shorter (uncommitted) tail removes everything after it.
     db.write(&[batch(4, vec![entry(5, 3, "d")], 4)], true)
         .unwrap();
-    assert_eq!(db.recover().unwrap().entries.len(), 5);
+    let got: Vec<(u64, u64)> = db
+        .recover()
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect();
+    assert_eq!(got, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 3)]);
     assert_eq!(db.last_index(), 5);
     db
 }
@@ -90,7 +97,8 @@ fn conformance_on_file_and_reopen() {
     assert_eq!(r.identity, Some(identity));
     assert_eq!(r.conf_state, cs);
     assert_eq!(r.members, members);
-    assert_eq!(r.entries.len(), 5);
+    let got: Vec<(u64, u64)> = r.entries.iter().map(|e| (e.index, e.term)).collect();
+    assert_eq!(got, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 3)]);
     assert_eq!(db.last_index(), 5);
 }
 
