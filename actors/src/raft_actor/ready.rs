@@ -3,6 +3,8 @@
 //! send the leader's messages, apply committed entries, queue the persist batch, and release the
 //! messages that waited for it once the StorageActor confirms.
 
+use std::time::Duration;
+
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use tracing::info;
 
@@ -24,6 +26,19 @@ use crate::{
 /// round can enable another (a commit that releases a leader's next messages); the bound keeps
 /// ticks and incoming messages from waiting behind a long chain.
 const MAX_ROUNDS_PER_RUN: usize = 8;
+
+/// [`RaftActor::ticks_due`]'s rule: `elapsed` real time since the last tick, for a leader or not.
+fn ticks_for(elapsed: Duration, interval: Duration, election_ticks: usize, leader: bool) -> u64 {
+    if !leader {
+        return 1;
+    }
+    let interval = interval.as_micros().max(1);
+    let election = election_ticks as u128;
+    match elapsed.as_micros() / interval {
+        ticks if ticks >= election => ticks.min(2 * election + 1) as u64,
+        _ => 1,
+    }
+}
 
 impl<S: StateMachine> RaftActor<S> {
     pub(super) fn has_work(&self) -> bool {
@@ -65,15 +80,13 @@ impl<S: StateMachine> RaftActor<S> {
         let now = tokio::time::Instant::now();
         let elapsed = now.saturating_duration_since(self.last_tick);
         self.last_tick = now;
-        if self.driver.role() != Role::Leader {
-            return 1;
-        }
-        let interval = self.config.tick_interval().as_micros().max(1);
-        let election = self.config.election_ticks() as u128;
-        match elapsed.as_micros() / interval {
-            ticks if ticks >= election => ticks.min(2 * election + 1) as u64,
-            _ => 1,
-        }
+        let leader = self.driver.role() == Role::Leader;
+        ticks_for(
+            elapsed,
+            self.config.tick_interval(),
+            self.config.election_ticks(),
+            leader,
+        )
     }
 
     /// A leader or candidate expects every voter to answer within an election timeout; a peer
@@ -339,5 +352,25 @@ impl<S: StateMachine> RaftActor<S> {
         // A ReadIndex request in flight may have been dropped by the old leader: let the
         // caller retry against the new one.
         self.reads.fail_unconfirmed(ReadError::LeadershipChanged);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_catches_up_only_after_an_election_timeout_without_a_tick() {
+        let tick = Duration::from_millis(10);
+        let ms = Duration::from_millis;
+        // A follower's clock never jumps (a slow loop must not make it campaign).
+        assert_eq!(ticks_for(ms(5_000), tick, 70, false), 1);
+        // A leader's short stall runs one tick (no heartbeat burst).
+        assert_eq!(ticks_for(ms(10), tick, 70, true), 1);
+        assert_eq!(ticks_for(ms(690), tick, 70, true), 1);
+        // An election timeout or more: the ticks of that time, at most two timeouts' worth.
+        assert_eq!(ticks_for(ms(700), tick, 70, true), 70);
+        assert_eq!(ticks_for(ms(1_000), tick, 70, true), 100);
+        assert_eq!(ticks_for(ms(60_000), tick, 70, true), 141);
     }
 }
