@@ -18,6 +18,12 @@ use iroh_raft_actors::{
 use kameo::error::SendError;
 use tokio::time::Instant;
 
+/// How much longer than a proposal's deadline the handle waits for the RaftActor's answer. The
+/// actor answers at the first tick past the deadline (a tick is a fraction of a heartbeat,
+/// far below this in every preset), so this fires only when the actor cannot run at all (its
+/// disk does not return); the answer is then [`ProposeError::Timeout`] too.
+const BACKSTOP: Duration = Duration::from_secs(1);
+
 mod failure;
 
 use crate::{
@@ -299,14 +305,17 @@ impl<S: StateMachine> RaftCluster<S> {
                 max: MAX_COMMAND_SIZE,
             });
         }
+        // The RaftActor owns each attempt's deadline (see `Propose`); the reply timeout here is
+        // a backstop for an actor that cannot run at all, and the loop only retries what was
+        // certainly not applied.
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = match self
                 .node
                 .raft
-                .ask(Propose { data: data.clone() })
-                .reply_timeout(remaining)
+                .ask(Propose::until(data.clone(), deadline))
+                .reply_timeout(remaining + BACKSTOP)
                 .await
             {
                 Ok(response) => Ok(response),

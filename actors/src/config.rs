@@ -70,3 +70,14 @@ impl NodeConfig {
         (self.request_timeout.as_micros() / self.tick_interval().as_micros().max(1)) as u64
     }
 }
+
+/// Where the StorageActor runs. Production gives it its own OS thread, so redb's blocking
+/// commits never stall the async workers; a deterministic simulation on a current-thread runtime
+/// runs it as a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageSpawn {
+    /// A dedicated OS thread (needs a multi-thread tokio runtime).
+    Thread,
+    /// A task on the current runtime.
+    Task,
+}

@@ -32,6 +32,11 @@ pub enum ProposeError {
         /// The log index the proposal had been given.
         index: u64,
     },
+    /// The leader did not append the command: raft-rs dropped it because a leadership transfer
+    /// is under way or too many entries are uncommitted. It was never appended, so retrying
+    /// (shortly) is safe.
+    #[error("the leader is busy (leadership transfer or uncommitted limit); not appended")]
+    Busy,
     /// The proposal was forwarded to the leader of a term that ended without it being applied
     /// (a leader of `term` has committed since): it never will be, so retrying is safe.
     #[error(
@@ -80,6 +85,7 @@ impl ProposeError {
         matches!(
             self,
             ProposeError::NotLeader { .. }
+                | ProposeError::Busy
                 | ProposeError::Dropped { .. }
                 | ProposeError::LeaderChanged { .. }
         )

@@ -144,9 +144,9 @@ mod ticket;
 mod types;
 pub mod wire;
 
-pub use config::{NodeConfig, TICKS_PER_HEARTBEAT};
+pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};
 pub use consistency::ApplyHash;
-pub use driver::{Driver, DriverStatus, Effects, InitialLog, ProposeRefused};
+pub use driver::{Driver, DriverStatus, Effects, InitialLog, Persist, ProposeRefused};
 pub use error::{
     CodecError, Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError,
     SnapshotError, StaleEvidence, StartError, StorageError, TransferError,
@@ -159,7 +159,7 @@ pub use membership::{
     Admission, MemberInfo, MemberRole, Membership, MembershipChange, MembershipRefusal,
     SnapshotHeader, read_snapshot_header, write_snapshot_header,
 };
-pub use node::{Bootstrap, Node, NodeSpec, StorageSpawn, check_or_bootstrap};
+pub use node::{Bootstrap, Node, NodeSpec, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{
     CHECKPOINT_HEARTBEATS, ChangeMembership, GetMembers, GetStatus, InspectLog, LinearizableQuery,

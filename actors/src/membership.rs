@@ -100,7 +100,18 @@ pub enum MembershipChange {
 }
 
 /// Why a membership change was refused before it was proposed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    thiserror::Error,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[non_exhaustive]
 pub enum MembershipRefusal {
     /// The id belongs to a removed member; ids are never reused.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
-    config::NodeConfig,
+    config::{NodeConfig, StorageSpawn},
     error::{FatalError, StartError, StorageError},
     events::{EVENT_MAILBOX, EventBus},
     membership::{Membership, SnapshotHeader, write_snapshot_header},
@@ -28,17 +28,6 @@ use crate::{
     },
     supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW},
 };
-
-/// Where the StorageActor runs. Production gives it its own OS thread, so redb's blocking
-/// commits never stall the async workers; a deterministic simulation on a current-thread runtime
-/// runs it as a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageSpawn {
-    /// A dedicated OS thread (needs a multi-thread tokio runtime).
-    Thread,
-    /// A task on the current runtime.
-    Task,
-}
 
 /// How a node with a new data dir enters its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]

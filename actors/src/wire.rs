@@ -1,4 +1,4 @@
-//! The consensus protocol, ALPN [`ALPN`] (`iroh-raft/0`). This module doc is its specification.
+//! The consensus protocol, ALPN [`ALPN`] (`iroh-raft/2`). This module doc is its specification.
 //!
 //! # Connections
 //! Members talk over iroh QUIC connections authenticated by their endpoint keys. A connection
@@ -28,10 +28,11 @@
 //! - [`Frame::Raft`]: a batch of Raft messages; every `from` must be the Hello sender and every
 //!   `to` the receiver;
 //! - [`Frame::Forward`]: proposals a follower forwards to the leader, each with the follower's
-//!   proposal id and a kind: an application command, a membership change, or a request to hand
-//!   leadership over;
-//! - [`Frame::ForwardReply`]: the leader's answer per forwarded proposal: the index and term the
-//!   entry was given, "not leader" with a hint, or a refusal with its typed reason;
+//!   proposal id and a [`ForwardRequest`]: an application command, a membership change, or a
+//!   request to hand leadership over;
+//! - [`Frame::ForwardReply`]: the leader's [`ForwardOutcome`] per forwarded proposal: the index
+//!   and term the entry was given, a transfer started, "not leader" with an optional hint,
+//!   "busy" (dropped by raft-rs, never appended), or a typed refusal;
 //! - [`Frame::Checkpoint`]: the sender's last applied index and the running hash of every entry
 //!   it applied up to there (blake3, chained; see the replica consistency check in the crate
 //!   docs), sent to every member every few heartbeats.
@@ -120,7 +121,7 @@
 //!   snapshots and proposals.
 //!
 //! # Versioning
-//! The ALPN names the major version: an incompatible change gets a new ALPN (`iroh-raft/1`), so an
+//! The ALPN names the major version: an incompatible change gets a new ALPN (`iroh-raft/1` → `/2`), so an
 //! old peer fails at the handshake instead of misreading frames. [`Hello::version`] names the
 //! minor version within the ALPN; a receiver refuses a version it does not know with
 //! [`CloseCode::VersionMismatch`].
@@ -143,8 +144,8 @@ pub use discovery::{
     read_request, read_response,
 };
 pub use frame::{
-    FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardReply,
-    ForwardedProposal, Frame, Hello, WireEntry, WireMessage, WireSnapshotMeta,
+    ForwardOutcome, ForwardReply, ForwardRequest, ForwardedProposal, Frame, Hello, TransferRefusal,
+    WireEntry, WireMessage, WireSnapshotMeta,
 };
 pub use mgmt::{
     MAX_MGMT_FRAME, MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth,
@@ -153,8 +154,10 @@ pub use mgmt::{
 };
 
 /// ALPN of the consensus protocol. `/1` since the Hello carries the sender's incarnation and
-/// members exchange applied-entry checkpoints (storage format 3).
-pub const ALPN: &[u8] = b"iroh-raft/1";
+/// members exchange applied-entry checkpoints (storage format 3); `/2` since forwards and their
+/// replies are typed enums ([`ForwardRequest`], [`ForwardOutcome`]) instead of kind bytes, zero
+/// hints and postcard-encoded refusals.
+pub const ALPN: &[u8] = b"iroh-raft/2";
 
 /// Minor protocol version carried in [`Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use iroh_raft_actors::{
-    CorruptionKind, LogDb, PersistBatch, SnapshotRecord, SnapshotWriter, StorageError,
+    CorruptionKind, LogDb, MembershipRefusal, PersistBatch, SnapshotRecord, SnapshotWriter,
+    StorageError,
     wire::{
-        ForwardOutcome, ForwardReply, ForwardedProposal, Frame, Hello, WireEntry, WireMessage,
-        WireSnapshotMeta, decode_frame, encode_frame, validate_frame,
+        ForwardOutcome, ForwardReply, ForwardRequest, ForwardedProposal, Frame, Hello,
+        TransferRefusal, WireEntry, WireMessage, WireSnapshotMeta, decode_frame, encode_frame,
+        validate_frame,
     },
 };
 use proptest::prelude::*;
@@ -109,8 +111,14 @@ fn frame() -> impl Strategy<Value = Frame> {
                     session: id / 3,
                     id,
                     term: id / 7,
-                    kind: (id % 3) as u8,
-                    data
+                    request: match id % 3 {
+                        0 => ForwardRequest::Command(data),
+                        1 => ForwardRequest::Membership {
+                            change: data,
+                            max_lag: Some(id / 5).filter(|l| l % 2 == 0),
+                        },
+                        _ => ForwardRequest::Transfer(Some(id / 11).filter(|t| t % 2 == 0)),
+                    },
                 })
                 .collect()
         )),
@@ -123,10 +131,17 @@ fn frame() -> impl Strategy<Value = Frame> {
                 .map(|(id, ok, a, b)| ForwardReply {
                     session: a ^ id,
                     id,
-                    outcome: if ok {
-                        ForwardOutcome::Appended { index: a, term: b }
-                    } else {
-                        ForwardOutcome::NotLeader { leader_hint: a }
+                    outcome: match (ok, a % 5) {
+                        (true, _) => ForwardOutcome::Appended { index: a, term: b },
+                        (false, 0) => ForwardOutcome::NotLeader {
+                            leader_hint: Some(b).filter(|b| b % 2 == 0),
+                        },
+                        (false, 1) => ForwardOutcome::TransferStarted { to: b },
+                        (false, 2) => ForwardOutcome::Busy,
+                        (false, 3) => ForwardOutcome::MembershipRefused(
+                            MembershipRefusal::NotCaughtUp { id: b, lag: a },
+                        ),
+                        _ => ForwardOutcome::TransferRefused(TransferRefusal::NotAVoter(b)),
                     },
                 })
                 .collect()

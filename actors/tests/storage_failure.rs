@@ -12,7 +12,11 @@ use std::{
 mod support;
 
 use iroh::SecretKey;
-use iroh_raft_actors::{FatalError, GetStatus, LogDb, ProposeError};
+use iroh_raft_actors::{
+    Close, DiscardSnapshot, FatalError, Flush, GetStatus, LogDb, NewSnapshotId, PersistProgress,
+    ProposeError, StorageActor, StorageArgs, WriteChunk,
+};
+use kameo::{actor::Spawn, error::SendError};
 use redb::{StorageBackend, backends::InMemoryBackend};
 use support::{propose, start_single, wait_leader};
 
@@ -87,4 +91,36 @@ async fn a_failing_disk_is_a_typed_fatal_error_and_nothing_more_is_acknowledged(
         "nothing after the failure was applied"
     );
     assert!(matches!(node.shutdown().await, Err(FatalError::Storage(_))));
+}
+
+/// Snapshot discards are sent with `tell`; in kameo an `Err` answered to a `tell` stops the
+/// receiver, so a discard that fails must not answer one (it used to, and the StorageActor of
+/// a node whose disk hiccuped during a snapshot transfer stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_discard_leaves_the_storage_actor_running() {
+    let db = LogDb::with_backend(InMemoryBackend::new(), "discard".into()).unwrap();
+    let (_batches, requests) = flume::bounded(4);
+    let (progress, _seen) = tokio::sync::watch::channel(PersistProgress::default());
+    let storage = StorageActor::spawn(StorageArgs {
+        db: db.handle(),
+        requests,
+        progress,
+        fsync: true,
+        node_id: 1,
+    });
+    // A snapshot's chunks are stored, then the discard fails: the actor's database is closed
+    // (the deterministic way to fail it; an injected disk error did not reach a non-durable
+    // discard before redb's next durable commit).
+    let id = storage.ask(NewSnapshotId).await.unwrap();
+    let bytes = vec![7; 4096];
+    storage.ask(WriteChunk { id, no: 0, bytes }).await.unwrap();
+    storage.ask(Close).await.unwrap();
+    storage.tell(DiscardSnapshot { id }).await.unwrap();
+    // The next message is handled by a running actor (its answer: the database is closed).
+    let flushed = storage.ask(Flush).await;
+    assert!(
+        matches!(flushed, Err(SendError::HandlerError(_))),
+        "the StorageActor stopped: {flushed:?}"
+    );
+    assert!(storage.is_alive());
 }

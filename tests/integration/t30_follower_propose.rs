@@ -1,6 +1,7 @@
-use iroh_raft::{KvCommand, Role};
+use iroh_raft::{KvCommand, ProposeError, Role, actors::Propose};
+use kameo::error::SendError;
 
-use crate::support::{TestCluster, set};
+use crate::support::{TestCluster, set, wait_for_some};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_forwards_proposals_and_serves_linearizable_reads() {
@@ -63,5 +64,42 @@ async fn large_commands_travel_and_oversized_ones_are_refused() {
         matches!(err, iroh_raft::ProposeError::TooLarge { .. }),
         "{err:?}"
     );
+    cluster.shutdown().await;
+}
+
+/// While the leader hands leadership over, raft-rs drops proposals: the caller learns that the
+/// command was not appended (`Busy`, safe to retry), not a hint-less "not leader".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_during_a_leadership_transfer_is_busy_and_safe_to_retry() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let target = cluster
+        .running()
+        .map(|n| n.node_id())
+        .find(|&id| id != leader)
+        .unwrap();
+    // The target is down, so the transfer stays under way for an election timeout.
+    cluster.stop(target).await;
+    let node = cluster.node(leader).clone();
+    let transfer = tokio::spawn(async move { node.transfer_leadership(Some(target)).await });
+    let raft = cluster.node(leader).actors().raft.clone();
+    let data = postcard::to_allocvec(&set("k", "v")).unwrap();
+    let refused = wait_for_some("a proposal refused during the transfer", || {
+        let raft = raft.clone();
+        let data = data.clone();
+        async move {
+            match raft.ask(Propose::new(data)).await {
+                Err(SendError::HandlerError(e)) => Some(e),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(refused, ProposeError::Busy),
+        "expected Busy, got {refused:?}"
+    );
+    assert!(refused.is_safe_to_retry());
+    transfer.abort();
     cluster.shutdown().await;
 }

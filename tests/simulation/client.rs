@@ -182,7 +182,7 @@ impl Client {
         let data = postcard::to_allocvec(&cmd).unwrap();
         let r: Result<KvResponse, SendError<Propose, ProposeError>> = node
             .raft
-            .ask(Propose { data })
+            .ask(Propose::new(data))
             .reply_timeout(Duration::from_secs(2))
             .await;
         if std::env::var_os("SIM_VERBOSE").is_some() {

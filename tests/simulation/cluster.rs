@@ -396,7 +396,7 @@ impl Sim {
         loop {
             let r = node
                 .raft
-                .ask(iroh_raft::actors::Propose { data: data.clone() })
+                .ask(iroh_raft::actors::Propose::new(data.clone()))
                 .reply_timeout(Duration::from_secs(1))
                 .await;
             if r.is_ok() {

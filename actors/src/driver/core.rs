@@ -6,10 +6,9 @@ use raft::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{Effects, logger::raft_logger, mem_log::MemLog};
+use super::{Effects, Persist, logger::raft_logger, mem_log::MemLog};
 use crate::{
     config::{NodeConfig, TICKS_PER_HEARTBEAT},
-    storage::PersistBatch,
     types::{NodeId, Role},
 };
 
@@ -367,12 +366,10 @@ impl Driver {
         }
         fx.install = install;
         if !entries.is_empty() || hard_state.is_some() || fx.install.is_some() {
-            fx.persist = Some(PersistBatch {
+            fx.persist = Some(Persist {
                 number: fx.number,
-                snapshot: None,
                 entries,
                 hard_state,
-                conf_state: None,
                 must_sync,
             });
         }

@@ -2,10 +2,25 @@
 
 use raft::{
     ReadState,
-    eraftpb::{Entry, Message, SnapshotMetadata},
+    eraftpb::{Entry, HardState, Message, SnapshotMetadata},
 };
 
-use crate::{storage::PersistBatch, types::Role};
+use crate::types::Role;
+
+/// What one Ready round must make durable, in the driver's terms (the runtime adds the stored
+/// snapshot's record when the round installs one).
+#[derive(Debug, Default)]
+pub struct Persist {
+    /// The Ready number, confirmed back through [`super::Driver::on_persisted`] once durable.
+    pub number: u64,
+    /// New entries; any stored entry at or after the first one's index is replaced.
+    pub entries: Vec<Entry>,
+    /// New hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// True when Raft needs this on disk before acting on it (entries, term, vote or a
+    /// snapshot changed); false for commit-index-only updates.
+    pub must_sync: bool,
+}
 
 /// The work one Ready round hands to the runtime. Handle the fields in declaration order:
 /// send `send_now`, apply `committed`, queue `persist`, hold `send_after_persist` until the
@@ -23,7 +38,7 @@ pub struct Effects {
     /// Committed entries to apply, in order.
     pub committed: Vec<Entry>,
     /// What must be made durable; `None` when this round changed nothing on disk.
-    pub persist: Option<PersistBatch>,
+    pub persist: Option<Persist>,
     /// Messages that may only leave once `persist` is durable (votes, append responses).
     pub send_after_persist: Vec<Message>,
     /// ReadIndex confirmations: the read with this context may be served once the state machine

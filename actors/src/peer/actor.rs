@@ -255,7 +255,7 @@ impl PeerActor {
         let mut forwards = Vec::new();
         let mut size = 0;
         for f in batch.forwards {
-            size += f.data.len() + 16;
+            size += f.encoded_size();
             forwards.push(f);
             if size >= FRAME_TARGET {
                 self.push_frame(Frame::Forward(std::mem::take(&mut forwards)));

@@ -36,7 +36,7 @@ use crate::{
     },
     events::{ClusterEvent, EventBus, Publish},
     membership::Membership,
-    node::StorageSpawn,
+    config::StorageSpawn,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
     storage::{DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor},
@@ -204,6 +204,16 @@ impl<S: StateMachine> RaftActor<S> {
 
     pub(super) fn deadline(&self) -> u64 {
         self.now + self.config.request_timeout_ticks().max(1)
+    }
+
+    /// The tick at or after `at` (the node's request timeout from now when `None`).
+    pub(super) fn deadline_at(&self, at: Option<tokio::time::Instant>) -> u64 {
+        let Some(at) = at else {
+            return self.deadline();
+        };
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        let tick = self.config.tick_interval().as_micros().max(1);
+        self.now + (left.as_micros().div_ceil(tick) as u64).max(1)
     }
 
     pub(super) fn status(&self) -> NodeStatus {

@@ -25,7 +25,7 @@ use crate::{
     membership::{MemberInfo, MembershipChange, MembershipRefusal},
     state_machine::StateMachine,
     types::{NodeId, Role},
-    wire::{FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome, ForwardedProposal},
+    wire::{ForwardOutcome, ForwardRequest, ForwardedProposal, TransferRefusal},
 };
 
 /// Change the membership. The reply is the log index of the applied change.
@@ -133,44 +133,44 @@ impl<S: StateMachine> RaftActor<S> {
                 crate::driver::ProposeRefused::ConfChangePending => {
                     MembershipRefusal::InProgress.into()
                 }
-                crate::driver::ProposeRefused::Dropped => {
-                    ProposeError::NotLeader { leader_hint: None }
-                }
+                crate::driver::ProposeRefused::Dropped => ProposeError::Busy,
             })
     }
 
-    /// As leader, a change forwarded by `from`.
+    /// As leader, a change forwarded by `from` (postcard of the change).
     pub(super) fn accept_forwarded_change(
         &mut self,
         from: NodeId,
-        p: &ForwardedProposal,
+        p: (u64, u64),
+        change: &[u8],
+        max_lag: Option<u64>,
     ) -> ForwardOutcome {
-        let Ok((change, max_lag)) =
-            postcard::from_bytes::<(MembershipChange, Option<u64>)>(&p.data)
-        else {
-            return refused(&MembershipRefusal::Undecodable);
+        let Ok(change) = postcard::from_bytes::<MembershipChange>(change) else {
+            return ForwardOutcome::MembershipRefused(MembershipRefusal::Undecodable);
         };
         let term = self.driver.term();
-        match self.propose_change(encode_context(from, p.session, p.id), &change, max_lag) {
+        match self.propose_change(encode_context(from, p.0, p.1), &change, max_lag) {
             Ok(index) => ForwardOutcome::Appended { index, term },
-            Err(ProposeError::Membership(r)) => refused(&r),
+            Err(ProposeError::Membership(r)) => ForwardOutcome::MembershipRefused(r),
+            Err(ProposeError::Busy) => ForwardOutcome::Busy,
             Err(_) => ForwardOutcome::NotLeader {
-                leader_hint: self.driver.leader().unwrap_or(0),
+                leader_hint: self.driver.leader(),
             },
         }
     }
 
     /// As leader, a transfer forwarded by a follower.
-    pub(super) fn accept_forwarded_transfer(&mut self, p: &ForwardedProposal) -> ForwardOutcome {
-        let to = postcard::from_bytes::<Option<NodeId>>(&p.data).unwrap_or(None);
+    pub(super) fn accept_forwarded_transfer(&mut self, to: Option<NodeId>) -> ForwardOutcome {
         match self.start_transfer(to) {
-            Ok(_) => ForwardOutcome::Appended { index: 0, term: 0 },
-            // The refusal travels as a membership refusal; `forwarded_transfer_refused` maps it
-            // back.
-            Err(TransferError::NotAVoter(id)) => refused(&MembershipRefusal::NotAMember(id)),
-            Err(TransferError::NoCandidate) => refused(&MembershipRefusal::LastVoter(self.id())),
+            Ok(to) => ForwardOutcome::TransferStarted { to },
+            Err(TransferError::NotAVoter(id)) => {
+                ForwardOutcome::TransferRefused(TransferRefusal::NotAVoter(id))
+            }
+            Err(TransferError::NoCandidate) => {
+                ForwardOutcome::TransferRefused(TransferRefusal::NoCandidate)
+            }
             Err(_) => ForwardOutcome::NotLeader {
-                leader_hint: self.driver.leader().unwrap_or(0),
+                leader_hint: self.driver.leader(),
             },
         }
     }
@@ -203,20 +203,23 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// The leader answered the forward `id` of a transfer with a refusal (`Some`) or "not
     /// leader" (`None`): the waiting caller gets the typed reason now, not a timeout.
-    pub(super) fn forwarded_transfer_refused(
-        &mut self,
-        id: u64,
-        refusal: Option<MembershipRefusal>,
-    ) {
+    pub(super) fn forwarded_transfer_refused(&mut self, id: u64, refusal: Option<TransferRefusal>) {
         let Some(pos) = self.transfers.iter().position(|t| t.forward == Some(id)) else {
             return;
         };
         let t = self.transfers.swap_remove(pos);
         t.fail(match refusal {
-            Some(MembershipRefusal::NotAMember(node)) => TransferError::NotAVoter(node),
-            Some(MembershipRefusal::LastVoter(_)) => TransferError::NoCandidate,
-            _ => TransferError::NoLeader,
+            Some(TransferRefusal::NotAVoter(node)) => TransferError::NotAVoter(node),
+            Some(TransferRefusal::NoCandidate) => TransferError::NoCandidate,
+            None => TransferError::NoLeader,
         });
+    }
+
+    /// The leader started the forwarded transfer `id`, to `to`: the caller waits for `to`.
+    pub(super) fn forwarded_transfer_started(&mut self, id: u64, to: NodeId) {
+        if let Some(t) = self.transfers.iter_mut().find(|t| t.forward == Some(id)) {
+            t.target = Some(to);
+        }
     }
 
     /// Answers transfers whose outcome is known: the leader moved (to the target, if one was
@@ -307,12 +310,6 @@ impl<S: StateMachine> RaftActor<S> {
     }
 }
 
-fn refused(r: &MembershipRefusal) -> ForwardOutcome {
-    ForwardOutcome::Refused {
-        reason: postcard::to_allocvec(r).unwrap_or_default(),
-    }
-}
-
 impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
     type Reply = DelegatedReply<Result<u64, ProposeError>>;
 
@@ -341,8 +338,7 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
                 Err(e) => reply.send(Err(e)),
             }
         } else if let Some(leader) = self.driver.leader() {
-            let data = postcard::to_allocvec(&(&msg.change, msg.max_lag))
-                .expect("membership changes encode");
+            let change = postcard::to_allocvec(&msg.change).expect("membership changes encode");
             self.outbox
                 .entry(leader)
                 .or_default()
@@ -351,8 +347,10 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
                     session: self.session,
                     id,
                     term: self.driver.term(),
-                    kind: FORWARD_MEMBERSHIP,
-                    data,
+                    request: ForwardRequest::Membership {
+                        change,
+                        max_lag: msg.max_lag,
+                    },
                 });
             let taken = Taken::Forwarded(self.driver.term());
             self.conf_proposals.insert(id, reply, taken, deadline);
@@ -408,8 +406,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
                     session: self.session,
                     id,
                     term: self.driver.term(),
-                    kind: FORWARD_TRANSFER,
-                    data: postcard::to_allocvec(&msg.to).expect("ids encode"),
+                    request: ForwardRequest::Transfer(msg.to),
                 });
             msg.to
         } else {

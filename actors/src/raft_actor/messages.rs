@@ -5,6 +5,7 @@ use kameo::{
     reply::DelegatedReply,
 };
 use raft::eraftpb::MessageType;
+use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::{
@@ -14,21 +15,43 @@ use super::{
 use crate::{
     config::TICKS_PER_HEARTBEAT,
     error::{CodecError, FatalError, ProposeError, ReadError, StaleEvidence},
-    membership::MembershipRefusal,
     peer::{Inbound, PeerUnreachable},
     state_machine::StateMachine,
     types::{NodeId, NodeStatus, Role},
-    wire::{
-        CloseCode, FORWARD_COMMAND, FORWARD_MEMBERSHIP, FORWARD_TRANSFER, ForwardOutcome,
-        ForwardReply, ForwardedProposal, InboundPayload,
-    },
+    driver::ProposeRefused,
+    wire::{CloseCode, ForwardOutcome, ForwardReply, ForwardRequest, ForwardedProposal, InboundPayload},
 };
 
 /// Propose an encoded command; the reply comes once it is applied (or fails).
+///
+/// The RaftActor owns the proposal's fate, its deadline included: it answers
+/// [`ProposeError::Timeout`] (outcome unknown) at the first tick past `deadline`, and no other
+/// timer decides. A caller that also bounds its wait (the facade does, in case the actor cannot
+/// run at all: a disk that never returns) must give the actor more time than the deadline.
 #[derive(Debug)]
 pub struct Propose {
     /// The command, serialized with postcard.
     pub data: Vec<u8>,
+    /// When the caller stops waiting; `None`: the node's request timeout from now.
+    pub deadline: Option<Instant>,
+}
+
+impl Propose {
+    /// A proposal with the node's request timeout.
+    pub fn new(data: Vec<u8>) -> Self {
+        Self {
+            data,
+            deadline: None,
+        }
+    }
+
+    /// A proposal the caller waits for until `deadline`.
+    pub fn until(data: Vec<u8>, deadline: Instant) -> Self {
+        Self {
+            data,
+            deadline: Some(deadline),
+        }
+    }
 }
 
 impl<S: StateMachine> Message<Propose> for RaftActor<S> {
@@ -50,7 +73,7 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
             return delegated;
         }
         let id = self.next_id();
-        let deadline = self.deadline();
+        let deadline = self.deadline_at(msg.deadline);
         if self.driver.role() == Role::Leader {
             match self
                 .driver
@@ -60,7 +83,10 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                     self.proposals
                         .insert(id, reply, Taken::Appended(index), deadline)
                 }
-                Err(_) => reply.send(Err(ProposeError::NotLeader { leader_hint: None })),
+                Err(ProposeRefused::NotLeader(leader_hint)) => {
+                    reply.send(Err(ProposeError::NotLeader { leader_hint }))
+                }
+                Err(_) => reply.send(Err(ProposeError::Busy)),
             }
         } else if let Some(leader) = self.driver.leader() {
             let term = self.driver.term();
@@ -68,8 +94,7 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 session: self.session,
                 id,
                 term,
-                kind: FORWARD_COMMAND,
-                data: msg.data,
+                request: ForwardRequest::Command(msg.data),
             };
             self.outbox
                 .entry(leader)
@@ -235,27 +260,7 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
                 // Replies to a previous incarnation's forwards are not ours.
                 let session = self.session;
                 for r in replies.into_iter().filter(|r| r.session == session) {
-                    match r.outcome {
-                        ForwardOutcome::Appended { index: 0, .. } => {} // a transfer started
-                        ForwardOutcome::Appended { index, .. } => {
-                            self.proposals.set_index(r.id, index);
-                            self.conf_proposals.set_index(r.id, index);
-                        }
-                        ForwardOutcome::NotLeader { leader_hint } => {
-                            let leader_hint = Some(leader_hint).filter(|&l| l != 0);
-                            self.proposals
-                                .fail(r.id, ProposeError::NotLeader { leader_hint });
-                            self.conf_proposals
-                                .fail(r.id, ProposeError::NotLeader { leader_hint });
-                            self.forwarded_transfer_refused(r.id, None);
-                        }
-                        ForwardOutcome::Refused { reason } => {
-                            let refusal = postcard::from_bytes::<MembershipRefusal>(&reason)
-                                .unwrap_or(MembershipRefusal::Undecodable);
-                            self.forwarded_transfer_refused(r.id, Some(refusal.clone()));
-                            self.conf_proposals.fail(r.id, refusal.into());
-                        }
-                    }
+                    self.forward_answered(r.id, r.outcome);
                 }
             }
         }
@@ -263,35 +268,61 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
 }
 
 impl<S: StateMachine> RaftActor<S> {
+    /// The leader's answer to our forward `id`.
+    fn forward_answered(&mut self, id: u64, outcome: ForwardOutcome) {
+        match outcome {
+            ForwardOutcome::Appended { index, .. } => {
+                self.proposals.set_index(id, index);
+                self.conf_proposals.set_index(id, index);
+            }
+            ForwardOutcome::TransferStarted { to } => self.forwarded_transfer_started(id, to),
+            ForwardOutcome::NotLeader { leader_hint } => {
+                self.proposals
+                    .fail(id, ProposeError::NotLeader { leader_hint });
+                self.conf_proposals
+                    .fail(id, ProposeError::NotLeader { leader_hint });
+                self.forwarded_transfer_refused(id, None);
+            }
+            ForwardOutcome::Busy => {
+                self.proposals.fail(id, ProposeError::Busy);
+                self.conf_proposals.fail(id, ProposeError::Busy);
+            }
+            ForwardOutcome::MembershipRefused(refusal) => {
+                self.conf_proposals.fail(id, refusal.into());
+            }
+            ForwardOutcome::TransferRefused(refusal) => {
+                self.forwarded_transfer_refused(id, Some(refusal));
+            }
+        }
+    }
+
     /// As leader, appends proposals a follower forwarded and tells it where they went.
     fn accept_forwards(&mut self, from: NodeId, proposals: Vec<ForwardedProposal>) {
+        let leads = self.driver.role() == Role::Leader;
         for p in proposals {
-            let leads = self.driver.role() == Role::Leader;
-            let outcome = if p.kind != FORWARD_TRANSFER && p.term != self.driver.term() {
-                // Appended only in the term it was forwarded in (see `ForwardedProposal::term`).
-                ForwardOutcome::NotLeader {
-                    leader_hint: self.driver.leader().unwrap_or(0),
+            // Commands and changes are appended only in the term they were forwarded in (see
+            // `ForwardedProposal::term`); a transfer is not appended and has no such bound.
+            let in_term = leads && p.term == self.driver.term();
+            let outcome = match p.request {
+                ForwardRequest::Transfer(to) if leads => self.accept_forwarded_transfer(to),
+                ForwardRequest::Command(data) if in_term => {
+                    match self
+                        .driver
+                        .propose(encode_context(from, p.session, p.id), data)
+                    {
+                        Ok((index, term)) => ForwardOutcome::Appended { index, term },
+                        Err(ProposeRefused::Dropped) => ForwardOutcome::Busy,
+                        Err(_) => ForwardOutcome::NotLeader {
+                            leader_hint: self.driver.leader(),
+                        },
+                    }
                 }
-            } else if p.kind == FORWARD_MEMBERSHIP && leads {
-                self.accept_forwarded_change(from, &p)
-            } else if p.kind == FORWARD_TRANSFER && leads {
-                self.accept_forwarded_transfer(&p)
-            } else if p.kind != FORWARD_COMMAND {
-                ForwardOutcome::NotLeader {
-                    leader_hint: self.driver.leader().unwrap_or(0),
+                ForwardRequest::Membership { change, max_lag } if in_term => {
+                    self.accept_forwarded_change(from, (p.session, p.id), &change, max_lag)
                 }
-            } else if leads {
-                match self
-                    .driver
-                    .propose(encode_context(from, p.session, p.id), p.data)
-                {
-                    Ok((index, term)) => ForwardOutcome::Appended { index, term },
-                    Err(_) => ForwardOutcome::NotLeader { leader_hint: 0 },
-                }
-            } else {
-                ForwardOutcome::NotLeader {
-                    leader_hint: self.driver.leader().unwrap_or(0),
-                }
+                _ => ForwardOutcome::NotLeader {
+                    leader_hint: self.driver.leader(),
+                },
             };
             let reply = ForwardReply {
                 session: p.session,

@@ -18,6 +18,7 @@ use crate::{
     membership::MembershipRefusal,
     peer::Reconnect,
     state_machine::StateMachine,
+    driver::Persist,
     storage::PersistBatch,
     types::{NodeId, Role},
 };
@@ -126,10 +127,11 @@ impl<S: StateMachine> RaftActor<S> {
             for m in fx.send_now {
                 self.route(m);
             }
+            let mut batch = fx.persist.map(persist_batch);
             if let Some(meta) = fx.install.take() {
                 match self.install_snapshot(&meta) {
                     Ok(record) => {
-                        if let Some(batch) = fx.persist.as_mut() {
+                        if let Some(batch) = batch.as_mut() {
                             batch.snapshot = Some(record);
                         }
                         self.snapshots.applied_when_persisted = Some((fx.number, meta.index));
@@ -149,7 +151,7 @@ impl<S: StateMachine> RaftActor<S> {
                     self.reads.confirm(u64::from_le_bytes(id), rs.index);
                 }
             }
-            self.queue_persist(fx.number, fx.persist, fx.send_after_persist)
+            self.queue_persist(fx.number, batch, fx.send_after_persist)
                 .await;
         }
         if self.driver.role() == Role::Leader && self.driver.committed_in_term() {
@@ -372,5 +374,17 @@ mod tests {
         assert_eq!(ticks_for(ms(700), tick, 70, true), 70);
         assert_eq!(ticks_for(ms(1_000), tick, 70, true), 100);
         assert_eq!(ticks_for(ms(60_000), tick, 70, true), 141);
+    }
+}
+
+/// The storage batch for what a Ready round must make durable.
+fn persist_batch(p: Persist) -> PersistBatch {
+    PersistBatch {
+        number: p.number,
+        snapshot: None,
+        entries: p.entries,
+        hard_state: p.hard_state,
+        conf_state: None,
+        must_sync: p.must_sync,
     }
 }

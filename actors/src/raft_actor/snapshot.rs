@@ -22,7 +22,7 @@ use crate::{
     membership::{
         Membership, SnapshotHeader, in_conf, read_snapshot_header, write_snapshot_header,
     },
-    node::StorageSpawn,
+    config::StorageSpawn,
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
     storage::{

@@ -10,7 +10,7 @@ use kameo::{
     message::{Context, Message},
 };
 use tokio::sync::watch;
-use tracing::{Span, debug, error, info_span};
+use tracing::{Span, debug, error, info_span, warn};
 
 use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered, SnapshotRecord};
 use crate::{error::StorageError, types::NodeId};
@@ -325,7 +325,10 @@ impl Message<CommitSnapshot> for StorageActor {
     }
 }
 
-/// Delete the chunks of a snapshot that will not be used.
+/// Delete the chunks of a snapshot that will not be used. Best effort, and sent with `tell`
+/// (in kameo an `Err` answered to a `tell` stops the receiver): a failed discard leaves the
+/// chunks behind as unused space and is logged, and the actor stays up. A failing disk fails
+/// the next persist batch, which is where a storage failure is reported.
 #[derive(Debug, Clone, Copy)]
 pub struct DiscardSnapshot {
     /// Snapshot storage id.
@@ -333,13 +336,15 @@ pub struct DiscardSnapshot {
 }
 
 impl Message<DiscardSnapshot> for StorageActor {
-    type Reply = Result<(), Arc<StorageError>>;
+    type Reply = ();
 
-    async fn handle(
-        &mut self,
-        c: DiscardSnapshot,
-        _: &mut Context<Self, Self::Reply>,
-    ) -> Self::Reply {
-        self.snapshot_op(|db| db.discard_snapshot(c.id))
+    async fn handle(&mut self, c: DiscardSnapshot, _: &mut Context<Self, ()>) {
+        let result = match self.db() {
+            Ok(db) => db.discard_snapshot(c.id).map_err(Arc::new),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            warn!(id = c.id, error = %e, "could not discard a snapshot's chunks; they stay unused");
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::membership::MembershipRefusal;
+
 /// One frame of the consensus stream.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Frame {
@@ -103,25 +105,45 @@ pub struct ForwardedProposal {
     pub session: u64,
     /// The follower's id for this proposal; it comes back in the entry context and the reply.
     pub id: u64,
-    /// The follower's term when it forwarded: the leader appends the proposal only in that same
-    /// term (otherwise it answers "not leader"). So once the follower applies an entry of a
-    /// later term, a proposal it forwarded that was not applied before never will be.
+    /// The follower's term when it forwarded: the leader appends a command or a membership
+    /// change only in that same term (otherwise it answers "not leader"). So once the follower
+    /// applies an entry of a later term, a proposal it forwarded that was not applied before
+    /// never will be.
     pub term: u64,
-    /// What `data` holds: [`FORWARD_COMMAND`], [`FORWARD_MEMBERSHIP`] or [`FORWARD_TRANSFER`].
-    pub kind: u8,
-    /// The encoded command (postcard), membership change or transfer target.
-    pub data: Vec<u8>,
+    /// What the follower asks of the leader.
+    pub request: ForwardRequest,
 }
 
-/// [`ForwardedProposal::kind`]: an application command.
-pub const FORWARD_COMMAND: u8 = 0;
-/// [`ForwardedProposal::kind`]: a membership change (postcard of the change and the largest lag
-/// a learner being promoted may have).
-pub const FORWARD_MEMBERSHIP: u8 = 1;
-/// [`ForwardedProposal::kind`]: hand leadership over (postcard of the target, or none for the
-/// most up-to-date voter). The reply is `Appended { index: 0, term: 0 }` once the transfer has
-/// started.
-pub const FORWARD_TRANSFER: u8 = 2;
+impl ForwardedProposal {
+    /// Roughly how many bytes it takes in a frame.
+    pub fn encoded_size(&self) -> usize {
+        let payload = match &self.request {
+            ForwardRequest::Command(data) => data.len(),
+            ForwardRequest::Membership { change, .. } => change.len() + 16,
+            ForwardRequest::Transfer(_) => 16,
+        };
+        payload + 40
+    }
+}
+
+/// What a follower forwards to the leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ForwardRequest {
+    /// An application command (postcard of the state machine's command type; the leader
+    /// checks that it decodes before appending it).
+    Command(Vec<u8>),
+    /// A membership change.
+    Membership {
+        /// Postcard of the [`crate::MembershipChange`] (it carries iroh endpoint addresses,
+        /// whose encoding is iroh's serde one).
+        change: Vec<u8>,
+        /// The largest lag a learner being promoted may have, if the caller set one.
+        max_lag: Option<u64>,
+    },
+    /// Hand leadership over to this voter, or to the most up-to-date one. The reply is
+    /// [`ForwardOutcome::TransferStarted`].
+    Transfer(Option<u64>),
+}
 
 /// The leader's answer to one forwarded proposal.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -144,14 +166,30 @@ pub enum ForwardOutcome {
         /// Term of the entry.
         term: u64,
     },
-    /// The receiver is not the leader; `leader_hint` is 0 when it knows none.
+    /// A leadership transfer to this voter has started.
+    TransferStarted {
+        /// The voter leadership is handed to.
+        to: u64,
+    },
+    /// The receiver is not the leader (or not in the term the proposal was forwarded in).
     NotLeader {
-        /// The leader the receiver believes in, or 0.
-        leader_hint: u64,
+        /// The leader the receiver believes in, if any.
+        leader_hint: Option<u64>,
     },
-    /// The leader refused a membership change or transfer (postcard of the typed reason).
-    Refused {
-        /// The encoded reason.
-        reason: Vec<u8>,
-    },
+    /// The leader did not append it: raft-rs dropped it (a leadership transfer is under way,
+    /// or too many entries are uncommitted). It was never appended, so retrying is safe.
+    Busy,
+    /// The leader refused a membership change.
+    MembershipRefused(MembershipRefusal),
+    /// The leader refused a transfer.
+    TransferRefused(TransferRefusal),
+}
+
+/// Why a leader refused to hand leadership over.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferRefusal {
+    /// The target is not a voter.
+    NotAVoter(u64),
+    /// There is no other voter to hand over to.
+    NoCandidate,
 }

@@ -112,7 +112,7 @@ pub async fn propose(node: &Node<Recorder>, value: u64) -> Result<u64, ProposeEr
     let data = postcard::to_allocvec(&value).unwrap();
     match node
         .raft
-        .ask(Propose { data })
+        .ask(Propose::new(data))
         .reply_timeout(Duration::from_secs(5))
         .await
     {

@@ -158,6 +158,7 @@ fn propose_error(e: &ProposeError) -> MgmtResponse {
     let kind = match e {
         ProposeError::NotLeader { .. }
         | ProposeError::LeaderUnreachable { .. }
+        | ProposeError::Busy
         | ProposeError::Dropped { .. }
         | ProposeError::LeaderChanged { .. } => MgmtErrorKind::Unavailable,
         // A node that stops may have appended the command before it did: the outcome is
