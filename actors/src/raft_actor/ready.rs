@@ -357,6 +357,18 @@ impl<S: StateMachine> RaftActor<S> {
     }
 }
 
+/// The storage batch for what a Ready round must make durable.
+fn persist_batch(p: Persist) -> PersistBatch {
+    PersistBatch {
+        number: p.number,
+        snapshot: None,
+        entries: p.entries,
+        hard_state: p.hard_state,
+        conf_state: None,
+        must_sync: p.must_sync,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,14 +389,3 @@ mod tests {
     }
 }
 
-/// The storage batch for what a Ready round must make durable.
-fn persist_batch(p: Persist) -> PersistBatch {
-    PersistBatch {
-        number: p.number,
-        snapshot: None,
-        entries: p.entries,
-        hard_state: p.hard_state,
-        conf_state: None,
-        must_sync: p.must_sync,
-    }
-}
