@@ -505,7 +505,11 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         }
         let node = Node::start(spec).await?;
         let discovery = DiscoveryProtocol::new(self.join_options);
-        let mgmt = MgmtProtocol::new(self.mgmt_allowlist.clone(), self.remote_reader.clone());
+        let mgmt = MgmtProtocol::new(
+            self.mgmt_allowlist.clone(),
+            self.remote_reader.clone(),
+            node.facts.leadership(),
+        );
         let router = (!self.external_router).then(|| {
             Router::builder(endpoint.clone())
                 .accept(ALPN, node.protocol.clone())
@@ -518,7 +522,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             request_timeout,
             retry_interval,
             Lifetime::new(
-                (node_id, node),
+                node,
                 endpoint,
                 router,
                 owns_endpoint,

@@ -11,7 +11,7 @@ use std::{
 
 use iroh::{Endpoint, protocol::Router};
 use iroh_raft_actors::{
-    ClusterId, CodecError, EventStream, FatalError, GetStatus, LinearizableQuery, Node, NodeId,
+    ClusterId, CodecError, EventStream, FatalError, GetStatus, LinearizableQuery, Liveness, Node, NodeId,
     NodeStatus, Propose, ProposeError, Query, RaftProtocol, ReadError, SnapshotError, StateMachine,
     Subscribe, Ticket, TicketRole, TriggerSnapshot, wire::MAX_COMMAND_SIZE,
 };
@@ -23,8 +23,6 @@ use tokio::time::Instant;
 /// far below this in every preset), so this fires only when the actor cannot run at all (its
 /// disk does not return); the answer is then [`ProposeError::Timeout`] too.
 const BACKSTOP: Duration = Duration::from_secs(1);
-
-mod failure;
 
 use crate::{
     discovery::DiscoveryProtocol,
@@ -42,20 +40,20 @@ pub(crate) struct Lifetime<S: StateMachine> {
     pub(crate) stopped: AtomicBool,
     discovery: DiscoveryProtocol<S>,
     mgmt: MgmtProtocol<S>,
-    /// The node's fatal error, once it has one (see [`failure`]).
-    failure: tokio::sync::watch::Receiver<Option<FatalError>>,
+    /// Whether the node still serves (published by the runtime).
+    liveness: tokio::sync::watch::Receiver<Liveness>,
 }
 
 impl<S: StateMachine> Lifetime<S> {
     pub(crate) fn new(
-        (node_id, node): (NodeId, Node<S>),
+        node: Node<S>,
         endpoint: Endpoint,
         router: Option<Router>,
         owns_endpoint: bool,
         (discovery, mgmt): (DiscoveryProtocol<S>, MgmtProtocol<S>),
     ) -> Self {
         Self {
-            failure: failure::spawn(node_id, &node),
+            liveness: node.facts.liveness(),
             node,
             endpoint,
             router,
@@ -180,7 +178,7 @@ impl<S: StateMachine> RaftCluster<S> {
             AskFailure::Refused(e) => e,
             AskFailure::Timeout => ProposeError::Timeout,
             AskFailure::Interrupted => ProposeError::Interrupted,
-            AskFailure::NotRunning => match self.node.failure().await {
+            AskFailure::NotRunning => match self.node.failure() {
                 Some(e) => ProposeError::Fatal(e),
                 None => ProposeError::ShuttingDown,
             },
@@ -192,7 +190,7 @@ impl<S: StateMachine> RaftCluster<S> {
             AskFailure::Refused(e) => e,
             AskFailure::Timeout => ReadError::Timeout,
             AskFailure::Interrupted => ReadError::Interrupted,
-            AskFailure::NotRunning => match self.node.failure().await {
+            AskFailure::NotRunning => match self.node.failure() {
                 Some(e) => ReadError::Fatal(e),
                 None => ReadError::ShuttingDown,
             },
@@ -393,7 +391,7 @@ impl<S: StateMachine> RaftCluster<S> {
         match self.node.raft.ask(TriggerSnapshot).await {
             Ok(index) => Ok(index),
             Err(SendError::HandlerError(e)) => Err(e),
-            Err(_) => match self.node.failure().await {
+            Err(_) => match self.node.failure() {
                 Some(e) => Err(SnapshotError::Fatal(e)),
                 None => Err(SnapshotError::ShuttingDown),
             },
@@ -426,15 +424,24 @@ impl<S: StateMachine> RaftCluster<S> {
     /// data, the supervisor gave up restarting it), once the handle has seen it. Every call
     /// fails with it from then on.
     pub fn fatal_error(&self) -> Option<FatalError> {
-        self.lifetime.failure.borrow().clone()
+        match &*self.lifetime.liveness.borrow() {
+            Liveness::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// Waits until the node stops for good on its own and returns why; `None` once it was shut
     /// down (or dropped) instead. A process that runs a node waits on this beside its signals.
     pub async fn stopped(&self) -> Option<FatalError> {
-        let mut failure = self.lifetime.failure.clone();
-        let stopped = failure.wait_for(Option::is_some).await.ok()?;
-        stopped.clone()
+        let mut liveness = self.lifetime.liveness.clone();
+        let stopped = liveness
+            .wait_for(|l| !matches!(l, Liveness::Running))
+            .await
+            .ok()?;
+        match &*stopped {
+            Liveness::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// `Err` with the node's fatal error, if it has one.
@@ -462,9 +469,9 @@ impl<S: StateMachine> RaftCluster<S> {
         }
     }
 
-    /// The leader this node knows of.
+    /// The leader this node knows of (none once the node stopped).
     pub async fn leader(&self) -> Option<NodeId> {
-        self.status().await.ok().and_then(|s| s.leader)
+        self.node.facts.leader()
     }
 
     /// Stops the node: no new work, pending requests fail with `ShuttingDown`, connections close

@@ -111,7 +111,7 @@ impl<S: StateMachine> RaftCluster<S> {
         {
             Ok(v) => Ok(v),
             Err(SendError::Timeout(_)) => Err(ReadError::Timeout),
-            Err(_) => Err(match self.actors().failure().await {
+            Err(_) => Err(match self.actors().failure() {
                 Some(e) => ReadError::Fatal(e),
                 None => ReadError::ShuttingDown,
             }),
@@ -146,7 +146,7 @@ impl<S: StateMachine> RaftCluster<S> {
                     ProposeError::Interrupted
                 }
                 Err(_) => {
-                    return Err(match self.actors().failure().await {
+                    return Err(match self.actors().failure() {
                         Some(e) => ProposeError::Fatal(e),
                         None => ProposeError::ShuttingDown,
                     });
@@ -337,7 +337,7 @@ impl<S: StateMachine> RaftCluster<S> {
                 elapsed: started.elapsed(),
             }),
             Err(_) => Err(TransferError::Unavailable(
-                match self.actors().failure().await {
+                match self.actors().failure() {
                     Some(e) => ProposeError::Fatal(e),
                     None => ProposeError::ShuttingDown,
                 },

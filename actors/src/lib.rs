@@ -133,6 +133,7 @@ mod consistency;
 mod driver;
 mod error;
 mod events;
+mod facts;
 mod membership;
 mod node;
 pub mod peer;
@@ -155,6 +156,7 @@ pub use events::{
     ClusterEvent, EVENT_BUFFER, EVENT_MAILBOX, EventBus, EventItem, EventStream, Publish,
     Subscribe, SubscribeFrom,
 };
+pub use facts::{Facts, Liveness};
 pub use membership::{
     Admission, MemberInfo, MemberRole, Membership, MembershipChange, MembershipRefusal,
     SnapshotHeader, read_snapshot_header, write_snapshot_header,
@@ -173,8 +175,8 @@ pub use storage::{
     PersistProgress, Recover, Recovered, SNAPSHOT_CHUNK, SnapshotReader, SnapshotRecord,
     SnapshotWriter, StorageActor, StorageArgs, WriteChunk,
 };
-pub use supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW};
+pub use supervisor::{Children, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW, SupervisorArgs};
 pub use ticket::{
     ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, ParseError, Ticket, TicketError, TicketRole,
 };
-pub use types::{NodeId, NodeStatus, Role};
+pub use types::{Leadership, NodeId, NodeStatus, Role};

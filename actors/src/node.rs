@@ -18,6 +18,7 @@ use crate::{
     config::{NodeConfig, StorageSpawn},
     error::{FatalError, StartError, StorageError},
     events::{EVENT_MAILBOX, EventBus},
+    facts::Facts,
     membership::{Membership, SnapshotHeader, write_snapshot_header},
     peer::{Dialer, RaftProtocol},
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
@@ -26,7 +27,7 @@ use crate::{
         Close, DbHandle, Identity, LogDb, Member, PERSIST_QUEUE, PersistBatch, PersistProgress,
         SnapshotRecord, SnapshotWriter, StorageActor, StorageArgs,
     },
-    supervisor::{Children, GetFailure, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW},
+    supervisor::{Children, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW, SupervisorArgs},
 };
 
 /// How a node with a new data dir enters its cluster.
@@ -76,6 +77,8 @@ pub struct Node<S: StateMachine> {
     pub db: DbHandle,
     /// The consensus protocol handler, to mount under [`crate::wire::ALPN`].
     pub protocol: RaftProtocol,
+    /// Membership, leadership and liveness, on watches.
+    pub facts: Arc<Facts>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -87,6 +90,7 @@ impl<S: StateMachine> Clone for Node<S> {
             supervisor: self.supervisor.clone(),
             db: self.db.clone(),
             protocol: self.protocol.clone(),
+            facts: self.facts.clone(),
         }
     }
 }
@@ -228,7 +232,12 @@ impl<S: StateMachine> Node<S> {
         )?;
 
         let events = EventBus::spawn_with_mailbox((), mailbox::bounded(EVENT_MAILBOX));
-        let supervisor = NodeSupervisor::<S>::spawn(me);
+        let facts = Facts::new();
+        let supervisor = NodeSupervisor::<S>::spawn(SupervisorArgs {
+            node_id: me,
+            facts: facts.clone(),
+            events: events.clone(),
+        });
         let (persist_tx, persist_rx) = flume::bounded(PERSIST_QUEUE);
         let (progress_tx, progress_rx) = watch::channel(PersistProgress::default());
 
@@ -264,8 +273,6 @@ impl<S: StateMachine> Node<S> {
             return Err(e);
         }
 
-        let (membership_tx, membership_rx) = watch::channel(Arc::new(Membership::default()));
-        let membership_tx = Arc::new(membership_tx);
         let raft_args = RaftArgs {
             config,
             state_machine,
@@ -276,7 +283,7 @@ impl<S: StateMachine> Node<S> {
             persist_tx,
             persist_progress: progress_rx,
             events: events.clone(),
-            membership: membership_tx,
+            facts: facts.clone(),
         };
         let raft = RaftActor::supervise_with(&supervisor, move || raft_args.clone())
             .restart_policy(RestartPolicy::Transient)
@@ -308,7 +315,7 @@ impl<S: StateMachine> Node<S> {
                 raft.clone().reply_recipient(),
                 raft.clone().recipient(),
             ),
-            membership_rx,
+            facts.membership(),
             raft.clone().recipient(),
             storage.clone(),
         );
@@ -319,12 +326,13 @@ impl<S: StateMachine> Node<S> {
             supervisor,
             db: db_handle,
             protocol,
+            facts,
         })
     }
 
     /// The fatal error that stopped this node, if one did.
-    pub async fn failure(&self) -> Option<FatalError> {
-        self.supervisor.ask(GetFailure).await.ok().flatten()
+    pub fn failure(&self) -> Option<FatalError> {
+        self.facts.failure()
     }
 
     /// Graceful stop: refuse new connections, fail pending requests with `ShuttingDown`, close
@@ -345,7 +353,8 @@ impl<S: StateMachine> Node<S> {
             Err(_) => Ok(()), // already stopped; its on_stop flushed
         };
         self.db.close();
-        let failure = self.failure().await;
+        let failure = self.failure();
+        self.facts.shut_down();
         let _ = self.supervisor.stop_gracefully().await;
         self.supervisor.wait_for_shutdown().await;
         let _ = self.events.stop_gracefully().await;
@@ -360,6 +369,7 @@ impl<S: StateMachine> Node<S> {
     /// durable as it stops.
     pub fn kill(&self) {
         self.protocol.close();
+        self.facts.shut_down();
         self.db.close();
         self.supervisor.kill();
         self.events.kill();

@@ -7,11 +7,11 @@
 //! queue and recover, then replays the log into a fresh state machine. Both restart only after
 //! an abnormal stop (panic or error), never after an orderly shutdown.
 //!
-//! When a child is not restarted any more, the supervisor stops the other one, records a
-//! [`FatalError`] and stays up to report it: the facade asks for it when the RaftActor no longer
-//! answers, so every call returns the typed reason.
+//! When a child is not restarted any more, the supervisor stops the other one, publishes a
+//! [`FatalError`] on the node's [`Facts`] (so every call returns the typed reason) and a
+//! `NodeStopped` event, and stays up.
 
-use std::{ops::ControlFlow, time::Duration};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use kameo::{
     Actor,
@@ -23,9 +23,25 @@ use kameo::{
 use tracing::error;
 
 use crate::{
-    error::FatalError, raft_actor::RaftActor, state_machine::StateMachine, storage::StorageActor,
+    error::FatalError,
+    events::{ClusterEvent, EventBus, Publish},
+    facts::Facts,
+    raft_actor::RaftActor,
+    state_machine::StateMachine,
+    storage::StorageActor,
     types::NodeId,
 };
+
+/// What the supervisor is started with.
+#[derive(Debug, Clone)]
+pub struct SupervisorArgs {
+    /// The node's id, for logs and events.
+    pub node_id: NodeId,
+    /// Where a fatal error is published.
+    pub facts: Arc<Facts>,
+    /// Where `NodeStopped` is published when the supervisor gives up.
+    pub events: ActorRef<EventBus>,
+}
 
 /// Restarts allowed per child within [`RESTART_WINDOW`] before the node stops for good. A
 /// deterministic bug (a command whose `apply` panics) fails the same way on every replay, so it
@@ -38,16 +54,18 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Supervises one node's StorageActor and RaftActor.
 pub struct NodeSupervisor<S: StateMachine> {
     node_id: NodeId,
+    facts: Arc<Facts>,
+    events: ActorRef<EventBus>,
     raft: Option<ActorRef<RaftActor<S>>>,
     storage: Option<ActorRef<StorageActor>>,
-    failure: Option<FatalError>,
+    failed: bool,
 }
 
 impl<S: StateMachine> std::fmt::Debug for NodeSupervisor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeSupervisor")
             .field("node_id", &self.node_id)
-            .field("failure", &self.failure)
+            .field("failed", &self.failed)
             .finish()
     }
 }
@@ -65,19 +83,21 @@ impl<S: StateMachine> NodeSupervisor<S> {
 }
 
 impl<S: StateMachine> Actor for NodeSupervisor<S> {
-    type Args = NodeId;
+    type Args = SupervisorArgs;
     type Error = Infallible;
 
     fn supervision_strategy() -> SupervisionStrategy {
         SupervisionStrategy::RestForOne
     }
 
-    async fn on_start(node_id: NodeId, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(args: SupervisorArgs, _: ActorRef<Self>) -> Result<Self, Self::Error> {
         Ok(Self {
-            node_id,
+            node_id: args.node_id,
+            facts: args.facts,
+            events: args.events,
             raft: None,
             storage: None,
-            failure: None,
+            failed: false,
         })
     }
 
@@ -95,11 +115,22 @@ impl<S: StateMachine> Actor for NodeSupervisor<S> {
         }
         let actor = self.child_name(id);
         error!(node = self.node_id, actor, %reason, "actor stopped for good; node stops");
-        if self.failure.is_none() {
-            self.failure = Some(FatalError::ActorStopped {
+        if !self.failed {
+            self.failed = true;
+            let e = FatalError::ActorStopped {
                 actor,
                 reason: reason.to_string().into(),
-            });
+            };
+            // The RaftActor may have published its own fatal error first: that one stands.
+            self.facts.fail(e);
+            if let Some(e) = self.facts.failure() {
+                let stopped = ClusterEvent::NodeStopped {
+                    node: self.node_id,
+                    removed: matches!(e, FatalError::Removed { .. }),
+                    reason: e.to_string(),
+                };
+                let _ = self.events.tell(Publish(stopped)).try_send();
+            }
         }
         if let Some(raft) = &self.raft {
             let _ = raft.stop_gracefully().await;
@@ -125,17 +156,5 @@ impl<S: StateMachine> Message<Children<S>> for NodeSupervisor<S> {
     async fn handle(&mut self, c: Children<S>, _: &mut Context<Self, ()>) {
         self.raft = Some(c.raft);
         self.storage = Some(c.storage);
-    }
-}
-
-/// The fatal error that stopped the node, if one did.
-#[derive(Debug, Clone, Copy)]
-pub struct GetFailure;
-
-impl<S: StateMachine> Message<GetFailure> for NodeSupervisor<S> {
-    type Reply = Option<FatalError>;
-
-    async fn handle(&mut self, _: GetFailure, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        self.failure.clone()
     }
 }

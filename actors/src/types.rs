@@ -60,3 +60,25 @@ pub struct NodeStatus {
     /// consistency check): a corruption alarm for each.
     pub diverged: Vec<NodeId>,
 }
+
+/// Who leads, in which term, and this node's role: what the RaftActor publishes on a watch
+/// ([`crate::Facts::leadership`]) whenever one of them changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    /// The leader this node knows of, if any.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+    /// This node's role.
+    pub role: Role,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Self {
+            leader: None,
+            term: 0,
+            role: Role::Follower,
+        }
+    }
+}

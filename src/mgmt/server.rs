@@ -5,10 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -18,12 +15,13 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use iroh_raft_actors::{
-    ClusterEvent, ClusterId, EventItem, StateMachine, Ticket, TicketRole,
+    ClusterId, Leadership, StateMachine, Ticket, TicketRole,
     wire::{
         CloseCode, MGMT_VERSION, MgmtBatch, MgmtErrorKind, MgmtReply, MgmtRequest, MgmtResponse,
         MgmtRole, encode_mgmt, read_mgmt_request,
     },
 };
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{RaftCluster, cluster::WeakCluster};
@@ -90,9 +88,8 @@ pub struct MgmtProtocol<S: StateMachine> {
     cluster: Arc<OnceLock<WeakCluster<S>>>,
     allowlist: Arc<BTreeMap<EndpointId, MgmtRole>>,
     reader: Option<RemoteReader<S>>,
-    /// The leader this node last heard of (0: none), kept by a task that follows the node's
-    /// events; every reply carries it, so clients find the leader without asking.
-    leader: Arc<AtomicU64>,
+    /// The node's leadership as its RaftActor publishes it.
+    leadership: watch::Receiver<Leadership>,
     /// Admitted connections per key.
     connections: ConnectionCounts,
 }
@@ -103,7 +100,7 @@ impl<S: StateMachine> Clone for MgmtProtocol<S> {
             cluster: self.cluster.clone(),
             allowlist: self.allowlist.clone(),
             reader: self.reader.clone(),
-            leader: self.leader.clone(),
+            leadership: self.leadership.clone(),
             connections: self.connections.clone(),
         }
     }
@@ -140,47 +137,26 @@ impl<S: StateMachine> MgmtProtocol<S> {
     pub(crate) fn new(
         allowlist: BTreeMap<EndpointId, MgmtRole>,
         reader: Option<RemoteReader<S>>,
+        leadership: watch::Receiver<Leadership>,
     ) -> Self {
         Self {
             cluster: Arc::new(OnceLock::new()),
             allowlist: Arc::new(allowlist),
             reader,
-            leader: Arc::new(AtomicU64::new(0)),
+            leadership,
             connections: ConnectionCounts::default(),
         }
     }
 
-    /// Binds the handler to its node once the node exists, and starts following its leader.
+    /// Binds the handler to its node once the node exists.
     pub(crate) fn attach(&self, cluster: &RaftCluster<S>) {
-        if self.cluster.set(cluster.downgrade()).is_err() {
-            return;
-        }
-        let (weak, leader) = (cluster.downgrade(), self.leader.clone());
-        tokio::spawn(async move {
-            let Some(cluster) = weak.upgrade() else {
-                return;
-            };
-            // Subscribe first, then read the current leader: no election falls in between.
-            let Ok(mut events) = cluster.subscribe().await else {
-                return;
-            };
-            let current =
-                |cluster: RaftCluster<S>| async move { cluster.leader().await.unwrap_or(0) };
-            leader.store(current(cluster).await, Ordering::Relaxed);
-            // Ends when the node's event bus stops.
-            while let Some(item) = events.next().await {
-                match item {
-                    EventItem::Event(ClusterEvent::LeaderElected { new_leader, .. }) => {
-                        leader.store(new_leader, Ordering::Relaxed);
-                    }
-                    EventItem::Missed(_) => match weak.upgrade() {
-                        Some(cluster) => leader.store(current(cluster).await, Ordering::Relaxed),
-                        None => return,
-                    },
-                    _ => {}
-                }
-            }
-        });
+        let _ = self.cluster.set(cluster.downgrade());
+    }
+
+    /// The leader this node knows of (0: none); every reply carries it, so clients find the
+    /// leader without asking.
+    pub(super) fn leader(&self) -> u64 {
+        self.leadership.borrow().leader.unwrap_or(0)
     }
 
     fn cluster(&self) -> Option<RaftCluster<S>> {
@@ -293,7 +269,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         let why = format!("more than {MAX_LANES} request streams at once");
                         let response = error(MgmtErrorKind::Refused, why, None);
                         let mut batch = MgmtBatch::new();
-                        let leader = self.leader.load(Ordering::Relaxed);
+                        let leader = self.leader();
                         let reply = MgmtReply { id: 0, leader, response };
                         if batch.push(&reply).is_ok() {
                             let _ = tx.write_all(batch.bytes()).await;

@@ -35,12 +35,13 @@ use crate::{
         FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError, TransferError,
     },
     events::{ClusterEvent, EventBus, Publish},
-    membership::Membership,
     config::StorageSpawn,
+    facts::Facts,
+    membership::Membership,
     peer::{Dialer, Outbound},
     state_machine::{StateMachine, StateMachineSource},
     storage::{DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor},
-    types::{NodeId, NodeStatus},
+    types::{Leadership, NodeId, NodeStatus},
 };
 
 /// What the RaftActor is started (and restarted) with. It builds its Raft core from what the
@@ -65,9 +66,9 @@ pub struct RaftArgs<S: StateMachine> {
     pub persist_progress: watch::Receiver<PersistProgress>,
     /// Where events go.
     pub events: ActorRef<EventBus>,
-    /// Where the applied membership is published (the protocol handler admits by it). Outlives
-    /// restarts of the actor.
-    pub membership: Arc<watch::Sender<Arc<Membership>>>,
+    /// Where the applied membership, the leadership and a fatal error are published (the
+    /// protocol handlers admit by the membership). Outlives restarts of the actor.
+    pub facts: Arc<Facts>,
 }
 
 impl<S: StateMachine> Clone for RaftArgs<S> {
@@ -82,7 +83,7 @@ impl<S: StateMachine> Clone for RaftArgs<S> {
             persist_tx: self.persist_tx.clone(),
             persist_progress: self.persist_progress.clone(),
             events: self.events.clone(),
-            membership: self.membership.clone(),
+            facts: self.facts.clone(),
         }
     }
 }
@@ -161,8 +162,10 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) session: u64,
     /// Members with their endpoints, as of the last applied configuration change.
     pub(super) membership: Membership,
-    /// Where the membership is published for the protocol handler.
-    pub(super) membership_tx: Arc<watch::Sender<Arc<Membership>>>,
+    /// Where the membership, the leadership and a fatal error are published.
+    pub(super) facts: Arc<Facts>,
+    /// The leadership last published.
+    pub(super) published: Leadership,
     /// Membership changes taken by this node and not yet answered (index of the change).
     pub(super) conf_proposals: Proposals<u64>,
     /// Leadership transfers waiting to be seen through.
@@ -237,8 +240,7 @@ impl<S: StateMachine> RaftActor<S> {
     /// Adopts a new membership (a configuration change applied, or a snapshot installed).
     pub(super) fn set_membership(&mut self, membership: Membership) {
         self.peers.set_members(&membership.members());
-        self.membership_tx
-            .send_replace(Arc::new(membership.clone()));
+        self.facts.publish_membership(Arc::new(membership.clone()));
         self.membership = membership;
     }
 
@@ -276,7 +278,29 @@ impl<S: StateMachine> RaftActor<S> {
         self.reads.fail_all(ReadError::Fatal(e.clone()));
         self.snapshots.fail_waiters(SnapshotError::Fatal(e.clone()));
         self.outbox.clear();
+        self.facts.fail(e.clone());
         self.lifecycle = Lifecycle::Failed(e);
+        // A stopped node knows no leader.
+        self.publish_leadership();
+    }
+
+    /// Publishes leader, term and role if they changed since last time.
+    pub(super) fn publish_leadership(&mut self) {
+        let leadership = match self.lifecycle {
+            Lifecycle::Running => Leadership {
+                leader: self.driver.leader(),
+                term: self.driver.term(),
+                role: self.driver.role(),
+            },
+            _ => Leadership {
+                leader: None,
+                ..self.published
+            },
+        };
+        if leadership != self.published {
+            self.published = leadership;
+            self.facts.publish_leadership(leadership);
+        }
     }
 
     /// Stops taking work and answers everything waiting with `ShuttingDown`.
@@ -351,7 +375,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
                 ConsistencyCheck::new(None),
             ),
         };
-        args.membership.send_replace(Arc::new(membership.clone()));
+        args.facts.publish_membership(Arc::new(membership.clone()));
         let log = InitialLog {
             hard_state: recovered.hard_state,
             conf_state,
@@ -372,7 +396,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
         );
         let mut ticker = tokio::time::interval(args.config.tick_interval());
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self {
+        let mut actor = Self {
             peers: Peers::new(
                 (me, recovered.incarnation),
                 &membership.members(),
@@ -407,13 +431,16 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             storage_spawn: args.storage_spawn,
             session: recovered.incarnation,
             membership,
-            membership_tx: args.membership,
+            facts: args.facts,
+            published: Leadership::default(),
             conf_proposals: Proposals::new(),
             transfers: Vec::new(),
             heard: BTreeMap::new(),
             consistency: check,
             incarnations: BTreeMap::new(),
-        })
+        };
+        actor.publish_leadership();
+        Ok(actor)
     }
 
     fn on_message(

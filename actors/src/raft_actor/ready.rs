@@ -146,6 +146,7 @@ impl<S: StateMachine> RaftActor<S> {
             if let Some((role, leader)) = fx.role_change {
                 self.on_role_change(role, leader);
             }
+            self.publish_leadership();
             for rs in fx.read_states {
                 if let Some(id) = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()) {
                     self.reads.confirm(u64::from_le_bytes(id), rs.index);

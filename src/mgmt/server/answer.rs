@@ -291,7 +291,7 @@ async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
         quorum_available,
         healthy_voters,
         voters,
-        storage_ok: cluster.actors().failure().await.is_none(),
+        storage_ok: cluster.actors().failure().is_none(),
         role: role_name(status.role).into(),
         apply_lag: status.commit_index.saturating_sub(status.applied_index),
         data_corruption: status.diverged,

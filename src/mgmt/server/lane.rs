@@ -164,7 +164,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 _ = &mut stopped => return,
             };
             // Everything else that is ready goes in the same write.
-            let leader = self.leader.load(Ordering::Relaxed);
+            let leader = self.leader();
             fill_batch(&mut batch, first, leader, &mut running, &mut events);
             if tx.write_all(batch.bytes()).await.is_err() {
                 return;
