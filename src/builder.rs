@@ -10,8 +10,8 @@ use std::{
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
-    IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
-    StateMachineSource, StorageSpawn, Ticket,
+    IrohDialer, LogDb, Member, Node, NodeCalls, NodeConfig, NodeId, NodeSpec, StartError,
+    StateMachine, StateMachineSource, StorageSpawn, Ticket,
     wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -517,10 +517,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 .accept(MGMT_ALPN, mgmt.clone())
                 .spawn()
         });
+        let calls = NodeCalls::new(node_id, node.clone(), request_timeout, retry_interval);
         let cluster = RaftCluster::new(
-            node_id,
-            request_timeout,
-            retry_interval,
+            calls,
             Lifetime::new(
                 node,
                 endpoint,

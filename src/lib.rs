@@ -24,9 +24,10 @@ pub use iroh_raft_actors::{
     SnapshotError, StateMachine, StorageError, Ticket, TicketError, TicketRole, TransferError,
     WriteSnapshot, wire::ALPN,
 };
+pub use iroh_raft_actors::{JoinOptions, Transferred};
 pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
 pub use local::start_local_cluster;
-pub use membership::{JoinOptions, Members, Transferred};
+pub use membership::Members;
 pub use net::PeerAddr;
 pub use preset::Preset;
 

@@ -1,45 +1,15 @@
 //! Membership on [`RaftCluster`]: add, promote, remove and replace members, join, and hand
-//! leadership over. Every call works on any member (a follower forwards to the leader); each
+//! leadership over (proxies to [`iroh_raft_actors::NodeCalls`]). Every call works on any member (a follower forwards to the leader); each
 //! change goes through the log as one `ConfChangeV2`, one at a time.
 
-use std::time::Duration;
-
+#[cfg(doc)]
+use iroh_raft_actors::MembershipRefusal;
 use iroh_raft_actors::{
-    ChangeMembership, GetMembers, MemberInfo, MemberRole, MembersView, MembershipChange,
-    MembershipRefusal, NodeId, ProposeError, ReadError, StateMachine, TransferError,
-    TransferLeadership,
+    JoinOptions, MemberInfo, MemberRole, MembersView, NodeId, ProposeError, ReadError,
+    StateMachine, TransferError, Transferred,
 };
-use kameo::error::SendError;
-use tokio::time::Instant;
 
 use crate::{RaftCluster, net::PeerAddr};
-
-/// How [`RaftCluster::join`] brings a new member in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JoinOptions {
-    /// Promote the learner once it is at most this many entries behind the leader's log.
-    pub max_lag: u64,
-    /// Give up (leaving the node a learner) if it has not caught up by then.
-    pub timeout: Duration,
-}
-
-impl Default for JoinOptions {
-    fn default() -> Self {
-        Self {
-            max_lag: 100,
-            timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// A finished leadership transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transferred {
-    /// The new leader.
-    pub leader: NodeId,
-    /// How long the handover took.
-    pub elapsed: Duration,
-}
 
 /// The membership as one node has applied it.
 #[derive(Debug, Clone)]
@@ -77,18 +47,6 @@ pub(crate) fn cluster_hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Errors worth retrying for a membership change: nothing changed, and the cause passes.
-fn transient(e: &ProposeError) -> bool {
-    matches!(
-        e,
-        ProposeError::NotLeader { .. }
-            | ProposeError::LeaderUnreachable { .. }
-            | ProposeError::Dropped { .. }
-            | ProposeError::Interrupted
-            | ProposeError::Membership(MembershipRefusal::InProgress)
-    )
-}
-
 impl<S: StateMachine> RaftCluster<S> {
     /// The membership as this node has applied it (a follower may lag the leader slightly).
     pub async fn members(&self) -> Result<Members, ReadError> {
@@ -101,62 +59,7 @@ impl<S: StateMachine> RaftCluster<S> {
     }
 
     pub(crate) async fn members_view(&self) -> Result<MembersView, ReadError> {
-        self.check_alive()?;
-        match self
-            .actors()
-            .raft
-            .ask(GetMembers)
-            .reply_timeout(self.request_timeout)
-            .await
-        {
-            Ok(v) => Ok(v),
-            Err(SendError::Timeout(_)) => Err(ReadError::Timeout),
-            Err(_) => Err(match self.actors().failure() {
-                Some(e) => ReadError::Fatal(e),
-                None => ReadError::ShuttingDown,
-            }),
-        }
-    }
-
-    /// Proposes a membership change and waits until it is applied here; retries while there is
-    /// no leader or another change is in progress, until `deadline`. Returns the change's index.
-    async fn change(
-        &self,
-        change: MembershipChange,
-        max_lag: Option<u64>,
-        deadline: Instant,
-        retry_while: impl Fn(&ProposeError) -> bool,
-    ) -> Result<u64, ProposeError> {
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let result = self
-                .actors()
-                .raft
-                .ask(ChangeMembership {
-                    change: change.clone(),
-                    max_lag,
-                })
-                .reply_timeout(remaining)
-                .await;
-            let err = match result {
-                Ok(index) => return Ok(index),
-                Err(SendError::HandlerError(e)) => e,
-                Err(SendError::Timeout(_)) => return Err(ProposeError::Timeout),
-                Err(SendError::ActorStopped | SendError::ActorRestarting(_)) => {
-                    ProposeError::Interrupted
-                }
-                Err(_) => {
-                    return Err(match self.actors().failure() {
-                        Some(e) => ProposeError::Fatal(e),
-                        None => ProposeError::ShuttingDown,
-                    });
-                }
-            };
-            if !retry_while(&err) || Instant::now() + self.retry_interval >= deadline {
-                return Err(err);
-            }
-            tokio::time::sleep(self.retry_interval).await;
-        }
+        self.calls().members_view().await
     }
 
     /// Adds a non-voting member that receives the log. Its endpoint id is admitted from the
@@ -166,11 +69,7 @@ impl<S: StateMachine> RaftCluster<S> {
         id: NodeId,
         addr: impl Into<PeerAddr>,
     ) -> Result<u64, ProposeError> {
-        self.change_now(MembershipChange::AddLearner {
-            id,
-            addr: addr.into().0,
-        })
-        .await
+        self.calls().add_learner(id, addr.into().0).await
     }
 
     /// Adds a voter directly. Prefer [`Self::join`]: a voter that starts empty weakens the quorum
@@ -180,23 +79,12 @@ impl<S: StateMachine> RaftCluster<S> {
         id: NodeId,
         addr: impl Into<PeerAddr>,
     ) -> Result<u64, ProposeError> {
-        self.change_now(MembershipChange::AddVoter {
-            id,
-            addr: addr.into().0,
-        })
-        .await
+        self.calls().add_voter(id, addr.into().0).await
     }
 
     /// Makes learner `id` a voter now, however far behind it is.
     pub async fn promote(&self, id: NodeId) -> Result<u64, ProposeError> {
-        self.change_now(MembershipChange::Promote { id }).await
-    }
-
-    /// A change with no catch-up condition, retried on transient errors until the request
-    /// timeout.
-    async fn change_now(&self, change: MembershipChange) -> Result<u64, ProposeError> {
-        let deadline = Instant::now() + self.request_timeout;
-        self.change(change, None, deadline, transient).await
+        self.calls().promote(id).await
     }
 
     /// Adds `id` as a learner, waits until its log is within `options.max_lag` entries of the
@@ -208,46 +96,7 @@ impl<S: StateMachine> RaftCluster<S> {
         addr: impl Into<PeerAddr>,
         options: JoinOptions,
     ) -> Result<u64, ProposeError> {
-        let addr = addr.into().0;
-        let deadline = Instant::now() + options.timeout;
-        let already = self
-            .members_view()
-            .await
-            .ok()
-            .and_then(|v| v.members.into_iter().find(|m| m.node_id == id));
-        match already {
-            Some(m) if m.addr.id != addr.id => {
-                return Err(MembershipRefusal::IdTaken {
-                    id,
-                    endpoint: m.addr.id.to_string(),
-                }
-                .into());
-            }
-            Some(m) if m.role == MemberRole::Voter => return Ok(0),
-            Some(_) => {}
-            None => {
-                self.change(
-                    MembershipChange::AddLearner { id, addr },
-                    None,
-                    deadline,
-                    transient,
-                )
-                .await?;
-            }
-        }
-        self.change(
-            MembershipChange::Promote { id },
-            Some(options.max_lag),
-            deadline,
-            |e| {
-                transient(e)
-                    || matches!(
-                        e,
-                        ProposeError::Membership(MembershipRefusal::NotCaughtUp { .. })
-                    )
-            },
-        )
-        .await
+        self.calls().join(id, addr.into().0, options).await
     }
 
     /// Removes a member. Removing the leader hands leadership to the most up-to-date other
@@ -256,44 +105,7 @@ impl<S: StateMachine> RaftCluster<S> {
     /// node removed itself and stopped before the change was applied here (it was committed:
     /// a member told it so).
     pub async fn remove_member(&self, id: NodeId) -> Result<u64, ProposeError> {
-        match self.remove_member_inner(id).await {
-            Err(ProposeError::Fatal(iroh_raft_actors::FatalError::Removed { node }))
-                if node == id && node == self.node_id() =>
-            {
-                Ok(0)
-            }
-            other => other,
-        }
-    }
-
-    async fn remove_member_inner(&self, id: NodeId) -> Result<u64, ProposeError> {
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            if self.leader().await == Some(id) {
-                match self.transfer_leadership(None).await {
-                    Ok(_) | Err(TransferError::Timeout { .. }) | Err(TransferError::NoLeader) => {}
-                    Err(TransferError::NoCandidate) => {
-                        return Err(MembershipRefusal::LastVoter(id).into());
-                    }
-                    Err(TransferError::Unavailable(e)) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "handing leadership over before removal failed")
-                    }
-                }
-            }
-            match self
-                .change(
-                    MembershipChange::Remove { id },
-                    None,
-                    Instant::now() + self.retry_interval * 4,
-                    transient,
-                )
-                .await
-            {
-                Err(e) if transient(&e) && Instant::now() < deadline => continue,
-                other => return other,
-            }
-        }
+        self.calls().remove_member(id).await
     }
 
     /// Swaps voter `old` for a new voter in one joint-consensus step.
@@ -303,15 +115,7 @@ impl<S: StateMachine> RaftCluster<S> {
         id: NodeId,
         addr: impl Into<PeerAddr>,
     ) -> Result<u64, ProposeError> {
-        if self.leader().await == Some(old) {
-            let _ = self.transfer_leadership(None).await;
-        }
-        self.change_now(MembershipChange::Replace {
-            old,
-            id,
-            addr: addr.into().0,
-        })
-        .await
+        self.calls().replace(old, id, addr.into().0).await
     }
 
     /// Hands leadership to voter `to`, or with `None` to the voter whose log best matches the
@@ -320,28 +124,6 @@ impl<S: StateMachine> RaftCluster<S> {
         &self,
         to: Option<NodeId>,
     ) -> Result<Transferred, TransferError> {
-        let started = Instant::now();
-        let result = self
-            .actors()
-            .raft
-            .ask(TransferLeadership { to })
-            .reply_timeout(self.request_timeout)
-            .await;
-        match result {
-            Ok(leader) => Ok(Transferred {
-                leader,
-                elapsed: started.elapsed(),
-            }),
-            Err(SendError::HandlerError(e)) => Err(e),
-            Err(SendError::Timeout(_)) => Err(TransferError::Timeout {
-                elapsed: started.elapsed(),
-            }),
-            Err(_) => Err(TransferError::Unavailable(
-                match self.actors().failure() {
-                    Some(e) => ProposeError::Fatal(e),
-                    None => ProposeError::ShuttingDown,
-                },
-            )),
-        }
+        self.calls().transfer_leadership(to).await
     }
 }

@@ -128,6 +128,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod calls;
 mod config;
 mod consistency;
 mod driver;
@@ -145,6 +146,7 @@ mod ticket;
 mod types;
 pub mod wire;
 
+pub use calls::{JoinOptions, NodeCalls, Transferred};
 pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};
 pub use consistency::ApplyHash;
 pub use driver::{Driver, DriverStatus, Effects, InitialLog, Persist, ProposeRefused};

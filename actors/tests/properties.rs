@@ -138,9 +138,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                         },
                         (false, 1) => ForwardOutcome::TransferStarted { to: b },
                         (false, 2) => ForwardOutcome::Busy,
-                        (false, 3) => ForwardOutcome::MembershipRefused(
-                            MembershipRefusal::NotCaughtUp { id: b, lag: a },
-                        ),
+                        (false, 3) =>
+                            ForwardOutcome::MembershipRefused(MembershipRefusal::NotCaughtUp {
+                                id: b,
+                                lag: a
+                            },),
                         _ => ForwardOutcome::TransferRefused(TransferRefusal::NotAVoter(b)),
                     },
                 })

@@ -29,13 +29,13 @@ use super::{
 };
 use crate::{
     config::NodeConfig,
+    config::StorageSpawn,
     consistency::ConsistencyCheck,
     driver::{Driver, InitialLog},
     error::{
         FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError, TransferError,
     },
     events::{ClusterEvent, EventBus, Publish},
-    config::StorageSpawn,
     facts::Facts,
     membership::Membership,
     peer::{Dialer, Outbound},

@@ -14,12 +14,14 @@ use super::{
 };
 use crate::{
     config::TICKS_PER_HEARTBEAT,
+    driver::ProposeRefused,
     error::{CodecError, FatalError, ProposeError, ReadError, StaleEvidence},
     peer::{Inbound, PeerUnreachable},
     state_machine::StateMachine,
     types::{NodeId, NodeStatus, Role},
-    driver::ProposeRefused,
-    wire::{CloseCode, ForwardOutcome, ForwardReply, ForwardRequest, ForwardedProposal, InboundPayload},
+    wire::{
+        CloseCode, ForwardOutcome, ForwardReply, ForwardRequest, ForwardedProposal, InboundPayload,
+    },
 };
 
 /// Propose an encoded command; the reply comes once it is applied (or fails).

@@ -13,12 +13,12 @@ use super::{
     pending::decode_context,
 };
 use crate::{
+    driver::Persist,
     error::{Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError},
     events::ClusterEvent,
     membership::MembershipRefusal,
     peer::Reconnect,
     state_machine::StateMachine,
-    driver::Persist,
     storage::PersistBatch,
     types::{NodeId, Role},
 };
@@ -389,4 +389,3 @@ mod tests {
         assert_eq!(ticks_for(ms(60_000), tick, 70, true), 141);
     }
 }
-

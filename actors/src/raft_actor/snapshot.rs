@@ -16,13 +16,13 @@ use tracing::{debug, info, warn};
 
 use super::actor::RaftActor;
 use crate::{
+    config::StorageSpawn,
     consistency::ApplyHash,
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
     membership::{
         Membership, SnapshotHeader, in_conf, read_snapshot_header, write_snapshot_header,
     },
-    config::StorageSpawn,
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
     storage::{
