@@ -505,10 +505,12 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         }
         let node = Node::start(spec).await?;
         let discovery = DiscoveryProtocol::new(self.join_options);
+        let calls = NodeCalls::new(node_id, node.clone(), request_timeout, retry_interval);
         let mgmt = MgmtProtocol::new(
+            calls.clone(),
+            endpoint.secret_key().clone(),
             self.mgmt_allowlist.clone(),
             self.remote_reader.clone(),
-            node.facts.leadership(),
         );
         let router = (!self.external_router).then(|| {
             Router::builder(endpoint.clone())
@@ -517,7 +519,6 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 .accept(MGMT_ALPN, mgmt.clone())
                 .spawn()
         });
-        let calls = NodeCalls::new(node_id, node.clone(), request_timeout, retry_interval);
         let cluster = RaftCluster::new(
             calls,
             Lifetime::new(
@@ -529,7 +530,6 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             ),
         );
         discovery.attach(&cluster);
-        mgmt.attach(&cluster);
         self.finish_join(&cluster, join, &data_dir).await?;
         Ok(cluster)
     }

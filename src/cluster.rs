@@ -11,7 +11,7 @@ use std::{
 
 use iroh::{Endpoint, protocol::Router};
 use iroh_raft_actors::{
-    ClusterId, CodecError, EventStream, FatalError, Liveness, Node, NodeCalls, NodeId, NodeStatus,
+    CodecError, EventStream, FatalError, Liveness, Node, NodeCalls, NodeId, NodeStatus,
     ProposeError, RaftProtocol, ReadError, SnapshotError, StateMachine, Ticket, TicketRole,
 };
 
@@ -185,20 +185,8 @@ impl<S: StateMachine> RaftCluster<S> {
     /// administer it, or read), `valid_for` how long. It names up to 64 current members to
     /// contact, and stays valid while this node is a member and it has not expired.
     pub async fn ticket(&self, role: TicketRole, valid_for: Duration) -> Result<Ticket, ReadError> {
-        let view = self.members_view().await?;
-        let members = view
-            .members
-            .into_iter()
-            .take(iroh_raft_actors::MAX_TICKET_MEMBERS)
-            .map(|m| m.addr)
-            .collect();
-        Ok(Ticket::issue(
-            self.endpoint.secret_key(),
-            ClusterId(view.cluster_id),
-            members,
-            role,
-            std::time::SystemTime::now() + valid_for,
-        ))
+        let secret = self.endpoint.secret_key();
+        self.calls.ticket(secret, role, valid_for).await
     }
 
     /// The node's actors, for applications that supervise or talk to them directly.

@@ -3,9 +3,8 @@
 //! [`iroh_raft_actors::wire`].
 
 mod client;
-mod server;
 
 pub use client::{
     ClientError, ClientOptions, DEFAULT_TIMEOUT, EventSubscription, IrohRaftManagementClient,
 };
-pub use server::{MgmtProtocol, RemoteReader};
+pub use iroh_raft_actors::mgmt::{MgmtProtocol, RemoteReader};

@@ -190,17 +190,7 @@ pub fn endpoint_peer_addr(endpoint: &Endpoint) -> PeerAddr {
     PeerAddr(addr)
 }
 
-/// An endpoint address from its key bytes and direct addresses written as strings (the wire's
-/// form); addresses that do not parse are skipped, an invalid key gives `None`.
-pub(crate) fn addr_from_wire(key: &[u8; 32], addrs: &[String]) -> Option<EndpointAddr> {
-    let key = EndpointId::from_bytes(key).ok()?;
-    Some(
-        addrs
-            .iter()
-            .filter_map(|a| a.parse::<SocketAddr>().ok())
-            .fold(EndpointAddr::new(key), |a, ip| a.with_ip_addr(ip)),
-    )
-}
+pub(crate) use iroh_raft_actors::wire::endpoint_addr_from_wire as addr_from_wire;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use iroh::SecretKey;
 use kameo::error::SendError;
 use tokio::time::Instant;
 
@@ -16,6 +17,7 @@ use crate::{
     node::Node,
     raft_actor::{GetStatus, LinearizableQuery, Propose, Query, TriggerSnapshot},
     state_machine::StateMachine,
+    ticket::{ClusterId, MAX_TICKET_MEMBERS, Ticket, TicketRole},
     types::{NodeId, NodeStatus},
     wire::MAX_COMMAND_SIZE,
 };
@@ -106,6 +108,32 @@ impl<S: StateMachine> NodeCalls<S> {
     /// The node's actors.
     pub fn node(&self) -> &Node<S> {
         &self.node
+    }
+
+    /// Mints a ticket signed with `secret` (this node's key): `role` is what it grants (join
+    /// the cluster, administer it, or read), `valid_for` how long. It names up to
+    /// [`MAX_TICKET_MEMBERS`] current members to contact, and stays valid while this node is a
+    /// member and it has not expired.
+    pub async fn ticket(
+        &self,
+        secret: &SecretKey,
+        role: TicketRole,
+        valid_for: Duration,
+    ) -> Result<Ticket, ReadError> {
+        let view = self.members_view().await?;
+        let members = view
+            .members
+            .into_iter()
+            .take(MAX_TICKET_MEMBERS)
+            .map(|m| m.addr)
+            .collect();
+        Ok(Ticket::issue(
+            secret,
+            ClusterId(view.cluster_id),
+            members,
+            role,
+            std::time::SystemTime::now() + valid_for,
+        ))
     }
 
     /// How long a call waits.

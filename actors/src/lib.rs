@@ -136,6 +136,7 @@ mod error;
 mod events;
 mod facts;
 mod membership;
+pub mod mgmt;
 mod node;
 pub mod peer;
 mod raft_actor;

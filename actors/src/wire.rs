@@ -229,3 +229,16 @@ impl CloseCode {
         })
     }
 }
+
+/// An endpoint address from its key bytes and direct addresses written as strings (the wire's
+/// form in the management and discovery protocols); addresses that do not parse are skipped,
+/// an invalid key gives `None`.
+pub fn endpoint_addr_from_wire(key: &[u8; 32], addrs: &[String]) -> Option<iroh::EndpointAddr> {
+    let key = iroh::EndpointId::from_bytes(key).ok()?;
+    Some(
+        addrs
+            .iter()
+            .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+            .fold(iroh::EndpointAddr::new(key), |a, ip| a.with_ip_addr(ip)),
+    )
+}

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use iroh_raft_actors::{
+use crate::{
     FatalError, MemberRole, ProposeError, ReadError, Role, StateMachine, TicketRole, TransferError,
     wire::{
         MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
@@ -11,7 +11,10 @@ use iroh_raft_actors::{
 };
 
 use super::{MgmtProtocol, error};
-use crate::{JoinOptions, RaftCluster, net::addr_from_wire};
+use crate::{
+    calls::{JoinOptions, NodeCalls},
+    wire::endpoint_addr_from_wire as addr_from_wire,
+};
 
 impl<S: StateMachine> MgmtProtocol<S> {
     /// The answer to one call (other than a subscription).
@@ -137,7 +140,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     None => error(MgmtErrorKind::Malformed, "unknown ticket role", None),
                     Some(role) => {
                         let ttl = Duration::from_secs(valid_for_secs);
-                        match cluster.ticket(role, ttl).await {
+                        match cluster.ticket(&self.secret, role, ttl).await {
                             Ok(t) => MgmtResponse::Ticket {
                                 text: t.to_string(),
                             },
@@ -169,8 +172,6 @@ fn propose_error(e: &ProposeError) -> MgmtResponse {
         | ProposeError::Fatal(_) => MgmtErrorKind::Unknown,
         ProposeError::Membership(_) | ProposeError::TooLarge { .. } => MgmtErrorKind::Refused,
         ProposeError::Codec(_) => MgmtErrorKind::Malformed,
-        // Whatever else a proposal may fail with, its outcome is not known to be "not applied".
-        _ => MgmtErrorKind::Unknown,
     };
     let hint = match e {
         ProposeError::NotLeader { leader_hint } => *leader_hint,
@@ -195,7 +196,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Leader => "leader",
         Role::Candidate => "candidate",
         Role::PreCandidate => "pre-candidate",
-        _ => "follower",
+        Role::Follower => "follower",
     }
 }
 
@@ -206,7 +207,7 @@ fn changed(result: Result<u64, ProposeError>) -> MgmtResponse {
     }
 }
 
-async fn status<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+async fn status<S: StateMachine>(cluster: &NodeCalls<S>) -> MgmtResponse {
     let (status, view) = match (cluster.status().await, cluster.members_view().await) {
         (Ok(s), Ok(v)) => (s, v),
         (Err(e), _) | (_, Err(e)) => return read_error(&e),
@@ -264,7 +265,7 @@ async fn status<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
     })
 }
 
-async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
+async fn health<S: StateMachine>(cluster: &NodeCalls<S>) -> MgmtResponse {
     if let Some(e) = cluster.fatal_error() {
         return stopped_health(cluster, &e);
     }
@@ -291,7 +292,7 @@ async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
         quorum_available,
         healthy_voters,
         voters,
-        storage_ok: cluster.actors().failure().is_none(),
+        storage_ok: cluster.node().failure().is_none(),
         role: role_name(status.role).into(),
         apply_lag: status.commit_index.saturating_sub(status.applied_index),
         data_corruption: status.diverged,
@@ -300,7 +301,7 @@ async fn health<S: StateMachine>(cluster: &RaftCluster<S>) -> MgmtResponse {
 }
 
 /// The health of a node that stopped for good: nothing it serves, and why.
-fn stopped_health<S: StateMachine>(cluster: &RaftCluster<S>, e: &FatalError) -> MgmtResponse {
+fn stopped_health<S: StateMachine>(cluster: &NodeCalls<S>, e: &FatalError) -> MgmtResponse {
     let me = cluster.node_id();
     let corrupt = e.corruption().is_some() || matches!(e, FatalError::StaleDataDir { .. });
     MgmtResponse::Health(MgmtHealth {

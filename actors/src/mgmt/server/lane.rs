@@ -10,15 +10,15 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
-use iroh::endpoint::{RecvStream, SendStream};
-use iroh_raft_actors::{
+use crate::{
     EventItem, StateMachine,
     wire::{
         CloseCode, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader, MgmtReply, MgmtRequest,
         MgmtResponse, MgmtRole,
     },
 };
+use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use iroh::endpoint::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
@@ -27,7 +27,7 @@ use super::{
     answer::{node_down, read_error},
     error,
 };
-use crate::RaftCluster;
+use crate::calls::NodeCalls;
 
 /// Request streams (lanes) one connection may have open at once; a lane beyond it is refused.
 pub(super) const MAX_LANES: usize = 64;
@@ -283,7 +283,7 @@ fn push_reply(batch: &mut MgmtBatch, mut reply: MgmtReply, leader: u64) {
 /// Streams events as replies to call `id` until the client stops reading; `Some` is the
 /// answer when the subscription could not start.
 async fn subscribe<S: StateMachine>(
-    cluster: &RaftCluster<S>,
+    cluster: &NodeCalls<S>,
     id: u64,
     epoch: u64,
     after: u64,

@@ -1,30 +1,33 @@
 //! The member side of the management protocol ([`MgmtProtocol`], ALPN
-//! [`iroh_raft_actors::wire::MGMT_ALPN`]): admits a client at its first stream, then serves each
+//! [`crate::wire::MGMT_ALPN`]): admits a client at its first stream, then serves each
 //! of its lanes (pipelined request streams) in a task of its own, in which the lane's calls run
 //! concurrently by sending the node's actors the same messages the facade sends.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use iroh::{
-    EndpointId,
+    EndpointId, SecretKey,
     endpoint::{Connection, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
-use iroh_raft_actors::{
-    ClusterId, Leadership, StateMachine, Ticket, TicketRole,
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::{
+    calls::NodeCalls,
+    facts::Liveness,
+    state_machine::StateMachine,
+    ticket::{ClusterId, Ticket, TicketRole},
+    types::Leadership,
     wire::{
         CloseCode, MGMT_VERSION, MgmtBatch, MgmtErrorKind, MgmtReply, MgmtRequest, MgmtResponse,
         MgmtRole, encode_mgmt, read_mgmt_request,
     },
 };
-use tokio::sync::watch;
-use tracing::{debug, warn};
-
-use crate::{RaftCluster, cluster::WeakCluster};
 
 mod answer;
 mod lane;
@@ -85,7 +88,9 @@ pub type RemoteReader<S> = Arc<dyn Fn(&S, &[u8]) -> Result<Vec<u8>, String> + Se
 
 /// The management protocol handler. Cheap to clone.
 pub struct MgmtProtocol<S: StateMachine> {
-    cluster: Arc<OnceLock<WeakCluster<S>>>,
+    calls: NodeCalls<S>,
+    /// This node's key, to sign the tickets it mints.
+    secret: SecretKey,
     allowlist: Arc<BTreeMap<EndpointId, MgmtRole>>,
     reader: Option<RemoteReader<S>>,
     /// The node's leadership as its RaftActor publishes it.
@@ -97,7 +102,8 @@ pub struct MgmtProtocol<S: StateMachine> {
 impl<S: StateMachine> Clone for MgmtProtocol<S> {
     fn clone(&self) -> Self {
         Self {
-            cluster: self.cluster.clone(),
+            calls: self.calls.clone(),
+            secret: self.secret.clone(),
             allowlist: self.allowlist.clone(),
             reader: self.reader.clone(),
             leadership: self.leadership.clone(),
@@ -134,23 +140,24 @@ async fn send(send: &mut SendStream, msg: &MgmtResponse) -> bool {
 }
 
 impl<S: StateMachine> MgmtProtocol<S> {
-    pub(crate) fn new(
+    /// The handler of the node `calls` reaches, whose key is `secret`: members are admitted as
+    /// admins, endpoints on `allowlist` with their role, others by a ticket; `reader` answers
+    /// remote reads.
+    pub fn new(
+        calls: NodeCalls<S>,
+        secret: SecretKey,
         allowlist: BTreeMap<EndpointId, MgmtRole>,
         reader: Option<RemoteReader<S>>,
-        leadership: watch::Receiver<Leadership>,
     ) -> Self {
+        let leadership = calls.node().facts.leadership();
         Self {
-            cluster: Arc::new(OnceLock::new()),
+            calls,
+            secret,
             allowlist: Arc::new(allowlist),
             reader,
             leadership,
             connections: ConnectionCounts::default(),
         }
-    }
-
-    /// Binds the handler to its node once the node exists.
-    pub(crate) fn attach(&self, cluster: &RaftCluster<S>) {
-        let _ = self.cluster.set(cluster.downgrade());
     }
 
     /// The leader this node knows of (0: none); every reply carries it, so clients find the
@@ -159,8 +166,13 @@ impl<S: StateMachine> MgmtProtocol<S> {
         self.leadership.borrow().leader.unwrap_or(0)
     }
 
-    fn cluster(&self) -> Option<RaftCluster<S>> {
-        self.cluster.get().and_then(WeakCluster::upgrade)
+    /// The node's calls, unless it was shut down.
+    fn cluster(&self) -> Option<NodeCalls<S>> {
+        let down = matches!(
+            *self.calls.node().facts.liveness().borrow(),
+            Liveness::ShutDown
+        );
+        (!down).then(|| self.calls.clone())
     }
 
     /// The role a client gets: members are admins, then the allowlist, then its ticket. Refused
@@ -187,7 +199,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
         &self,
         remote: EndpointId,
         ticket: Option<String>,
-        view: &iroh_raft_actors::MembersView,
+        view: &crate::MembersView,
     ) -> Result<MgmtRole, String> {
         if view.members.iter().any(|m| m.addr.id == remote) {
             return Ok(MgmtRole::Admin);
@@ -198,7 +210,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
         let ticket: Ticket = ticket
             .ok_or("not a member, not on the allowlist, and no ticket")?
             .parse()
-            .map_err(|e: iroh_raft_actors::TicketError| e.to_string())?;
+            .map_err(|e: crate::TicketError| e.to_string())?;
         ticket
             .check(&ClusterId(view.cluster_id), SystemTime::now(), |k| {
                 view.members.iter().any(|m| m.addr.id == *k)
