@@ -21,10 +21,10 @@ mod join;
 use join::Created;
 pub use join::JOIN_PENDING_FILE;
 
+use crate::DiscoveryProtocol;
 use crate::{
     JoinOptions, Preset,
     cluster::{Lifetime, RaftCluster},
-    discovery::DiscoveryProtocol,
     error::{BuildError, ConfigError},
     mgmt::{MgmtProtocol, RemoteReader},
     net::{
@@ -504,8 +504,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             crate::lan::announce(&endpoint, name).map_err(|e| BuildError::Lan(e.to_string()))?;
         }
         let node = Node::start(spec).await?;
-        let discovery = DiscoveryProtocol::new(self.join_options);
         let calls = NodeCalls::new(node_id, node.clone(), request_timeout, retry_interval);
+        let discovery = DiscoveryProtocol::new(calls.clone(), self.join_options);
         let mgmt = MgmtProtocol::new(
             calls.clone(),
             endpoint.secret_key().clone(),
@@ -529,7 +529,6 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 (discovery.clone(), mgmt.clone()),
             ),
         );
-        discovery.attach(&cluster);
         self.finish_join(&cluster, join, &data_dir).await?;
         Ok(cluster)
     }

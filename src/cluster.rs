@@ -15,8 +15,8 @@ use iroh_raft_actors::{
     ProposeError, RaftProtocol, ReadError, SnapshotError, StateMachine, Ticket, TicketRole,
 };
 
+use crate::DiscoveryProtocol;
 use crate::{
-    discovery::DiscoveryProtocol,
     mgmt::MgmtProtocol,
     net::{PeerAddr, endpoint_peer_addr},
 };
@@ -107,42 +107,12 @@ impl<S: StateMachine> std::fmt::Debug for RaftCluster<S> {
     }
 }
 
-/// A [`RaftCluster`] that does not keep its node alive (held by handlers the node's own router
-/// owns).
-pub(crate) struct WeakCluster<S: StateMachine> {
-    calls: NodeCalls<S>,
-    lifetime: std::sync::Weak<Lifetime<S>>,
-}
-
-impl<S: StateMachine> WeakCluster<S> {
-    /// The node, if it is still running.
-    pub(crate) fn upgrade(&self) -> Option<RaftCluster<S>> {
-        let lifetime = self.lifetime.upgrade()?;
-        if lifetime.stopped.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(RaftCluster {
-            calls: self.calls.clone(),
-            endpoint: lifetime.endpoint.clone(),
-            lifetime,
-        })
-    }
-}
-
 impl<S: StateMachine> RaftCluster<S> {
     pub(crate) fn new(calls: NodeCalls<S>, lifetime: Lifetime<S>) -> Self {
         Self {
             calls,
             endpoint: lifetime.endpoint.clone(),
             lifetime: Arc::new(lifetime),
-        }
-    }
-
-    /// A handle that does not keep the node alive.
-    pub(crate) fn downgrade(&self) -> WeakCluster<S> {
-        WeakCluster {
-            calls: self.calls.clone(),
-            lifetime: Arc::downgrade(&self.lifetime),
         }
     }
 

@@ -1,225 +1,25 @@
-//! The discovery protocol on the facade: the member side ([`DiscoveryProtocol`], mounted on every
-//! node's router) checks a newcomer's ticket and drives [`RaftCluster::join`]; the newcomer side
-//! ([`request_join`]) is what [`crate::RaftClusterBuilder::join_ticket`] runs before starting
-//! the node. The wire format is specified in [`iroh_raft_actors::wire`].
+//! The newcomer side of the discovery protocol ([`request_join`]): what
+//! [`crate::RaftClusterBuilder::join_ticket`] runs before starting the node. The member side is
+//! the runtime's [`iroh_raft_actors::DiscoveryProtocol`]; the wire format is specified in
+//! [`iroh_raft_actors::wire`].
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-    time::{Duration, SystemTime},
-};
+use std::time::Duration;
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use iroh::{
-    Endpoint, EndpointAddr, EndpointId,
-    endpoint::{Connection, SendStream},
-    protocol::{AcceptError, ProtocolHandler},
-};
+use iroh::{Endpoint, endpoint::Connection};
 use iroh_raft_actors::{
-    ClusterId, Member, MembershipRefusal, ProposeError, StateMachine, Ticket, TicketError,
-    TicketRole,
+    Member, Ticket,
     wire::{
         DISCOVERY_ALPN, DISCOVERY_VERSION, DiscoveryMember, DiscoveryRequest, DiscoveryResponse,
-        RefusalKind, encode_discovery, read_request, read_response,
+        encode_discovery, read_response,
     },
 };
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::{BuildError, JoinOptions, RaftCluster, cluster::WeakCluster, net::addr_from_wire};
+use crate::{BuildError, net::addr_from_wire};
 
-/// How long a member waits for a newcomer's request.
+/// How long a member gives a newcomer to send its request; one attempt waits three times that.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The member side of the discovery protocol (ALPN [`DISCOVERY_ALPN`]). Cheap to clone.
-pub struct DiscoveryProtocol<S: StateMachine> {
-    cluster: Arc<OnceLock<WeakCluster<S>>>,
-    options: JoinOptions,
-}
-
-impl<S: StateMachine> Clone for DiscoveryProtocol<S> {
-    fn clone(&self) -> Self {
-        Self {
-            cluster: self.cluster.clone(),
-            options: self.options,
-        }
-    }
-}
-
-impl<S: StateMachine> std::fmt::Debug for DiscoveryProtocol<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiscoveryProtocol").finish_non_exhaustive()
-    }
-}
-
-impl<S: StateMachine> DiscoveryProtocol<S> {
-    pub(crate) fn new(options: JoinOptions) -> Self {
-        Self {
-            cluster: Arc::new(OnceLock::new()),
-            options,
-        }
-    }
-
-    /// Binds the handler to its node once the node exists.
-    pub(crate) fn attach(&self, cluster: &RaftCluster<S>) {
-        let _ = self.cluster.set(cluster.downgrade());
-    }
-
-    async fn serve(&self, conn: &Connection) {
-        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-            return;
-        };
-        let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return refuse(&mut send, RefusalKind::Malformed, e.to_string()).await;
-            }
-            Err(_) => return,
-        };
-        let DiscoveryRequest::Join {
-            version,
-            ticket,
-            addrs,
-            learner,
-        } = request;
-        if version != DISCOVERY_VERSION {
-            let msg = format!(
-                "discovery version {version} is not supported (this node speaks {DISCOVERY_VERSION})"
-            );
-            return refuse(&mut send, RefusalKind::Version, msg).await;
-        }
-        let Some(cluster) = self.cluster.get().and_then(WeakCluster::upgrade) else {
-            return refuse(&mut send, RefusalKind::Failed, "node is not running".into()).await;
-        };
-        let remote = conn.remote_id();
-        let addr = addrs
-            .iter()
-            .filter_map(|a| a.parse::<SocketAddr>().ok())
-            .fold(EndpointAddr::new(remote), |a, ip| a.with_ip_addr(ip));
-        match admit(
-            &mut send,
-            &cluster,
-            &ticket,
-            remote,
-            addr,
-            learner,
-            self.options,
-        )
-        .await
-        {
-            Ok((id, index)) => {
-                info!(node = id, endpoint = %remote.fmt_short(), "node joined through discovery");
-                send_msg(&mut send, &DiscoveryResponse::Joined { index }).await;
-            }
-            Err((kind, message)) => {
-                warn!(endpoint = %remote.fmt_short(), ?kind, %message, "join refused");
-                return refuse(&mut send, kind, message).await;
-            }
-        }
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
-    }
-}
-
-type Refusal = (RefusalKind, String);
-
-fn ticket_refusal(e: TicketError) -> Refusal {
-    let kind = match &e {
-        TicketError::BadSignature => RefusalKind::BadSignature,
-        TicketError::WrongCluster { .. } => RefusalKind::WrongCluster,
-        TicketError::IssuerNotMember { .. } => RefusalKind::IssuerNotMember,
-        TicketError::Expired { .. } => RefusalKind::Expired,
-        _ => RefusalKind::Malformed,
-    };
-    (kind, e.to_string())
-}
-
-/// Checks the ticket, adds the newcomer as a learner (answering `Accepted` on `send` before the
-/// wait for catch-up), then promotes it. Returns its id and the index of its last change.
-async fn admit<S: StateMachine>(
-    send: &mut SendStream,
-    cluster: &RaftCluster<S>,
-    ticket: &str,
-    remote: EndpointId,
-    addr: EndpointAddr,
-    learner: bool,
-    options: JoinOptions,
-) -> Result<(u64, u64), Refusal> {
-    let failed = |e: &dyn std::fmt::Display| (RefusalKind::Failed, e.to_string());
-    let ticket: Ticket = ticket.parse().map_err(ticket_refusal)?;
-    let view = cluster.members_view().await.map_err(|e| failed(&e))?;
-    ticket
-        .check(&ClusterId(view.cluster_id), SystemTime::now(), |k| {
-            view.members.iter().any(|m| m.addr.id == *k)
-        })
-        .map_err(ticket_refusal)?;
-    if !ticket.allows(TicketRole::Join) {
-        return Err((
-            RefusalKind::WrongRole,
-            format!("a {} ticket does not allow joining", ticket.role),
-        ));
-    }
-    let existing = view.members.iter().find(|m| m.addr.id == remote);
-    let id = match existing {
-        Some(m) => m.node_id,
-        None => {
-            let mut candidate = view.next_free_id;
-            loop {
-                match cluster.add_learner(candidate, addr.clone()).await {
-                    Ok(_) => break candidate,
-                    // Another join took the id, or this member's view lagged: the next one.
-                    Err(ProposeError::Membership(
-                        MembershipRefusal::IdTaken { .. } | MembershipRefusal::RemovedId(_),
-                    )) if candidate < view.next_free_id + 16 => candidate += 1,
-                    Err(ProposeError::Membership(MembershipRefusal::RemovedEndpoint(_))) => {
-                        return Err((
-                            RefusalKind::Removed,
-                            format!("endpoint {remote} belonged to a removed member"),
-                        ));
-                    }
-                    Err(e) => return Err(failed(&e)),
-                }
-            }
-        }
-    };
-    // The newcomer may start its node now: the leader replicates to it from here on.
-    let view = cluster.members_view().await.map_err(|e| failed(&e))?;
-    let accepted = DiscoveryResponse::Accepted {
-        id,
-        cluster_id: view.cluster_id,
-        members: view
-            .members
-            .iter()
-            .map(|m| member_to_wire(m.node_id, &m.addr))
-            .collect(),
-    };
-    send_msg(send, &accepted).await;
-    if learner {
-        return Ok((id, 0));
-    }
-    match cluster.join(id, addr, options).await {
-        Ok(index) => Ok((id, index)),
-        Err(e) => Err(failed(&e)),
-    }
-}
-
-async fn send_msg(send: &mut SendStream, msg: &DiscoveryResponse) {
-    if let Ok(bytes) = encode_discovery(msg) {
-        let _ = send.write_all(&bytes).await;
-    }
-}
-
-async fn refuse(send: &mut SendStream, kind: RefusalKind, message: String) {
-    send_msg(send, &DiscoveryResponse::Refused { kind, message }).await;
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
-}
-
-impl<S: StateMachine> ProtocolHandler for DiscoveryProtocol<S> {
-    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        self.serve(&conn).await;
-        Ok(())
-    }
-}
 
 /// What a member answered a join request with: the id and membership to start with, and the
 /// stream on which the final answer comes.
@@ -348,12 +148,4 @@ fn member_from_wire(m: DiscoveryMember) -> Option<Member> {
         node_id: m.id,
         addr: addr_from_wire(&m.key, &m.addrs)?,
     })
-}
-
-pub(crate) fn member_to_wire(id: u64, addr: &EndpointAddr) -> DiscoveryMember {
-    DiscoveryMember {
-        id,
-        key: *addr.id.as_bytes(),
-        addrs: addr.ip_addrs().map(ToString::to_string).collect(),
-    }
 }

@@ -16,7 +16,6 @@ mod preset;
 
 pub use builder::{DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
-pub use discovery::DiscoveryProtocol;
 pub use error::{BuildError, ConfigError};
 pub use iroh_raft_actors::{
     ClusterEvent, ClusterId, EventItem, EventStream, FatalError, MemberInfo, MemberRole,
@@ -24,7 +23,7 @@ pub use iroh_raft_actors::{
     SnapshotError, StateMachine, StorageError, Ticket, TicketError, TicketRole, TransferError,
     WriteSnapshot, wire::ALPN,
 };
-pub use iroh_raft_actors::{JoinOptions, Transferred};
+pub use iroh_raft_actors::{DiscoveryProtocol, JoinOptions, Transferred};
 pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
 pub use local::start_local_cluster;
 pub use membership::Members;

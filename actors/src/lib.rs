@@ -131,6 +131,7 @@
 mod calls;
 mod config;
 mod consistency;
+mod discovery;
 mod driver;
 mod error;
 mod events;
@@ -150,6 +151,7 @@ pub mod wire;
 pub use calls::{JoinOptions, NodeCalls, Transferred};
 pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};
 pub use consistency::ApplyHash;
+pub use discovery::{DiscoveryProtocol, member_to_wire};
 pub use driver::{Driver, DriverStatus, Effects, InitialLog, Persist, ProposeRefused};
 pub use error::{
     CodecError, Corruption, CorruptionKind, DataLocation, FatalError, ProposeError, ReadError,
