@@ -15,6 +15,8 @@ mod peers;
 mod pending;
 mod ready;
 mod snapshot;
+mod snapshots;
+mod transfers;
 
 pub use actor::{RaftActor, RaftArgs};
 pub use changes::{ChangeMembership, GetMembers, MembersView, TransferLeadership};

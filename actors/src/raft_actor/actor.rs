@@ -22,10 +22,10 @@ use tracing::{Instrument, Span, debug, error, info_span};
 
 use super::{
     MAX_MESSAGES_PER_READY,
-    changes::TransferWait,
+    transfers::TransferWait,
     peers::Peers,
     pending::{Proposals, Reads},
-    snapshot::{Snapshots, restore_from, snapshot_meta},
+    snapshots::{Snapshots, restore_from, snapshot_meta},
 };
 use crate::{
     config::NodeConfig,

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     actor::RaftActor,
+    transfers::TransferWait,
     pending::{Taken, encode_context},
 };
 use crate::{
@@ -70,25 +71,6 @@ pub struct MembersView {
     pub last_contact: Vec<(NodeId, std::time::Duration)>,
     /// The election timeout this node runs with.
     pub election_timeout: std::time::Duration,
-}
-
-/// A transfer waiting to be seen through.
-pub(super) struct TransferWait {
-    /// The target, or `None`: any leader other than `from`.
-    target: Option<NodeId>,
-    /// The leader when the transfer was asked for.
-    from: Option<NodeId>,
-    reply: ReplySender<Result<NodeId, TransferError>>,
-    started: Instant,
-    deadline: u64,
-    /// The id of the forward that carried it to the leader, when this node does not lead.
-    forward: Option<u64>,
-}
-
-impl TransferWait {
-    pub(super) fn fail(self, e: TransferError) {
-        self.reply.send(Err(e));
-    }
 }
 
 impl<S: StateMachine> RaftActor<S> {

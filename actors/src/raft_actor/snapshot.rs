@@ -3,25 +3,28 @@
 //! so appends and commits go on meanwhile), installing one a leader streamed to us, and handing
 //! the current one to a PeerActor when raft-rs decides a follower needs it.
 
-use std::{collections::BTreeMap, io, sync::Arc};
+use std::{io, sync::Arc};
 
 use kameo::{
     actor::ActorRef,
     error::SendError,
     message::{Context, Message},
-    reply::{DelegatedReply, ReplySender},
+    reply::DelegatedReply,
 };
 use raft::eraftpb::{Message as RaftMessage, SnapshotMetadata};
 use tracing::{debug, info, warn};
 
-use super::actor::RaftActor;
+use super::{
+    actor::RaftActor,
+    snapshots::{MAX_STAGED, restore_from, snapshot_meta},
+};
 use crate::{
     config::StorageSpawn,
     consistency::ApplyHash,
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
     membership::{
-        Membership, SnapshotHeader, in_conf, read_snapshot_header, write_snapshot_header,
+        Membership, SnapshotHeader, in_conf, write_snapshot_header,
     },
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
@@ -30,73 +33,6 @@ use crate::{
         SnapshotWriter, StorageActor, WriteChunk,
     },
 };
-
-/// Received snapshots kept while raft-rs decides whether to install them. A leader sends one at a
-/// time per follower, so two cover a snapshot arriving while the previous one is being installed.
-const MAX_STAGED: usize = 2;
-
-/// raft-rs's view of a stored snapshot.
-pub(crate) fn snapshot_meta(r: &SnapshotRecord) -> SnapshotMetadata {
-    let mut meta = SnapshotMetadata {
-        index: r.index,
-        term: r.term,
-        ..Default::default()
-    };
-    meta.set_conf_state(r.conf_state.clone());
-    meta
-}
-
-type TriggerReply = ReplySender<Result<u64, SnapshotError>>;
-
-/// The RaftActor's snapshot state.
-pub(crate) struct Snapshots {
-    /// The durable snapshot raft-rs may send.
-    current: Option<SnapshotRecord>,
-    /// A snapshot is being written out.
-    taking: bool,
-    /// Callers of `TriggerSnapshot` waiting for the one being written.
-    waiters: Vec<TriggerReply>,
-    /// Received from a leader, keyed by (index, term), awaiting install.
-    staged: BTreeMap<(u64, u64), SnapshotRecord>,
-    /// An installed snapshot's (Ready number, index): raft-rs may count it applied only once
-    /// that Ready is durable.
-    pub(crate) applied_when_persisted: Option<(u64, u64)>,
-}
-
-impl Snapshots {
-    pub(crate) fn new(current: Option<SnapshotRecord>) -> Self {
-        Self {
-            current,
-            taking: false,
-            waiters: Vec::new(),
-            staged: BTreeMap::new(),
-            applied_when_persisted: None,
-        }
-    }
-
-    fn index(&self) -> u64 {
-        self.current.as_ref().map_or(0, |c| c.index)
-    }
-
-    pub(crate) fn fail_waiters(&mut self, err: SnapshotError) {
-        for w in self.waiters.drain(..) {
-            w.send(Err(err.clone()));
-        }
-    }
-}
-
-/// Reads a stored snapshot's header and restores `sm` from the state bytes that follow (when it
-/// has any). An error from the reader may be a [`SnapshotReader::corruption`].
-pub(super) fn restore_from<S: StateMachine>(
-    reader: &mut SnapshotReader,
-    sm: &mut S,
-) -> io::Result<SnapshotHeader> {
-    let header = read_snapshot_header(reader)?;
-    if header.has_state {
-        sm.restore(reader)?;
-    }
-    Ok(header)
-}
 
 impl<S: StateMachine> RaftActor<S> {
     /// Takes a snapshot if the log has grown by `max_log_entries` since the last one.
