@@ -10,8 +10,8 @@ use std::{
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
-    IrohDialer, LogDb, Member, Node, NodeCalls, NodeConfig, NodeId, NodeSpec, StartError,
-    StateMachine, StateMachineSource, StorageSpawn, Ticket,
+    IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
+    StateMachineSource, StorageSpawn, Ticket,
     wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -21,12 +21,11 @@ mod join;
 use join::Created;
 pub use join::JOIN_PENDING_FILE;
 
-use crate::DiscoveryProtocol;
 use crate::{
     JoinOptions, Preset,
     cluster::{Lifetime, RaftCluster},
     error::{BuildError, ConfigError},
-    mgmt::{MgmtProtocol, RemoteReader},
+    mgmt::RemoteReader,
     net::{
         PeerAddr, bind_offline_endpoint, close_within, endpoint_peer_addr,
         load_or_create_secret_key,
@@ -489,46 +488,32 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             RuntimeFlavor::CurrentThread => StorageSpawn::Task,
             _ => StorageSpawn::Thread,
         };
-        let request_timeout = config.request_timeout;
-        let retry_interval = config.heartbeat_interval;
         let spec = NodeSpec {
             config,
-            endpoint_id: endpoint.id(),
+            secret_key: endpoint.secret_key().clone(),
             state_machine,
             db,
             bootstrap,
             dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
             storage_spawn,
+            mgmt: iroh_raft_actors::mgmt::MgmtOptions {
+                allowlist: self.mgmt_allowlist.clone(),
+                reader: self.remote_reader.clone(),
+                join_options: self.join_options,
+            },
         };
         if let Some(name) = &self.lan_name {
             crate::lan::announce(&endpoint, name).map_err(|e| BuildError::Lan(e.to_string()))?;
         }
         let node = Node::start(spec).await?;
-        let calls = NodeCalls::new(node_id, node.clone(), request_timeout, retry_interval);
-        let discovery = DiscoveryProtocol::new(calls.clone(), self.join_options);
-        let mgmt = MgmtProtocol::new(
-            calls.clone(),
-            endpoint.secret_key().clone(),
-            self.mgmt_allowlist.clone(),
-            self.remote_reader.clone(),
-        );
         let router = (!self.external_router).then(|| {
             Router::builder(endpoint.clone())
                 .accept(ALPN, node.protocol.clone())
-                .accept(DISCOVERY_ALPN, discovery.clone())
-                .accept(MGMT_ALPN, mgmt.clone())
+                .accept(DISCOVERY_ALPN, node.discovery_protocol.clone())
+                .accept(MGMT_ALPN, node.mgmt_protocol.clone())
                 .spawn()
         });
-        let cluster = RaftCluster::new(
-            calls,
-            Lifetime::new(
-                node,
-                endpoint,
-                router,
-                owns_endpoint,
-                (discovery.clone(), mgmt.clone()),
-            ),
-        );
+        let cluster = RaftCluster::new(Lifetime::new(node, endpoint, router, owns_endpoint));
         self.finish_join(&cluster, join, &data_dir).await?;
         Ok(cluster)
     }

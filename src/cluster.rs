@@ -29,8 +29,6 @@ pub(crate) struct Lifetime<S: StateMachine> {
     router: Option<Router>,
     owns_endpoint: bool,
     pub(crate) stopped: AtomicBool,
-    discovery: DiscoveryProtocol<S>,
-    mgmt: MgmtProtocol<S>,
     /// Whether the node still serves (published by the runtime).
     liveness: tokio::sync::watch::Receiver<Liveness>,
 }
@@ -41,7 +39,6 @@ impl<S: StateMachine> Lifetime<S> {
         endpoint: Endpoint,
         router: Option<Router>,
         owns_endpoint: bool,
-        (discovery, mgmt): (DiscoveryProtocol<S>, MgmtProtocol<S>),
     ) -> Self {
         Self {
             liveness: node.facts.liveness(),
@@ -50,8 +47,6 @@ impl<S: StateMachine> Lifetime<S> {
             router,
             owns_endpoint,
             stopped: AtomicBool::new(false),
-            discovery,
-            mgmt,
         }
     }
 }
@@ -108,9 +103,9 @@ impl<S: StateMachine> std::fmt::Debug for RaftCluster<S> {
 }
 
 impl<S: StateMachine> RaftCluster<S> {
-    pub(crate) fn new(calls: NodeCalls<S>, lifetime: Lifetime<S>) -> Self {
+    pub(crate) fn new(lifetime: Lifetime<S>) -> Self {
         Self {
-            calls,
+            calls: lifetime.node.calls.clone(),
             endpoint: lifetime.endpoint.clone(),
             lifetime: Arc::new(lifetime),
         }
@@ -135,33 +130,32 @@ impl<S: StateMachine> RaftCluster<S> {
     /// (see [`crate::RaftClusterBuilder::external_router`]); mount it under
     /// [`iroh_raft_actors::wire::ALPN`].
     pub fn protocol_handler(&self) -> RaftProtocol {
-        self.calls.node().protocol.clone()
+        self.lifetime.node.protocol.clone()
     }
 
     /// The discovery protocol handler (newcomers present join tickets to it), for applications
     /// that run their own iroh `Router`; mount it under
     /// [`iroh_raft_actors::wire::DISCOVERY_ALPN`].
     pub fn discovery_handler(&self) -> DiscoveryProtocol<S> {
-        self.lifetime.discovery.clone()
+        self.lifetime.node.discovery_protocol.clone()
     }
 
     /// The management protocol handler, for applications that run their own iroh `Router`;
     /// mount it under [`iroh_raft_actors::wire::MGMT_ALPN`].
     pub fn mgmt_handler(&self) -> MgmtProtocol<S> {
-        self.lifetime.mgmt.clone()
+        self.lifetime.node.mgmt_protocol.clone()
     }
 
     /// Mints a ticket signed by this node's key: `role` is what it grants (join the cluster,
     /// administer it, or read), `valid_for` how long. It names up to 64 current members to
     /// contact, and stays valid while this node is a member and it has not expired.
     pub async fn ticket(&self, role: TicketRole, valid_for: Duration) -> Result<Ticket, ReadError> {
-        let secret = self.endpoint.secret_key();
-        self.calls.ticket(secret, role, valid_for).await
+        self.lifetime.node.ticket(role, valid_for).await
     }
 
     /// The node's actors, for applications that supervise or talk to them directly.
     pub fn actors(&self) -> &Node<S> {
-        self.calls.node()
+        &self.lifetime.node
     }
 
     /// The calls this handle makes on its node (the management plane makes the same ones).
@@ -263,7 +257,7 @@ impl<S: StateMachine> RaftCluster<S> {
         if self.lifetime.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.calls.node().shutdown().await;
+        let result = self.lifetime.node.shutdown().await;
         if let Some(router) = &self.lifetime.router {
             let _ = router.shutdown().await;
         } else if self.lifetime.owns_endpoint {

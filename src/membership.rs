@@ -96,7 +96,7 @@ impl<S: StateMachine> RaftCluster<S> {
         addr: impl Into<PeerAddr>,
         options: JoinOptions,
     ) -> Result<u64, ProposeError> {
-        self.calls().join(id, addr.into().0, options).await
+        self.actors().join(id, addr.into().0, options).await
     }
 
     /// Removes a member. Removing the leader hands leadership to the most up-to-date other
@@ -105,7 +105,7 @@ impl<S: StateMachine> RaftCluster<S> {
     /// node removed itself and stopped before the change was applied here (it was committed:
     /// a member told it so).
     pub async fn remove_member(&self, id: NodeId) -> Result<u64, ProposeError> {
-        self.calls().remove_member(id).await
+        self.actors().remove_member(id).await
     }
 
     /// Swaps voter `old` for a new voter in one joint-consensus step.
@@ -115,7 +115,7 @@ impl<S: StateMachine> RaftCluster<S> {
         id: NodeId,
         addr: impl Into<PeerAddr>,
     ) -> Result<u64, ProposeError> {
-        self.calls().replace(old, id, addr.into().0).await
+        self.actors().replace(old, id, addr.into().0).await
     }
 
     /// Hands leadership to voter `to`, or with `None` to the voter whose log best matches the

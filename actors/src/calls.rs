@@ -5,19 +5,18 @@
 //!
 //! A cheap clone over the node's actor references and watches; it holds no lock and no state.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use iroh::SecretKey;
-use kameo::error::SendError;
+use kameo::{actor::ActorRef, error::SendError};
 use tokio::time::Instant;
 
 use crate::{
+    config::NodeConfig,
     error::{FatalError, ProposeError, ReadError, SnapshotError},
-    events::{EventStream, Subscribe, SubscribeFrom},
-    node::Node,
-    raft_actor::{GetStatus, LinearizableQuery, Propose, Query, TriggerSnapshot},
+    events::{EventBus, EventStream, Subscribe, SubscribeFrom},
+    facts::Facts,
+    raft_actor::{GetStatus, LinearizableQuery, Propose, Query, RaftActor, TriggerSnapshot},
     state_machine::StateMachine,
-    ticket::{ClusterId, MAX_TICKET_MEMBERS, Ticket, TicketRole},
     types::{NodeId, NodeStatus},
     wire::MAX_COMMAND_SIZE,
 };
@@ -35,7 +34,9 @@ const BACKSTOP: Duration = Duration::from_secs(1);
 /// Calls on one node's actors. Cheap to clone.
 pub struct NodeCalls<S: StateMachine> {
     node_id: NodeId,
-    node: Node<S>,
+    raft: ActorRef<RaftActor<S>>,
+    events: ActorRef<EventBus>,
+    facts: Arc<Facts>,
     request_timeout: Duration,
     retry_interval: Duration,
 }
@@ -44,7 +45,9 @@ impl<S: StateMachine> Clone for NodeCalls<S> {
     fn clone(&self) -> Self {
         Self {
             node_id: self.node_id,
-            node: self.node.clone(),
+            raft: self.raft.clone(),
+            events: self.events.clone(),
+            facts: self.facts.clone(),
             request_timeout: self.request_timeout,
             retry_interval: self.retry_interval,
         }
@@ -84,19 +87,21 @@ impl<E> AskFailure<E> {
 }
 
 impl<S: StateMachine> NodeCalls<S> {
-    /// Calls on `node` (whose Raft id is `node_id`): a call waits at most `request_timeout`,
-    /// and what is safe to retry is retried every `retry_interval` until then.
-    pub fn new(
-        node_id: NodeId,
-        node: Node<S>,
-        request_timeout: Duration,
-        retry_interval: Duration,
+    /// Calls on the node whose actors these are: a call waits at most the config's request
+    /// timeout, and what is safe to retry is retried every heartbeat interval until then.
+    pub(crate) fn new(
+        config: &NodeConfig,
+        raft: ActorRef<RaftActor<S>>,
+        events: ActorRef<EventBus>,
+        facts: Arc<Facts>,
     ) -> Self {
         Self {
-            node_id,
-            node,
-            request_timeout,
-            retry_interval,
+            node_id: config.node_id,
+            raft,
+            events,
+            facts,
+            request_timeout: config.request_timeout,
+            retry_interval: config.heartbeat_interval,
         }
     }
 
@@ -105,35 +110,31 @@ impl<S: StateMachine> NodeCalls<S> {
         self.node_id
     }
 
-    /// The node's actors.
-    pub fn node(&self) -> &Node<S> {
-        &self.node
+    /// The node's membership, leadership and liveness.
+    pub fn facts(&self) -> &Arc<Facts> {
+        &self.facts
     }
 
-    /// Mints a ticket signed with `secret` (this node's key): `role` is what it grants (join
-    /// the cluster, administer it, or read), `valid_for` how long. It names up to
-    /// [`MAX_TICKET_MEMBERS`] current members to contact, and stays valid while this node is a
-    /// member and it has not expired.
-    pub async fn ticket(
+    /// The caller's error for an `ask` about a proposal (to any of the node's actors) that
+    /// failed.
+    pub(crate) fn propose_failed<M, E: Into<ProposeError>>(
         &self,
-        secret: &SecretKey,
-        role: TicketRole,
-        valid_for: Duration,
-    ) -> Result<Ticket, ReadError> {
-        let view = self.members_view().await?;
-        let members = view
-            .members
-            .into_iter()
-            .take(MAX_TICKET_MEMBERS)
-            .map(|m| m.addr)
-            .collect();
-        Ok(Ticket::issue(
-            secret,
-            ClusterId(view.cluster_id),
-            members,
-            role,
-            std::time::SystemTime::now() + valid_for,
-        ))
+        e: SendError<M, E>,
+    ) -> ProposeError {
+        let e = match e {
+            SendError::HandlerError(e) => SendError::HandlerError(e.into()),
+            SendError::ActorNotRunning(_) => SendError::ActorNotRunning(()),
+            SendError::ActorStopped => SendError::ActorStopped,
+            SendError::MailboxFull(_) => SendError::MailboxFull(()),
+            SendError::Timeout(_) => SendError::Timeout(None),
+            SendError::ActorRestarting(_) => SendError::ActorRestarting(()),
+        };
+        self.propose_error(AskFailure::from_send(e))
+    }
+
+    /// The caller's error for an `ask` about a read that failed.
+    pub(crate) fn read_failed<M>(&self, e: SendError<M, ReadError>) -> ReadError {
+        self.read_error(AskFailure::from_send(e))
     }
 
     /// How long a call waits.
@@ -146,7 +147,7 @@ impl<S: StateMachine> NodeCalls<S> {
             AskFailure::Refused(e) => e,
             AskFailure::Timeout => ProposeError::Timeout,
             AskFailure::Interrupted => ProposeError::Interrupted,
-            AskFailure::NotRunning => match self.node.failure() {
+            AskFailure::NotRunning => match self.facts.failure() {
                 Some(e) => ProposeError::Fatal(e),
                 None => ProposeError::ShuttingDown,
             },
@@ -158,7 +159,7 @@ impl<S: StateMachine> NodeCalls<S> {
             AskFailure::Refused(e) => e,
             AskFailure::Timeout => ReadError::Timeout,
             AskFailure::Interrupted => ReadError::Interrupted,
-            AskFailure::NotRunning => match self.node.failure() {
+            AskFailure::NotRunning => match self.facts.failure() {
                 Some(e) => ReadError::Fatal(e),
                 None => ReadError::ShuttingDown,
             },
@@ -185,7 +186,6 @@ impl<S: StateMachine> NodeCalls<S> {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = match self
-                .node
                 .raft
                 .ask(Propose::until(data.clone(), deadline))
                 .reply_timeout(remaining + BACKSTOP)
@@ -214,7 +214,6 @@ impl<S: StateMachine> NodeCalls<S> {
         R: Send + 'static,
     {
         match self
-            .node
             .raft
             .ask(Query(f))
             .reply_timeout(self.request_timeout)
@@ -237,7 +236,6 @@ impl<S: StateMachine> NodeCalls<S> {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = match self
-                .node
                 .raft
                 .ask(LinearizableQuery(f.clone()))
                 .reply_timeout(remaining)
@@ -263,10 +261,10 @@ impl<S: StateMachine> NodeCalls<S> {
         if let Some(e) = self.fatal_error() {
             return Err(SnapshotError::Fatal(e));
         }
-        match self.node.raft.ask(TriggerSnapshot).await {
+        match self.raft.ask(TriggerSnapshot).await {
             Ok(index) => Ok(index),
             Err(SendError::HandlerError(e)) => Err(e),
-            Err(_) => match self.node.failure() {
+            Err(_) => match self.facts.failure() {
                 Some(e) => Err(SnapshotError::Fatal(e)),
                 None => Err(SnapshotError::ShuttingDown),
             },
@@ -277,8 +275,7 @@ impl<S: StateMachine> NodeCalls<S> {
     /// fatal error; its `NodeStopped` event went to the subscribers of that time).
     pub async fn subscribe(&self) -> Result<EventStream, ReadError> {
         self.check_alive()?;
-        self.node
-            .events
+        self.events
             .ask(Subscribe)
             .await
             .map_err(|_| ReadError::ShuttingDown)
@@ -288,8 +285,7 @@ impl<S: StateMachine> NodeCalls<S> {
     /// [`EventStream::epoch`]), while the bus still holds them, then live ones: how a subscriber
     /// that lost its stream resumes without a gap.
     pub async fn subscribe_from(&self, epoch: u64, after: u64) -> Result<EventStream, ReadError> {
-        self.node
-            .events
+        self.events
             .ask(SubscribeFrom { epoch, after })
             .await
             .map_err(|_| ReadError::ShuttingDown)
@@ -299,7 +295,7 @@ impl<S: StateMachine> NodeCalls<S> {
     /// data, the supervisor gave up restarting it), once the handle has seen it. Every call
     /// fails with it from then on.
     pub fn fatal_error(&self) -> Option<FatalError> {
-        self.node.facts.failure()
+        self.facts.failure()
     }
 
     /// `Err` with the node's fatal error, if it has one.
@@ -314,7 +310,6 @@ impl<S: StateMachine> NodeCalls<S> {
     pub async fn status(&self) -> Result<NodeStatus, ReadError> {
         self.check_alive()?;
         match self
-            .node
             .raft
             .ask(GetStatus)
             .reply_timeout(self.request_timeout)
@@ -329,6 +324,6 @@ impl<S: StateMachine> NodeCalls<S> {
 
     /// The leader this node knows of (none once the node stopped).
     pub fn leader(&self) -> Option<NodeId> {
-        self.node.facts.leader()
+        self.facts.leader()
     }
 }

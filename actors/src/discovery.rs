@@ -14,6 +14,7 @@ use crate::{
     error::ProposeError,
     facts::Liveness,
     membership::MembershipRefusal,
+    mgmt::{Join, MgmtActor},
     state_machine::StateMachine,
     ticket::{ClusterId, Ticket, TicketError, TicketRole},
     wire::{
@@ -26,6 +27,7 @@ use iroh::{
     endpoint::{Connection, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
+use kameo::actor::ActorRef;
 use tracing::{info, warn};
 
 /// How long a member waits for a newcomer's request.
@@ -34,6 +36,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The member side of the discovery protocol (ALPN [`crate::wire::DISCOVERY_ALPN`]). Cheap to clone.
 pub struct DiscoveryProtocol<S: StateMachine> {
     calls: NodeCalls<S>,
+    mgmt: ActorRef<MgmtActor<S>>,
     options: JoinOptions,
 }
 
@@ -41,6 +44,7 @@ impl<S: StateMachine> Clone for DiscoveryProtocol<S> {
     fn clone(&self) -> Self {
         Self {
             calls: self.calls.clone(),
+            mgmt: self.mgmt.clone(),
             options: self.options,
         }
     }
@@ -53,9 +57,14 @@ impl<S: StateMachine> std::fmt::Debug for DiscoveryProtocol<S> {
 }
 
 impl<S: StateMachine> DiscoveryProtocol<S> {
-    /// The handler of the node `calls` reaches; newcomers join with `options`.
-    pub fn new(calls: NodeCalls<S>, options: JoinOptions) -> Self {
-        Self { calls, options }
+    /// The handler of the node `calls` reaches, whose MgmtActor `mgmt` runs the joins;
+    /// newcomers join with `options`.
+    pub fn new(calls: NodeCalls<S>, mgmt: ActorRef<MgmtActor<S>>, options: JoinOptions) -> Self {
+        Self {
+            calls,
+            mgmt,
+            options,
+        }
     }
 
     async fn serve(&self, conn: &Connection) {
@@ -81,10 +90,7 @@ impl<S: StateMachine> DiscoveryProtocol<S> {
             );
             return refuse(&mut send, RefusalKind::Version, msg).await;
         }
-        if matches!(
-            *self.calls.node().facts.liveness().borrow(),
-            Liveness::ShutDown
-        ) {
+        if matches!(*self.calls.facts().liveness().borrow(), Liveness::ShutDown) {
             return refuse(&mut send, RefusalKind::Failed, "node is not running".into()).await;
         }
         let cluster = &self.calls;
@@ -93,14 +99,14 @@ impl<S: StateMachine> DiscoveryProtocol<S> {
             .iter()
             .filter_map(|a| a.parse::<SocketAddr>().ok())
             .fold(EndpointAddr::new(remote), |a, ip| a.with_ip_addr(ip));
+        let promote = (!learner).then_some(self.options);
         match admit(
             &mut send,
-            cluster,
+            (cluster, &self.mgmt),
             &ticket,
             remote,
             addr,
-            learner,
-            self.options,
+            promote,
         )
         .await
         {
@@ -132,15 +138,15 @@ fn ticket_refusal(e: TicketError) -> Refusal {
 }
 
 /// Checks the ticket, adds the newcomer as a learner (answering `Accepted` on `send` before the
-/// wait for catch-up), then promotes it. Returns its id and the index of its last change.
+/// wait for catch-up), then (with `promote`) has the MgmtActor run its join. Returns its id and
+/// the index of its last change.
 async fn admit<S: StateMachine>(
     send: &mut SendStream,
-    cluster: &NodeCalls<S>,
+    (cluster, mgmt): (&NodeCalls<S>, &ActorRef<MgmtActor<S>>),
     ticket: &str,
     remote: EndpointId,
     addr: EndpointAddr,
-    learner: bool,
-    options: JoinOptions,
+    promote: Option<JoinOptions>,
 ) -> Result<(u64, u64), Refusal> {
     let failed = |e: &dyn std::fmt::Display| (RefusalKind::Failed, e.to_string());
     let ticket: Ticket = ticket.parse().map_err(ticket_refusal)?;
@@ -191,12 +197,12 @@ async fn admit<S: StateMachine>(
             .collect(),
     };
     send_msg(send, &accepted).await;
-    if learner {
+    let Some(options) = promote else {
         return Ok((id, 0));
-    }
-    match cluster.join(id, addr, options).await {
+    };
+    match mgmt.ask(Join { id, addr, options }).await {
         Ok(index) => Ok((id, index)),
-        Err(e) => Err(failed(&e)),
+        Err(e) => Err(failed(&cluster.propose_failed(e))),
     }
 }
 

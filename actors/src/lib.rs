@@ -5,30 +5,46 @@
 //! # Map of the runtime
 //!
 //! ```text
-//!  RaftCluster (facade) ──ask──▶ RaftActor ──try_send Outbound──▶ PeerActor ──QUIC uni stream──▶ peer
-//!        │                        │  ▲   ▲                                                       │
-//!        │ subscribe              │  │   └──tell Inbound── RaftProtocol (ALPN iroh-raft/0) ◀────┘
-//!        ▼                        │  │
-//!     EventBus ◀──try_send Publish┘  └──watch PersistProgress── StorageActor (own thread, redb)
-//!                                 └──────flume PersistBatch─────────▲
+//!  RaftCluster (facade) ─┐
+//!  mgmt lanes ───────────┼─ NodeCalls ──ask──▶ RaftActor ──try_send Outbound──▶ PeerActor ──QUIC uni stream──▶ peer
+//!  MgmtActor workflows ──┘    │                 │  ▲   ▲                                                       │
+//!        ▲                    │ subscribe       │  │   └──tell Inbound── RaftProtocol (ALPN iroh-raft/2) ◀────┘
+//!        │ Admit, Join, …     ▼                 │  │
+//!  MgmtProtocol / DiscoveryProtocol   EventBus ◀─┘  └──watch PersistProgress── StorageActor (own thread, redb)
+//!  (ALPNs iroh-raft-mgmt/0,                     │        └─flume PersistBatch──────▲
+//!   iroh-raft-discovery/0)            Facts ◀───┘ (watches: membership, leadership, liveness)
 //! ```
 //!
 //! | actor | owns | receives | sends |
 //! |---|---|---|---|
-//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], the applied [`Membership`], pending proposals, membership changes, transfers and reads, the PeerActor table, the replica consistency check (running hash of applied entries, peers' checkpoints), the highest incarnation seen per peer | `Propose`, `Query`, `LinearizableQuery`, `ChangeMembership`, `TransferLeadership`, `GetMembers`, `GetStatus`, `TriggerSnapshot`, `Shutdown` from the facade; [`peer::Inbound`] (Raft messages, forwards, checkpoints), [`PeerHello`] (ask: may this incarnation of a peer talk to us? a peer that restarted is redialled), [`NotHeard`] (a peer closed its connection with `NoAnswer`: our connection to it is likely dead, redial it) and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` (with "the peer refused us for good": removed, or stale incarnation) and [`peer::SnapshotSent`] (with a corruption found reading our snapshot) from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches (Raft messages, forwards, replies, checkpoints) to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); `Fence` when it finds its data corrupt or stale; the applied membership to the protocol handler (watch); events to the EventBus (`try_send`) |
+//! | [`RaftActor`] | the [`Driver`] (raft-rs `RawNode` + in-memory log mirror), the user's [`StateMachine`], the applied [`Membership`], pending proposals, membership changes, transfers and reads, the PeerActor table, the replica consistency check (running hash of applied entries, peers' checkpoints), the highest incarnation seen per peer | `Propose`, `Query`, `LinearizableQuery`, `ChangeMembership`, `TransferLeadership`, `GetMembers`, `GetStatus`, `TriggerSnapshot` through [`NodeCalls`] (the facade, management lanes, MgmtActor workflows), `Shutdown` from the node; [`peer::Inbound`] (Raft messages, forwards, checkpoints), [`PeerHello`] (ask: may this incarnation of a peer talk to us? a peer that restarted is redialled), [`NotHeard`] (a peer closed its connection with `NoAnswer`: our connection to it is likely dead, redial it) and [`peer::SnapshotReceived`] from the protocol handler; `PeerUnreachable` (with "the peer refused us for good": removed, or stale incarnation) and [`peer::SnapshotSent`] (with a corruption found reading our snapshot) from PeerActors; `SnapshotDone` from its snapshot writer; persist progress on a watch | `Outbound` batches (Raft messages, forwards, replies, checkpoints) to PeerActors (`try_send`: never blocks); `PersistBatch`es to the StorageActor (bounded flume: waits when the disk is behind); `Fence` when it finds its data corrupt or stale; the applied membership, the leadership (leader, term, role: once per Ready round when changed) and its fatal error on the [`Facts`] watches; events to the EventBus (`try_send`) |
 //! | [`StorageActor`] | the redb [`LogDb`] (the file itself is shared through a [`DbHandle`] so a restarted actor reopens it, and snapshot readers read it) | `PersistBatch`es (flume, drained in groups: one write transaction per group); `Recover` from a (re)starting RaftActor; `NewSnapshotId`, `WriteChunk`, `CommitSnapshot`, `DiscardSnapshot` from the snapshot writer and the protocol handler; `Fence` from the RaftActor; `Flush`, `Close` at shutdown | the highest persisted Ready number, or the storage failure (watch: never blocks) |
 //! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches, `StopPeer`, `Reconnect` (`NoAnswer`: a leader or candidate heard nothing from the peer for an election timeout, the connection may be dead without QUIC knowing, and the close code tells the peer so; `Stale`: the peer restarted or told us it hears nothing from us) | frames on the wire; `PeerUnreachable` (with the forwarded proposals it could not send); peer events |
 //! | [`EventBus`] | a bounded broadcast ring, and the last [`EVENT_BUFFER`] events numbered per run (random epoch per start) | `Publish`, `Subscribe`, `SubscribeFrom` (resume after the last event seen) | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
-//! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node and reports a [`FatalError`] |
+//! | [`mgmt::MgmtActor`] | the management plane's state and decisions: admission (the applied membership from [`Facts`], the allowlist, tickets signed with the node's key), the registry of admitted connections (per key, at most [`mgmt::MAX_CONNECTIONS_PER_KEY`]) and their subscriptions (at most [`mgmt::MAX_SUBSCRIPTIONS`] each), and the running membership workflows (join: add learner → catch up → promote; remove with a leadership hand-off; replace), each in a task it owns and aborts when it stops | `Admit` / `Disconnected` from management connection tasks; `OpenSubscription` / `SubscriptionEnded` from lanes; `MintTicket`; `Join`, `Remove`, `Replace` from lanes, the facade and the discovery handler (the same change asked again waits on the running one); `WorkflowDone` from its tasks; `GetMgmtState` | through its workflow tasks, the same [`NodeCalls`] to the RaftActor a lane makes |
+//! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node, publishes a [`FatalError`] on the [`Facts`] liveness and a `NodeStopped` event |
 //!
-//! The facade adds two more protocol handlers on every node, also not actors: discovery (joins
-//! by ticket) and management (`iroh-raft-mgmt/0`: operators and remote applications). The
-//! management handler admits a client once per connection, then serves each of its lanes
-//! (pipelined request streams) in a task of its own; the calls of a lane run concurrently inside
-//! that task and send these actors the same messages the facade sends, and their replies leave
-//! in batches. No actor of its own, so that requests never queue behind each other (the issue
-//! named a `MgmtActor`; a single actor would serialise every remote request). A subscription
-//! runs in a task of its own, feeding its lane's writer through a small bounded channel.
+//! Three protocol handlers run on every node, none of them an actor (each connection is a task
+//! of its own); [`Node::start`] builds them and an application mounts them on its own iroh
+//! `Router` under their ALPNs:
+//! - [`RaftProtocol`], consensus ([`wire::ALPN`]): see below.
+//! - [`mgmt::MgmtProtocol`], management ([`wire::MGMT_ALPN`]: operators and remote
+//!   applications): a connection task reads the client's Hello and asks the MgmtActor to admit
+//!   it, then serves each of its lanes (pipelined request streams) in a task of its own; the
+//!   calls of a lane run concurrently inside that task through [`NodeCalls`], sending the
+//!   RaftActor the same messages the facade sends, and their replies leave in batches stamped
+//!   with the leader read from the [`Facts`]. No request waits behind another in the
+//!   MgmtActor's mailbox: only admission, subscriptions, tickets and workflows go there.
+//! - [`DiscoveryProtocol`], joins by ticket ([`wire::DISCOVERY_ALPN`]): checks the newcomer's
+//!   ticket, adds it as a learner, answers with its id and the membership, then asks the
+//!   MgmtActor to run its join.
+//!
+//! [`NodeCalls`] is the one place a call's semantics live (its deadline, which failures it
+//! retries, how a failed `ask` maps onto the caller's typed error); the facade's `RaftCluster`,
+//! the lanes and the workflows all call through it. [`Facts`] holds the watch channels of what
+//! many parts read: the applied membership and the leadership (written by the RaftActor), and
+//! the node's liveness (a fatal error from the RaftActor or the supervisor, or a shutdown).
+//! Nobody keeps a copy of these fed by events.
 //!
 //! [`RaftProtocol`] is not an actor: it is the iroh `ProtocolHandler` whose per-connection
 //! future admits by the membership the RaftActor publishes on a watch (a removed member's key
@@ -40,9 +56,11 @@
 //! from their public `Args`.
 //!
 //! # One write, end to end
-//! 1. The facade encodes the command and `ask`s the RaftActor with `Propose`; the reply is
-//!    delegated and kept in the pending table under a proposal id that also goes into the entry
-//!    context. A follower forwards the command to the leader (`Frame::Forward`).
+//! 1. The facade encodes the command and [`NodeCalls`] `ask`s the RaftActor with `Propose`,
+//!    carrying the caller's deadline; the reply is delegated and kept in the pending table under
+//!    a proposal id that also goes into the entry context, and the RaftActor alone decides the
+//!    proposal's fate, a timeout included. A follower forwards the command to the leader
+//!    (`Frame::Forward`).
 //! 2. When the mailbox drains, one Ready round: the leader sends appends at once, queues one
 //!    `PersistBatch` (all new entries of the round) and advances raft-rs asynchronously.
 //! 3. The StorageActor writes every queued batch in one redb transaction (fsynced when needed)
@@ -68,7 +86,7 @@
 //! - `TransferLeadership` runs raft-rs's transfer on the leader (forwarded likewise) and answers
 //!   once this node sees the new leader.
 //! - Newcomers join with a signed [`Ticket`] over the discovery ALPN ([`wire`] specifies it);
-//!   the facade serves it and drives add-learner, catch-up and promotion.
+//!   the [`DiscoveryProtocol`] serves it and the MgmtActor drives catch-up and promotion.
 //!
 //! # Snapshots and compaction
 //! - Taking one: once `max_log_entries` entries were applied since the last snapshot (or on

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+mod mgmt_calls;
+
 use kameo::{
     actor::{ActorRef, Spawn},
     error::HookError,
@@ -15,11 +17,14 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
+    calls::NodeCalls,
     config::{NodeConfig, StorageSpawn},
+    discovery::DiscoveryProtocol,
     error::{FatalError, StartError, StorageError},
     events::{EVENT_MAILBOX, EventBus},
     facts::Facts,
     membership::{Membership, SnapshotHeader, write_snapshot_header},
+    mgmt::{MGMT_MAILBOX, MgmtActor, MgmtArgs, MgmtOptions, MgmtProtocol},
     peer::{Dialer, RaftProtocol},
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
     state_machine::{StateMachine, StateMachineSource},
@@ -45,11 +50,12 @@ pub enum Bootstrap {
 
 /// Everything needed to start a node.
 #[derive(Debug)]
-pub struct NodeSpec<S> {
+pub struct NodeSpec<S: StateMachine> {
     /// Timing and limits (its `node_id` is this node's id).
     pub config: NodeConfig,
-    /// This node's iroh endpoint id (checked against the data dir).
-    pub endpoint_id: iroh::EndpointId,
+    /// This node's iroh key: its public half is its endpoint id (checked against the data
+    /// dir), and it signs the tickets the node mints.
+    pub secret_key: iroh::SecretKey,
     /// Where the empty state machine comes from.
     pub state_machine: StateMachineSource<S>,
     /// The opened database.
@@ -60,6 +66,8 @@ pub struct NodeSpec<S> {
     pub dialer: Arc<dyn Dialer>,
     /// Where the StorageActor runs.
     pub storage_spawn: StorageSpawn,
+    /// How the management plane admits clients and brings newcomers in.
+    pub mgmt: MgmtOptions<S>,
 }
 
 /// The running actors of one node.
@@ -79,6 +87,15 @@ pub struct Node<S: StateMachine> {
     pub protocol: RaftProtocol,
     /// Membership, leadership and liveness, on watches.
     pub facts: Arc<Facts>,
+    /// The MgmtActor: the management plane's state and workflows.
+    pub mgmt: ActorRef<MgmtActor<S>>,
+    /// The calls on this node, with their deadlines and retries.
+    pub calls: NodeCalls<S>,
+    /// The management protocol handler, to mount under [`crate::wire::MGMT_ALPN`].
+    pub mgmt_protocol: MgmtProtocol<S>,
+    /// The discovery protocol handler (joins by ticket), to mount under
+    /// [`crate::wire::DISCOVERY_ALPN`].
+    pub discovery_protocol: DiscoveryProtocol<S>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -91,6 +108,10 @@ impl<S: StateMachine> Clone for Node<S> {
             db: self.db.clone(),
             protocol: self.protocol.clone(),
             facts: self.facts.clone(),
+            mgmt: self.mgmt.clone(),
+            calls: self.calls.clone(),
+            mgmt_protocol: self.mgmt_protocol.clone(),
+            discovery_protocol: self.discovery_protocol.clone(),
         }
     }
 }
@@ -214,13 +235,15 @@ impl<S: StateMachine> Node<S> {
     pub async fn start(spec: NodeSpec<S>) -> Result<Self, StartError> {
         let NodeSpec {
             config,
-            endpoint_id,
+            secret_key,
             state_machine,
             mut db,
             bootstrap,
             dialer,
             storage_spawn,
+            mgmt: mgmt_options,
         } = spec;
+        let endpoint_id = secret_key.public();
         let me = config.node_id;
         check_or_bootstrap(
             &mut db,
@@ -273,6 +296,7 @@ impl<S: StateMachine> Node<S> {
             return Err(e);
         }
 
+        let config_copy = config.clone();
         let raft_args = RaftArgs {
             config,
             state_machine,
@@ -308,6 +332,19 @@ impl<S: StateMachine> Node<S> {
                 storage: storage.clone(),
             })
             .await;
+        let calls = NodeCalls::new(&config_copy, raft.clone(), events.clone(), facts.clone());
+        let mgmt = MgmtActor::spawn_with_mailbox(
+            MgmtArgs {
+                calls: calls.clone(),
+                secret: secret_key,
+                membership: facts.membership(),
+                allowlist: mgmt_options.allowlist,
+            },
+            mailbox::bounded(MGMT_MAILBOX),
+        );
+        let mgmt_protocol = MgmtProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.reader);
+        let discovery_protocol =
+            DiscoveryProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.join_options);
         let protocol = RaftProtocol::new(
             me,
             (
@@ -327,6 +364,10 @@ impl<S: StateMachine> Node<S> {
             db: db_handle,
             protocol,
             facts,
+            mgmt,
+            calls,
+            mgmt_protocol,
+            discovery_protocol,
         })
     }
 
@@ -355,6 +396,7 @@ impl<S: StateMachine> Node<S> {
         self.db.close();
         let failure = self.failure();
         self.facts.shut_down();
+        let _ = self.mgmt.stop_gracefully().await;
         let _ = self.supervisor.stop_gracefully().await;
         self.supervisor.wait_for_shutdown().await;
         let _ = self.events.stop_gracefully().await;
@@ -371,6 +413,7 @@ impl<S: StateMachine> Node<S> {
         self.protocol.close();
         self.facts.shut_down();
         self.db.close();
+        self.mgmt.kill();
         self.supervisor.kill();
         self.events.kill();
     }

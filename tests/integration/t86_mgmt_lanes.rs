@@ -19,6 +19,7 @@ use iroh::{
 };
 use iroh_raft::{
     KvCommand, KvResponse, TicketRole,
+    actors::mgmt::GetMgmtState,
     actors::wire::{
         CloseCode, MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader,
         MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus, encode_mgmt,
@@ -309,6 +310,37 @@ async fn one_key_holds_at_most_sixteen_connections_to_a_node() {
     again.close(0u32.into(), b"done");
     other.close().await;
     ep.close().await;
+    cluster.shutdown().await;
+}
+
+/// The MgmtActor owns the registry: an admitted connection and its subscriptions are counted
+/// while they live, per key, and released when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mgmt_actor_registers_connections_and_subscriptions_while_they_live() {
+    let cluster = TestCluster::start(1).await;
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::ReadOnly).await;
+    let mgmt = cluster.node(leader).actors().mgmt.clone();
+    let state = || {
+        let mgmt = mgmt.clone();
+        async move { mgmt.ask(GetMgmtState).await.unwrap() }
+    };
+    assert_eq!(state().await.connections, 0);
+    let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
+    let events = client.subscribe().await.unwrap();
+    let now = state().await;
+    assert_eq!((now.connections, now.subscriptions), (1, 1), "{now:?}");
+    assert_eq!(now.per_key.values().copied().collect::<Vec<_>>(), vec![1]);
+    drop(events);
+    wait_for("the subscription released", || async {
+        state().await.subscriptions == 0
+    })
+    .await;
+    client.close().await;
+    wait_for("the connection released", || async {
+        let now = state().await;
+        now.connections == 0 && now.per_key.is_empty()
+    })
+    .await;
     cluster.shutdown().await;
 }
 

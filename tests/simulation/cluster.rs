@@ -141,7 +141,7 @@ impl Sim {
         };
         let node = Node::start(NodeSpec {
             config,
-            endpoint_id: n.key.public(),
+            secret_key: n.key.clone(),
             state_machine: StateMachineSource::factory(KeyValueStore::new),
             db,
             bootstrap: if self.members.iter().any(|m| m.node_id == id) {
@@ -161,6 +161,7 @@ impl Sim {
                 incarnation,
             }),
             storage_spawn: StorageSpawn::Task,
+            mgmt: Default::default(),
         })
         .await;
         let node = match node {

@@ -62,7 +62,6 @@ impl<S: StateMachine> NodeCalls<S> {
     pub async fn members_view(&self) -> Result<MembersView, ReadError> {
         self.check_alive()?;
         match self
-            .node
             .raft
             .ask(GetMembers)
             .reply_timeout(self.request_timeout)
@@ -70,7 +69,7 @@ impl<S: StateMachine> NodeCalls<S> {
         {
             Ok(v) => Ok(v),
             Err(SendError::Timeout(_)) => Err(ReadError::Timeout),
-            Err(_) => Err(match self.node.failure() {
+            Err(_) => Err(match self.facts.failure() {
                 Some(e) => ReadError::Fatal(e),
                 None => ReadError::ShuttingDown,
             }),
@@ -89,7 +88,6 @@ impl<S: StateMachine> NodeCalls<S> {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = self
-                .node
                 .raft
                 .ask(ChangeMembership {
                     change: change.clone(),
@@ -105,7 +103,7 @@ impl<S: StateMachine> NodeCalls<S> {
                     ProposeError::Interrupted
                 }
                 Err(_) => {
-                    return Err(match self.node.failure() {
+                    return Err(match self.facts.failure() {
                         Some(e) => ProposeError::Fatal(e),
                         None => ProposeError::ShuttingDown,
                     });
@@ -262,7 +260,6 @@ impl<S: StateMachine> NodeCalls<S> {
     ) -> Result<Transferred, TransferError> {
         let started = Instant::now();
         let result = self
-            .node
             .raft
             .ask(TransferLeadership { to })
             .reply_timeout(self.request_timeout)
@@ -276,7 +273,7 @@ impl<S: StateMachine> NodeCalls<S> {
             Err(SendError::Timeout(_)) => Err(TransferError::Timeout {
                 elapsed: started.elapsed(),
             }),
-            Err(_) => Err(TransferError::Unavailable(match self.node.failure() {
+            Err(_) => Err(TransferError::Unavailable(match self.facts.failure() {
                 Some(e) => ProposeError::Fatal(e),
                 None => ProposeError::ShuttingDown,
             })),

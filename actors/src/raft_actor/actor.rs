@@ -22,10 +22,10 @@ use tracing::{Instrument, Span, debug, error, info_span};
 
 use super::{
     MAX_MESSAGES_PER_READY,
-    transfers::TransferWait,
     peers::Peers,
     pending::{Proposals, Reads},
     snapshots::{Snapshots, restore_from, snapshot_meta},
+    transfers::TransferWait,
 };
 use crate::{
     config::NodeConfig,

@@ -17,8 +17,8 @@ use tracing::{info, warn};
 
 use super::{
     actor::RaftActor,
-    transfers::TransferWait,
     pending::{Taken, encode_context},
+    transfers::TransferWait,
 };
 use crate::{
     error::{FatalError, ProposeError, TransferError},

@@ -23,9 +23,7 @@ use crate::{
     consistency::ApplyHash,
     error::{FatalError, ProposeError, SnapshotError, StorageError},
     events::ClusterEvent,
-    membership::{
-        Membership, SnapshotHeader, in_conf, write_snapshot_header,
-    },
+    membership::{Membership, SnapshotHeader, in_conf, write_snapshot_header},
     peer::{SnapshotOffer, SnapshotReceived, SnapshotSent},
     state_machine::{StateMachine, WriteSnapshot},
     storage::{

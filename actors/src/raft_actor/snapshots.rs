@@ -80,4 +80,3 @@ pub(super) fn restore_from<S: StateMachine>(
     }
     Ok(header)
 }
-

@@ -24,4 +24,3 @@ impl TransferWait {
         self.reply.send(Err(e));
     }
 }
-

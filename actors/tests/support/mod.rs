@@ -85,7 +85,7 @@ pub async fn start_single(
     configure(&mut config);
     Node::start(NodeSpec {
         config,
-        endpoint_id: key.public(),
+        secret_key: key.clone(),
         state_machine: StateMachineSource::factory(Recorder::default),
         db,
         bootstrap: Bootstrap::Initial(vec![Member {
@@ -94,6 +94,7 @@ pub async fn start_single(
         }]),
         dialer: Arc::new(NoNetwork),
         storage_spawn: StorageSpawn::Thread,
+        mgmt: Default::default(),
     })
     .await
     .unwrap()

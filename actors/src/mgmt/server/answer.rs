@@ -10,7 +10,10 @@ use crate::{
     },
 };
 
-use super::{MgmtProtocol, error};
+use super::{
+    super::messages::{Join, MintTicket, Remove},
+    MgmtProtocol, error,
+};
 use crate::{
     calls::{JoinOptions, NodeCalls},
     wire::endpoint_addr_from_wire as addr_from_wire,
@@ -61,12 +64,21 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         max_lag,
                         ..JoinOptions::default()
                     };
-                    changed(cluster.join(id, addr, options).await)
+                    let join = Join { id, addr, options };
+                    changed(
+                        self.mgmt
+                            .ask(join)
+                            .await
+                            .map_err(|e| cluster.propose_failed(e)),
+                    )
                 }
                 None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
             },
             MgmtRequest::Promote { id } => changed(cluster.promote(id).await),
-            MgmtRequest::Remove { id } => changed(cluster.remove_member(id).await),
+            MgmtRequest::Remove { id } => {
+                let remove = self.mgmt.ask(Remove { id }).await;
+                changed(remove.map_err(|e| cluster.propose_failed(e)))
+            }
             MgmtRequest::TransferLeader { to } => {
                 let to = (to != 0).then_some(to);
                 match cluster.transfer_leadership(to).await {
@@ -140,11 +152,15 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     None => error(MgmtErrorKind::Malformed, "unknown ticket role", None),
                     Some(role) => {
                         let ttl = Duration::from_secs(valid_for_secs);
-                        match cluster.ticket(&self.secret, role, ttl).await {
+                        let mint = MintTicket {
+                            role,
+                            valid_for: ttl,
+                        };
+                        match self.mgmt.ask(mint).await {
                             Ok(t) => MgmtResponse::Ticket {
                                 text: t.to_string(),
                             },
-                            Err(e) => read_error(&e),
+                            Err(e) => read_error(&cluster.read_failed(e)),
                         }
                     }
                 }
@@ -292,7 +308,7 @@ async fn health<S: StateMachine>(cluster: &NodeCalls<S>) -> MgmtResponse {
         quorum_available,
         healthy_voters,
         voters,
-        storage_ok: cluster.node().failure().is_none(),
+        storage_ok: cluster.fatal_error().is_none(),
         role: role_name(status.role).into(),
         apply_lag: status.commit_index.saturating_sub(status.applied_index),
         data_corruption: status.diverged,

@@ -19,10 +19,15 @@ use crate::{
 };
 use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use iroh::endpoint::{RecvStream, SendStream};
-use tokio::sync::{Semaphore, mpsc};
+use kameo::actor::ActorRef;
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{
+    super::{
+        actor::{MAX_SUBSCRIPTIONS, MgmtActor},
+        messages::{OpenSubscription, SubscriptionEnded},
+    },
     MgmtProtocol,
     answer::{node_down, read_error},
     error,
@@ -36,9 +41,6 @@ pub(super) const MAX_LANES: usize = 64;
 /// flow control pushes back) until one completes.
 const MAX_LANE_CALLS: usize = 1024;
 
-/// Subscriptions one connection may hold at once; another is refused.
-const MAX_SUBSCRIPTIONS: usize = 32;
-
 /// Bytes of requests one connection may have in progress over all its lanes (each running
 /// call holds its decoded request); beyond it its lanes are not read until calls complete.
 const CONNECTION_BYTES: usize = 64 * 1024 * 1024;
@@ -49,18 +51,38 @@ const BUDGET_RECHECK: Duration = Duration::from_millis(10);
 /// What one connection's lanes share.
 #[derive(Clone)]
 pub(super) struct Limits {
-    /// Bytes of requests in progress.
+    /// Bytes of requests in progress (touched per call: kept here, not in the MgmtActor).
     bytes: Arc<AtomicUsize>,
-    /// Subscriptions left.
-    subscriptions: Arc<Semaphore>,
+    /// The connection's id in the MgmtActor's registry, which counts its subscriptions.
+    connection: u64,
 }
 
 impl Limits {
-    /// Fresh limits for a new connection.
-    pub(super) fn new() -> Self {
+    /// Fresh limits for the admitted connection `connection`.
+    pub(super) fn new(connection: u64) -> Self {
         Self {
             bytes: Arc::new(AtomicUsize::new(0)),
-            subscriptions: Arc::new(Semaphore::new(MAX_SUBSCRIPTIONS)),
+            connection,
+        }
+    }
+}
+
+/// An open subscription, counted by the MgmtActor until its task ends.
+struct Subscribed<S: StateMachine> {
+    mgmt: ActorRef<MgmtActor<S>>,
+    connection: u64,
+}
+
+impl<S: StateMachine> Drop for Subscribed<S> {
+    fn drop(&mut self) {
+        let msg = SubscriptionEnded {
+            connection: self.connection,
+        };
+        if self.mgmt.tell(msg).try_send().is_err() {
+            let mgmt = self.mgmt.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { mgmt.tell(msg).await });
+            }
         }
     }
 }
@@ -200,23 +222,18 @@ impl<S: StateMachine> MgmtProtocol<S> {
             );
         };
         drop(held);
-        let Ok(permit) = limits.subscriptions.clone().try_acquire_owned() else {
-            let why = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
-            let response = error(MgmtErrorKind::Refused, why, None);
-            return Some(
-                std::future::ready(MgmtReply {
-                    id,
-                    leader: 0,
-                    response,
-                })
-                .boxed(),
-            );
-        };
-        let (out, cluster) = (out.clone(), self.cluster());
+        let (out, cluster, mgmt) = (out.clone(), self.cluster(), self.mgmt.clone());
+        let connection = limits.connection;
         tokio::spawn(async move {
-            let response = match cluster {
-                Some(cluster) => subscribe(&cluster, id, epoch, after, &out).await,
-                None => Some(node_down()),
+            let open = mgmt.ask(OpenSubscription { connection }).await;
+            let _subscribed = Subscribed { mgmt, connection };
+            let response = match (cluster, open) {
+                (Some(_), Ok(false)) => {
+                    let why = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
+                    Some(error(MgmtErrorKind::Refused, why, None))
+                }
+                (Some(cluster), Ok(true)) => subscribe(&cluster, id, epoch, after, &out).await,
+                _ => Some(node_down()),
             };
             if let Some(response) = response {
                 let _ = out
@@ -227,7 +244,6 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     })
                     .await;
             }
-            drop(permit);
         });
         None
     }

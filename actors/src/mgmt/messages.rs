@@ -1,0 +1,313 @@
+//! The MgmtActor's messages, one struct each. Every handler decides from the actor's state and
+//! returns at once; a workflow's outcome is delegated to the task that runs it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use iroh::{EndpointAddr, EndpointId};
+use kameo::{
+    message::{Context, Message},
+    reply::DelegatedReply,
+};
+use tracing::{debug, warn};
+
+use super::{
+    actor::{MgmtActor, Running, Workflow, WorkflowReply},
+    admission::role_of,
+};
+use crate::{
+    calls::JoinOptions,
+    error::{ProposeError, ReadError},
+    state_machine::StateMachine,
+    ticket::{Ticket, TicketRole},
+    types::NodeId,
+    wire::{CloseCode, MgmtRole},
+};
+
+/// A client connected from `remote` (with an optional ticket): admit it or say why not.
+#[derive(Debug)]
+pub struct Admit {
+    /// The client's endpoint.
+    pub remote: EndpointId,
+    /// The ticket its Hello carried.
+    pub ticket: Option<String>,
+}
+
+/// An admitted connection: its registry id (tell [`Disconnected`] with it when it closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, kameo::Reply)]
+pub struct Admitted {
+    /// The connection's id in the registry.
+    pub connection: u64,
+    /// What it may do.
+    pub role: MgmtRole,
+}
+
+impl<S: StateMachine> Message<Admit> for MgmtActor<S> {
+    /// Refused: the close code and the reason.
+    type Reply = Result<Admitted, (CloseCode, String)>;
+
+    async fn handle(&mut self, msg: Admit, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        if let Some(e) = self.calls.fatal_error() {
+            return Err((CloseCode::ShuttingDown, e.to_string()));
+        }
+        let role = role_of(
+            &self.membership.borrow(),
+            &self.allowlist,
+            msg.remote,
+            msg.ticket.as_deref(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|why| (CloseCode::NotAMember, why))?;
+        let Some(connection) = self.register(msg.remote, role) else {
+            let why = format!(
+                "at most {} connections per key",
+                super::MAX_CONNECTIONS_PER_KEY
+            );
+            return Err((CloseCode::TooManyConnections, why));
+        };
+        debug!(endpoint = %msg.remote.fmt_short(), ?role, connection, "management client admitted");
+        Ok(Admitted { connection, role })
+    }
+}
+
+/// An admitted connection closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Disconnected {
+    /// Its registry id.
+    pub connection: u64,
+}
+
+impl<S: StateMachine> Message<Disconnected> for MgmtActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: Disconnected, _: &mut Context<Self, ()>) {
+        self.unregister(msg.connection);
+    }
+}
+
+/// A connection asks to open one more subscription; `false`: it holds
+/// [`super::MAX_SUBSCRIPTIONS`] already (or is not registered).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenSubscription {
+    /// The connection's registry id.
+    pub connection: u64,
+}
+
+impl<S: StateMachine> Message<OpenSubscription> for MgmtActor<S> {
+    type Reply = bool;
+
+    async fn handle(&mut self, msg: OpenSubscription, _: &mut Context<Self, bool>) -> bool {
+        match self.connections.get_mut(&msg.connection) {
+            Some(c) if c.subscriptions < super::MAX_SUBSCRIPTIONS => {
+                c.subscriptions += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A subscription opened with [`OpenSubscription`] ended.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionEnded {
+    /// The connection's registry id.
+    pub connection: u64,
+}
+
+impl<S: StateMachine> Message<SubscriptionEnded> for MgmtActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: SubscriptionEnded, _: &mut Context<Self, ()>) {
+        if let Some(c) = self.connections.get_mut(&msg.connection) {
+            c.subscriptions = c.subscriptions.saturating_sub(1);
+        }
+    }
+}
+
+/// Mint a ticket signed by this node: `role` is what it grants, `valid_for` how long. It names
+/// up to [`crate::MAX_TICKET_MEMBERS`] current members to contact.
+#[derive(Debug, Clone, Copy)]
+pub struct MintTicket {
+    /// What it grants.
+    pub role: TicketRole,
+    /// How long it is valid.
+    pub valid_for: Duration,
+}
+
+impl<S: StateMachine> Message<MintTicket> for MgmtActor<S> {
+    type Reply = Result<Ticket, ReadError>;
+
+    async fn handle(&mut self, msg: MintTicket, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        self.ticket(msg.role, msg.valid_for)
+    }
+}
+
+/// Add `id` as a learner, wait until it is within `options.max_lag` of the leader's log, then
+/// promote it (see [`crate::NodeCalls::join`]). The answer is the index of the last change.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// The new member's id.
+    pub id: NodeId,
+    /// Its endpoint id and addresses.
+    pub addr: EndpointAddr,
+    /// Catch-up bound and timeout.
+    pub options: JoinOptions,
+}
+
+impl<S: StateMachine> Message<Join> for MgmtActor<S> {
+    type Reply = DelegatedReply<Result<u64, ProposeError>>;
+
+    async fn handle(&mut self, msg: Join, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let (delegated, reply) = ctx.reply_sender();
+        if let Some(reply) = reply {
+            let workflow = Workflow::Join {
+                id: msg.id,
+                endpoint: msg.addr.id,
+            };
+            let calls = self.calls.clone();
+            self.start(workflow, reply, async move {
+                calls.join(msg.id, msg.addr, msg.options).await
+            });
+        }
+        delegated
+    }
+}
+
+/// Remove member `id`, handing leadership over first if it leads (see
+/// [`crate::NodeCalls::remove_member`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Remove {
+    /// The member leaving.
+    pub id: NodeId,
+}
+
+impl<S: StateMachine> Message<Remove> for MgmtActor<S> {
+    type Reply = DelegatedReply<Result<u64, ProposeError>>;
+
+    async fn handle(&mut self, msg: Remove, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let (delegated, reply) = ctx.reply_sender();
+        if let Some(reply) = reply {
+            let calls = self.calls.clone();
+            self.start(Workflow::Remove { id: msg.id }, reply, async move {
+                calls.remove_member(msg.id).await
+            });
+        }
+        delegated
+    }
+}
+
+/// Swap voter `old` for `id` in one joint change, handing leadership over first if `old`
+/// leads (see [`crate::NodeCalls::replace`]).
+#[derive(Debug, Clone)]
+pub struct Replace {
+    /// The voter leaving.
+    pub old: NodeId,
+    /// The new voter's id.
+    pub id: NodeId,
+    /// Its endpoint id and addresses.
+    pub addr: EndpointAddr,
+}
+
+impl<S: StateMachine> Message<Replace> for MgmtActor<S> {
+    type Reply = DelegatedReply<Result<u64, ProposeError>>;
+
+    async fn handle(&mut self, msg: Replace, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let (delegated, reply) = ctx.reply_sender();
+        if let Some(reply) = reply {
+            let workflow = Workflow::Replace {
+                old: msg.old,
+                id: msg.id,
+            };
+            let calls = self.calls.clone();
+            self.start(workflow, reply, async move {
+                calls.replace(msg.old, msg.id, msg.addr).await
+            });
+        }
+        delegated
+    }
+}
+
+/// A workflow task finished.
+pub(super) struct WorkflowDone {
+    pub(super) workflow: Workflow,
+    pub(super) outcome: Result<u64, ProposeError>,
+}
+
+impl<S: StateMachine> Message<WorkflowDone> for MgmtActor<S> {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: WorkflowDone, _: &mut Context<Self, ()>) {
+        let Some(running) = self.workflows.remove(&msg.workflow) else {
+            return;
+        };
+        if let Err(e) = &msg.outcome {
+            warn!(workflow = ?msg.workflow, error = %e, "membership workflow failed");
+        }
+        for w in running.waiters {
+            w.send(msg.outcome.clone());
+        }
+    }
+}
+
+/// What the management plane holds now (for tests and operators).
+#[derive(Debug, Clone, Copy)]
+pub struct GetMgmtState;
+
+/// The management plane's state.
+#[derive(Debug, Clone, PartialEq, Eq, kameo::Reply)]
+pub struct MgmtState {
+    /// Admitted connections.
+    pub connections: usize,
+    /// Admitted connections per key.
+    pub per_key: BTreeMap<EndpointId, usize>,
+    /// Open subscriptions over all connections.
+    pub subscriptions: usize,
+    /// Workflows in progress.
+    pub workflows: Vec<Workflow>,
+}
+
+impl<S: StateMachine> Message<GetMgmtState> for MgmtActor<S> {
+    type Reply = MgmtState;
+
+    async fn handle(&mut self, _: GetMgmtState, _: &mut Context<Self, MgmtState>) -> MgmtState {
+        MgmtState {
+            connections: self.connections.len(),
+            per_key: self.per_key.clone(),
+            subscriptions: self.connections.values().map(|c| c.subscriptions).sum(),
+            workflows: self.workflows.keys().cloned().collect(),
+        }
+    }
+}
+
+impl<S: StateMachine> MgmtActor<S> {
+    /// Runs `run` as the task of `workflow`, or adds `reply` to the waiters of the same
+    /// workflow already running.
+    fn start(
+        &mut self,
+        workflow: Workflow,
+        reply: WorkflowReply,
+        run: impl Future<Output = Result<u64, ProposeError>> + Send + 'static,
+    ) {
+        if let Some(running) = self.workflows.get_mut(&workflow) {
+            running.waiters.push(reply);
+            return;
+        }
+        let me = self.myself.clone();
+        let done = workflow.clone();
+        let task = tokio::spawn(async move {
+            let outcome = run.await;
+            if let Some(me) = me.upgrade() {
+                let _ = me
+                    .tell(WorkflowDone {
+                        workflow: done,
+                        outcome,
+                    })
+                    .await;
+            }
+        });
+        let running = Running {
+            task,
+            waiters: vec![reply],
+        };
+        self.workflows.insert(workflow, running);
+    }
+}
