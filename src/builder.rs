@@ -11,7 +11,7 @@ use std::{
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
     IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
-    StateMachineSource, StorageSpawn, Ticket,
+    StateMachineSource, StorageSpawn, SupervisorParent, Ticket,
     wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -91,7 +91,7 @@ impl From<(NodeId, EndpointAddr)> for Peer {
 /// node uses the membership stored in its data dir. The list may include this node itself
 /// (the same list on every node, as with etcd's `initial-cluster`).
 #[must_use]
-pub struct RaftClusterBuilder<S> {
+pub struct RaftClusterBuilder<S: StateMachine> {
     node_id: Option<NodeId>,
     data_dir: Option<PathBuf>,
     bind_address: Option<String>,
@@ -115,6 +115,7 @@ pub struct RaftClusterBuilder<S> {
     lan_name: Option<String>,
     mgmt_allowlist: BTreeMap<iroh::EndpointId, MgmtRole>,
     remote_reader: Option<RemoteReader<S>>,
+    parent: Option<SupervisorParent<S>>,
 }
 
 impl<S: StateMachine> Default for RaftClusterBuilder<S> {
@@ -143,6 +144,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             lan_name: None,
             mgmt_allowlist: BTreeMap::new(),
             remote_reader: None,
+            parent: None,
         }
     }
 }
@@ -182,10 +184,24 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
-    /// Do not spawn a router: the application mounts [`RaftCluster::protocol_handler`] under
-    /// [`ALPN`] on its own `Router`.
+    /// Do not spawn a router: the application mounts the node's three protocol handlers on its
+    /// own `Router`: [`RaftCluster::protocol_handler`] under [`ALPN`] (consensus),
+    /// [`RaftCluster::mgmt_handler`] under [`MGMT_ALPN`] (management) and
+    /// [`RaftCluster::discovery_handler`] under [`DISCOVERY_ALPN`] (joins by ticket). The
+    /// endpoint's UDP socket is released once the last clone of the `Endpoint` is gone: the
+    /// `Router` holds one until it is dropped (`Router::shutdown` only closes it).
     pub fn external_router(mut self) -> Self {
         self.external_router = true;
+        self
+    }
+
+    /// Spawn the node's supervisor as a child of `parent` (the application's supervisor), so
+    /// the node is part of the application's supervision tree: the node still restarts its own
+    /// crashed actors, and when it stops for good `parent` sees an abnormal stop whose typed
+    /// reason [`iroh_raft_actors::node_failure`] gives back. See
+    /// [`iroh_raft_actors::SupervisorParent`].
+    pub fn supervised_by<A: kameo::Actor>(mut self, parent: &kameo::actor::ActorRef<A>) -> Self {
+        self.parent = Some(SupervisorParent::of(parent));
         self
     }
 
@@ -501,6 +517,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 reader: self.remote_reader.clone(),
                 join_options: self.join_options,
             },
+            parent: self.parent.clone(),
         };
         if let Some(name) = &self.lan_name {
             crate::lan::announce(&endpoint, name).map_err(|e| BuildError::Lan(e.to_string()))?;

@@ -198,7 +198,10 @@ pub use storage::{
     PersistProgress, Recover, Recovered, SNAPSHOT_CHUNK, SnapshotReader, SnapshotRecord,
     SnapshotWriter, StorageActor, StorageArgs, WriteChunk,
 };
-pub use supervisor::{Children, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW, SupervisorArgs};
+pub use supervisor::{
+    Children, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW, SupervisorArgs, SupervisorParent,
+    node_failure,
+};
 pub use ticket::{
     ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, ParseError, Ticket, TicketError, TicketRole,
 };

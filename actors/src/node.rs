@@ -32,7 +32,9 @@ use crate::{
         Close, DbHandle, Identity, LogDb, Member, PERSIST_QUEUE, PersistBatch, PersistProgress,
         SnapshotRecord, SnapshotWriter, StorageActor, StorageArgs,
     },
-    supervisor::{Children, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW, SupervisorArgs},
+    supervisor::{
+        Children, MAX_RESTARTS, NodeSupervisor, RESTART_WINDOW, SupervisorArgs, SupervisorParent,
+    },
 };
 
 /// How a node with a new data dir enters its cluster.
@@ -68,6 +70,8 @@ pub struct NodeSpec<S: StateMachine> {
     pub storage_spawn: StorageSpawn,
     /// How the management plane admits clients and brings newcomers in.
     pub mgmt: MgmtOptions<S>,
+    /// Spawn the node's supervisor under an application's actor (`None`: on its own).
+    pub parent: Option<SupervisorParent<S>>,
 }
 
 /// The running actors of one node.
@@ -96,6 +100,8 @@ pub struct Node<S: StateMachine> {
     /// The discovery protocol handler (joins by ticket), to mount under
     /// [`crate::wire::DISCOVERY_ALPN`].
     pub discovery_protocol: DiscoveryProtocol<S>,
+    /// How PeerActors dial: closed at shutdown, so the node holds no endpoint clone after it.
+    dialer: Arc<dyn Dialer>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -112,6 +118,7 @@ impl<S: StateMachine> Clone for Node<S> {
             calls: self.calls.clone(),
             mgmt_protocol: self.mgmt_protocol.clone(),
             discovery_protocol: self.discovery_protocol.clone(),
+            dialer: self.dialer.clone(),
         }
     }
 }
@@ -242,6 +249,7 @@ impl<S: StateMachine> Node<S> {
             dialer,
             storage_spawn,
             mgmt: mgmt_options,
+            parent,
         } = spec;
         let endpoint_id = secret_key.public();
         let me = config.node_id;
@@ -256,11 +264,17 @@ impl<S: StateMachine> Node<S> {
 
         let events = EventBus::spawn_with_mailbox((), mailbox::bounded(EVENT_MAILBOX));
         let facts = Facts::new();
-        let supervisor = NodeSupervisor::<S>::spawn(SupervisorArgs {
+        let supervisor_args = SupervisorArgs {
             node_id: me,
             facts: facts.clone(),
             events: events.clone(),
-        });
+        };
+        let supervisor = match &parent {
+            Some(parent) => parent.spawn(supervisor_args).await,
+            None => NodeSupervisor::<S>::spawn(supervisor_args),
+        };
+        let raft_restartable = state_machine.restartable();
+        let dialer_handle = dialer.clone();
         let (persist_tx, persist_rx) = flume::bounded(PERSIST_QUEUE);
         let (progress_tx, progress_rx) = watch::channel(PersistProgress::default());
 
@@ -309,8 +323,15 @@ impl<S: StateMachine> Node<S> {
             events: events.clone(),
             facts: facts.clone(),
         };
+        // Without a factory there is no fresh state machine to restart with: a crash is fatal
+        // at once, with its own message.
+        let policy = if raft_restartable {
+            RestartPolicy::Transient
+        } else {
+            RestartPolicy::Never
+        };
         let raft = RaftActor::supervise_with(&supervisor, move || raft_args.clone())
-            .restart_policy(RestartPolicy::Transient)
+            .restart_policy(policy)
             .restart_limit(MAX_RESTARTS, RESTART_WINDOW)
             .spawn_with_mailbox(mailbox::bounded(RAFT_MAILBOX))
             .await;
@@ -330,6 +351,7 @@ impl<S: StateMachine> Node<S> {
             .tell(Children {
                 raft: raft.clone(),
                 storage: storage.clone(),
+                raft_restartable,
             })
             .await;
         let calls = NodeCalls::new(&config_copy, raft.clone(), events.clone(), facts.clone());
@@ -368,6 +390,7 @@ impl<S: StateMachine> Node<S> {
             calls,
             mgmt_protocol,
             discovery_protocol,
+            dialer: dialer_handle,
         })
     }
 
@@ -391,11 +414,17 @@ impl<S: StateMachine> Node<S> {
         let flushed = match self.storage.ask(Close).await {
             Ok(()) => Ok(()),
             Err(kameo::error::SendError::HandlerError(e)) => Err(FatalError::Storage(e)),
-            Err(_) => Ok(()), // already stopped; its on_stop flushed
+            Err(_) => {
+                // Stopped, or stopping (the supervisor stopped it after a fatal error): its
+                // on_stop writes back and fsyncs what it received; wait for that.
+                self.storage.wait_for_shutdown().await;
+                Ok(())
+            }
         };
         self.db.close();
         let failure = self.failure();
         self.facts.shut_down();
+        self.dialer.close();
         let _ = self.mgmt.stop_gracefully().await;
         let _ = self.supervisor.stop_gracefully().await;
         self.supervisor.wait_for_shutdown().await;
@@ -412,6 +441,7 @@ impl<S: StateMachine> Node<S> {
     pub fn kill(&self) {
         self.protocol.close();
         self.facts.shut_down();
+        self.dialer.close();
         self.db.close();
         self.mgmt.kill();
         self.supervisor.kill();

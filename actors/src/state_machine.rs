@@ -94,6 +94,11 @@ impl<S> StateMachineSource<S> {
         }
     }
 
+    /// Whether a crashed RaftActor can be restarted with a fresh state machine (a factory).
+    pub fn restartable(&self) -> bool {
+        self.factory.is_some()
+    }
+
     /// The state machine for the next start, if there is one.
     pub fn take(&self) -> Option<S> {
         // The mutex only hands the first instance over once; it is never held across anything.

@@ -7,25 +7,35 @@
 //! queue and recover, then replays the log into a fresh state machine. Both restart only after
 //! an abnormal stop (panic or error), never after an orderly shutdown.
 //!
-//! When a child is not restarted any more, the supervisor stops the other one, publishes a
-//! [`FatalError`] on the node's [`Facts`] (so every call returns the typed reason) and a
-//! `NodeStopped` event, and stays up.
+//! A RaftActor built from a single state-machine instance (no factory) is not restarted: its
+//! crash is fatal at once, with the panic's message and what to do about it.
+//!
+//! When the node can no longer serve — a child is not restarted any more, or the RaftActor
+//! failed for good (removed, storage failure, corrupt or stale data) — the supervisor publishes
+//! the [`FatalError`] on the node's [`Facts`] (so every call returns the typed reason) and a
+//! `NodeStopped` event, stops its children, and stops itself *abnormally* with that error: an
+//! application that supervises the node ([`SupervisorParent`]) or links to it sees
+//! `ActorStopReason::Panicked`, from which [`node_failure`] gives the typed error back. An
+//! orderly shutdown stops it normally.
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
+use futures_util::future::BoxFuture;
 use kameo::{
     Actor,
-    actor::{ActorId, ActorRef, WeakActorRef},
-    error::{ActorStopReason, Infallible},
+    actor::{ActorId, ActorRef, Spawn, WeakActorRef},
+    error::ActorStopReason,
+    mailbox::{MailboxReceiver, Signal},
     message::{Context, Message},
-    supervision::SupervisionStrategy,
+    supervision::{RestartPolicy, SupervisionStrategy},
 };
+use tokio::sync::watch;
 use tracing::error;
 
 use crate::{
     error::FatalError,
     events::{ClusterEvent, EventBus, Publish},
-    facts::Facts,
+    facts::{Facts, Liveness},
     raft_actor::RaftActor,
     state_machine::StateMachine,
     storage::StorageActor,
@@ -55,9 +65,12 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 pub struct NodeSupervisor<S: StateMachine> {
     node_id: NodeId,
     facts: Arc<Facts>,
+    liveness: watch::Receiver<Liveness>,
     events: ActorRef<EventBus>,
     raft: Option<ActorRef<RaftActor<S>>>,
     storage: Option<ActorRef<StorageActor>>,
+    /// Whether the RaftActor can be restarted (its state machine comes from a factory).
+    raft_restartable: bool,
     failed: bool,
 }
 
@@ -84,7 +97,7 @@ impl<S: StateMachine> NodeSupervisor<S> {
 
 impl<S: StateMachine> Actor for NodeSupervisor<S> {
     type Args = SupervisorArgs;
-    type Error = Infallible;
+    type Error = FatalError;
 
     fn supervision_strategy() -> SupervisionStrategy {
         SupervisionStrategy::RestForOne
@@ -93,12 +106,40 @@ impl<S: StateMachine> Actor for NodeSupervisor<S> {
     async fn on_start(args: SupervisorArgs, _: ActorRef<Self>) -> Result<Self, Self::Error> {
         Ok(Self {
             node_id: args.node_id,
+            liveness: args.facts.liveness(),
             facts: args.facts,
             events: args.events,
             raft: None,
             storage: None,
+            raft_restartable: true,
             failed: false,
         })
+    }
+
+    async fn next(
+        &mut self,
+        _: WeakActorRef<Self>,
+        mailbox_rx: &mut MailboxReceiver<Self>,
+    ) -> Result<Option<Signal<Self>>, Self::Error> {
+        loop {
+            tokio::select! {
+                biased;
+                signal = mailbox_rx.recv() => return Ok(signal),
+                changed = self.liveness.changed() => {
+                    if changed.is_err() {
+                        return Ok(mailbox_rx.recv().await);
+                    }
+                    let failure = match &*self.liveness.borrow_and_update() {
+                        Liveness::Failed(e) => Some(e.clone()),
+                        _ => None,
+                    };
+                    if let Some(e) = failure {
+                        self.stop_children().await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     async fn on_link_died(
@@ -115,30 +156,108 @@ impl<S: StateMachine> Actor for NodeSupervisor<S> {
         }
         let actor = self.child_name(id);
         error!(node = self.node_id, actor, %reason, "actor stopped for good; node stops");
-        if !self.failed {
-            self.failed = true;
-            let e = FatalError::ActorStopped {
-                actor,
-                reason: reason.to_string().into(),
-            };
-            // The RaftActor may have published its own fatal error first: that one stands.
-            self.facts.fail(e);
-            if let Some(e) = self.facts.failure() {
-                let stopped = ClusterEvent::NodeStopped {
-                    node: self.node_id,
-                    removed: matches!(e, FatalError::Removed { .. }),
-                    reason: e.to_string(),
-                };
-                let _ = self.events.tell(Publish(stopped)).try_send();
-            }
+        let mut why = reason.to_string();
+        if actor == "RaftActor" && !self.raft_restartable {
+            why.push_str(
+                "; the node was built from a single state-machine instance, so the RaftActor \
+                 cannot be restarted with a fresh one: build it with a state-machine factory",
+            );
         }
+        self.fail(FatalError::ActorStopped {
+            actor,
+            reason: why.into(),
+        });
+        // The next turn of `next` sees the failure, stops the other child and stops this
+        // supervisor with it.
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+impl<S: StateMachine> NodeSupervisor<S> {
+    /// Publishes the node's fatal error (the first one stands) and a `NodeStopped` event.
+    fn fail(&mut self, e: FatalError) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.facts.fail(e);
+        if let Some(e) = self.facts.failure() {
+            let stopped = ClusterEvent::NodeStopped {
+                node: self.node_id,
+                removed: matches!(e, FatalError::Removed { .. }),
+                reason: e.to_string(),
+            };
+            let _ = self.events.tell(Publish(stopped)).try_send();
+        }
+    }
+
+    /// Asks both children to stop. Not waited for here: a supervised child's stop completes
+    /// only once this supervisor has handled it, which it does after this turn.
+    async fn stop_children(&mut self) {
         if let Some(raft) = &self.raft {
             let _ = raft.stop_gracefully().await;
         }
         if let Some(storage) = &self.storage {
+            // Whatever reached it is written and fsynced as it stops.
             let _ = storage.stop_gracefully().await;
         }
-        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// The fatal error a node's supervisor stopped with, from the stop reason an application's
+/// supervisor (or a linked actor) received: `None` for an orderly stop or another actor.
+pub fn node_failure(reason: &ActorStopReason) -> Option<FatalError> {
+    match reason {
+        ActorStopReason::Panicked(p) => p.downcast::<FatalError>(),
+        ActorStopReason::LinkDied { reason, .. } => node_failure(reason),
+        _ => None,
+    }
+}
+
+/// Where a node's [`NodeSupervisor`] is spawned: as a child of an application's actor (its
+/// supervisor), so that the node is part of the application's supervision tree. The node
+/// restarts its own crashed actors; it is spawned with [`RestartPolicy::Never`] under the
+/// parent, so when it stops for good the parent's `on_link_died` gets the abnormal stop
+/// (see [`node_failure`]) and decides: start the node again on its data dir, or stop.
+pub struct SupervisorParent<S: StateMachine> {
+    spawn: Arc<
+        dyn Fn(SupervisorArgs) -> BoxFuture<'static, ActorRef<NodeSupervisor<S>>> + Send + Sync,
+    >,
+}
+
+impl<S: StateMachine> Clone for SupervisorParent<S> {
+    fn clone(&self) -> Self {
+        Self {
+            spawn: self.spawn.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for SupervisorParent<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorParent").finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine> SupervisorParent<S> {
+    /// The node's supervisor becomes a child of `parent`.
+    pub fn of<A: Actor>(parent: &ActorRef<A>) -> Self {
+        let parent = parent.clone();
+        Self {
+            spawn: Arc::new(move |args| {
+                let parent = parent.clone();
+                Box::pin(async move {
+                    NodeSupervisor::<S>::supervise(&parent, args)
+                        .restart_policy(RestartPolicy::Never)
+                        .spawn()
+                        .await
+                })
+            }),
+        }
+    }
+
+    pub(crate) async fn spawn(&self, args: SupervisorArgs) -> ActorRef<NodeSupervisor<S>> {
+        (self.spawn)(args).await
     }
 }
 
@@ -148,6 +267,8 @@ pub struct Children<S: StateMachine> {
     pub raft: ActorRef<RaftActor<S>>,
     /// The supervised StorageActor.
     pub storage: ActorRef<StorageActor>,
+    /// Whether the RaftActor is restarted after a crash (its state machine has a factory).
+    pub raft_restartable: bool,
 }
 
 impl<S: StateMachine> Message<Children<S>> for NodeSupervisor<S> {
@@ -156,5 +277,6 @@ impl<S: StateMachine> Message<Children<S>> for NodeSupervisor<S> {
     async fn handle(&mut self, c: Children<S>, _: &mut Context<Self, ()>) {
         self.raft = Some(c.raft);
         self.storage = Some(c.storage);
+        self.raft_restartable = c.raft_restartable;
     }
 }

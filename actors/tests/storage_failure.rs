@@ -1,12 +1,9 @@
 //! A disk that starts failing turns into a typed fatal error for the node: no panic, no
 //! acknowledgement of anything that did not reach the disk.
 
-use std::{
-    io,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 mod support;
@@ -17,47 +14,8 @@ use iroh_raft_actors::{
     ProposeError, StorageActor, StorageArgs, WriteChunk,
 };
 use kameo::{actor::Spawn, error::SendError};
-use redb::{StorageBackend, backends::InMemoryBackend};
-use support::{propose, start_single, wait_leader};
-
-#[derive(Debug)]
-struct FailingDisk {
-    inner: InMemoryBackend,
-    fail: Arc<AtomicBool>,
-}
-
-impl FailingDisk {
-    fn check(&self) -> io::Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "injected: no space left on device",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl StorageBackend for FailingDisk {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
+use redb::backends::InMemoryBackend;
+use support::{FailingDisk, propose, start_single, wait_leader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_is_a_typed_fatal_error_and_nothing_more_is_acknowledged() {

@@ -85,3 +85,48 @@ async fn dropping_the_last_handle_stops_the_node() {
     assert_eq!(kept.as_deref(), Some("yes"));
     node.shutdown().await.unwrap();
 }
+
+/// With the application's own router, the node's port is free again once the router and the
+/// node's handles are gone: the node keeps no clone of the endpoint after its shutdown (iroh
+/// releases a socket with the last clone of its endpoint; `Router::shutdown` only closes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_router_node_frees_its_port_once_router_and_handles_are_dropped() {
+    use iroh::protocol::Router;
+    use iroh_raft::{
+        actors::wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN},
+        net::bind_offline_endpoint,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = iroh::SecretKey::generate();
+    let endpoint = bind_offline_endpoint(key.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = endpoint.bound_sockets()[0];
+    let node: RaftCluster<KeyValueStore> = RaftCluster::builder()
+        .node_id(1)
+        .data_dir(dir.path())
+        .endpoint(endpoint.clone())
+        .external_router()
+        .state_machine(KeyValueStore::new())
+        .preset(iroh_raft::Preset::Testing)
+        .build()
+        .await
+        .unwrap();
+    let router = Router::builder(endpoint.clone())
+        .accept(ALPN, node.protocol_handler())
+        .accept(MGMT_ALPN, node.mgmt_handler())
+        .accept(DISCOVERY_ALPN, node.discovery_handler())
+        .spawn();
+    wait_for("leadership", || async { node.leader().await == Some(1) }).await;
+    node.propose(set("k", "v")).await.unwrap();
+    node.shutdown().await.unwrap();
+    router.shutdown().await.unwrap();
+    drop((router, node, endpoint));
+    let again = wait_for_some("the port to be free", || {
+        let key = key.clone();
+        async move { bind_offline_endpoint(key, port).await.ok() }
+    })
+    .await;
+    again.close().await;
+}

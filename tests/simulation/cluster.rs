@@ -162,6 +162,7 @@ impl Sim {
             }),
             storage_spawn: StorageSpawn::Task,
             mgmt: Default::default(),
+            parent: None,
         })
         .await;
         let node = match node {

@@ -1,7 +1,13 @@
 //! The seam between a PeerActor and the network: [`Dialer`] opens a [`Link`], a link carries
 //! encoded frames. [`IrohDialer`] implements it over iroh QUIC.
 
-use std::{fmt::Debug, future::Future, pin::Pin, time::Duration};
+use std::{
+    fmt::Debug,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use iroh::{
     Endpoint, EndpointAddr,
@@ -55,6 +61,10 @@ pub trait Dialer: Send + Sync + Debug + 'static {
         hello: Hello,
         addr: EndpointAddr,
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>>;
+
+    /// The node is shutting down: dial no more and let go of the network (an iroh endpoint's
+    /// socket is released only when its last clone is dropped).
+    fn close(&self) {}
 }
 
 /// One outgoing consensus stream, and the connection it lives on.
@@ -85,14 +95,25 @@ pub trait StreamSink: Send + 'static {
 /// Dials peers over an iroh endpoint.
 #[derive(Debug, Clone)]
 pub struct IrohDialer {
-    endpoint: Endpoint,
+    /// `None` once closed. Locked once per connection attempt, never across an await.
+    endpoint: Arc<Mutex<Option<Endpoint>>>,
     timeout: Duration,
 }
 
 impl IrohDialer {
     /// Dials through `endpoint`, giving up on a connection attempt after `timeout`.
     pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
-        Self { endpoint, timeout }
+        Self {
+            endpoint: Arc::new(Mutex::new(Some(endpoint))),
+            timeout,
+        }
+    }
+
+    fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -102,9 +123,11 @@ impl Dialer for IrohDialer {
         hello: Hello,
         addr: EndpointAddr,
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
-        let endpoint = self.endpoint.clone();
+        let endpoint = self.endpoint();
         let timeout = self.timeout;
         Box::pin(async move {
+            let endpoint =
+                endpoint.ok_or_else(|| LinkError::Connect("the node is shutting down".into()))?;
             let connect = async {
                 let conn = endpoint
                     .connect(addr, ALPN)
@@ -131,6 +154,13 @@ impl Dialer for IrohDialer {
                 .await
                 .unwrap_or_else(|_| Err(LinkError::Connect(format!("timed out after {timeout:?}"))))
         })
+    }
+
+    fn close(&self) {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 

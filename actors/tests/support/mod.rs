@@ -3,16 +3,35 @@
 
 #![allow(dead_code)]
 
-use std::{collections::BTreeSet, io, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use iroh::{EndpointAddr, SecretKey};
 use iroh_raft_actors::{
     Bootstrap, GetStatus, LinearizableQuery, LogDb, Member, Node, NodeConfig, NodeSpec, Propose,
-    ProposeError, ReadError, Role, StateMachine, StateMachineSource, StorageSpawn, WriteSnapshot,
+    ProposeError, ReadError, Role, StateMachine, StateMachineSource, StorageSpawn,
+    SupervisorParent, WriteSnapshot,
     peer::{BoxFuture, Dialer, Link, LinkError},
     wire::Hello,
 };
 use kameo::error::SendError;
+use redb::{StorageBackend, backends::InMemoryBackend};
+
+/// The value whose next application panics (0: none): a crash injected into the RaftActor.
+static CRASH_ARMED: AtomicU64 = AtomicU64::new(0);
+
+/// The next application of `value` panics; its replay after the restart does not. Tests that
+/// run at once use different values.
+pub fn arm_crash(value: u64) {
+    CRASH_ARMED.store(value, Ordering::SeqCst);
+}
 
 /// A single-node cluster never dials.
 #[derive(Debug)]
@@ -49,6 +68,15 @@ impl StateMachine for Recorder {
     type Snapshot = RecorderSnapshot;
 
     fn apply(&mut self, value: u64) -> u64 {
+        let armed = CRASH_ARMED.load(Ordering::Relaxed);
+        if armed != 0
+            && value == armed
+            && CRASH_ARMED
+                .compare_exchange(armed, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            panic!("injected crash");
+        }
         self.0.insert(value);
         self.0.len() as u64
     }
@@ -78,6 +106,18 @@ pub async fn start_single(
     key: SecretKey,
     configure: impl FnOnce(&mut NodeConfig),
 ) -> Node<Recorder> {
+    let source = StateMachineSource::factory(Recorder::default);
+    start_single_under(db, key, source, None, configure).await
+}
+
+/// [`start_single`] with a given state-machine source, its supervisor under `parent`.
+pub async fn start_single_under(
+    db: LogDb,
+    key: SecretKey,
+    state_machine: StateMachineSource<Recorder>,
+    parent: Option<SupervisorParent<Recorder>>,
+    configure: impl FnOnce(&mut NodeConfig),
+) -> Node<Recorder> {
     let mut config = NodeConfig::new(1);
     config.heartbeat_interval = Duration::from_millis(10);
     config.election_timeout = Duration::from_millis(40);
@@ -86,7 +126,7 @@ pub async fn start_single(
     Node::start(NodeSpec {
         config,
         secret_key: key.clone(),
-        state_machine: StateMachineSource::factory(Recorder::default),
+        state_machine,
         db,
         bootstrap: Bootstrap::Initial(vec![Member {
             node_id: 1,
@@ -95,6 +135,7 @@ pub async fn start_single(
         dialer: Arc::new(NoNetwork),
         storage_spawn: StorageSpawn::Thread,
         mgmt: Default::default(),
+        parent,
     })
     .await
     .unwrap()
@@ -119,7 +160,11 @@ pub async fn propose(node: &Node<Recorder>, value: u64) -> Result<u64, ProposeEr
     {
         Ok(v) => Ok(v),
         Err(SendError::HandlerError(e)) => Err(e),
-        Err(e) => panic!("unexpected send error {e:?}"),
+        // A node that stopped for good has stopped its actors; its error is on its facts.
+        Err(e) => Err(ProposeError::Fatal(
+            node.failure()
+                .unwrap_or_else(|| panic!("unexpected send error {e:?}")),
+        )),
     }
 }
 
@@ -142,5 +187,45 @@ pub async fn values(node: &Node<Recorder>) -> BTreeSet<u64> {
             }
             Err(e) => panic!("read failed: {e:?}"),
         }
+    }
+}
+
+/// An in-memory disk that fails every write and sync while `fail` is set.
+#[derive(Debug)]
+pub struct FailingDisk {
+    pub inner: InMemoryBackend,
+    pub fail: Arc<AtomicBool>,
+}
+
+impl FailingDisk {
+    fn check(&self) -> io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for FailingDisk {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
     }
 }
