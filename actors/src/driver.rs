@@ -13,8 +13,8 @@ mod effects;
 mod logger;
 mod mem_log;
 
-pub use self::core::{Driver, DriverStatus, InitialLog, ProposeRefused};
-pub use effects::{Effects, Persist};
+pub(crate) use self::core::{Driver, InitialLog, ProposeRefused};
+pub(crate) use effects::{Effects, Persist};
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use crate::{
 
 /// Why the driver refused a proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProposeRefused {
+pub(crate) enum ProposeRefused {
     /// Only a leader appends proposals; this is the leader it knows of.
     NotLeader(Option<NodeId>),
     /// The leader is handing over leadership, or raft-rs dropped the proposal for another
@@ -26,42 +26,42 @@ pub enum ProposeRefused {
 
 /// The durable state a driver starts from.
 #[derive(Debug, Default)]
-pub struct InitialLog {
+pub(crate) struct InitialLog {
     /// Term, vote, commit.
-    pub hard_state: HardState,
+    pub(crate) hard_state: HardState,
     /// Voters and learners.
-    pub conf_state: ConfState,
+    pub(crate) conf_state: ConfState,
     /// Index and term just before the first entry.
-    pub start: (u64, u64),
+    pub(crate) start: (u64, u64),
     /// The current snapshot's metadata (index 0: none).
-    pub snapshot: SnapshotMetadata,
+    pub(crate) snapshot: SnapshotMetadata,
     /// The log after `start`.
-    pub entries: Vec<Entry>,
+    pub(crate) entries: Vec<Entry>,
 }
 
 /// A cheap snapshot of the driver's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverStatus {
+pub(crate) struct DriverStatus {
     /// This node's role.
-    pub role: Role,
+    pub(crate) role: Role,
     /// The leader it knows of.
-    pub leader: Option<NodeId>,
+    pub(crate) leader: Option<NodeId>,
     /// Current term.
-    pub term: u64,
+    pub(crate) term: u64,
     /// Commit index.
-    pub commit: u64,
+    pub(crate) commit: u64,
     /// Applied index (as reported by the runtime).
-    pub applied: u64,
+    pub(crate) applied: u64,
     /// Last index in the log (durable or not).
-    pub last_index: u64,
+    pub(crate) last_index: u64,
     /// Highest index durable on this node.
-    pub persisted: u64,
+    pub(crate) persisted: u64,
     /// Current voters.
-    pub voters: Vec<NodeId>,
+    pub(crate) voters: Vec<NodeId>,
 }
 
 /// raft-rs's `RawNode` plus a seeded election-jitter RNG.
-pub struct Driver {
+pub(crate) struct Driver {
     pub(super) raw: RawNode<MemLog>,
     rng: StdRng,
     election_ticks: usize,
@@ -79,7 +79,11 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Builds a driver over recovered state. `applied` is the index the state machine already
     /// holds (its snapshot index); committed entries after it are handed out again for apply.
-    pub fn new(config: &NodeConfig, log: InitialLog, applied: u64) -> Result<Self, raft::Error> {
+    pub(crate) fn new(
+        config: &NodeConfig,
+        log: InitialLog,
+        applied: u64,
+    ) -> Result<Self, raft::Error> {
         let election_ticks = config.election_ticks();
         let raft_config = Config {
             id: config.node_id,
@@ -116,60 +120,61 @@ impl Driver {
     }
 
     /// This node's id.
-    pub fn id(&self) -> NodeId {
+    pub(crate) fn id(&self) -> NodeId {
         self.raw.raft.id
     }
 
     /// Current role.
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         Role::from_raft(self.raw.raft.state)
     }
 
     /// The leader this node knows of.
-    pub fn leader(&self) -> Option<NodeId> {
+    pub(crate) fn leader(&self) -> Option<NodeId> {
         Some(self.raw.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
     }
 
     /// Current term.
-    pub fn term(&self) -> u64 {
+    pub(crate) fn term(&self) -> u64 {
         self.raw.raft.term
     }
 
     /// Who this node voted for in the current term (0: nobody).
-    pub fn vote(&self) -> NodeId {
+    pub(crate) fn vote(&self) -> NodeId {
         self.raw.raft.vote
     }
 
     /// Current voters (the incoming configuration when joint).
-    pub fn voters(&self) -> Vec<NodeId> {
+    pub(crate) fn voters(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self.raw.store().conf_state().voters.clone();
         v.sort_unstable();
         v
     }
 
     /// Advances the logical clock by one tick.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         self.raw.tick();
         self.reseed_election_timeout();
     }
 
     /// Feeds a message from a peer. Errors (a message from a removed peer, a stale response) are
     /// returned for logging; none of them harms the node.
-    pub fn step(&mut self, msg: Message) -> Result<(), raft::Error> {
+    pub(crate) fn step(&mut self, msg: Message) -> Result<(), raft::Error> {
         let result = self.raw.step(msg);
         self.reseed_election_timeout();
         result
     }
 
-    /// Starts an election now (tests and leadership handover).
-    pub fn campaign(&mut self) -> Result<(), raft::Error> {
+    /// Starts an election now (tests).
+    #[cfg(test)]
+    pub(crate) fn campaign(&mut self) -> Result<(), raft::Error> {
         let result = self.raw.campaign();
         self.reseed_election_timeout();
         result
     }
 
     /// Appends a proposal if this node leads; returns the index and term it was given.
-    pub fn propose(
+    pub(crate) fn propose(
         &mut self,
         context: Vec<u8>,
         data: Vec<u8>,
@@ -190,7 +195,7 @@ impl Driver {
 
     /// Appends a configuration change if this node leads and no other one is pending; returns
     /// its index.
-    pub fn propose_conf_change(
+    pub(crate) fn propose_conf_change(
         &mut self,
         context: Vec<u8>,
         cc: ConfChangeV2,
@@ -209,13 +214,16 @@ impl Driver {
 
     /// Whether a configuration change is proposed but not applied yet, or the configuration is
     /// joint (one change at a time, and a joint configuration must be left first).
-    pub fn has_pending_conf(&self) -> bool {
+    pub(crate) fn has_pending_conf(&self) -> bool {
         self.raw.raft.has_pending_conf()
             || !self.raw.store().conf_state().voters_outgoing.is_empty()
     }
 
     /// Applies a committed configuration change; returns the configuration it produced.
-    pub fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> Result<ConfState, raft::Error> {
+    pub(crate) fn apply_conf_change(
+        &mut self,
+        cc: &ConfChangeV2,
+    ) -> Result<ConfState, raft::Error> {
         let cs = self.raw.apply_conf_change(cc)?;
         self.raw.mut_store().set_conf_state(cs.clone());
         Ok(cs)
@@ -224,7 +232,7 @@ impl Driver {
     /// A leader whose predecessor entered a joint configuration and lost leadership before
     /// leaving it never leaves on its own (raft-rs's auto-leave only fires on the leader that
     /// applied the entering change): propose the empty change that leaves it.
-    pub fn leave_joint_if_stuck(&mut self) {
+    pub(crate) fn leave_joint_if_stuck(&mut self) {
         let raft = &self.raw.raft;
         if raft.state == StateRole::Leader
             && !self.raw.store().conf_state().voters_outgoing.is_empty()
@@ -239,12 +247,12 @@ impl Driver {
 
     /// As leader, hands leadership to `to` once it has caught up (raft-rs sends it
     /// `MsgTimeoutNow`); aborted after an election timeout.
-    pub fn transfer_leader(&mut self, to: NodeId) {
+    pub(crate) fn transfer_leader(&mut self, to: NodeId) {
         self.raw.transfer_leader(to);
     }
 
     /// How far each peer's log matches the leader's, by id (leader only; empty otherwise).
-    pub fn matched(&self) -> Vec<(NodeId, u64)> {
+    pub(crate) fn matched(&self) -> Vec<(NodeId, u64)> {
         if self.raw.raft.state != StateRole::Leader {
             return Vec::new();
         }
@@ -257,44 +265,44 @@ impl Driver {
     }
 
     /// The last index of this node's log.
-    pub fn last_index(&self) -> u64 {
+    pub(crate) fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()
     }
 
     /// True once this node, as leader, has committed an entry of its own term: before that
     /// raft-rs ignores ReadIndex requests.
-    pub fn committed_in_term(&self) -> bool {
+    pub(crate) fn committed_in_term(&self) -> bool {
         self.raw.raft.commit_to_current_term()
     }
 
     /// Starts a ReadIndex round identified by `context`.
-    pub fn read_index(&mut self, context: Vec<u8>) {
+    pub(crate) fn read_index(&mut self, context: Vec<u8>) {
         self.raw.read_index(context);
     }
 
     /// A local snapshot at `meta.index` is durable: raft-rs may send it from now on, and the log
     /// up to `purge_to` is dropped.
-    pub fn snapshot_taken(&mut self, meta: SnapshotMetadata, purge_to: u64) {
+    pub(crate) fn snapshot_taken(&mut self, meta: SnapshotMetadata, purge_to: u64) {
         self.raw.mut_store().snapshot_taken(meta, purge_to);
     }
 
     /// The latest snapshot's metadata (index 0: none).
-    pub fn snapshot_meta(&self) -> &SnapshotMetadata {
+    pub(crate) fn snapshot_meta(&self) -> &SnapshotMetadata {
         self.raw.store().snapshot_meta()
     }
 
     /// The term of the entry at `index`, if the log still holds it.
-    pub fn term_at(&self, index: u64) -> Option<u64> {
+    pub(crate) fn term_at(&self, index: u64) -> Option<u64> {
         self.raw.store().term(index).ok()
     }
 
     /// The current configuration.
-    pub fn conf_state(&self) -> ConfState {
+    pub(crate) fn conf_state(&self) -> ConfState {
         self.raw.store().conf_state().clone()
     }
 
     /// `(index, term, entry)` for every entry held from `from` on (tests and tools).
-    pub fn entries_from(&self, from: u64) -> Vec<Entry> {
+    pub(crate) fn entries_from(&self, from: u64) -> Vec<Entry> {
         let store = self.raw.store();
         let low = from.max(store.first_index());
         let high = store.last_index() + 1;
@@ -307,12 +315,12 @@ impl Driver {
     }
 
     /// Index of the first entry the log still holds.
-    pub fn first_index(&self) -> u64 {
+    pub(crate) fn first_index(&self) -> u64 {
         self.raw.store().first_index()
     }
 
     /// Reports how sending a snapshot to `id` ended.
-    pub fn report_snapshot(&mut self, id: NodeId, delivered: bool) {
+    pub(crate) fn report_snapshot(&mut self, id: NodeId, delivered: bool) {
         let status = if delivered {
             SnapshotStatus::Finish
         } else {
@@ -322,19 +330,19 @@ impl Driver {
     }
 
     /// Tells raft-rs that a peer could not be reached, so it stops optimistic pipelining to it.
-    pub fn report_unreachable(&mut self, id: NodeId) {
+    pub(crate) fn report_unreachable(&mut self, id: NodeId) {
         self.raw.report_unreachable(id);
     }
 
     /// Whether a Ready round has anything to do.
-    pub fn has_ready(&self) -> bool {
+    pub(crate) fn has_ready(&self) -> bool {
         self.raw.has_ready()
     }
 
     /// Runs one Ready round, following raft-rs's documented order: new entries and hard state
     /// go to the in-memory log (so raft-rs can read them back) and into the persist batch, then
     /// the round is advanced asynchronously; durability is confirmed later by number.
-    pub fn ready(&mut self) -> Option<Effects> {
+    pub(crate) fn ready(&mut self) -> Option<Effects> {
         if !self.raw.has_ready() {
             return None;
         }
@@ -378,17 +386,17 @@ impl Driver {
     }
 
     /// Every Ready up to `number` is durable.
-    pub fn on_persisted(&mut self, number: u64) {
+    pub(crate) fn on_persisted(&mut self, number: u64) {
         self.raw.on_persist_ready(number);
     }
 
     /// The state machine has applied everything up to `index`.
-    pub fn advance_apply_to(&mut self, index: u64) {
+    pub(crate) fn advance_apply_to(&mut self, index: u64) {
         self.raw.advance_apply_to(index);
     }
 
     /// Progress figures for status reports and tests.
-    pub fn status(&self) -> DriverStatus {
+    pub(crate) fn status(&self) -> DriverStatus {
         let raft = &self.raw.raft;
         DriverStatus {
             role: self.role(),

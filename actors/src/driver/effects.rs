@@ -10,53 +10,40 @@ use crate::types::Role;
 /// What one Ready round must make durable, in the driver's terms (the runtime adds the stored
 /// snapshot's record when the round installs one).
 #[derive(Debug, Default)]
-pub struct Persist {
+pub(crate) struct Persist {
     /// The Ready number, confirmed back through [`super::Driver::on_persisted`] once durable.
-    pub number: u64,
+    pub(crate) number: u64,
     /// New entries; any stored entry at or after the first one's index is replaced.
-    pub entries: Vec<Entry>,
+    pub(crate) entries: Vec<Entry>,
     /// New hard state, if it changed.
-    pub hard_state: Option<HardState>,
+    pub(crate) hard_state: Option<HardState>,
     /// True when Raft needs this on disk before acting on it (entries, term, vote or a
     /// snapshot changed); false for commit-index-only updates.
-    pub must_sync: bool,
+    pub(crate) must_sync: bool,
 }
 
 /// The work one Ready round hands to the runtime. Handle the fields in declaration order:
 /// send `send_now`, apply `committed`, queue `persist`, hold `send_after_persist` until the
 /// StorageActor confirms `number`, then answer `read_states` once applied far enough.
 #[derive(Debug, Default)]
-pub struct Effects {
+pub(crate) struct Effects {
     /// The Ready number; persistence is confirmed by number, in order.
-    pub number: u64,
+    pub(crate) number: u64,
     /// A leader's messages, which may go out before its own write is durable (Raft thesis
     /// 10.2.1: the leader's disk write and the followers' run in parallel).
-    pub send_now: Vec<Message>,
+    pub(crate) send_now: Vec<Message>,
     /// A snapshot from the leader to install: restore the state machine from it before anything
     /// else (the persist batch must carry it too; there are no committed entries in this round).
-    pub install: Option<SnapshotMetadata>,
+    pub(crate) install: Option<SnapshotMetadata>,
     /// Committed entries to apply, in order.
-    pub committed: Vec<Entry>,
+    pub(crate) committed: Vec<Entry>,
     /// What must be made durable; `None` when this round changed nothing on disk.
-    pub persist: Option<Persist>,
+    pub(crate) persist: Option<Persist>,
     /// Messages that may only leave once `persist` is durable (votes, append responses).
-    pub send_after_persist: Vec<Message>,
+    pub(crate) send_after_persist: Vec<Message>,
     /// ReadIndex confirmations: the read with this context may be served once the state machine
     /// has applied `index`.
-    pub read_states: Vec<ReadState>,
+    pub(crate) read_states: Vec<ReadState>,
     /// New role and leader, when they changed.
-    pub role_change: Option<(Role, Option<u64>)>,
-}
-
-impl Effects {
-    /// True when the round produced nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.send_now.is_empty()
-            && self.committed.is_empty()
-            && self.install.is_none()
-            && self.persist.is_none()
-            && self.send_after_persist.is_empty()
-            && self.read_states.is_empty()
-            && self.role_change.is_none()
-    }
+    pub(crate) role_change: Option<(Role, Option<u64>)>,
 }

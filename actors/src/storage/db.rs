@@ -316,7 +316,8 @@ impl LogDb {
     /// Replaces the stored entry at `entry.index` with `entry`, sealed as if it had been written
     /// so. A fault-injection tool: a record that is wrong but passes its checksum is what the
     /// replica consistency check exists to catch, and tests need one to show that it does.
-    #[doc(hidden)]
+    /// Only with the `testing` feature.
+    #[cfg(feature = "testing")]
     pub fn rewrite_entry(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), StorageError> {
         let tx = self.begin_write(true)?;
         {
