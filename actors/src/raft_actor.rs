@@ -13,6 +13,7 @@ mod integrity;
 mod messages;
 mod peers;
 mod pending;
+mod persistence;
 mod ready;
 mod snapshot;
 mod snapshots;

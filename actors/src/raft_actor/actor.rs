@@ -1,9 +1,6 @@
 //! The RaftActor's state and its Ready loop.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use kameo::{
     Actor,
@@ -13,7 +10,6 @@ use kameo::{
     message::BoxMessage,
     reply::{BoxReplySender, ReplyError},
 };
-use raft::eraftpb::Message;
 use tokio::{
     sync::watch,
     time::{Interval, MissedTickBehavior},
@@ -24,6 +20,7 @@ use super::{
     MAX_MESSAGES_PER_READY,
     peers::Peers,
     pending::{Proposals, Reads},
+    persistence::Persistence,
     snapshots::{Snapshots, restore_from, snapshot_meta},
     transfers::TransferWait,
 };
@@ -95,15 +92,6 @@ pub(super) enum Lifecycle {
     Failed(FatalError),
 }
 
-/// A Ready round whose persistence is not confirmed yet.
-pub(super) struct InFlight {
-    pub(super) number: u64,
-    /// False for a round that wrote nothing: it completes as soon as every earlier one has.
-    pub(super) stored: bool,
-    /// Messages that may leave once it is durable.
-    pub(super) messages: Vec<Message>,
-}
-
 /// Ticks of what this node last had from one peer.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Contact {
@@ -136,10 +124,8 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) reads: Reads<S>,
     pub(super) peers: Peers,
     pub(super) outbox: BTreeMap<NodeId, Outbound>,
-    pub(super) persist_tx: flume::Sender<PersistBatch>,
-    pub(super) progress: watch::Receiver<PersistProgress>,
-    pub(super) storage_gone: bool,
-    pub(super) in_flight: VecDeque<InFlight>,
+    /// Persist batches out, confirmations in, rounds waiting for them.
+    pub(super) persistence: Persistence,
     pub(super) events: ActorRef<EventBus>,
     pub(super) ticker: Interval,
     /// When the last tick ran (see `ticks_due`).
@@ -412,10 +398,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             proposals: Proposals::new(),
             reads: Reads::new(),
             outbox: BTreeMap::new(),
-            persist_tx: args.persist_tx,
-            progress: args.persist_progress,
-            storage_gone: false,
-            in_flight: VecDeque::new(),
+            persistence: Persistence::new(args.persist_tx, args.persist_progress),
             events: args.events,
             ticker,
             last_tick: tokio::time::Instant::now(),
@@ -472,18 +455,16 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             tokio::select! {
                 biased;
                 _ = self.ticker.tick() => span.in_scope(|| self.on_tick()),
-                changed = self.progress.changed(), if !self.storage_gone => match changed {
-                    Ok(()) => span.in_scope(|| self.on_persist_progress()),
-                    Err(_) => {
-                        self.storage_gone = true;
-                        if matches!(self.lifecycle, Lifecycle::Running) {
-                            self.fail(FatalError::ActorStopped {
-                                actor: "StorageActor",
-                                reason: "stopped".into(),
-                            });
-                        }
+                confirmed = self.persistence.changed() => {
+                    if confirmed {
+                        span.in_scope(|| self.on_persist_progress());
+                    } else if matches!(self.lifecycle, Lifecycle::Running) {
+                        self.fail(FatalError::ActorStopped {
+                            actor: "StorageActor",
+                            reason: "stopped".into(),
+                        });
                     }
-                },
+                }
                 signal = mailbox_rx.recv() => {
                     self.handled += 1;
                     return Ok(signal);

@@ -9,8 +9,9 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use tracing::info;
 
 use super::{
-    actor::{Contact, InFlight, Lifecycle, RaftActor},
+    actor::{Contact, Lifecycle, RaftActor},
     pending::decode_context,
+    persistence::Queued,
 };
 use crate::{
     driver::Persist,
@@ -187,58 +188,37 @@ impl<S: StateMachine> RaftActor<S> {
         batch: Option<PersistBatch>,
         after: Vec<Message>,
     ) {
-        let stored = batch.is_some();
-        if let Some(batch) = batch {
-            if self.persist_tx.send_async(batch).await.is_err() {
-                self.fail(FatalError::ActorStopped {
-                    actor: "StorageActor",
-                    reason: "persist queue closed".into(),
-                });
-                return;
+        match self.persistence.queue(number, batch, after).await {
+            Queued::Waiting => {}
+            Queued::Durable(after) => {
+                // This round is as durable as the last one.
+                self.driver.on_persisted(number);
+                for m in after {
+                    self.route(m);
+                }
             }
-        } else if self.in_flight.is_empty() {
-            // Nothing to wait for: this round is as durable as the last one.
-            self.driver.on_persisted(number);
-            for m in after {
-                self.route(m);
-            }
-            return;
+            Queued::Closed => self.fail(FatalError::ActorStopped {
+                actor: "StorageActor",
+                reason: "persist queue closed".into(),
+            }),
         }
-        self.in_flight.push_back(InFlight {
-            number,
-            stored,
-            messages: after,
-        });
     }
 
     pub(super) fn on_persist_progress(&mut self) {
-        let (number, failure) = {
-            let p = self.progress.borrow_and_update();
-            (p.number, p.failure.clone())
+        let (n, released) = match self.persistence.confirmed() {
+            Ok(Some(done)) => done,
+            Ok(None) => return,
+            Err(e) => return self.fail(FatalError::Storage(e)),
         };
-        if let Some(e) = failure {
-            self.fail(FatalError::Storage(e));
-            return;
+        for m in released {
+            self.route(m);
         }
-        let mut done = None;
-        while let Some(f) = self.in_flight.front() {
-            if f.stored && f.number > number {
-                break;
-            }
-            let f = self.in_flight.pop_front().expect("front exists");
-            for m in f.messages {
-                self.route(m);
-            }
-            done = Some(f.number);
-        }
-        if let Some(n) = done {
-            self.driver.on_persisted(n);
-            if let Some((number, index)) = self.snapshots.applied_when_persisted
-                && n >= number
-            {
-                self.snapshots.applied_when_persisted = None;
-                self.driver.advance_apply_to(index);
-            }
+        self.driver.on_persisted(n);
+        if let Some((number, index)) = self.snapshots.applied_when_persisted
+            && n >= number
+        {
+            self.snapshots.applied_when_persisted = None;
+            self.driver.advance_apply_to(index);
         }
     }
 
