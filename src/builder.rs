@@ -199,7 +199,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
     /// the node is part of the application's supervision tree: the node still restarts its own
     /// crashed actors, and when it stops for good `parent` sees an abnormal stop whose typed
     /// reason [`iroh_raft_actors::node_failure`] gives back. See
-    /// [`iroh_raft_actors::SupervisorParent`].
+    /// [`iroh_raft_actors::SupervisorParent`]: the parent should use `OneForOne`, and must not
+    /// await [`RaftCluster::shutdown`] inside its own handlers.
     pub fn supervised_by<A: kameo::Actor>(mut self, parent: &kameo::actor::ActorRef<A>) -> Self {
         self.parent = Some(SupervisorParent::of(parent));
         self

@@ -14,7 +14,7 @@ use crate::{
     config::NodeConfig,
     error::{FatalError, ProposeError, ReadError, SnapshotError},
     events::{EventBus, EventStream, Subscribe, SubscribeFrom},
-    facts::Facts,
+    facts::{Facts, Liveness},
     raft_actor::{GetStatus, LinearizableQuery, Propose, Query, RaftActor, TriggerSnapshot},
     state_machine::StateMachine,
     types::{NodeId, NodeStatus},
@@ -147,11 +147,19 @@ impl<S: StateMachine> NodeCalls<S> {
             AskFailure::Refused(e) => e,
             AskFailure::Timeout => ProposeError::Timeout,
             AskFailure::Interrupted => ProposeError::Interrupted,
-            AskFailure::NotRunning => match self.facts.failure() {
-                Some(e) => ProposeError::Fatal(e),
-                None => ProposeError::ShuttingDown,
+            AskFailure::NotRunning => match self.stopped() {
+                Liveness::Failed(e) => ProposeError::Fatal(e),
+                Liveness::ShutDown => ProposeError::ShuttingDown,
+                // Not running, yet neither failed nor shut down: it crashed and the
+                // supervisor's verdict is not out yet. The outcome is unknown.
+                Liveness::Running => ProposeError::Interrupted,
             },
         }
+    }
+
+    /// Why the node's actors do not run (as far as is known now).
+    fn stopped(&self) -> Liveness {
+        self.facts.liveness().borrow().clone()
     }
 
     fn read_error(&self, f: AskFailure<ReadError>) -> ReadError {
@@ -159,9 +167,10 @@ impl<S: StateMachine> NodeCalls<S> {
             AskFailure::Refused(e) => e,
             AskFailure::Timeout => ReadError::Timeout,
             AskFailure::Interrupted => ReadError::Interrupted,
-            AskFailure::NotRunning => match self.facts.failure() {
-                Some(e) => ReadError::Fatal(e),
-                None => ReadError::ShuttingDown,
+            AskFailure::NotRunning => match self.stopped() {
+                Liveness::Failed(e) => ReadError::Fatal(e),
+                Liveness::ShutDown => ReadError::ShuttingDown,
+                Liveness::Running => ReadError::Interrupted,
             },
         }
     }

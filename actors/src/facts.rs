@@ -86,6 +86,11 @@ impl Facts {
         self.membership.send_replace(membership);
     }
 
+    fn forget_leader(&self) {
+        self.leadership
+            .send_if_modified(|l| l.leader.take().is_some());
+    }
+
     pub(crate) fn publish_leadership(&self, leadership: Leadership) {
         self.leadership.send_if_modified(|current| {
             let changed = *current != leadership;
@@ -94,8 +99,10 @@ impl Facts {
         });
     }
 
-    /// Records the node's fatal error (the first one wins; a node shut down stays shut down).
+    /// Records the node's fatal error (the first one wins; a node shut down stays shut down). A
+    /// stopped node knows no leader.
     pub(crate) fn fail(&self, e: FatalError) {
+        self.forget_leader();
         self.liveness.send_if_modified(|l| match l {
             Liveness::Running => {
                 *l = Liveness::Failed(e);
@@ -107,6 +114,7 @@ impl Facts {
 
     /// Records an orderly stop (unless the node had already failed).
     pub(crate) fn shut_down(&self) {
+        self.forget_leader();
         self.liveness.send_if_modified(|l| match l {
             Liveness::Running => {
                 *l = Liveness::ShutDown;

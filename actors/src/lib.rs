@@ -22,7 +22,7 @@
 //! | [`PeerActor`] (one per peer sent to) | the outgoing iroh connection and its uni stream | `Outbound` batches, `StopPeer`, `Reconnect` (`NoAnswer`: a leader or candidate heard nothing from the peer for an election timeout, the connection may be dead without QUIC knowing, and the close code tells the peer so; `Stale`: the peer restarted or told us it hears nothing from us) | frames on the wire; `PeerUnreachable` (with the forwarded proposals it could not send); peer events |
 //! | [`EventBus`] | a bounded broadcast ring, and the last [`EVENT_BUFFER`] events numbered per run (random epoch per start) | `Publish`, `Subscribe`, `SubscribeFrom` (resume after the last event seen) | [`ClusterEvent`]s to subscribers (slow ones are told what they missed) |
 //! | [`mgmt::MgmtActor`] | the management plane's state and decisions: admission (the applied membership from [`Facts`], the allowlist, tickets signed with the node's key), the registry of admitted connections (per key, at most [`mgmt::MAX_CONNECTIONS_PER_KEY`]) and their subscriptions (at most [`mgmt::MAX_SUBSCRIPTIONS`] each), and the running membership workflows (join: add learner → catch up → promote; remove with a leadership hand-off; replace), each in a task it owns and aborts when it stops | `Admit` / `Disconnected` from management connection tasks; `OpenSubscription` / `SubscriptionEnded` from lanes; `MintTicket`; `Join`, `Remove`, `Replace` from lanes, the facade and the discovery handler (the same change asked again waits on the running one); `WorkflowDone` from its tasks; `GetMgmtState` | through its workflow tasks, the same [`NodeCalls`] to the RaftActor a lane makes |
-//! | [`NodeSupervisor`] | the StorageActor and RaftActor as linked children (`RestForOne`) | link deaths; `Children`, `GetFailure` | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`] it stops the node, publishes a [`FatalError`] on the [`Facts`] liveness and a `NodeStopped` event |
+//! | [`NodeSupervisor`] | the StorageActor, RaftActor and MgmtActor as children (`RestForOne`, in that order), the node's liveness watch | link deaths; `Children`; liveness changes (a fatal error) | restarts: a crashed child is restarted from durable state (the RaftActor asks the StorageActor to `Recover`, then replays the log into a fresh state machine; without a state-machine factory it is not restarted, and the error says so); after [`MAX_RESTARTS`] within [`RESTART_WINDOW`], or when the node fails for good (removed, storage failure, corrupt or stale data), it publishes the [`FatalError`] on the [`Facts`] liveness and a `NodeStopped` event, stops its children and stops itself *abnormally* with that error ([`node_failure`] gives it back to a parent) |
 //!
 //! Three protocol handlers run on every node, none of them an actor (each connection is a task
 //! of its own); [`Node::start`] builds them and an application mounts them on its own iroh
@@ -51,9 +51,13 @@
 //! gets [`wire::CloseCode::Removed`], an unknown one `NotAMember`; an open connection is closed as
 //! soon as its peer is removed), validates frames and forwards them to the RaftActor.
 //!
-//! [`Node::start`] wires these together; an application that runs its own kameo supervision
-//! tree can link [`Node::supervisor`] into it (`ActorRef::link`) or assemble the actors itself
-//! from their public `Args`.
+//! [`Node::start`] wires these together. An application that runs its own kameo supervision
+//! tree gives the [`NodeSpec`] a [`SupervisorParent`]: the NodeSupervisor becomes a child of the
+//! application's actor (`RestartPolicy::Never`: the node restarts its own actors, and a node
+//! that stopped for good is started again, not restarted by the parent; the parent should use
+//! `OneForOne`), and the parent's `on_link_died` receives the node's abnormal stop. Do not await
+//! [`Node::shutdown`] inside that parent's own handlers: it stops the supervisor, whose stop
+//! completes only once the parent has handled it.
 //!
 //! # One write, end to end
 //! 1. The facade encodes the command and [`NodeCalls`] `ask`s the RaftActor with `Propose`,

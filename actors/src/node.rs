@@ -2,7 +2,7 @@
 //! (EventBus, then under a [`NodeSupervisor`] the StorageActor and the RaftActor), hand out the
 //! protocol handler, and take them down again in reverse order.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicBool};
 
 mod mgmt_calls;
 
@@ -102,6 +102,8 @@ pub struct Node<S: StateMachine> {
     pub discovery_protocol: DiscoveryProtocol<S>,
     /// How PeerActors dial: closed at shutdown, so the node holds no endpoint clone after it.
     dialer: Arc<dyn Dialer>,
+    /// Whether the supervisor is a child of an application's actor.
+    supervised: bool,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -119,6 +121,7 @@ impl<S: StateMachine> Clone for Node<S> {
             mgmt_protocol: self.mgmt_protocol.clone(),
             discovery_protocol: self.discovery_protocol.clone(),
             dialer: self.dialer.clone(),
+            supervised: self.supervised,
         }
     }
 }
@@ -268,6 +271,7 @@ impl<S: StateMachine> Node<S> {
             node_id: me,
             facts: facts.clone(),
             events: events.clone(),
+            started: Arc::new(AtomicBool::new(false)),
         };
         let supervisor = match &parent {
             Some(parent) => parent.spawn(supervisor_args).await,
@@ -347,23 +351,28 @@ impl<S: StateMachine> Node<S> {
             events.kill();
             return Err(e);
         }
+        let calls = NodeCalls::new(&config_copy, raft.clone(), events.clone(), facts.clone());
+        let mgmt_args = MgmtArgs {
+            calls: calls.clone(),
+            secret: secret_key,
+            membership: facts.membership(),
+            allowlist: mgmt_options.allowlist,
+        };
+        // The youngest child: a StorageActor or RaftActor restart restarts it too (its
+        // workflows answer `Interrupted`, clients retry), and its own crash touches nothing else.
+        let mgmt = MgmtActor::supervise_with(&supervisor, move || mgmt_args.clone())
+            .restart_policy(RestartPolicy::Transient)
+            .restart_limit(MAX_RESTARTS, RESTART_WINDOW)
+            .spawn_with_mailbox(mailbox::bounded(MGMT_MAILBOX))
+            .await;
         let _ = supervisor
             .tell(Children {
                 raft: raft.clone(),
                 storage: storage.clone(),
+                mgmt: mgmt.id(),
                 raft_restartable,
             })
             .await;
-        let calls = NodeCalls::new(&config_copy, raft.clone(), events.clone(), facts.clone());
-        let mgmt = MgmtActor::spawn_with_mailbox(
-            MgmtArgs {
-                calls: calls.clone(),
-                secret: secret_key,
-                membership: facts.membership(),
-                allowlist: mgmt_options.allowlist,
-            },
-            mailbox::bounded(MGMT_MAILBOX),
-        );
         let mgmt_protocol = MgmtProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.reader);
         let discovery_protocol =
             DiscoveryProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.join_options);
@@ -391,6 +400,7 @@ impl<S: StateMachine> Node<S> {
             mgmt_protocol,
             discovery_protocol,
             dialer: dialer_handle,
+            supervised: parent.is_some(),
         })
     }
 
@@ -403,6 +413,9 @@ impl<S: StateMachine> Node<S> {
     /// peer connections, stop the RaftActor, then write and fsync everything queued and stop the
     /// StorageActor.
     pub async fn shutdown(&self) -> Result<(), FatalError> {
+        // From now on the management and discovery handlers admit nobody new.
+        let failed_before = self.failure();
+        self.facts.shut_down();
         self.protocol.close();
         let mut raft_failure = None;
         if let Ok(failure) = self.raft.ask(Shutdown).await {
@@ -416,20 +429,24 @@ impl<S: StateMachine> Node<S> {
             Err(kameo::error::SendError::HandlerError(e)) => Err(FatalError::Storage(e)),
             Err(_) => {
                 // Stopped, or stopping (the supervisor stopped it after a fatal error): its
-                // on_stop writes back and fsyncs what it received; wait for that.
-                self.storage.wait_for_shutdown().await;
+                // on_stop writes back and fsyncs what it received and lets go of the file; wait
+                // for that.
+                let _ = self.storage.wait_for_shutdown_result().await;
                 Ok(())
             }
         };
         self.db.close();
-        let failure = self.failure();
-        self.facts.shut_down();
         self.dialer.close();
         let _ = self.mgmt.stop_gracefully().await;
         let _ = self.supervisor.stop_gracefully().await;
-        self.supervisor.wait_for_shutdown().await;
+        // A supervisor under an application's actor completes its stop only once that parent
+        // has handled it: waiting here from the parent's own handler would never end. Its
+        // children were stopped and waited for above.
+        if !self.supervised {
+            self.supervisor.wait_for_shutdown().await;
+        }
         let _ = self.events.stop_gracefully().await;
-        match failure.or(raft_failure) {
+        match failed_before.or(raft_failure) {
             Some(e) => Err(e),
             None => flushed,
         }

@@ -18,7 +18,14 @@
 //! `ActorStopReason::Panicked`, from which [`node_failure`] gives the typed error back. An
 //! orderly shutdown stops it normally.
 
-use std::{ops::ControlFlow, sync::Arc, time::Duration};
+use std::{
+    ops::ControlFlow,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::future::BoxFuture;
 use kameo::{
@@ -51,6 +58,9 @@ pub struct SupervisorArgs {
     pub facts: Arc<Facts>,
     /// Where `NodeStopped` is published when the supervisor gives up.
     pub events: ActorRef<EventBus>,
+    /// Set at the first start: a node is started again by starting it anew, never by a parent
+    /// restarting its supervisor (whose children would be gone).
+    pub started: Arc<AtomicBool>,
 }
 
 /// Restarts allowed per child within [`RESTART_WINDOW`] before the node stops for good. A
@@ -69,6 +79,7 @@ pub struct NodeSupervisor<S: StateMachine> {
     events: ActorRef<EventBus>,
     raft: Option<ActorRef<RaftActor<S>>>,
     storage: Option<ActorRef<StorageActor>>,
+    mgmt: Option<ActorId>,
     /// Whether the RaftActor can be restarted (its state machine comes from a factory).
     raft_restartable: bool,
     failed: bool,
@@ -89,6 +100,8 @@ impl<S: StateMachine> NodeSupervisor<S> {
             "RaftActor"
         } else if self.storage.as_ref().is_some_and(|r| r.id() == id) {
             "StorageActor"
+        } else if self.mgmt == Some(id) {
+            "MgmtActor"
         } else {
             "child actor"
         }
@@ -104,6 +117,14 @@ impl<S: StateMachine> Actor for NodeSupervisor<S> {
     }
 
     async fn on_start(args: SupervisorArgs, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        if args.started.swap(true, Ordering::SeqCst) {
+            return Err(FatalError::ActorStopped {
+                actor: "NodeSupervisor",
+                reason: "restarted by its parent, without the node's actors: start the node \
+                         again instead (supervise it with OneForOne)"
+                    .into(),
+            });
+        }
         Ok(Self {
             node_id: args.node_id,
             liveness: args.facts.liveness(),
@@ -111,6 +132,7 @@ impl<S: StateMachine> Actor for NodeSupervisor<S> {
             events: args.events,
             raft: None,
             storage: None,
+            mgmt: None,
             raft_restartable: true,
             failed: false,
         })
@@ -267,6 +289,8 @@ pub struct Children<S: StateMachine> {
     pub raft: ActorRef<RaftActor<S>>,
     /// The supervised StorageActor.
     pub storage: ActorRef<StorageActor>,
+    /// The supervised MgmtActor.
+    pub mgmt: ActorId,
     /// Whether the RaftActor is restarted after a crash (its state machine has a factory).
     pub raft_restartable: bool,
 }
@@ -278,5 +302,6 @@ impl<S: StateMachine> Message<Children<S>> for NodeSupervisor<S> {
         self.raft = Some(c.raft);
         self.storage = Some(c.storage);
         self.raft_restartable = c.raft_restartable;
+        self.mgmt = Some(c.mgmt);
     }
 }

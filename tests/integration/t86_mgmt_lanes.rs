@@ -344,6 +344,33 @@ async fn the_mgmt_actor_registers_connections_and_subscriptions_while_they_live(
     cluster.shutdown().await;
 }
 
+/// A connection holds at most `MAX_SUBSCRIPTIONS` subscriptions, and refused attempts do not
+/// count against the ones it holds (they once released a slot each, so that retrying opened
+/// subscriptions without limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_subscriptions_never_free_a_slot() {
+    use iroh_raft::actors::mgmt::MAX_SUBSCRIPTIONS;
+    let cluster = TestCluster::start(1).await;
+    let (leader, ticket) = cluster.leader_ticket(TicketRole::ReadOnly).await;
+    let mgmt = cluster.node(leader).actors().mgmt.clone();
+    let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..MAX_SUBSCRIPTIONS {
+        held.push(client.subscribe().await.unwrap());
+    }
+    for _ in 0..3 {
+        assert!(client.subscribe().await.is_err(), "over the limit");
+    }
+    wait_for("the refusals settled", || async {
+        mgmt.ask(GetMgmtState).await.unwrap().subscriptions == MAX_SUBSCRIPTIONS
+    })
+    .await;
+    assert!(client.subscribe().await.is_err(), "still at the limit");
+    drop(held);
+    client.close().await;
+    cluster.shutdown().await;
+}
+
 /// A stand-in node: admits anyone, answers Status, and counts proposals; it drops the
 /// connection when it receives one, or (`silent`) never answers it. Other requests get no
 /// answer.

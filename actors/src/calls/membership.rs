@@ -9,7 +9,7 @@ use iroh::EndpointAddr;
 use kameo::error::SendError;
 use tokio::time::Instant;
 
-use super::NodeCalls;
+use super::{AskFailure, NodeCalls};
 use crate::{
     error::{FatalError, ProposeError, ReadError, TransferError},
     membership::{MemberRole, MembershipChange, MembershipRefusal},
@@ -50,6 +50,7 @@ fn transient(e: &ProposeError) -> bool {
     matches!(
         e,
         ProposeError::NotLeader { .. }
+            | ProposeError::Busy
             | ProposeError::LeaderUnreachable { .. }
             | ProposeError::Dropped { .. }
             | ProposeError::Interrupted
@@ -69,10 +70,7 @@ impl<S: StateMachine> NodeCalls<S> {
         {
             Ok(v) => Ok(v),
             Err(SendError::Timeout(_)) => Err(ReadError::Timeout),
-            Err(_) => Err(match self.facts.failure() {
-                Some(e) => ReadError::Fatal(e),
-                None => ReadError::ShuttingDown,
-            }),
+            Err(_) => Err(self.read_error(AskFailure::NotRunning)),
         }
     }
 
@@ -102,12 +100,7 @@ impl<S: StateMachine> NodeCalls<S> {
                 Err(SendError::ActorStopped | SendError::ActorRestarting(_)) => {
                     ProposeError::Interrupted
                 }
-                Err(_) => {
-                    return Err(match self.facts.failure() {
-                        Some(e) => ProposeError::Fatal(e),
-                        None => ProposeError::ShuttingDown,
-                    });
-                }
+                Err(e) => return Err(self.propose_failed(e)),
             };
             if !retry_while(&err) || Instant::now() + self.retry_interval >= deadline {
                 return Err(err);
@@ -273,10 +266,9 @@ impl<S: StateMachine> NodeCalls<S> {
             Err(SendError::Timeout(_)) => Err(TransferError::Timeout {
                 elapsed: started.elapsed(),
             }),
-            Err(_) => Err(TransferError::Unavailable(match self.facts.failure() {
-                Some(e) => ProposeError::Fatal(e),
-                None => ProposeError::ShuttingDown,
-            })),
+            Err(_) => Err(TransferError::Unavailable(
+                self.propose_error(AskFailure::NotRunning),
+            )),
         }
     }
 }

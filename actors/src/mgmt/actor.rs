@@ -21,7 +21,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     calls::{JoinOptions, NodeCalls},
-    error::{ProposeError, ReadError},
+    error::{FatalError, ProposeError, ReadError},
     membership::Membership,
     state_machine::StateMachine,
     ticket::{ClusterId, MAX_TICKET_MEMBERS, Ticket, TicketRole},
@@ -79,7 +79,7 @@ impl<S: StateMachine> std::fmt::Debug for MgmtOptions<S> {
     }
 }
 
-/// What the MgmtActor is started with.
+/// What the MgmtActor is started (and restarted) with.
 pub struct MgmtArgs<S: StateMachine> {
     /// Calls on the node (the workflows make them).
     pub calls: NodeCalls<S>,
@@ -89,6 +89,17 @@ pub struct MgmtArgs<S: StateMachine> {
     pub membership: watch::Receiver<Arc<Membership>>,
     /// The allowlist.
     pub allowlist: BTreeMap<EndpointId, MgmtRole>,
+}
+
+impl<S: StateMachine> Clone for MgmtArgs<S> {
+    fn clone(&self) -> Self {
+        Self {
+            calls: self.calls.clone(),
+            secret: self.secret.clone(),
+            membership: self.membership.clone(),
+            allowlist: self.allowlist.clone(),
+        }
+    }
 }
 
 /// One admitted management connection.
@@ -125,9 +136,19 @@ pub enum Workflow {
 
 pub(super) type WorkflowReply = ReplySender<Result<u64, ProposeError>>;
 
+/// What exactly a workflow was asked to do, beyond its key: a request for the same key with
+/// other parameters is not the same change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Params {
+    Join(EndpointAddr, JoinOptions),
+    Remove,
+    Replace(EndpointAddr),
+}
+
 /// A workflow's task and everyone waiting for its outcome (a client that retries the same
 /// change waits on the running one instead of starting another).
 pub(super) struct Running {
+    pub(super) params: Params,
     pub(super) task: JoinHandle<()>,
     pub(super) waiters: Vec<WorkflowReply>,
 }
@@ -140,7 +161,6 @@ pub struct MgmtActor<S: StateMachine> {
     pub(super) allowlist: BTreeMap<EndpointId, MgmtRole>,
     pub(super) connections: BTreeMap<u64, Connection>,
     pub(super) per_key: BTreeMap<EndpointId, usize>,
-    pub(super) next_connection: u64,
     pub(super) workflows: BTreeMap<Workflow, Running>,
     pub(super) myself: WeakActorRef<Self>,
 }
@@ -167,7 +187,6 @@ impl<S: StateMachine> Actor for MgmtActor<S> {
             allowlist: args.allowlist,
             connections: BTreeMap::new(),
             per_key: BTreeMap::new(),
-            next_connection: 0,
             workflows: BTreeMap::new(),
             myself: me.downgrade(),
         })
@@ -179,11 +198,21 @@ impl<S: StateMachine> Actor for MgmtActor<S> {
         _: ActorStopReason,
     ) -> Result<(), Self::Error> {
         // A workflow's outcome is unknown once it is cut short: a change it proposed may still
-        // be applied.
-        for (_, running) in std::mem::take(&mut self.workflows) {
+        // be applied. One is known: this node stopped because it applied its own removal (the
+        // node stops with it, and this actor with the node), so removing it was committed.
+        let me = self.calls.node_id();
+        let removed = matches!(
+            self.calls.fatal_error(),
+            Some(FatalError::Removed { node }) if node == me
+        );
+        for (workflow, running) in std::mem::take(&mut self.workflows) {
             running.task.abort();
+            let outcome = match workflow {
+                Workflow::Remove { id } if removed && id == me => Ok(0),
+                _ => Err(ProposeError::Interrupted),
+            };
             for w in running.waiters {
-                w.send(Err(ProposeError::Interrupted));
+                w.send(outcome.clone());
             }
         }
         Ok(())
@@ -191,23 +220,21 @@ impl<S: StateMachine> Actor for MgmtActor<S> {
 }
 
 impl<S: StateMachine> MgmtActor<S> {
-    /// Registers an admitted connection of `key`, unless the key holds
-    /// [`MAX_CONNECTIONS_PER_KEY`] already.
-    pub(super) fn register(&mut self, key: EndpointId, role: MgmtRole) -> Option<u64> {
-        let n = self.per_key.entry(key).or_insert(0);
-        if *n >= MAX_CONNECTIONS_PER_KEY {
-            return None;
+    /// Registers admitted connection `id` of `key`, unless the key holds
+    /// [`MAX_CONNECTIONS_PER_KEY`] already (or `id` is registered).
+    pub(super) fn register(&mut self, id: u64, key: EndpointId, role: MgmtRole) -> bool {
+        let n = self.per_key.get(&key).copied().unwrap_or(0);
+        if n >= MAX_CONNECTIONS_PER_KEY || self.connections.contains_key(&id) {
+            return false;
         }
-        *n += 1;
-        self.next_connection += 1;
-        let id = self.next_connection;
+        self.per_key.insert(key, n + 1);
         let connection = Connection {
             key,
             role,
             subscriptions: 0,
         };
         self.connections.insert(id, connection);
-        Some(id)
+        true
     }
 
     pub(super) fn unregister(&mut self, id: u64) {

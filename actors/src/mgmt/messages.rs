@@ -1,7 +1,9 @@
 //! The MgmtActor's messages, one struct each. Every handler decides from the actor's state and
 //! returns at once; a workflow's outcome is delegated to the task that runs it.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, panic::AssertUnwindSafe, time::Duration};
+
+use futures_util::FutureExt;
 
 use iroh::{EndpointAddr, EndpointId};
 use kameo::{
@@ -11,12 +13,13 @@ use kameo::{
 use tracing::{debug, warn};
 
 use super::{
-    actor::{MgmtActor, Running, Workflow, WorkflowReply},
+    actor::{MgmtActor, Params, Running, Workflow, WorkflowReply},
     admission::role_of,
 };
 use crate::{
     calls::JoinOptions,
     error::{ProposeError, ReadError},
+    membership::MembershipRefusal,
     state_machine::StateMachine,
     ticket::{Ticket, TicketRole},
     types::NodeId,
@@ -30,6 +33,9 @@ pub struct Admit {
     pub remote: EndpointId,
     /// The ticket its Hello carried.
     pub ticket: Option<String>,
+    /// The connection's id in the registry, chosen by the connection task (which tells
+    /// [`Disconnected`] with it when it ends, admitted or not).
+    pub connection: u64,
 }
 
 /// An admitted connection: its registry id (tell [`Disconnected`] with it when it closes).
@@ -57,13 +63,14 @@ impl<S: StateMachine> Message<Admit> for MgmtActor<S> {
             std::time::SystemTime::now(),
         )
         .map_err(|why| (CloseCode::NotAMember, why))?;
-        let Some(connection) = self.register(msg.remote, role) else {
+        let connection = msg.connection;
+        if !self.register(connection, msg.remote, role) {
             let why = format!(
                 "at most {} connections per key",
                 super::MAX_CONNECTIONS_PER_KEY
             );
             return Err((CloseCode::TooManyConnections, why));
-        };
+        }
         debug!(endpoint = %msg.remote.fmt_short(), ?role, connection, "management client admitted");
         Ok(Admitted { connection, role })
     }
@@ -164,7 +171,8 @@ impl<S: StateMachine> Message<Join> for MgmtActor<S> {
                 endpoint: msg.addr.id,
             };
             let calls = self.calls.clone();
-            self.start(workflow, reply, async move {
+            let params = Params::Join(msg.addr.clone(), msg.options);
+            self.start(workflow, params, reply, async move {
                 calls.join(msg.id, msg.addr, msg.options).await
             });
         }
@@ -187,7 +195,8 @@ impl<S: StateMachine> Message<Remove> for MgmtActor<S> {
         let (delegated, reply) = ctx.reply_sender();
         if let Some(reply) = reply {
             let calls = self.calls.clone();
-            self.start(Workflow::Remove { id: msg.id }, reply, async move {
+            let workflow = Workflow::Remove { id: msg.id };
+            self.start(workflow, Params::Remove, reply, async move {
                 calls.remove_member(msg.id).await
             });
         }
@@ -218,7 +227,8 @@ impl<S: StateMachine> Message<Replace> for MgmtActor<S> {
                 id: msg.id,
             };
             let calls = self.calls.clone();
-            self.start(workflow, reply, async move {
+            let params = Params::Replace(msg.addr.clone());
+            self.start(workflow, params, reply, async move {
                 calls.replace(msg.old, msg.id, msg.addr).await
             });
         }
@@ -280,21 +290,31 @@ impl<S: StateMachine> Message<GetMgmtState> for MgmtActor<S> {
 
 impl<S: StateMachine> MgmtActor<S> {
     /// Runs `run` as the task of `workflow`, or adds `reply` to the waiters of the same
-    /// workflow already running.
+    /// workflow already running. The same key with other parameters is refused as a change in
+    /// progress (nothing is done for it).
     fn start(
         &mut self,
         workflow: Workflow,
+        params: Params,
         reply: WorkflowReply,
         run: impl Future<Output = Result<u64, ProposeError>> + Send + 'static,
     ) {
         if let Some(running) = self.workflows.get_mut(&workflow) {
-            running.waiters.push(reply);
+            if running.params == params {
+                running.waiters.push(reply);
+            } else {
+                reply.send(Err(MembershipRefusal::InProgress.into()));
+            }
             return;
         }
         let me = self.myself.clone();
         let done = workflow.clone();
         let task = tokio::spawn(async move {
-            let outcome = run.await;
+            // A workflow that panics must still answer its waiters: its outcome is unknown.
+            let outcome = match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ProposeError::Interrupted),
+            };
             if let Some(me) = me.upgrade() {
                 let _ = me
                     .tell(WorkflowDone {
@@ -305,6 +325,7 @@ impl<S: StateMachine> MgmtActor<S> {
             }
         });
         let running = Running {
+            params,
             task,
             waiters: vec![reply],
         };

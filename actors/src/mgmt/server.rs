@@ -4,7 +4,13 @@
 //! of its own, in which the lane's calls run concurrently by sending the node's actors the same
 //! messages the facade sends.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use iroh::endpoint::{Connection, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -31,6 +37,9 @@ mod answer;
 mod lane;
 
 use lane::{Limits, MAX_LANES};
+
+/// Registry ids of management connections, unique within the process.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// How long a client has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,25 +171,32 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 return;
             }
         };
+        // The registration is released however this task ends, even while the ask is pending.
+        let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let _registered = Registered {
+            mgmt: self.mgmt.clone(),
+            connection,
+        };
+        let admit = Admit {
+            remote,
+            ticket,
+            connection,
+        };
         let admitted = match self.cluster() {
             None => Err((CloseCode::ShuttingDown, "node is not running".to_string())),
-            Some(_) => match self.mgmt.ask(Admit { remote, ticket }).await {
+            Some(_) => match self.mgmt.ask(admit).await {
                 Ok(admitted) => Ok(admitted),
                 Err(kameo::error::SendError::HandlerError(refusal)) => Err(refusal),
                 Err(_) => Err((CloseCode::ShuttingDown, "node is not running".into())),
             },
         };
-        let Admitted { connection, role } = match admitted {
+        let Admitted { role, .. } = match admitted {
             Ok(admitted) => admitted,
             Err((code, why)) => {
                 warn!(endpoint = %remote.fmt_short(), %why, "management client refused");
                 conn.close(code.to_varint(), why.as_bytes());
                 return;
             }
-        };
-        let _registered = Registered {
-            mgmt: self.mgmt.clone(),
-            connection,
         };
         let node_id = self.cluster().map_or(0, |c| c.node_id());
         send(&mut tx, &MgmtResponse::Welcome { node_id, role }).await;

@@ -158,8 +158,10 @@ impl Actor for StorageActor {
         _: WeakActorRef<Self>,
         _: ActorStopReason,
     ) -> Result<(), Self::Error> {
-        // Whatever reached us is made durable before the database closes.
+        // Whatever reached us is made durable before the database closes; then this actor lets
+        // go of it, so the file is free once the stop is complete.
         let _ = self.flush();
+        self.db = None;
         Ok(())
     }
 }

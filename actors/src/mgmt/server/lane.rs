@@ -226,13 +226,16 @@ impl<S: StateMachine> MgmtProtocol<S> {
         let connection = limits.connection;
         tokio::spawn(async move {
             let open = mgmt.ask(OpenSubscription { connection }).await;
-            let _subscribed = Subscribed { mgmt, connection };
             let response = match (cluster, open) {
                 (Some(_), Ok(false)) => {
                     let why = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
                     Some(error(MgmtErrorKind::Refused, why, None))
                 }
-                (Some(cluster), Ok(true)) => subscribe(&cluster, id, epoch, after, &out).await,
+                (Some(cluster), Ok(true)) => {
+                    // Counted from here: released when this task ends, however it ends.
+                    let _subscribed = Subscribed { mgmt, connection };
+                    subscribe(&cluster, id, epoch, after, &out).await
+                }
                 _ => Some(node_down()),
             };
             if let Some(response) = response {
