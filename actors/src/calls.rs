@@ -159,7 +159,7 @@ impl<S: StateMachine> NodeCalls<S> {
 
     /// Why the node's actors do not run (as far as is known now).
     fn stopped(&self) -> Liveness {
-        self.facts.liveness().borrow().clone()
+        self.facts.liveness_now()
     }
 
     fn read_error(&self, f: AskFailure<ReadError>) -> ReadError {

@@ -12,7 +12,6 @@ use std::{
 use crate::{
     calls::{JoinOptions, NodeCalls},
     error::ProposeError,
-    facts::Liveness,
     membership::MembershipRefusal,
     mgmt::{Join, MgmtActor},
     state_machine::StateMachine,
@@ -90,7 +89,7 @@ impl<S: StateMachine> DiscoveryProtocol<S> {
             );
             return refuse(&mut send, RefusalKind::Version, msg).await;
         }
-        if matches!(*self.calls.facts().liveness().borrow(), Liveness::ShutDown) {
+        if self.calls.facts().is_shut_down() {
             return refuse(&mut send, RefusalKind::Failed, "node is not running".into()).await;
         }
         let cluster = &self.calls;

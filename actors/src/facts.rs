@@ -69,6 +69,16 @@ impl Facts {
         self.liveness.subscribe()
     }
 
+    /// Whether the node serves now (no receiver is made: cheap on a request path).
+    pub fn liveness_now(&self) -> Liveness {
+        self.liveness.borrow().clone()
+    }
+
+    /// Whether the node was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(*self.liveness.borrow(), Liveness::ShutDown)
+    }
+
     /// The leader this node knows of now.
     pub fn leader(&self) -> Option<NodeId> {
         self.leadership.borrow().leader

@@ -24,7 +24,6 @@ use super::{
 };
 use crate::{
     calls::NodeCalls,
-    facts::Liveness,
     state_machine::StateMachine,
     types::Leadership,
     wire::{
@@ -86,16 +85,25 @@ struct Registered<S: StateMachine> {
 
 impl<S: StateMachine> Drop for Registered<S> {
     fn drop(&mut self) {
-        let msg = Disconnected {
-            connection: self.connection,
+        let connection = self.connection;
+        tell_from_drop(&self.mgmt, Disconnected { connection });
+    }
+}
+
+/// Tells the MgmtActor `msg` from a `Drop` (no await there): at once if its mailbox has room,
+/// else from a task, so that a full mailbox never leaks a registry slot.
+pub(super) fn tell_from_drop<S, M>(mgmt: &ActorRef<MgmtActor<S>>, msg: M)
+where
+    S: StateMachine,
+    M: Send + 'static,
+    MgmtActor<S>: kameo::message::Message<M, Reply = ()>,
+{
+    if let Err(e) = mgmt.tell(msg).try_send() {
+        let (Some(msg), Ok(rt)) = (e.msg(), tokio::runtime::Handle::try_current()) else {
+            return;
         };
-        if self.mgmt.tell(msg).try_send().is_err() {
-            // A full mailbox must not leak the slot: deliver it from a task.
-            let mgmt = self.mgmt.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { mgmt.tell(msg).await });
-            }
-        }
+        let mgmt = mgmt.clone();
+        rt.spawn(async move { mgmt.tell(msg).await });
     }
 }
 
@@ -142,8 +150,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
 
     /// The node's calls, unless it was shut down.
     fn cluster(&self) -> Option<NodeCalls<S>> {
-        let down = matches!(*self.calls.facts().liveness().borrow(), Liveness::ShutDown);
-        (!down).then(|| self.calls.clone())
+        (!self.calls.facts().is_shut_down()).then(|| self.calls.clone())
     }
     async fn serve(&self, conn: &Connection) {
         let remote = conn.remote_id();

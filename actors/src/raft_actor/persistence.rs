@@ -106,7 +106,11 @@ impl Persistence {
                 break;
             }
             let f = self.in_flight.pop_front().expect("front exists");
-            released.extend(f.messages);
+            if released.is_empty() {
+                released = f.messages;
+            } else {
+                released.extend(f.messages);
+            }
             done = Some(f.number);
         }
         Ok(done.map(|n| (n, released)))

@@ -30,7 +30,7 @@ use super::{
     },
     MgmtProtocol,
     answer::{node_down, read_error},
-    error,
+    error, tell_from_drop,
 };
 use crate::calls::NodeCalls;
 
@@ -75,15 +75,8 @@ struct Subscribed<S: StateMachine> {
 
 impl<S: StateMachine> Drop for Subscribed<S> {
     fn drop(&mut self) {
-        let msg = SubscriptionEnded {
-            connection: self.connection,
-        };
-        if self.mgmt.tell(msg).try_send().is_err() {
-            let mgmt = self.mgmt.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { mgmt.tell(msg).await });
-            }
-        }
+        let connection = self.connection;
+        tell_from_drop(&self.mgmt, SubscriptionEnded { connection });
     }
 }
 
