@@ -507,3 +507,84 @@ async fn a_sent_write_without_an_answer_in_time_is_outcome_unknown_never_unreach
     alone.close().await;
     router.shutdown().await.unwrap();
 }
+
+/// The MgmtActor runs one workflow per change: the same join asked again waits on the one
+/// running (one run, two waiters, one answer for both); the same join with other parameters is
+/// refused at once as a change in progress and leaves the running one alone. A workflow cut
+/// short by the node's stop answers every waiter `Interrupted` (its change may still apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_join_asked_twice_runs_once_and_other_parameters_are_in_progress() {
+    use iroh_raft::{
+        JoinOptions, ProposeError,
+        actors::mgmt::{Join, Workflow},
+    };
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let mgmt = cluster.node(leader).actors().mgmt.clone();
+    // Nobody answers at this address: the learner never catches up, so the join keeps running
+    // (well past the test) until the node stops.
+    let nobody = iroh::EndpointAddr::new(SecretKey::generate().public());
+    let join = |max_lag| Join {
+        id: 7,
+        addr: nobody.clone(),
+        options: JoinOptions {
+            max_lag,
+            timeout: Duration::from_secs(120),
+        },
+    };
+    let ask = |msg: Join| {
+        let mgmt = mgmt.clone();
+        tokio::spawn(async move { mgmt.ask(msg).await })
+    };
+    let state = || {
+        let mgmt = mgmt.clone();
+        async move { mgmt.ask(GetMgmtState).await.unwrap() }
+    };
+    let first = ask(join(0));
+    wait_for("the join running", || async { state().await.waiters == 1 }).await;
+    let second = ask(join(0));
+    wait_for("the same join waiting on it", || async {
+        state().await.waiters == 2
+    })
+    .await;
+    let now = state().await;
+    let expected = Workflow::Join {
+        id: 7,
+        endpoint: nobody.id,
+    };
+    assert_eq!(now.workflows, vec![expected], "{now:?}");
+
+    let other = mgmt.ask(join(5)).await;
+    assert!(
+        matches!(
+            other,
+            Err(kameo::error::SendError::HandlerError(
+                ProposeError::Membership(iroh_raft::MembershipRefusal::InProgress)
+            ))
+        ),
+        "{other:?}"
+    );
+    assert_eq!(
+        state().await.waiters,
+        2,
+        "the refused join joined the waiters"
+    );
+    assert!(!first.is_finished() && !second.is_finished());
+
+    cluster.shutdown().await;
+    // Both waiters hear the one run's answer: cut short by the stop, its outcome is unknown.
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    let answer = |r: Result<u64, kameo::error::SendError<Join, ProposeError>>| match r {
+        Err(kameo::error::SendError::HandlerError(e)) => e,
+        other => panic!("a join cut short by the stop answered {other:?}"),
+    };
+    let (first, second) = (answer(first), answer(second));
+    assert!(
+        matches!(
+            first,
+            ProposeError::Interrupted | ProposeError::ShuttingDown
+        ),
+        "{first:?}"
+    );
+    assert_eq!(first.to_string(), second.to_string());
+}

@@ -18,7 +18,7 @@ use crate::{
     types::NodeId,
 };
 
-/// How [`NodeCalls::join`] brings a new member in.
+/// How [`Node::join`](crate::Node::join) brings a new member in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinOptions {
     /// Promote the learner once it is at most this many entries behind the leader's log.
@@ -116,8 +116,8 @@ impl<S: StateMachine> NodeCalls<S> {
             .await
     }
 
-    /// Adds a voter directly. Prefer [`Self::join`]: a voter that starts empty weakens the quorum
-    /// until it has caught up.
+    /// Adds a voter directly. Prefer [`Node::join`](crate::Node::join): a voter that starts
+    /// empty weakens the quorum until it has caught up.
     pub async fn add_voter(&self, id: NodeId, addr: EndpointAddr) -> Result<u64, ProposeError> {
         self.change_now(MembershipChange::AddVoter { id, addr })
             .await
@@ -138,7 +138,7 @@ impl<S: StateMachine> NodeCalls<S> {
     /// Adds `id` as a learner, waits until its log is within `options.max_lag` entries of the
     /// leader's, then promotes it. A learner that does not catch up within `options.timeout` is
     /// left a learner and the call fails with [`MembershipRefusal::NotCaughtUp`].
-    pub async fn join(
+    pub(crate) async fn join(
         &self,
         id: NodeId,
         addr: EndpointAddr,
@@ -190,7 +190,7 @@ impl<S: StateMachine> NodeCalls<S> {
     /// refused from then on; its id is never reused. Returns the change's index — or 0 when this
     /// node removed itself and stopped before the change was applied here (it was committed:
     /// a member told it so).
-    pub async fn remove_member(&self, id: NodeId) -> Result<u64, ProposeError> {
+    pub(crate) async fn remove_member(&self, id: NodeId) -> Result<u64, ProposeError> {
         match self.remove_member_inner(id).await {
             Err(ProposeError::Fatal(FatalError::Removed { node }))
                 if node == id && node == self.node_id() =>
@@ -232,7 +232,7 @@ impl<S: StateMachine> NodeCalls<S> {
     }
 
     /// Swaps voter `old` for a new voter in one joint-consensus step.
-    pub async fn replace(
+    pub(crate) async fn replace(
         &self,
         old: NodeId,
         id: NodeId,

@@ -149,7 +149,7 @@ impl<S: StateMachine> Message<MintTicket> for MgmtActor<S> {
 }
 
 /// Add `id` as a learner, wait until it is within `options.max_lag` of the leader's log, then
-/// promote it (see [`crate::NodeCalls::join`]). The answer is the index of the last change.
+/// promote it (see [`crate::Node::join`]). The answer is the index of the last change.
 #[derive(Debug, Clone)]
 pub struct Join {
     /// The new member's id.
@@ -181,7 +181,7 @@ impl<S: StateMachine> Message<Join> for MgmtActor<S> {
 }
 
 /// Remove member `id`, handing leadership over first if it leads (see
-/// [`crate::NodeCalls::remove_member`]).
+/// [`crate::Node::remove_member`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Remove {
     /// The member leaving.
@@ -205,7 +205,7 @@ impl<S: StateMachine> Message<Remove> for MgmtActor<S> {
 }
 
 /// Swap voter `old` for `id` in one joint change, handing leadership over first if `old`
-/// leads (see [`crate::NodeCalls::replace`]).
+/// leads (see [`crate::Node::replace`]).
 #[derive(Debug, Clone)]
 pub struct Replace {
     /// The voter leaving.
@@ -273,6 +273,8 @@ pub struct MgmtState {
     pub subscriptions: usize,
     /// Workflows in progress.
     pub workflows: Vec<Workflow>,
+    /// Callers waiting on those workflows (the same change asked twice waits on one run).
+    pub waiters: usize,
 }
 
 impl<S: StateMachine> Message<GetMgmtState> for MgmtActor<S> {
@@ -284,6 +286,7 @@ impl<S: StateMachine> Message<GetMgmtState> for MgmtActor<S> {
             per_key: self.per_key.clone(),
             subscriptions: self.connections.values().map(|c| c.subscriptions).sum(),
             workflows: self.workflows.keys().cloned().collect(),
+            waiters: self.workflows.values().map(|w| w.waiters.len()).sum(),
         }
     }
 }
@@ -310,11 +313,7 @@ impl<S: StateMachine> MgmtActor<S> {
         let me = self.myself.clone();
         let done = workflow.clone();
         let task = tokio::spawn(async move {
-            // A workflow that panics must still answer its waiters: its outcome is unknown.
-            let outcome = match AssertUnwindSafe(run).catch_unwind().await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ProposeError::Interrupted),
-            };
+            let outcome = settle(run).await;
             if let Some(me) = me.upgrade() {
                 let _ = me
                     .tell(WorkflowDone {
@@ -330,5 +329,33 @@ impl<S: StateMachine> MgmtActor<S> {
             waiters: vec![reply],
         };
         self.workflows.insert(workflow, running);
+    }
+}
+
+/// A workflow's outcome. One that panics must still answer its waiters: what it had done by
+/// then is unknown, so the answer is `Interrupted`, never a guess.
+async fn settle(
+    run: impl Future<Output = Result<u64, ProposeError>> + Send,
+) -> Result<u64, ProposeError> {
+    AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .unwrap_or(Err(ProposeError::Interrupted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_workflow_is_answered_interrupted() {
+        let panics = async { panic!("a workflow bug") };
+        assert!(matches!(
+            settle(panics).await,
+            Err(ProposeError::Interrupted)
+        ));
+        assert!(matches!(settle(async { Ok(7) }).await, Ok(7)));
+        let refused = async { Err(ProposeError::Busy) };
+        assert!(matches!(settle(refused).await, Err(ProposeError::Busy)));
     }
 }

@@ -32,8 +32,11 @@ impl<S: StateMachine> Node<S> {
         joined.map_err(|e| self.calls.propose_failed(e))
     }
 
-    /// Removes a member, handing leadership over first if it leads (see
-    /// [`crate::NodeCalls::remove_member`]).
+    /// Removes a member. Removing the leader hands leadership to the most up-to-date other
+    /// voter first. The removed node stops once it learns of its removal, and its endpoint id is
+    /// refused from then on; its id is never reused. Returns the change's index — or 0 when this
+    /// node removed itself and stopped before the change was applied here (it was committed: a
+    /// member told it so).
     pub async fn remove_member(&self, id: NodeId) -> Result<u64, ProposeError> {
         let removed = self.mgmt.ask(Remove { id }).await;
         removed.map_err(|e| self.calls.propose_failed(e))

@@ -1,6 +1,6 @@
 //! The RaftActor's state and its Ready loop.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use kameo::{
     Actor,
@@ -18,24 +18,21 @@ use tracing::{Instrument, Span, debug, error, info_span};
 
 use super::{
     MAX_MESSAGES_PER_READY,
-    peers::Peers,
-    pending::{Proposals, Reads},
+    peers::{Peers, Replication},
+    pending::Requests,
     persistence::Persistence,
     snapshots::{Snapshots, restore_from, snapshot_meta},
-    transfers::TransferWait,
 };
 use crate::{
     config::NodeConfig,
     config::StorageSpawn,
     consistency::ConsistencyCheck,
     driver::{Driver, InitialLog},
-    error::{
-        FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError, TransferError,
-    },
+    error::{FatalError, ProposeError, ReadError, SnapshotError, StartError, StorageError},
     events::{ClusterEvent, EventBus, Publish},
     facts::Facts,
     membership::Membership,
-    peer::{Dialer, Outbound},
+    peer::Dialer,
     state_machine::{StateMachine, StateMachineSource},
     storage::{DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor},
     types::{Leadership, NodeId, NodeStatus},
@@ -92,38 +89,16 @@ pub(super) enum Lifecycle {
     Failed(FatalError),
 }
 
-/// Ticks of what this node last had from one peer.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Contact {
-    /// The last frame received from it (any: it reaches us).
-    pub(super) frame: u64,
-    /// The last answer (a Raft response or a forward reply: it hears us, and we hear it). A
-    /// peer that only sends requests (campaigning, its checkpoints) may not be hearing us.
-    pub(super) answer: u64,
-    /// The last time this node asked to redial it.
-    pub(super) redial: u64,
-}
-
-impl Contact {
-    pub(super) fn new(now: u64) -> Self {
-        Self {
-            frame: now,
-            answer: now,
-            redial: now,
-        }
-    }
-}
-
 /// Owns the Raft core and the state machine. See the module docs.
 pub struct RaftActor<S: StateMachine> {
     pub(super) config: NodeConfig,
     pub(super) driver: Driver,
     pub(super) sm: S,
     pub(super) applied: u64,
-    pub(super) proposals: Proposals<S::Response>,
-    pub(super) reads: Reads<S>,
-    pub(super) peers: Peers,
-    pub(super) outbox: BTreeMap<NodeId, Outbound>,
+    /// Requests waiting on the log: proposals, membership changes, reads, transfers.
+    pub(super) requests: Requests<S>,
+    /// The peers: their PeerActors, what goes out to them next, what was heard from them.
+    pub(super) replication: Replication,
     /// Persist batches out, confirmations in, rounds waiting for them.
     pub(super) persistence: Persistence,
     pub(super) events: ActorRef<EventBus>,
@@ -133,7 +108,6 @@ pub struct RaftActor<S: StateMachine> {
     /// Ticks since start: the clock of request deadlines.
     pub(super) now: u64,
     pub(super) handled: usize,
-    pub(super) next_id: u64,
     pub(super) lifecycle: Lifecycle,
     /// `raft{node=…}`: every handler and every Ready round runs inside it.
     pub(super) span: Span,
@@ -152,26 +126,13 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) facts: Arc<Facts>,
     /// The leadership last published.
     pub(super) published: Leadership,
-    /// Membership changes taken by this node and not yet answered (index of the change).
-    pub(super) conf_proposals: Proposals<u64>,
-    /// Leadership transfers waiting to be seen through.
-    pub(super) transfers: Vec<TransferWait>,
-    /// Per peer: when this node last heard from it, had an answer from it, asked to redial it.
-    pub(super) heard: BTreeMap<NodeId, Contact>,
     /// The running hash of applied entries and what peers reported of theirs.
     pub(super) consistency: ConsistencyCheck,
-    /// Per peer: the highest incarnation seen in its Hellos (a lower one is a stale data dir).
-    pub(super) incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl<S: StateMachine> RaftActor<S> {
     pub(super) fn id(&self) -> NodeId {
         self.driver.id()
-    }
-
-    pub(super) fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
     }
 
     /// `Ok` while the node serves; otherwise the error every request gets.
@@ -225,7 +186,7 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// Adopts a new membership (a configuration change applied, or a snapshot installed).
     pub(super) fn set_membership(&mut self, membership: Membership) {
-        self.peers.set_members(&membership.members());
+        self.replication.peers.set_members(&membership.members());
         self.facts.publish_membership(Arc::new(membership.clone()));
         self.membership = membership;
     }
@@ -255,15 +216,12 @@ impl<S: StateMachine> RaftActor<S> {
             removed: matches!(e, FatalError::Removed { .. }),
             reason: e.to_string(),
         });
-        self.proposals.fail_all(|| ProposeError::Fatal(e.clone()));
-        self.conf_proposals
-            .fail_all(|| ProposeError::Fatal(e.clone()));
-        for t in std::mem::take(&mut self.transfers) {
-            t.fail(TransferError::Unavailable(ProposeError::Fatal(e.clone())));
-        }
-        self.reads.fail_all(ReadError::Fatal(e.clone()));
+        self.requests.fail_all(
+            || ProposeError::Fatal(e.clone()),
+            ReadError::Fatal(e.clone()),
+        );
         self.snapshots.fail_waiters(SnapshotError::Fatal(e.clone()));
-        self.outbox.clear();
+        self.replication.outbox.clear();
         self.facts.fail(e.clone());
         self.lifecycle = Lifecycle::Failed(e);
         // A stopped node knows no leader.
@@ -296,18 +254,14 @@ impl<S: StateMachine> RaftActor<S> {
         }
         debug!(
             node = self.id(),
-            pending = self.proposals.len(),
+            pending = self.requests.proposals.len(),
             "shutting down"
         );
-        self.proposals.fail_all(|| ProposeError::ShuttingDown);
-        self.conf_proposals.fail_all(|| ProposeError::ShuttingDown);
-        for t in std::mem::take(&mut self.transfers) {
-            t.fail(TransferError::Unavailable(ProposeError::ShuttingDown));
-        }
-        self.reads.fail_all(ReadError::ShuttingDown);
+        self.requests
+            .fail_all(|| ProposeError::ShuttingDown, ReadError::ShuttingDown);
         self.snapshots.fail_waiters(SnapshotError::ShuttingDown);
-        self.outbox.clear();
-        self.peers.stop_all().await;
+        self.replication.outbox.clear();
+        self.replication.peers.stop_all().await;
     }
 }
 
@@ -383,28 +337,25 @@ impl<S: StateMachine> Actor for RaftActor<S> {
         let mut ticker = tokio::time::interval(args.config.tick_interval());
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut actor = Self {
-            peers: Peers::new(
+            replication: Replication::new(Peers::new(
                 (me, recovered.incarnation),
                 &membership.members(),
                 args.dialer,
                 to_me,
                 args.db.clone(),
                 args.events.clone(),
-            ),
+            )),
             config: args.config,
             driver,
             sm,
             applied,
-            proposals: Proposals::new(),
-            reads: Reads::new(),
-            outbox: BTreeMap::new(),
+            requests: Requests::new(),
             persistence: Persistence::new(args.persist_tx, args.persist_progress),
             events: args.events,
             ticker,
             last_tick: tokio::time::Instant::now(),
             now: 0,
             handled: 0,
-            next_id: 0,
             lifecycle: Lifecycle::Running,
             span: info_span!("raft", node = me),
             snapshots: Snapshots::new(recovered.snapshot),
@@ -416,11 +367,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             membership,
             facts: args.facts,
             published: Leadership::default(),
-            conf_proposals: Proposals::new(),
-            transfers: Vec::new(),
-            heard: BTreeMap::new(),
             consistency: check,
-            incarnations: BTreeMap::new(),
         };
         actor.publish_leadership();
         Ok(actor)

@@ -186,10 +186,15 @@ impl<S: StateMachine> RaftActor<S> {
     /// The leader answered the forward `id` of a transfer with a refusal (`Some`) or "not
     /// leader" (`None`): the waiting caller gets the typed reason now, not a timeout.
     pub(super) fn forwarded_transfer_refused(&mut self, id: u64, refusal: Option<TransferRefusal>) {
-        let Some(pos) = self.transfers.iter().position(|t| t.forward == Some(id)) else {
+        let Some(pos) = self
+            .requests
+            .transfers
+            .iter()
+            .position(|t| t.forward == Some(id))
+        else {
             return;
         };
-        let t = self.transfers.swap_remove(pos);
+        let t = self.requests.transfers.swap_remove(pos);
         t.fail(match refusal {
             Some(TransferRefusal::NotAVoter(node)) => TransferError::NotAVoter(node),
             Some(TransferRefusal::NoCandidate) => TransferError::NoCandidate,
@@ -199,7 +204,12 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// The leader started the forwarded transfer `id`, to `to`: the caller waits for `to`.
     pub(super) fn forwarded_transfer_started(&mut self, id: u64, to: NodeId) {
-        if let Some(t) = self.transfers.iter_mut().find(|t| t.forward == Some(id)) {
+        if let Some(t) = self
+            .requests
+            .transfers
+            .iter_mut()
+            .find(|t| t.forward == Some(id))
+        {
             t.target = Some(to);
         }
     }
@@ -207,13 +217,13 @@ impl<S: StateMachine> RaftActor<S> {
     /// Answers transfers whose outcome is known: the leader moved (to the target, if one was
     /// named), or the deadline passed.
     pub(super) fn check_transfers(&mut self) {
-        if self.transfers.is_empty() {
+        if self.requests.transfers.is_empty() {
             return;
         }
         let leader = self.driver.leader();
         let now = self.now;
         let mut waiting = Vec::new();
-        for t in std::mem::take(&mut self.transfers) {
+        for t in std::mem::take(&mut self.requests.transfers) {
             let done = match (leader, t.target) {
                 (Some(l), Some(target)) => l == target,
                 (Some(l), None) => Some(l) != t.from,
@@ -229,7 +239,7 @@ impl<S: StateMachine> RaftActor<S> {
                 waiting.push(t);
             }
         }
-        self.transfers = waiting;
+        self.requests.transfers = waiting;
     }
 
     /// Applies a committed configuration change entry: raft-rs's configuration first, then the
@@ -308,20 +318,22 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
             reply.send(Err(e));
             return delegated;
         }
-        let id = self.next_id();
+        let id = self.requests.next_id();
         let deadline = self.deadline();
         if self.driver.role() == Role::Leader {
             let context = encode_context(self.id(), self.session, id);
             match self.propose_change(context, &msg.change, msg.max_lag) {
                 Ok(index) => {
-                    self.conf_proposals
+                    self.requests
+                        .changes
                         .insert(id, reply, Taken::Appended(index), deadline)
                 }
                 Err(e) => reply.send(Err(e)),
             }
         } else if let Some(leader) = self.driver.leader() {
             let change = postcard::to_allocvec(&msg.change).expect("membership changes encode");
-            self.outbox
+            self.replication
+                .outbox
                 .entry(leader)
                 .or_default()
                 .forwards
@@ -335,7 +347,7 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
                     },
                 });
             let taken = Taken::Forwarded(self.driver.term());
-            self.conf_proposals.insert(id, reply, taken, deadline);
+            self.requests.changes.insert(id, reply, taken, deadline);
         } else {
             reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
         }
@@ -378,9 +390,10 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
                 }
             }
         } else if let Some(leader) = leader {
-            let id = self.next_id();
+            let id = self.requests.next_id();
             forward = Some(id);
-            self.outbox
+            self.replication
+                .outbox
                 .entry(leader)
                 .or_default()
                 .forwards
@@ -398,7 +411,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
         // raft-rs aborts a transfer after an election timeout; give it two, plus a heartbeat.
         let ticks =
             2 * self.config.election_ticks() as u64 + crate::config::TICKS_PER_HEARTBEAT as u64;
-        self.transfers.push(TransferWait {
+        self.requests.transfers.push(TransferWait {
             target,
             from: leader,
             reply,
@@ -422,6 +435,7 @@ impl<S: StateMachine> Message<GetMembers> for RaftActor<S> {
             last_index: self.driver.last_index(),
             next_free_id: self.membership.next_free_id(),
             last_contact: self
+                .replication
                 .heard
                 .iter()
                 .map(|(&id, contact)| {

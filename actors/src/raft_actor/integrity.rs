@@ -75,7 +75,11 @@ impl<S: StateMachine> RaftActor<S> {
         let me = self.id();
         for member in self.membership.members() {
             if member.node_id != me {
-                self.outbox.entry(member.node_id).or_default().checkpoint = Some(Box::new(point));
+                self.replication
+                    .outbox
+                    .entry(member.node_id)
+                    .or_default()
+                    .checkpoint = Some(Box::new(point));
             }
         }
     }
@@ -161,7 +165,7 @@ impl<S: StateMachine> Message<NotHeard> for RaftActor<S> {
                 peer = msg.from,
                 "the peer hears nothing from us; redialling it"
             );
-            self.peers.reconnect(msg.from, Reconnect::Stale);
+            self.replication.peers.reconnect(msg.from, Reconnect::Stale);
         }
     }
 }
@@ -182,7 +186,7 @@ impl<S: StateMachine> Message<PeerHello> for RaftActor<S> {
     type Reply = bool;
 
     async fn handle(&mut self, msg: PeerHello, _: &mut Context<Self, bool>) -> bool {
-        let seen = self.incarnations.entry(msg.from).or_insert(0);
+        let seen = self.replication.incarnations.entry(msg.from).or_insert(0);
         if msg.incarnation < *seen {
             warn!(
                 peer = msg.from,
@@ -204,7 +208,7 @@ impl<S: StateMachine> Message<PeerHello> for RaftActor<S> {
                 incarnation = msg.incarnation,
                 "peer restarted; redialling it"
             );
-            self.peers.reconnect(msg.from, Reconnect::Stale);
+            self.replication.peers.reconnect(msg.from, Reconnect::Stale);
         }
         true
     }

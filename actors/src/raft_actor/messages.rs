@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::{
-    actor::{Contact, Lifecycle, RaftActor},
+    actor::{Lifecycle, RaftActor},
+    peers::Contact,
     pending::{ReadFn, Taken, encode_context},
 };
 use crate::{
@@ -74,7 +75,7 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
             reply.send(Err(ProposeError::Codec(CodecError::new(e))));
             return delegated;
         }
-        let id = self.next_id();
+        let id = self.requests.next_id();
         let deadline = self.deadline_at(msg.deadline);
         if self.driver.role() == Role::Leader {
             match self
@@ -82,7 +83,8 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 .propose(encode_context(self.id(), self.session, id), msg.data)
             {
                 Ok((index, _)) => {
-                    self.proposals
+                    self.requests
+                        .proposals
                         .insert(id, reply, Taken::Appended(index), deadline)
                 }
                 Err(ProposeRefused::NotLeader(leader_hint)) => {
@@ -98,12 +100,14 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 term,
                 request: ForwardRequest::Command(msg.data),
             };
-            self.outbox
+            self.replication
+                .outbox
                 .entry(leader)
                 .or_default()
                 .forwards
                 .push(forward);
-            self.proposals
+            self.requests
+                .proposals
                 .insert(id, reply, Taken::Forwarded(term), deadline);
         } else {
             reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
@@ -161,7 +165,7 @@ where
             reply.send(Err(ReadError::NoLeader));
             return delegated;
         }
-        let id = self.next_id();
+        let id = self.requests.next_id();
         let run: ReadFn<S> = Box::new(move |sm| reply.send(sm.map(f)));
         // A read not confirmed within two heartbeats was most likely dropped (by a leader that
         // lost its term, or by a new leader not yet ready): the caller retries.
@@ -169,7 +173,7 @@ where
         // A new leader serves ReadIndex only once it has committed in its term (raft-rs drops
         // earlier requests); until then the read waits here.
         let issue = self.driver.role() != Role::Leader || self.driver.committed_in_term();
-        self.reads.insert(id, run, deadline, issue);
+        self.requests.reads.insert(id, run, deadline, issue);
         if issue {
             self.driver.read_index(id.to_le_bytes().to_vec());
         }
@@ -239,7 +243,11 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
             return;
         }
         let now = self.now;
-        let contact = self.heard.entry(msg.from).or_insert(Contact::new(now));
+        let contact = self
+            .replication
+            .heard
+            .entry(msg.from)
+            .or_insert(Contact::new(now));
         contact.frame = now;
         if answers_us(&msg.payload) {
             contact.answer = now;
@@ -274,23 +282,25 @@ impl<S: StateMachine> RaftActor<S> {
     fn forward_answered(&mut self, id: u64, outcome: ForwardOutcome) {
         match outcome {
             ForwardOutcome::Appended { index, .. } => {
-                self.proposals.set_index(id, index);
-                self.conf_proposals.set_index(id, index);
+                self.requests.proposals.set_index(id, index);
+                self.requests.changes.set_index(id, index);
             }
             ForwardOutcome::TransferStarted { to } => self.forwarded_transfer_started(id, to),
             ForwardOutcome::NotLeader { leader_hint } => {
-                self.proposals
+                self.requests
+                    .proposals
                     .fail(id, ProposeError::NotLeader { leader_hint });
-                self.conf_proposals
+                self.requests
+                    .changes
                     .fail(id, ProposeError::NotLeader { leader_hint });
                 self.forwarded_transfer_refused(id, None);
             }
             ForwardOutcome::Busy => {
-                self.proposals.fail(id, ProposeError::Busy);
-                self.conf_proposals.fail(id, ProposeError::Busy);
+                self.requests.proposals.fail(id, ProposeError::Busy);
+                self.requests.changes.fail(id, ProposeError::Busy);
             }
             ForwardOutcome::MembershipRefused(refusal) => {
-                self.conf_proposals.fail(id, refusal.into());
+                self.requests.changes.fail(id, refusal.into());
             }
             ForwardOutcome::TransferRefused(refusal) => {
                 self.forwarded_transfer_refused(id, Some(refusal));
@@ -331,7 +341,12 @@ impl<S: StateMachine> RaftActor<S> {
                 id: p.id,
                 outcome,
             };
-            self.outbox.entry(from).or_default().replies.push(reply);
+            self.replication
+                .outbox
+                .entry(from)
+                .or_default()
+                .replies
+                .push(reply);
         }
     }
 }

@@ -22,6 +22,52 @@ use crate::{
     types::NodeId,
 };
 
+/// The RaftActor's side of replication: the peers' PeerActors, what goes out to each in the
+/// next flush, and what was heard from each.
+#[derive(Debug)]
+pub(super) struct Replication {
+    pub(super) peers: Peers,
+    /// Raft messages, forward replies, checkpoints and snapshot offers for the next flush.
+    pub(super) outbox: BTreeMap<NodeId, Outbound>,
+    /// Per peer: when this node last heard from it, had an answer from it, asked to redial it.
+    pub(super) heard: BTreeMap<NodeId, Contact>,
+    /// Per peer: the highest incarnation seen in its Hellos (a lower one is a stale data dir).
+    pub(super) incarnations: BTreeMap<NodeId, u64>,
+}
+
+impl Replication {
+    pub(super) fn new(peers: Peers) -> Self {
+        Self {
+            peers,
+            outbox: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Ticks of what this node last had from one peer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Contact {
+    /// The last frame received from it (any: it reaches us).
+    pub(super) frame: u64,
+    /// The last answer (a Raft response or a forward reply: it hears us, and we hear it). A
+    /// peer that only sends requests (campaigning, its checkpoints) may not be hearing us.
+    pub(super) answer: u64,
+    /// The last time this node asked to redial it.
+    pub(super) redial: u64,
+}
+
+impl Contact {
+    pub(super) fn new(now: u64) -> Self {
+        Self {
+            frame: now,
+            answer: now,
+            redial: now,
+        }
+    }
+}
+
 /// Members by Raft id, and a PeerActor for each peer this node has sent to.
 #[derive(Debug)]
 pub(crate) struct Peers {

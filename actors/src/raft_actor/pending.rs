@@ -13,10 +13,68 @@ use std::collections::BTreeMap;
 
 use kameo::reply::ReplySender;
 
+use super::transfers::TransferWait;
 use crate::{
-    error::{ProposeError, ReadError},
+    error::{ProposeError, ReadError, TransferError},
+    state_machine::StateMachine,
     types::NodeId,
 };
+
+/// Everything the RaftActor owes an answer to, by kind. Ids come from one counter, so a
+/// reply from the leader (keyed by id) finds its request whichever kind it is.
+pub(super) struct Requests<S: StateMachine> {
+    /// Commands taken by this node and not yet answered.
+    pub(super) proposals: Proposals<S::Response>,
+    /// Membership changes taken by this node and not yet answered (the change's index).
+    pub(super) changes: Proposals<u64>,
+    /// Linearizable reads waiting for their ReadIndex and then for the applied index.
+    pub(super) reads: Reads<S>,
+    /// Leadership transfers waiting to be seen through.
+    pub(super) transfers: Vec<TransferWait>,
+    next_id: u64,
+}
+
+impl<S: StateMachine> Requests<S> {
+    pub(super) fn new() -> Self {
+        Self {
+            proposals: Proposals::new(),
+            changes: Proposals::new(),
+            reads: Reads::new(),
+            transfers: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// A fresh request id.
+    pub(super) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Fails the requests whose deadline (in ticks) has passed. Transfers are judged
+    /// separately: they need the driver's view of the leader.
+    pub(super) fn expire(&mut self, now: u64) {
+        self.proposals.expire(now);
+        self.changes.expire(now);
+        self.reads.expire(now);
+    }
+
+    /// Entries applied up to a term: forwards made in an earlier term are settled.
+    pub(super) fn forwarded_before(&mut self, term: u64) {
+        self.proposals.forwarded_before(term);
+        self.changes.forwarded_before(term);
+    }
+
+    /// Answers everything waiting: the node cannot serve any more.
+    pub(super) fn fail_all(&mut self, propose: impl Fn() -> ProposeError, read: ReadError) {
+        self.proposals.fail_all(&propose);
+        self.changes.fail_all(&propose);
+        for t in std::mem::take(&mut self.transfers) {
+            t.fail(TransferError::Unavailable(propose()));
+        }
+        self.reads.fail_all(read);
+    }
+}
 
 /// Encodes the entry context that identifies a proposal.
 pub(crate) fn encode_context(origin: NodeId, session: u64, id: u64) -> Vec<u8> {

@@ -9,7 +9,8 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use tracing::info;
 
 use super::{
-    actor::{Contact, Lifecycle, RaftActor},
+    actor::{Lifecycle, RaftActor},
+    peers::Contact,
     pending::decode_context,
     persistence::Queued,
 };
@@ -45,7 +46,7 @@ fn ticks_for(elapsed: Duration, interval: Duration, election_ticks: usize, leade
 impl<S: StateMachine> RaftActor<S> {
     pub(super) fn has_work(&self) -> bool {
         matches!(self.lifecycle, Lifecycle::Running)
-            && (self.driver.has_ready() || !self.outbox.is_empty())
+            && (self.driver.has_ready() || !self.replication.outbox.is_empty())
     }
 
     pub(super) fn on_tick(&mut self) {
@@ -61,9 +62,7 @@ impl<S: StateMachine> RaftActor<S> {
             self.now += 1;
             self.driver.tick();
         }
-        self.proposals.expire(self.now);
-        self.conf_proposals.expire(self.now);
-        self.reads.expire(self.now);
+        self.requests.expire(self.now);
         self.check_transfers();
         self.driver.leave_joint_if_stuck();
         self.send_checkpoints(before);
@@ -105,12 +104,16 @@ impl<S: StateMachine> RaftActor<S> {
             if peer == self.id() {
                 continue;
             }
-            let contact = self.heard.entry(peer).or_insert(Contact::new(now));
+            let contact = self
+                .replication
+                .heard
+                .entry(peer)
+                .or_insert(Contact::new(now));
             if now.saturating_sub(contact.answer) > timeout
                 && now.saturating_sub(contact.redial) > timeout
             {
                 contact.redial = now;
-                self.peers.reconnect(peer, Reconnect::NoAnswer);
+                self.replication.peers.reconnect(peer, Reconnect::NoAnswer);
             }
         }
     }
@@ -150,18 +153,20 @@ impl<S: StateMachine> RaftActor<S> {
             self.publish_leadership();
             for rs in fx.read_states {
                 if let Some(id) = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()) {
-                    self.reads.confirm(u64::from_le_bytes(id), rs.index);
+                    self.requests
+                        .reads
+                        .confirm(u64::from_le_bytes(id), rs.index);
                 }
             }
             self.queue_persist(fx.number, batch, fx.send_after_persist)
                 .await;
         }
         if self.driver.role() == Role::Leader && self.driver.committed_in_term() {
-            for id in self.reads.take_unissued() {
+            for id in self.requests.reads.take_unissued() {
                 self.driver.read_index(id.to_le_bytes().to_vec());
             }
         }
-        self.reads.serve(self.applied, &self.sm);
+        self.requests.reads.serve(self.applied, &self.sm);
         self.check_transfers();
         self.flush_outbox();
     }
@@ -170,12 +175,17 @@ impl<S: StateMachine> RaftActor<S> {
         if m.msg_type == MessageType::MsgSnapshot {
             return self.route_snapshot(m);
         }
-        self.outbox.entry(m.to).or_default().raft.push(m);
+        self.replication
+            .outbox
+            .entry(m.to)
+            .or_default()
+            .raft
+            .push(m);
     }
 
     fn flush_outbox(&mut self) {
-        for (to, batch) in std::mem::take(&mut self.outbox) {
-            if let Err(dropped) = self.peers.send(to, batch) {
+        for (to, batch) in std::mem::take(&mut self.replication.outbox) {
+            if let Err(dropped) = self.replication.peers.send(to, batch) {
                 self.driver.report_unreachable(to);
                 self.unsent_forwards(to, dropped.forwards.iter().map(|f| f.id));
             }
@@ -241,8 +251,7 @@ impl<S: StateMachine> RaftActor<S> {
             return;
         };
         self.applied = last;
-        self.proposals.forwarded_before(term);
-        self.conf_proposals.forwarded_before(term);
+        self.requests.forwarded_before(term);
         self.driver.advance_apply_to(last);
         self.publish(ClusterEvent::Applied { index: last });
         self.check_applied();
@@ -255,8 +264,8 @@ impl<S: StateMachine> RaftActor<S> {
         let ours = decode_context(&e.context)
             .filter(|&(origin, s, _)| origin == me && s == session)
             .map(|(_, _, id)| id);
-        let reply = self.proposals.applied(e.index, ours);
-        let conf_reply = self.conf_proposals.applied(e.index, ours);
+        let reply = self.requests.proposals.applied(e.index, ours);
+        let conf_reply = self.requests.changes.applied(e.index, ours);
         match e.entry_type {
             EntryType::EntryNormal if e.data.is_empty() => {
                 // A new leader's first entry, or a configuration change raft-rs refused (it
@@ -306,7 +315,8 @@ impl<S: StateMachine> RaftActor<S> {
     /// Forwarded proposals that never left this node: their callers may retry.
     pub(super) fn unsent_forwards(&mut self, leader: NodeId, ids: impl IntoIterator<Item = u64>) {
         for id in ids {
-            self.proposals
+            self.requests
+                .proposals
                 .fail(id, ProposeError::LeaderUnreachable { leader });
         }
     }
@@ -329,12 +339,18 @@ impl<S: StateMachine> RaftActor<S> {
             // From now on this node expects answers: start every voter's silence clock.
             let now = self.now;
             for peer in self.driver.conf_state().voters {
-                self.heard.entry(peer).or_insert(Contact::new(now)).answer = now;
+                self.replication
+                    .heard
+                    .entry(peer)
+                    .or_insert(Contact::new(now))
+                    .answer = now;
             }
         }
         // A ReadIndex request in flight may have been dropped by the old leader: let the
         // caller retry against the new one.
-        self.reads.fail_unconfirmed(ReadError::LeadershipChanged);
+        self.requests
+            .reads
+            .fail_unconfirmed(ReadError::LeadershipChanged);
     }
 }
 

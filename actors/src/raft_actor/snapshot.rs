@@ -140,12 +140,17 @@ impl<S: StateMachine> RaftActor<S> {
         // (`Snapshots::applied_when_persisted`); the state machine is there already.
         self.applied = meta.index;
         // Whether proposals at or below the snapshot were applied is not knowable from here.
-        self.proposals
+        self.requests
+            .proposals
             .fail_through(meta.index, || ProposeError::Interrupted);
-        self.proposals.fail_unplaced(|| ProposeError::Interrupted);
-        self.conf_proposals
+        self.requests
+            .proposals
+            .fail_unplaced(|| ProposeError::Interrupted);
+        self.requests
+            .changes
             .fail_through(meta.index, || ProposeError::Interrupted);
-        self.conf_proposals
+        self.requests
+            .changes
             .fail_unplaced(|| ProposeError::Interrupted);
         let stale: Vec<(u64, u64)> = self
             .snapshots
@@ -190,7 +195,7 @@ impl<S: StateMachine> RaftActor<S> {
                     msg: m,
                     record: record.clone(),
                 });
-                self.outbox.entry(to).or_default().snapshot = Some(offer);
+                self.replication.outbox.entry(to).or_default().snapshot = Some(offer);
             }
             _ => self.driver.report_snapshot(to, false),
         }
