@@ -26,6 +26,7 @@ use crate::{
     cluster::{Lifetime, RaftCluster},
     error::{BuildError, ConfigError},
     mgmt::RemoteReader,
+    monitoring::MetricsServer,
     net::{
         PeerAddr, bind_offline_endpoint, close_within, endpoint_peer_addr,
         load_or_create_secret_key,
@@ -116,6 +117,7 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     mgmt_allowlist: BTreeMap<iroh::EndpointId, MgmtRole>,
     remote_reader: Option<RemoteReader<S>>,
     parent: Option<SupervisorParent<S>>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl<S: StateMachine> Default for RaftClusterBuilder<S> {
@@ -145,6 +147,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             mgmt_allowlist: BTreeMap::new(),
             remote_reader: None,
             parent: None,
+            metrics_addr: None,
         }
     }
 }
@@ -203,6 +206,16 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
     /// await [`RaftCluster::shutdown`] inside its own handlers.
     pub fn supervised_by<A: kameo::Actor>(mut self, parent: &kameo::actor::ActorRef<A>) -> Self {
         self.parent = Some(SupervisorParent::of(parent));
+        self
+    }
+
+    /// Serves the node's metrics and health over HTTP on `addr` (port 0 picks one; see
+    /// [`RaftCluster::metrics_addr`]): `/metrics` (OpenMetrics text, ours and iroh's),
+    /// `/livez`, `/readyz` and `/health` with etcd's meanings. See [`crate::monitoring`]. Off by
+    /// default; the same figures are always available from Rust
+    /// ([`RaftCluster::export_metrics_prometheus`], [`RaftCluster::get_health_status`]).
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
         self
     }
 
@@ -478,6 +491,16 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         peers: Vec<(NodeId, PeerAddr)>,
         state_machine: StateMachineSource<S>,
     ) -> Result<RaftCluster<S>, BuildError> {
+        // Bound before anything starts: a taken port fails the build with nothing to undo.
+        let metrics_listener = match self.metrics_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                BuildError::MetricsBind {
+                    addr,
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
         let db_path = data_dir.join(DB_FILE);
         // A new node asks to join before it creates its log: a refusal leaves nothing behind.
         let mut accepted = None;
@@ -524,6 +547,14 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             crate::lan::announce(&endpoint, name).map_err(|e| BuildError::Lan(e.to_string()))?;
         }
         let node = Node::start(spec).await?;
+        // One registry shows iroh's endpoint metrics (under `iroh_`) beside ours.
+        node.metrics
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .sub_registry_with_prefix("iroh")
+            .register_all(endpoint.metrics());
+        let metrics_server = metrics_listener.map(|l| MetricsServer::serve(l, node.calls.clone()));
         let router = (!self.external_router).then(|| {
             Router::builder(endpoint.clone())
                 .accept(ALPN, node.protocol.clone())
@@ -531,7 +562,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 .accept(MGMT_ALPN, node.mgmt_protocol.clone())
                 .spawn()
         });
-        let cluster = RaftCluster::new(Lifetime::new(node, endpoint, router, owns_endpoint));
+        let mut lifetime = Lifetime::new(node, endpoint, router, owns_endpoint);
+        lifetime.metrics_server = metrics_server;
+        let cluster = RaftCluster::new(lifetime);
         self.finish_join(&cluster, join, &data_dir).await?;
         Ok(cluster)
     }

@@ -11,13 +11,15 @@ use std::{
 
 use iroh::{Endpoint, protocol::Router};
 use iroh_raft_actors::{
-    CodecError, EventStream, FatalError, Liveness, Node, NodeCalls, NodeId, NodeStatus,
-    ProposeError, RaftProtocol, ReadError, SnapshotError, StateMachine, Ticket, TicketRole,
+    CodecError, EventStream, FatalError, HealthReport, HealthStatus, Liveness, Node, NodeCalls,
+    NodeId, NodeMetrics, NodeStatus, ProposeError, RaftProtocol, ReadError, SnapshotError,
+    StateMachine, Ticket, TicketRole,
 };
 
 use crate::DiscoveryProtocol;
 use crate::{
     mgmt::MgmtProtocol,
+    monitoring::MetricsServer,
     net::{PeerAddr, endpoint_peer_addr},
 };
 
@@ -31,6 +33,8 @@ pub(crate) struct Lifetime<S: StateMachine> {
     pub(crate) stopped: AtomicBool,
     /// Whether the node still serves (published by the runtime).
     liveness: tokio::sync::watch::Receiver<Liveness>,
+    /// The monitoring listener, if one was asked for.
+    pub(crate) metrics_server: Option<MetricsServer>,
 }
 
 impl<S: StateMachine> Lifetime<S> {
@@ -47,6 +51,7 @@ impl<S: StateMachine> Lifetime<S> {
             router,
             owns_endpoint,
             stopped: AtomicBool::new(false),
+            metrics_server: None,
         }
     }
 }
@@ -250,6 +255,43 @@ impl<S: StateMachine> RaftCluster<S> {
         self.calls.leader()
     }
 
+    /// Every metric of this node's registry (ours, iroh's endpoint metrics, and any the
+    /// application registered) in the OpenMetrics text format Prometheus scrapes: what
+    /// `/metrics` serves, without HTTP.
+    pub fn export_metrics_prometheus(&self) -> String {
+        self.calls.metrics().encode()
+    }
+
+    /// The node's metrics: read them directly, or register the application's own groups in
+    /// `metrics().registry` so one page shows them all.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        self.calls.metrics()
+    }
+
+    /// Liveness and readiness with the figures behind them: what `/health` serves.
+    pub async fn get_health_status(&self) -> HealthStatus {
+        self.calls.health_status().await
+    }
+
+    /// The liveness checks (all, or the one named): what `/livez` serves.
+    pub async fn livez(&self, check: Option<&str>) -> HealthReport {
+        self.calls.livez(check).await
+    }
+
+    /// The readiness checks (all, or the one named): what `/readyz` serves.
+    pub async fn readyz(&self, check: Option<&str>) -> HealthReport {
+        self.calls.readyz(check).await
+    }
+
+    /// Where the monitoring listener listens, if the builder was given
+    /// [`crate::RaftClusterBuilder::metrics_addr`].
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.lifetime
+            .metrics_server
+            .as_ref()
+            .map(MetricsServer::local_addr)
+    }
+
     /// Stops the node: no new work, pending requests fail with `ShuttingDown`, connections close
     /// with a close code, everything written is fsynced. Idempotent; other clones see
     /// `ShuttingDown` afterwards.
@@ -258,6 +300,9 @@ impl<S: StateMachine> RaftCluster<S> {
             return Ok(());
         }
         let result = self.lifetime.node.shutdown().await;
+        if let Some(server) = &self.lifetime.metrics_server {
+            server.close();
+        }
         if let Some(router) = &self.lifetime.router {
             let _ = router.shutdown().await;
         } else if self.lifetime.owns_endpoint {

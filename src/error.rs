@@ -112,6 +112,14 @@ pub enum BuildError {
         /// What iroh said.
         reason: String,
     },
+    /// The monitoring listener (`metrics_addr`) could not bind.
+    #[error("cannot bind the metrics listener on {addr}: {reason}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        reason: String,
+    },
     /// Storage or the Raft core refused to start.
     #[error(transparent)]
     Start(#[from] StartError),

@@ -11,6 +11,7 @@ pub mod lan;
 mod local;
 mod membership;
 pub mod mgmt;
+pub mod monitoring;
 pub mod net;
 mod preset;
 
@@ -23,7 +24,10 @@ pub use iroh_raft_actors::{
     SnapshotError, StateMachine, StorageError, Ticket, TicketError, TicketRole, TransferError,
     WriteSnapshot, wire::ALPN,
 };
-pub use iroh_raft_actors::{DiscoveryProtocol, JoinOptions, Transferred};
+pub use iroh_raft_actors::{
+    DiscoveryProtocol, HealthCheck, HealthReport, HealthStatus, JoinOptions, NodeMetrics,
+    Transferred,
+};
 pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
 pub use local::start_local_cluster;
 pub use membership::Members;

@@ -15,14 +15,20 @@ use crate::{
     error::{FatalError, ProposeError, ReadError, SnapshotError},
     events::{EventBus, EventStream, Subscribe, SubscribeFrom},
     facts::{Facts, Liveness},
+    metrics::NodeMetrics,
     raft_actor::{GetStatus, LinearizableQuery, Propose, Query, RaftActor, TriggerSnapshot},
     state_machine::StateMachine,
     types::{NodeId, NodeStatus},
     wire::MAX_COMMAND_SIZE,
 };
 
+mod health;
 mod membership;
 
+pub use health::{
+    CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, LIVEZ_CHECKS, READY_MAX_LAG,
+    READYZ_CHECKS, STUCK_WRITE,
+};
 pub use membership::{JoinOptions, Transferred};
 
 /// How much longer than a proposal's deadline the handle waits for the RaftActor's answer. The
@@ -37,6 +43,7 @@ pub struct NodeCalls<S: StateMachine> {
     raft: ActorRef<RaftActor<S>>,
     events: ActorRef<EventBus>,
     facts: Arc<Facts>,
+    metrics: Arc<NodeMetrics>,
     request_timeout: Duration,
     retry_interval: Duration,
 }
@@ -48,6 +55,7 @@ impl<S: StateMachine> Clone for NodeCalls<S> {
             raft: self.raft.clone(),
             events: self.events.clone(),
             facts: self.facts.clone(),
+            metrics: self.metrics.clone(),
             request_timeout: self.request_timeout,
             retry_interval: self.retry_interval,
         }
@@ -93,13 +101,14 @@ impl<S: StateMachine> NodeCalls<S> {
         config: &NodeConfig,
         raft: ActorRef<RaftActor<S>>,
         events: ActorRef<EventBus>,
-        facts: Arc<Facts>,
+        (facts, metrics): (Arc<Facts>, Arc<NodeMetrics>),
     ) -> Self {
         Self {
             node_id: config.node_id,
             raft,
             events,
             facts,
+            metrics,
             request_timeout: config.request_timeout,
             retry_interval: config.heartbeat_interval,
         }
@@ -113,6 +122,11 @@ impl<S: StateMachine> NodeCalls<S> {
     /// The node's membership, leadership and liveness.
     pub fn facts(&self) -> &Arc<Facts> {
         &self.facts
+    }
+
+    /// The node's metrics and their registry.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
     }
 
     /// The caller's error for an `ask` about a proposal (to any of the node's actors) that

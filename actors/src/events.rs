@@ -7,7 +7,7 @@
 //! oldest ones and is told how many with [`EventItem::Missed`]: a slow subscriber never slows the
 //! node.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use kameo::{
     Actor,
@@ -17,7 +17,10 @@ use kameo::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::types::{NodeId, Role};
+use crate::{
+    metrics::EventMetrics,
+    types::{NodeId, Role},
+};
 
 /// Events a subscriber may lag behind by before it starts missing some.
 pub const EVENT_BUFFER: usize = 1024;
@@ -123,6 +126,14 @@ pub struct EventStream {
     gap: u64,
     epoch: u64,
     last_seq: u64,
+    /// Counts this subscription while it lives, and what it missed.
+    metrics: Arc<EventMetrics>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.metrics.event_subscribers.dec();
+    }
 }
 
 impl EventStream {
@@ -195,6 +206,7 @@ impl EventStream {
 
     fn missed(&mut self, n: u64) -> Option<EventItem> {
         self.last_seq += n;
+        self.metrics.events_missed.inc_by(n);
         Some(EventItem::Missed(n))
     }
 }
@@ -207,19 +219,22 @@ pub struct EventBus {
     retained: std::collections::VecDeque<(u64, ClusterEvent)>,
     epoch: u64,
     seq: u64,
+    metrics: Arc<EventMetrics>,
 }
 
 impl Actor for EventBus {
-    type Args = ();
+    /// Where subscriptions and missed events are counted.
+    type Args = Arc<EventMetrics>;
     type Error = Infallible;
 
-    async fn on_start(_: (), _: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(metrics: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Self {
             tx,
             retained: std::collections::VecDeque::with_capacity(EVENT_BUFFER),
             epoch: rand::random::<u64>() | 1,
             seq: 0,
+            metrics,
         })
     }
 }
@@ -282,6 +297,8 @@ impl EventBus {
     fn stream_after(&self, epoch: u64, after: u64) -> EventStream {
         // Subscribing and copying the backlog happen in one handler: no event falls between.
         let rx = self.tx.subscribe();
+        self.metrics.event_subscribers.inc();
+        let metrics = self.metrics.clone();
         if epoch != self.epoch || after >= self.seq {
             return EventStream {
                 rx,
@@ -289,6 +306,7 @@ impl EventBus {
                 gap: 0,
                 epoch: self.epoch,
                 last_seq: self.seq,
+                metrics,
             };
         }
         let oldest = self.retained.front().map_or(self.seq + 1, |(s, _)| *s);
@@ -304,6 +322,7 @@ impl EventBus {
             gap: oldest.saturating_sub(after + 1),
             epoch: self.epoch,
             last_seq: after,
+            metrics,
         }
     }
 }
@@ -316,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resumed_subscription_gets_the_gap_then_live_events() {
-        let bus = EventBus::spawn(());
+        let bus = EventBus::spawn(Default::default());
         let first = bus.ask(Subscribe).await.unwrap();
         let epoch = first.epoch();
         let total = EVENT_BUFFER as u64 + 10;

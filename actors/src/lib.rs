@@ -159,6 +159,7 @@ mod error;
 mod events;
 mod facts;
 mod membership;
+pub mod metrics;
 pub mod mgmt;
 mod node;
 pub mod peer;
@@ -170,7 +171,10 @@ mod ticket;
 mod types;
 pub mod wire;
 
-pub use calls::{JoinOptions, NodeCalls, Transferred};
+pub use calls::{
+    CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, JoinOptions, LIVEZ_CHECKS, NodeCalls,
+    READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE, Transferred,
+};
 pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};
 pub use consistency::ApplyHash;
 pub use discovery::{DiscoveryProtocol, member_to_wire};
@@ -183,10 +187,13 @@ pub use events::{
     Subscribe, SubscribeFrom,
 };
 pub use facts::{Facts, Liveness};
+/// The metrics crate our registry comes from, for applications that register their own.
+pub use iroh_metrics;
 pub use membership::{
     Admission, MemberInfo, MemberRole, Membership, MembershipChange, MembershipRefusal,
     SnapshotHeader, read_snapshot_header, write_snapshot_header,
 };
+pub use metrics::NodeMetrics;
 pub use node::{Bootstrap, Node, NodeSpec, check_or_bootstrap};
 pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
 pub use raft_actor::{

@@ -24,6 +24,7 @@ use crate::{
     events::{EVENT_MAILBOX, EventBus},
     facts::Facts,
     membership::{Membership, SnapshotHeader, write_snapshot_header},
+    metrics::NodeMetrics,
     mgmt::{MGMT_MAILBOX, MgmtActor, MgmtArgs, MgmtOptions, MgmtProtocol},
     peer::{Dialer, RaftProtocol},
     raft_actor::{RAFT_MAILBOX, RaftActor, RaftArgs, Shutdown},
@@ -100,6 +101,8 @@ pub struct Node<S: StateMachine> {
     /// The discovery protocol handler (joins by ticket), to mount under
     /// [`crate::wire::DISCOVERY_ALPN`].
     pub discovery_protocol: DiscoveryProtocol<S>,
+    /// The node's metrics and their registry (the application may register its own there).
+    pub metrics: Arc<NodeMetrics>,
     /// How PeerActors dial: closed at shutdown, so the node holds no endpoint clone after it.
     dialer: Arc<dyn Dialer>,
     /// Whether the supervisor is a child of an application's actor.
@@ -120,6 +123,7 @@ impl<S: StateMachine> Clone for Node<S> {
             calls: self.calls.clone(),
             mgmt_protocol: self.mgmt_protocol.clone(),
             discovery_protocol: self.discovery_protocol.clone(),
+            metrics: self.metrics.clone(),
             dialer: self.dialer.clone(),
             supervised: self.supervised,
         }
@@ -265,7 +269,9 @@ impl<S: StateMachine> Node<S> {
             &bootstrap,
         )?;
 
-        let events = EventBus::spawn_with_mailbox((), mailbox::bounded(EVENT_MAILBOX));
+        let metrics = Arc::new(NodeMetrics::default());
+        let events =
+            EventBus::spawn_with_mailbox(metrics.events.clone(), mailbox::bounded(EVENT_MAILBOX));
         let facts = Facts::new();
         let supervisor_args = SupervisorArgs {
             node_id: me,
@@ -289,6 +295,7 @@ impl<S: StateMachine> Node<S> {
             progress: progress_tx,
             fsync: config.fsync,
             node_id: me,
+            metrics: metrics.clone(),
         };
         drop(db);
         let storage = StorageActor::supervise_with(&supervisor, move || storage_args.clone())
@@ -326,6 +333,7 @@ impl<S: StateMachine> Node<S> {
             persist_progress: progress_rx,
             events: events.clone(),
             facts: facts.clone(),
+            metrics: metrics.clone(),
         };
         // Without a factory there is no fresh state machine to restart with: a crash is fatal
         // at once, with its own message.
@@ -351,7 +359,12 @@ impl<S: StateMachine> Node<S> {
             events.kill();
             return Err(e);
         }
-        let calls = NodeCalls::new(&config_copy, raft.clone(), events.clone(), facts.clone());
+        let calls = NodeCalls::new(
+            &config_copy,
+            raft.clone(),
+            events.clone(),
+            (facts.clone(), metrics.clone()),
+        );
         let mgmt_args = MgmtArgs {
             calls: calls.clone(),
             secret: secret_key,
@@ -385,7 +398,7 @@ impl<S: StateMachine> Node<S> {
             ),
             facts.membership(),
             raft.clone().recipient(),
-            storage.clone(),
+            (storage.clone(), metrics.peers.clone()),
         );
         Ok(Self {
             raft,
@@ -399,6 +412,7 @@ impl<S: StateMachine> Node<S> {
             calls,
             mgmt_protocol,
             discovery_protocol,
+            metrics,
             dialer: dialer_handle,
             supervised: parent.is_some(),
         })

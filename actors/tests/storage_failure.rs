@@ -72,6 +72,7 @@ async fn a_failed_snapshot_discard_leaves_the_storage_actor_running() {
         progress,
         fsync: true,
         node_id: 1,
+        metrics: Default::default(),
     });
     // A snapshot's chunks are stored, then the discard fails: the actor's database is closed
     // (the deterministic way to fail it; an injected disk error did not reach a non-durable

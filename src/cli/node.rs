@@ -52,6 +52,10 @@ pub(crate) struct NodeArgs {
     /// How long the tickets printed at --bootstrap stay valid (e.g. 30s, 10m, 24h, 7d).
     #[arg(long, default_value = "7d", value_parser = parse_positive_duration)]
     ticket_ttl: Duration,
+    /// Serve /metrics (Prometheus), /livez, /readyz and /health over HTTP on this address
+    /// (ip:port; port 0 picks one, printed on the `ready` line as metrics=…).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -206,6 +210,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.lan_name {
         builder = builder.lan_discovery(name.clone());
     }
+    if let Some(addr) = args.metrics_addr {
+        builder = builder.metrics_addr(addr);
+    }
     if let Some(ticket) = args.join.clone() {
         builder = builder.join_ticket(ticket);
         if args.learner {
@@ -231,11 +238,14 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("{role} ticket: {ticket}");
         }
     }
+    let metrics = cluster
+        .metrics_addr()
+        .map(|a| format!(" metrics={a}"))
+        .unwrap_or_default();
     println!(
-        "ready node={} endpoint={} addr={}",
+        "ready node={} endpoint={} addr={bound}{metrics}",
         cluster.node_id(),
         cluster.endpoint().id(),
-        bound
     );
 
     // Until a signal, or until the node stops for good on its own: removed from the cluster,

@@ -22,3 +22,5 @@ mod t80_malformed_frames;
 mod t85_mgmt;
 mod t86_mgmt_lanes;
 mod t90_config_errors;
+mod t95_monitoring;
+mod t96_prometheus;

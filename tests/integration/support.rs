@@ -9,6 +9,10 @@ use iroh_raft::{
     net::{bind_endpoint, endpoint_peer_addr},
 };
 use tempfile::TempDir;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 pub type Node = RaftCluster<KeyValueStore>;
 
@@ -295,4 +299,35 @@ impl TestCluster {
             result.unwrap();
         }
     }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the status code and the body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let raw = exchange(addr, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Writes `bytes`, then reads until the server closes (or 10 s pass).
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    try_exchange(addr, bytes).await.expect("the listener accepts")
+}
+
+/// [`exchange`], or `None` when nothing listens at `addr` (yet).
+pub async fn try_exchange(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    Some(out)
 }

@@ -264,6 +264,11 @@ impl Driver {
             .collect()
     }
 
+    /// The highest index known to be committed.
+    pub(crate) fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
     /// The last index of this node's log.
     pub(crate) fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()

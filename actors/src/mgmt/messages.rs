@@ -20,6 +20,7 @@ use crate::{
     calls::JoinOptions,
     error::{ProposeError, ReadError},
     membership::MembershipRefusal,
+    metrics::ReasonLabel,
     state_machine::StateMachine,
     ticket::{Ticket, TicketRole},
     types::NodeId,
@@ -52,6 +53,25 @@ impl<S: StateMachine> Message<Admit> for MgmtActor<S> {
     type Reply = Result<Admitted, (CloseCode, String)>;
 
     async fn handle(&mut self, msg: Admit, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let refused = self.admit(msg);
+        if let Err((code, _)) = &refused {
+            let reason = ReasonLabel {
+                reason: match code {
+                    CloseCode::NotAMember => "not_a_member",
+                    CloseCode::TooManyConnections => "too_many_connections",
+                    CloseCode::ShuttingDown => "node_down",
+                    _ => "other",
+                },
+            };
+            let refusals = &self.calls.metrics().mgmt.admission_refusals;
+            refusals.get_or_create(&reason).inc();
+        }
+        refused
+    }
+}
+
+impl<S: StateMachine> MgmtActor<S> {
+    fn admit(&mut self, msg: Admit) -> Result<Admitted, (CloseCode, String)> {
         if let Some(e) = self.calls.fatal_error() {
             return Err((CloseCode::ShuttingDown, e.to_string()));
         }

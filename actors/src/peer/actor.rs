@@ -3,6 +3,7 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use iroh::EndpointAddr;
+use iroh_metrics::{Counter, Histogram};
 use kameo::{
     Actor,
     actor::{ActorRef, WeakActorRef, WeakRecipient},
@@ -18,6 +19,7 @@ use crate::{
     consistency::ApplyHash,
     error::Corruption,
     events::{ClusterEvent, EventBus, Publish},
+    metrics::{PeerLabel, PeerMetrics},
     storage::{DbHandle, SnapshotReader, SnapshotRecord},
     types::NodeId,
     wire::{
@@ -32,6 +34,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(20);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Target payload of one Raft frame; larger batches are split (a single message may exceed it).
 const FRAME_TARGET: usize = 1024 * 1024;
+/// How often the connection's round-trip estimate is recorded (at most).
+const RTT_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the RaftActor has for one peer after a Ready round.
 #[derive(Debug, Default)]
@@ -113,6 +117,8 @@ pub struct PeerArgs {
     pub db: DbHandle,
     /// Where connection events go.
     pub events: ActorRef<EventBus>,
+    /// Where bytes, frames, failures, reconnects and round trips to this peer are counted.
+    pub metrics: Arc<PeerMetrics>,
 }
 
 /// Owns the outgoing connection to one peer.
@@ -126,6 +132,37 @@ pub struct PeerActor {
     span: Span,
     /// The snapshot transfer in progress, if any (one at a time per peer).
     transfer: Option<JoinHandle<()>>,
+    /// This peer's counters, looked up once.
+    counters: Counters,
+    /// Frames encoded in `buf`.
+    frames: u64,
+    /// Whether a connection was ever made (the next one is a reconnect).
+    connected_before: bool,
+    /// When the round trip was last recorded.
+    rtt_at: Option<Instant>,
+}
+
+/// One peer's counters in the node's [`PeerMetrics`].
+#[derive(Debug)]
+struct Counters {
+    sent_bytes: Arc<Counter>,
+    sent_frames: Arc<Counter>,
+    failures: Arc<Counter>,
+    reconnects: Arc<Counter>,
+    rtt: Arc<Histogram>,
+}
+
+impl Counters {
+    fn new(metrics: &PeerMetrics, peer: NodeId) -> Self {
+        let label = PeerLabel { peer };
+        Self {
+            sent_bytes: metrics.peer_sent_bytes.get_or_create(&label),
+            sent_frames: metrics.peer_sent_frames.get_or_create(&label),
+            failures: metrics.peer_sent_failures.get_or_create(&label),
+            reconnects: metrics.peer_reconnects.get_or_create(&label),
+            rtt: metrics.peer_round_trip_time_seconds.get_or_create(&label),
+        }
+    }
 }
 
 impl PeerActor {
@@ -149,6 +186,9 @@ impl PeerActor {
                         }
                     });
                     self.link = Some(link);
+                    if std::mem::replace(&mut self.connected_before, true) {
+                        self.counters.reconnects.inc();
+                    }
                     self.retry_at = None;
                     self.backoff = MIN_BACKOFF;
                     self.publish(ClusterEvent::PeerConnected {
@@ -233,6 +273,7 @@ impl PeerActor {
     /// Encodes a batch into `self.buf` as one or more frames.
     fn encode(&mut self, batch: Outbound) {
         self.buf.clear();
+        self.frames = 0;
         let mut frame: Vec<WireMessage> = Vec::new();
         let mut size = 0;
         for m in &batch.raft {
@@ -277,8 +318,11 @@ impl PeerActor {
     fn push_frame(&mut self, frame: Frame) {
         // Sizes are bounded where proposals enter (MAX_COMMAND_SIZE) and by max_append_bytes, so
         // an oversized frame is a bug; drop it loudly rather than poison the stream.
-        if let Err(e) = encode_frame(&frame, &mut self.buf) {
-            tracing::error!(peer = self.args.peer, error = %e, "dropping unencodable frame");
+        match encode_frame(&frame, &mut self.buf) {
+            Ok(_) => self.frames += 1,
+            Err(e) => {
+                tracing::error!(peer = self.args.peer, error = %e, "dropping unencodable frame")
+            }
         }
     }
 
@@ -292,6 +336,7 @@ impl PeerActor {
         if self.link().await.is_none() {
             // Still backing off (or the dial just failed): the batch is lost. Raft retransmits
             // its messages; forwarded proposals were never sent, so their proposers may retry.
+            self.counters.failures.inc();
             self.report_unreachable(batch.forwards.iter().map(|f| f.id).collect());
             return;
         }
@@ -303,6 +348,16 @@ impl PeerActor {
         };
         self.buf = buf;
         trace!(peer = self.args.peer, bytes = self.buf.len(), "sent");
+        match &result {
+            Ok(()) => {
+                self.counters.sent_bytes.inc_by(self.buf.len() as u64);
+                self.counters.sent_frames.inc_by(self.frames);
+                self.record_rtt();
+            }
+            Err(_) => {
+                self.counters.failures.inc();
+            }
+        }
         if let Err(LinkError::Refused { code }) = &result {
             self.refusal_notice()(*code);
         }
@@ -313,6 +368,17 @@ impl PeerActor {
 }
 
 impl PeerActor {
+    /// Records the connection's round-trip estimate, at most once per [`RTT_EVERY`].
+    fn record_rtt(&mut self) {
+        if self.rtt_at.is_some_and(|t| t.elapsed() < RTT_EVERY) {
+            return;
+        }
+        self.rtt_at = Some(Instant::now());
+        if let Some(rtt) = self.link.as_ref().and_then(|l| l.rtt()) {
+            self.counters.rtt.observe(rtt.as_secs_f64());
+        }
+    }
+
     /// Streams a snapshot on a new stream of the current connection, in a task of its own.
     async fn start_transfer(&mut self, offer: Box<SnapshotOffer>) {
         let busy = self.transfer.as_ref().is_some_and(|t| !t.is_finished());
@@ -337,6 +403,8 @@ impl PeerActor {
         };
         let (hello, db) = (self.hello(), self.args.db.clone());
         let span = self.span.clone();
+        let (sent_bytes, took) = (self.counters.sent_bytes.clone(), self.args.metrics.clone());
+        let started = Instant::now();
         self.transfer = Some(tokio::spawn(
             async move {
                 let index = offer.record.index;
@@ -344,7 +412,12 @@ impl PeerActor {
                     async { stream_snapshot(stream.await?, hello, offer, &db).await }.await;
                 let mut corruption = None;
                 match &result {
-                    Ok(bytes) => debug!(index, bytes, "snapshot delivered"),
+                    Ok(bytes) => {
+                        debug!(index, bytes, "snapshot delivered");
+                        sent_bytes.inc_by(*bytes);
+                        let secs = started.elapsed().as_secs_f64();
+                        took.snapshot_send_duration_seconds.observe(secs);
+                    }
                     Err(SendFailure::Corrupt(c)) => corruption = Some(c.clone()),
                     Err(SendFailure::Link(e)) => {
                         debug!(index, error = %e, "snapshot transfer failed")
@@ -431,6 +504,10 @@ impl Actor for PeerActor {
     async fn on_start(args: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
         Ok(Self {
             span: info_span!("peer", node = args.me, peer = args.peer),
+            counters: Counters::new(&args.metrics, args.peer),
+            frames: 0,
+            connected_before: false,
+            rtt_at: None,
             args,
             link: None,
             retry_at: None,

@@ -9,6 +9,7 @@ use iroh::{
     endpoint::{Connection, ReadExactError, RecvStream},
     protocol::{AcceptError, ProtocolHandler},
 };
+use iroh_metrics::Counter;
 use kameo::actor::{ActorRef, Recipient, ReplyRecipient};
 use raft::eraftpb::Message as RaftMessage;
 use rkyv::util::AlignedVec;
@@ -19,6 +20,7 @@ use tracing::{debug, warn};
 use super::{BoxFuture, transport::close_code};
 use crate::{
     membership::{Admission, Membership},
+    metrics::{PeerLabel, PeerMetrics},
     raft_actor::{NotHeard, PeerHello},
     storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
@@ -71,6 +73,7 @@ struct Inner {
     snapshots: Recipient<SnapshotReceived>,
     storage: ActorRef<StorageActor>,
     shutdown: CancellationToken,
+    metrics: Arc<PeerMetrics>,
 }
 
 /// How reading one stream ended.
@@ -104,7 +107,7 @@ impl RaftProtocol {
         ),
         membership: watch::Receiver<Arc<Membership>>,
         snapshots: Recipient<SnapshotReceived>,
-        storage: ActorRef<StorageActor>,
+        (storage, metrics): (ActorRef<StorageActor>, Arc<PeerMetrics>),
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -116,6 +119,7 @@ impl RaftProtocol {
                 snapshots,
                 storage,
                 shutdown: CancellationToken::new(),
+                metrics,
             }),
         }
     }
@@ -203,7 +207,17 @@ impl RaftProtocol {
     }
 
     async fn read_stream(&self, from: NodeId, mut recv: RecvStream) -> StreamEnd {
-        let end = self.serve_stream(from, &mut QuicFrames(&mut recv)).await;
+        let label = PeerLabel { peer: from };
+        let mut frames = QuicFrames {
+            recv: &mut recv,
+            bytes: self.inner.metrics.peer_received_bytes.get_or_create(&label),
+            frames: self
+                .inner
+                .metrics
+                .peer_received_frames
+                .get_or_create(&label),
+        };
+        let end = self.serve_stream(from, &mut frames).await;
         if let StreamEnd::Rejected(e) = &end {
             warn!(peer = from, error = %e, "stopping stream");
             let _ = recv.stop(e.close_code().to_varint());
@@ -387,20 +401,32 @@ pub trait FrameSource: Send {
     fn next_frame(&mut self) -> BoxFuture<'_, Result<Option<Frame>, StreamEnd>>;
 }
 
-struct QuicFrames<'a>(&'a mut RecvStream);
+/// A QUIC stream's frames, counted into the sending peer's received bytes and frames.
+struct QuicFrames<'a> {
+    recv: &'a mut RecvStream,
+    bytes: Arc<Counter>,
+    frames: Arc<Counter>,
+}
 
 impl FrameSource for QuicFrames<'_> {
     fn next_frame(&mut self) -> BoxFuture<'_, Result<Option<Frame>, StreamEnd>> {
-        Box::pin(read_frame(self.0))
+        Box::pin(async move {
+            let (frame, len) = read_frame(self.recv).await?;
+            if frame.is_some() {
+                self.bytes.inc_by(len as u64 + 4);
+                self.frames.inc();
+            }
+            Ok(frame)
+        })
     }
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
-async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEnd> {
+/// Reads one frame and its length; `Ok((None, 0))` at a clean end of stream.
+async fn read_frame(recv: &mut RecvStream) -> Result<(Option<Frame>, usize), StreamEnd> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(0)) => return Ok((None, 0)),
         Err(ReadExactError::FinishedEarly(_)) => {
             return Err(StreamEnd::Refused(WireError::malformed(
                 "stream ended inside a length prefix",
@@ -420,7 +446,7 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, StreamEnd> {
         }
         Err(ReadExactError::ReadError(_)) => return Err(StreamEnd::Closed),
     }
-    Ok(Some(decode_aligned(&payload)?))
+    Ok((Some(decode_aligned(&payload)?), len))
 }
 
 impl ProtocolHandler for RaftProtocol {

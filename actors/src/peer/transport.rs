@@ -81,6 +81,10 @@ pub trait Link: Send + Debug + 'static {
     fn closed(&self) -> BoxFuture<'static, Option<CloseCode>> {
         Box::pin(async { None })
     }
+    /// The transport's current round-trip estimate, if it keeps one.
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// An extra outgoing stream.
@@ -180,6 +184,12 @@ impl Link for IrohLink {
 
     fn close(&mut self, code: CloseCode, reason: &str) {
         self.conn.close(code.to_varint(), reason.as_bytes());
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        let paths = self.conn.paths();
+        let selected = paths.iter().find(|p| p.is_selected());
+        selected.map(|p| p.rtt())
     }
 
     fn closed(&self) -> BoxFuture<'static, Option<CloseCode>> {

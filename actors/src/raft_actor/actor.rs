@@ -32,6 +32,7 @@ use crate::{
     events::{ClusterEvent, EventBus, Publish},
     facts::Facts,
     membership::Membership,
+    metrics::NodeMetrics,
     peer::Dialer,
     state_machine::{StateMachine, StateMachineSource},
     storage::{DbHandle, PersistBatch, PersistProgress, Recover, SnapshotReader, StorageActor},
@@ -63,6 +64,9 @@ pub struct RaftArgs<S: StateMachine> {
     /// Where the applied membership, the leadership and a fatal error are published (the
     /// protocol handlers admit by the membership). Outlives restarts of the actor.
     pub facts: Arc<Facts>,
+    /// The node's metrics (the RaftActor writes the consensus group; its PeerActors the
+    /// peers group).
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl<S: StateMachine> Clone for RaftArgs<S> {
@@ -78,6 +82,7 @@ impl<S: StateMachine> Clone for RaftArgs<S> {
             persist_progress: self.persist_progress.clone(),
             events: self.events.clone(),
             facts: self.facts.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct RaftActor<S: StateMachine> {
     pub(super) published: Leadership,
     /// The running hash of applied entries and what peers reported of theirs.
     pub(super) consistency: ConsistencyCheck,
+    /// The node's metrics.
+    pub(super) metrics: Arc<NodeMetrics>,
 }
 
 impl<S: StateMachine> RaftActor<S> {
@@ -226,6 +233,24 @@ impl<S: StateMachine> RaftActor<S> {
         self.lifecycle = Lifecycle::Failed(e);
         // A stopped node knows no leader.
         self.publish_leadership();
+        self.record_metrics();
+    }
+
+    /// Sets the gauges of the consensus metrics (a few atomic stores, once per Ready round).
+    pub(super) fn record_metrics(&self) {
+        let m = &self.metrics.consensus;
+        let running = matches!(self.lifecycle, Lifecycle::Running);
+        let leader = self.driver.leader().filter(|_| running);
+        m.has_leader.set(i64::from(leader.is_some()));
+        m.is_leader.set(i64::from(leader == Some(self.id())));
+        m.term.set(self.driver.term() as i64);
+        m.proposals_committed.set(self.driver.commit_index() as i64);
+        m.proposals_applied.set(self.applied as i64);
+        let pending = self.requests.proposals.len() + self.requests.changes.len();
+        m.proposals_pending.set(pending as i64);
+        let (first, last) = (self.driver.first_index(), self.driver.last_index());
+        m.last_index.set(last as i64);
+        m.log_entries.set((last + 1).saturating_sub(first) as i64);
     }
 
     /// Publishes leader, term and role if they changed since last time.
@@ -242,6 +267,9 @@ impl<S: StateMachine> RaftActor<S> {
             },
         };
         if leadership != self.published {
+            if leadership.leader.is_some() && leadership.leader != self.published.leader {
+                self.metrics.consensus.leader_changes_seen.inc();
+            }
             self.published = leadership;
             self.facts.publish_leadership(leadership);
         }
@@ -343,13 +371,13 @@ impl<S: StateMachine> Actor for RaftActor<S> {
                 args.dialer,
                 to_me,
                 args.db.clone(),
-                args.events.clone(),
+                (args.events.clone(), args.metrics.peers.clone()),
             )),
             config: args.config,
             driver,
             sm,
             applied,
-            requests: Requests::new(),
+            requests: Requests::new(args.metrics.consensus.clone()),
             persistence: Persistence::new(args.persist_tx, args.persist_progress),
             events: args.events,
             ticker,
@@ -368,6 +396,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             facts: args.facts,
             published: Leadership::default(),
             consistency: check,
+            metrics: args.metrics,
         };
         actor.publish_leadership();
         Ok(actor)

@@ -14,6 +14,7 @@ const PEER_STOP_GRACE: Duration = Duration::from_millis(200);
 
 use crate::{
     events::EventBus,
+    metrics::PeerMetrics,
     peer::{
         Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, Reconnect,
         SnapshotSent, StopPeer,
@@ -81,6 +82,7 @@ pub(crate) struct Peers {
     snapshot_sent: WeakRecipient<SnapshotSent>,
     db: DbHandle,
     events: ActorRef<EventBus>,
+    metrics: Arc<PeerMetrics>,
 }
 
 impl Peers {
@@ -90,7 +92,7 @@ impl Peers {
         dialer: Arc<dyn Dialer>,
         raft: (WeakRecipient<PeerUnreachable>, WeakRecipient<SnapshotSent>),
         db: DbHandle,
-        events: ActorRef<EventBus>,
+        (events, metrics): (ActorRef<EventBus>, Arc<PeerMetrics>),
     ) -> Self {
         Self {
             me,
@@ -105,6 +107,7 @@ impl Peers {
             snapshot_sent: raft.1,
             db,
             events,
+            metrics,
         }
     }
 
@@ -161,6 +164,7 @@ impl Peers {
                 snapshot_sent: self.snapshot_sent.clone(),
                 db: self.db.clone(),
                 events: self.events.clone(),
+                metrics: self.metrics.clone(),
             };
             let actor = PeerActor::spawn_with_mailbox(args, mailbox::bounded(PEER_MAILBOX));
             self.actors.insert(to, actor);

@@ -169,6 +169,7 @@ impl<S: StateMachine> RaftActor<S> {
         self.requests.reads.serve(self.applied, &self.sm);
         self.check_transfers();
         self.flush_outbox();
+        self.record_metrics();
     }
 
     pub(super) fn route(&mut self, m: Message) {

@@ -77,18 +77,23 @@ impl<S: StateMachine> RaftActor<S> {
         let me = self.myself.clone();
         let threads = self.storage_spawn == StorageSpawn::Thread;
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = job.run(view, threads).await;
+            let took = started.elapsed();
             if let Some(me) = me.upgrade() {
-                let _ = me.tell(SnapshotDone { result }).await;
+                let _ = me.tell(SnapshotDone { result, took }).await;
             }
         });
     }
 
-    fn snapshot_done(&mut self, result: SnapshotOutcome) {
+    fn snapshot_done(&mut self, result: SnapshotOutcome, took: std::time::Duration) {
         self.snapshots.taking = false;
         match result {
             Ok((record, purge_to)) => {
                 info!(index = record.index, bytes = record.size, "snapshot taken");
+                let m = &self.metrics.consensus;
+                m.snapshot_save_duration_seconds.observe(took.as_secs_f64());
+                m.snapshot_size_bytes.observe(record.size as f64);
                 let index = record.index;
                 self.driver
                     .snapshot_taken(snapshot_meta(&record), purge_to.map_or(0, |p| p.0));
@@ -111,6 +116,7 @@ impl<S: StateMachine> RaftActor<S> {
         &mut self,
         meta: &SnapshotMetadata,
     ) -> Result<SnapshotRecord, FatalError> {
+        let started = std::time::Instant::now();
         let record = self
             .snapshots
             .staged
@@ -164,6 +170,11 @@ impl<S: StateMachine> RaftActor<S> {
             }
         }
         self.snapshots.current = Some(record.clone());
+        let took = started.elapsed().as_secs_f64();
+        self.metrics
+            .consensus
+            .snapshot_install_duration_seconds
+            .observe(took);
         info!(
             index = meta.index,
             bytes = record.size,
@@ -314,13 +325,15 @@ impl SnapshotJob {
 /// The snapshot writer finished.
 pub(crate) struct SnapshotDone {
     result: SnapshotOutcome,
+    /// How long writing and storing it took.
+    took: std::time::Duration,
 }
 
 impl<S: StateMachine> Message<SnapshotDone> for RaftActor<S> {
     type Reply = ();
 
     async fn handle(&mut self, msg: SnapshotDone, _: &mut Context<Self, ()>) {
-        self.snapshot_done(msg.result);
+        self.snapshot_done(msg.result, msg.took);
     }
 }
 

@@ -1,6 +1,10 @@
 //! [`StorageActor`]: owns the [`LogDb`], group-commits persist batches, confirms on a watch.
 
-use std::sync::Arc;
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kameo::{
     Actor,
@@ -13,7 +17,10 @@ use tokio::sync::watch;
 use tracing::{Span, debug, error, info_span, warn};
 
 use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered, SnapshotRecord};
-use crate::{error::StorageError, types::NodeId};
+use crate::{error::StorageError, metrics::NodeMetrics, types::NodeId};
+
+/// How often the database file's size is read for `iroh_raft_db_size_bytes` (at most).
+const DB_SIZE_EVERY: Duration = Duration::from_millis(500);
 
 /// What the StorageActor has made durable so far, published after every commit.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +44,8 @@ pub struct StorageArgs {
     pub fsync: bool,
     /// The node's id, for log spans.
     pub node_id: NodeId,
+    /// Where commit durations, batch sizes and the file size are recorded.
+    pub metrics: Arc<NodeMetrics>,
 }
 
 /// Owns the node's redb database. Persist batches arrive on a flume channel and are written in
@@ -52,10 +61,16 @@ pub struct StorageActor {
     failed: bool,
     group: Vec<PersistBatch>,
     span: Span,
+    metrics: Arc<NodeMetrics>,
+    /// The database file, for its size.
+    path: PathBuf,
+    /// When its size was last read.
+    sized_at: Option<Instant>,
 }
 
 impl StorageActor {
     fn new(args: StorageArgs) -> Result<Self, StorageError> {
+        let path = args.db.path().to_owned();
         Ok(Self {
             db: Some(LogDb::from_handle(args.db)?),
             requests: args.requests,
@@ -64,6 +79,9 @@ impl StorageActor {
             failed: false,
             group: Vec::with_capacity(MAX_BATCHES_PER_COMMIT),
             span: info_span!("storage", node = args.node_id),
+            metrics: args.metrics,
+            path,
+            sized_at: None,
         })
     }
 
@@ -79,10 +97,25 @@ impl StorageActor {
         }
         let durable = self.fsync && self.group.iter().any(|b| b.must_sync);
         let number = self.group.last().map_or(0, |b| b.number);
+        let entries: usize = self.group.iter().map(|b| b.entries.len()).sum();
+        let started = Instant::now();
+        self.metrics.write_started();
         let result = match self.db.as_mut() {
             Some(db) => db.write(&self.group, durable),
             None => Err(StorageError::Closed),
         };
+        self.metrics.write_ended();
+        let storage = &self.metrics.storage;
+        storage
+            .disk_commit_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        storage.persist_batch_entries.observe(entries as f64);
+        if self.sized_at.is_none_or(|t| t.elapsed() >= DB_SIZE_EVERY) {
+            self.sized_at = Some(Instant::now());
+            if let Ok(meta) = std::fs::metadata(&self.path) {
+                storage.db_size_bytes.set(meta.len() as i64);
+            }
+        }
         debug!(
             batches = self.group.len(),
             number, durable, "group committed"
@@ -95,6 +128,7 @@ impl StorageActor {
     }
 
     fn fail(&mut self, e: StorageError) {
+        self.metrics.storage.disk_commit_failures.inc();
         error!(error = %e, "storage write failed; this node stops accepting writes");
         self.failed = true;
         let e = Arc::new(e);

@@ -206,6 +206,43 @@ pub enum MgmtErrorKind {
     NodeDown,
 }
 
+impl MgmtErrorKind {
+    /// A short snake_case name (the `outcome` label of management request metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            MgmtErrorKind::Forbidden => "forbidden",
+            MgmtErrorKind::Unavailable => "unavailable",
+            MgmtErrorKind::Unknown => "unknown",
+            MgmtErrorKind::Refused => "refused",
+            MgmtErrorKind::Malformed => "malformed",
+            MgmtErrorKind::Unsupported => "unsupported",
+            MgmtErrorKind::NodeDown => "node_down",
+        }
+    }
+}
+
+impl MgmtRequest {
+    /// A short snake_case name of the call (the `kind` label of management request metrics).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            MgmtRequest::Hello { .. } => "hello",
+            MgmtRequest::Status => "status",
+            MgmtRequest::Health => "health",
+            MgmtRequest::AddLearner { .. } => "add_learner",
+            MgmtRequest::AddVoter { .. } => "add_voter",
+            MgmtRequest::Join { .. } => "join",
+            MgmtRequest::Promote { .. } => "promote",
+            MgmtRequest::Remove { .. } => "remove",
+            MgmtRequest::TransferLeader { .. } => "transfer_leader",
+            MgmtRequest::Snapshot => "snapshot",
+            MgmtRequest::Propose { .. } => "propose",
+            MgmtRequest::Read { .. } => "read",
+            MgmtRequest::Subscribe { .. } => "subscribe",
+            MgmtRequest::MintTicket { .. } => "mint_ticket",
+        }
+    }
+}
+
 /// An answer.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum MgmtResponse {

@@ -16,12 +16,26 @@ use super::{
 };
 use crate::{
     calls::{JoinOptions, NodeCalls},
+    metrics::RequestLabels,
     wire::endpoint_addr_from_wire as addr_from_wire,
 };
 
 impl<S: StateMachine> MgmtProtocol<S> {
-    /// The answer to one call (other than a subscription).
+    /// The answer to one call (other than a subscription), counted by kind and outcome.
     pub(super) async fn answer(&self, role: MgmtRole, request: MgmtRequest) -> MgmtResponse {
+        let kind = request.kind_name();
+        let response = self.answer_call(role, request).await;
+        let outcome = match &response {
+            MgmtResponse::Error { kind, .. } => kind.name(),
+            _ => "ok",
+        };
+        let labels = RequestLabels { kind, outcome };
+        let requests = &self.calls.metrics().mgmt.mgmt_requests;
+        requests.get_or_create(&labels).inc();
+        response
+    }
+
+    async fn answer_call(&self, role: MgmtRole, request: MgmtRequest) -> MgmtResponse {
         let Some(cluster) = self.cluster() else {
             return node_down();
         };
