@@ -148,9 +148,9 @@ pub use frame::{
     WireEntry, WireMessage, WireSnapshotMeta,
 };
 pub use mgmt::{
-    MAX_MGMT_FRAME, MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth,
-    MgmtMember, MgmtReader, MgmtReply, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
-    encode_mgmt, read_mgmt_request, read_mgmt_response,
+    MAX_MGMT_FRAME, MGMT_ALPN, MGMT_VERSION, MgmtBatch, MgmtCall, MgmtCheck, MgmtErrorKind,
+    MgmtHealth, MgmtMember, MgmtProbe, MgmtReader, MgmtReply, MgmtRequest, MgmtResponse, MgmtRole,
+    MgmtStatus, encode_mgmt, read_mgmt_request, read_mgmt_response,
 };
 
 /// ALPN of the consensus protocol. `/1` since the Hello carries the sender's incarnation and

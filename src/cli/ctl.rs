@@ -27,6 +27,7 @@ use serde_json::json;
 
 use super::node::parse_positive_duration;
 
+mod health;
 mod status;
 
 /// Where and how to reach the cluster.
@@ -60,8 +61,12 @@ enum CtlCommand {
     /// Leader, term, commit and applied index; every member with its role, and the leader's
     /// view of it: match index, lag behind the leader's log, last contact.
     Status,
-    /// Quorum, healthy voters, storage, this node's role and lag.
+    /// Every member's liveness and readiness checks (what its /livez and /readyz run), one
+    /// row each, then quorum, storage and corruption as the answering member sees them. Exit
+    /// 1 when a member is not live or not ready.
     Health,
+    /// The answering member's metrics (OpenMetrics text, what its /metrics serves).
+    Metrics,
     /// Members with their roles and addresses.
     Members,
     /// Remove a member (the leader hands over first if it is the one removed).
@@ -143,6 +148,9 @@ fn key_dir(given: &Option<PathBuf>) -> PathBuf {
 pub(crate) struct Cli {
     client: IrohRaftManagementClient,
     deadline: Instant,
+    /// The CLI's identity and ticket, for clients of one member each.
+    key: iroh::SecretKey,
+    ticket: Ticket,
 }
 
 impl Cli {
@@ -153,10 +161,29 @@ impl Cli {
             code: 1,
             message: format!("CLI identity: {e}"),
         })?;
-        let options = ClientOptions::default().key(key).timeout(c.timeout);
+        let options = ClientOptions::default().key(key.clone()).timeout(c.timeout);
         let members = c.cluster.members.clone();
         let client = IrohRaftManagementClient::new(members, Some(&c.cluster), options).await?;
-        Ok(Self { client, deadline })
+        Ok(Self {
+            client,
+            deadline,
+            key,
+            ticket: c.cluster.clone(),
+        })
+    }
+
+    /// A client of the member at `addr` alone (it never moves to another), within what is
+    /// left of the deadline.
+    pub(crate) async fn pinned(
+        &self,
+        addr: iroh::EndpointAddr,
+    ) -> Result<IrohRaftManagementClient, ClientError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let options = ClientOptions::default()
+            .key(self.key.clone())
+            .timeout(left.max(Duration::from_millis(1)))
+            .pinned();
+        IrohRaftManagementClient::new(vec![addr], Some(&self.ticket), options).await
     }
 
     /// The client, for one call within what is left of the deadline.
@@ -187,39 +214,8 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
     match cmd {
         CtlCommand::Status => status::print(cli, json, false).await?,
         CtlCommand::Members => status::print(cli, json, true).await?,
-        CtlCommand::Health => {
-            let h = cli.call().health().await?;
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "node": h.node_id, "quorum_available": h.quorum_available,
-                        "healthy_voters": h.healthy_voters, "voters": h.voters,
-                        "storage_ok": h.storage_ok, "role": h.role, "apply_lag": h.apply_lag,
-                        "data_corruption": h.data_corruption, "stopped": h.stopped,
-                    })
-                );
-            } else {
-                println!("node {} ({})", h.node_id, h.role);
-                println!("quorum available  {}", h.quorum_available);
-                println!(
-                    "healthy voters    {}/{} {:?}",
-                    h.healthy_voters.len(),
-                    h.voters.len(),
-                    h.healthy_voters
-                );
-                println!("storage ok        {}", h.storage_ok);
-                println!("apply lag         {}", h.apply_lag);
-                if h.data_corruption.is_empty() {
-                    println!("data corruption   none");
-                } else {
-                    println!("data corruption   ALARM: members {:?}", h.data_corruption);
-                }
-                if let Some(why) = &h.stopped {
-                    println!("stopped           {why}");
-                }
-            }
-        }
+        CtlCommand::Health => health::print(cli, json).await?,
+        CtlCommand::Metrics => print!("{}", cli.call().metrics().await?),
         CtlCommand::RemoveMember { id } => {
             let index = cli.call().remove_member(id).await?;
             print_one(json, json!({ "removed": id, "index": index }), || {

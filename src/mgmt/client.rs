@@ -32,8 +32,8 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use iroh_raft_actors::{
     NodeId, Ticket,
     wire::{
-        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtHealth, MgmtReader, MgmtRequest,
-        MgmtResponse, MgmtRole, MgmtStatus,
+        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtHealth, MgmtProbe, MgmtReader,
+        MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -74,6 +74,8 @@ struct Inner {
     ids: Mutex<HashMap<NodeId, EndpointAddr>>,
     /// A move to the leader is under way.
     moving: AtomicBool,
+    /// Stays on the members it was given.
+    pinned: bool,
     current: Mutex<Option<Session>>,
 }
 
@@ -110,14 +112,15 @@ impl IrohRaftManagementClient {
             .map_err(|e| ClientError::Unreachable {
                 reason: e.to_string(),
             })?;
-        Ok(Self::assemble(endpoint, members, ticket, options.timeout))
+        let (timeout, pinned) = (options.timeout, options.pinned);
+        Ok(Self::assemble(endpoint, members, ticket, (timeout, pinned)))
     }
 
     fn assemble(
         endpoint: Endpoint,
         members: Vec<EndpointAddr>,
         ticket: Option<&Ticket>,
-        timeout: Duration,
+        (timeout, pinned): (Duration, bool),
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -126,6 +129,7 @@ impl IrohRaftManagementClient {
                 members: Mutex::new(members),
                 ids: Mutex::new(HashMap::new()),
                 moving: AtomicBool::new(false),
+                pinned,
                 current: Mutex::new(None),
             }),
             timeout,
@@ -161,7 +165,7 @@ impl IrohRaftManagementClient {
                 reason: "no member address given".into(),
             });
         }
-        Self::assemble(endpoint, members, ticket, DEFAULT_TIMEOUT)
+        Self::assemble(endpoint, members, ticket, (DEFAULT_TIMEOUT, false))
             .admitted()
             .await
     }
@@ -270,6 +274,24 @@ impl IrohRaftManagementClient {
     pub async fn health(&self) -> Result<MgmtHealth, ClientError> {
         match self.request(MgmtRequest::Health).await? {
             MgmtResponse::Health(h) => Ok(h),
+            other => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The connected node's metrics in the OpenMetrics text format (what its `/metrics`
+    /// serves, for clusters that run without the HTTP listener).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        match self.request(MgmtRequest::Metrics).await? {
+            MgmtResponse::Metrics { text } => Ok(text),
+            other => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The connected node's readiness checks (`ready`) or liveness checks (what its `/readyz`
+    /// or `/livez` runs).
+    pub async fn probe(&self, ready: bool) -> Result<MgmtProbe, ClientError> {
+        match self.request(MgmtRequest::Probe { ready }).await? {
+            MgmtResponse::Probe(p) => Ok(p),
             other => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
         }
     }

@@ -320,7 +320,9 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 
 /// Writes `bytes`, then reads until the server closes (or 10 s pass).
 pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    try_exchange(addr, bytes).await.expect("the listener accepts")
+    try_exchange(addr, bytes)
+        .await
+        .expect("the listener accepts")
 }
 
 /// [`exchange`], or `None` when nothing listens at `addr` (yet).

@@ -50,6 +50,42 @@ fn dead_and_paused_members_as_the_cli_reports_them() {
     assert_eq!(code, 0, "{err}");
     assert!(table.contains("stale"), "{table}");
 
+    // `ctl health` asks every member itself: the dead one answers nothing (exit 1), the two
+    // others are live and ready (they still make a quorum).
+    let health = cli_until(
+        &keys,
+        &[
+            "ctl",
+            "--cluster",
+            &admin,
+            "--json",
+            "--timeout",
+            "5s",
+            "health",
+        ],
+        "a health table",
+        |o| json(o)["members"].as_array().is_some_and(|m| m.len() == 3),
+    );
+    assert_eq!(health.code, 1, "{}", health.stderr);
+    assert!(
+        health.stderr.contains("1 of 3 members unhealthy"),
+        "{}",
+        health.stderr
+    );
+    let rows = json(&health);
+    for id in ids.iter().copied() {
+        let row = member(&rows, id);
+        let up = id != victim;
+        assert_eq!(row["live"], up, "{rows}");
+        assert_eq!(row["ready"], up, "{rows}");
+    }
+    assert_eq!(rows["view"]["quorum_available"], true, "{rows}");
+    // The metrics of the member the CLI talks to, without the HTTP listener.
+    let (code, metrics, err) = cli(&keys, &["ctl", "--cluster", &admin, "metrics"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(metrics.contains("iroh_raft_has_leader 1"), "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
     // Two members that never answer at the head of the ticket, the dead one after them: a
     // status and a write within 3 s each.
     let like: Ticket = admin.parse().unwrap();

@@ -11,7 +11,7 @@ use super::discovery::{
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
 
 /// Version carried in [`MgmtRequest::Hello`].
-pub const MGMT_VERSION: u32 = 3;
+pub const MGMT_VERSION: u32 = 4;
 
 /// Largest management message (8 MiB: a command of up to 4 MiB with room to spare).
 pub const MAX_MGMT_FRAME: usize = 8 * 1024 * 1024;
@@ -183,6 +183,35 @@ pub enum MgmtRequest {
         /// Seconds it stays valid.
         valid_for_secs: u64,
     },
+    /// The answering member's metrics, in the OpenMetrics text format (what its `/metrics`
+    /// serves).
+    Metrics,
+    /// The answering member's readiness (`ready`) or liveness checks (what its `/readyz` or
+    /// `/livez` runs). A member that stopped for good still answers.
+    Probe {
+        /// Readiness (true) or liveness (false).
+        ready: bool,
+    },
+}
+
+/// One health check's outcome.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MgmtCheck {
+    /// Its name (`leader`, `storage`, ...).
+    pub name: String,
+    /// `None` when it passed, or why it failed.
+    pub failure: Option<String>,
+}
+
+/// A member's readiness or liveness checks.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MgmtProbe {
+    /// The member that ran them.
+    pub node_id: u64,
+    /// `readyz` or `livez`.
+    pub kind: String,
+    /// Every check, in order.
+    pub checks: Vec<MgmtCheck>,
 }
 
 /// Why a request failed.
@@ -239,6 +268,8 @@ impl MgmtRequest {
             MgmtRequest::Read { .. } => "read",
             MgmtRequest::Subscribe { .. } => "subscribe",
             MgmtRequest::MintTicket { .. } => "mint_ticket",
+            MgmtRequest::Metrics => "metrics",
+            MgmtRequest::Probe { .. } => "probe",
         }
     }
 }
@@ -308,6 +339,13 @@ pub enum MgmtResponse {
         /// How many.
         count: u64,
     },
+    /// The answer to [`MgmtRequest::Metrics`].
+    Metrics {
+        /// OpenMetrics text.
+        text: String,
+    },
+    /// The answer to [`MgmtRequest::Probe`].
+    Probe(MgmtProbe),
     /// The request failed.
     Error {
         /// The kind, for programs.
@@ -551,6 +589,8 @@ mod tests {
                 addrs: vec!["127.0.0.1:1".into()],
                 max_lag: 10,
             },
+            MgmtRequest::Metrics,
+            MgmtRequest::Probe { ready: true },
         ] {
             let bytes = round_trip(&req);
             assert_eq!(
@@ -558,16 +598,36 @@ mod tests {
                 req
             );
         }
-        let resp = MgmtResponse::Error {
-            kind: MgmtErrorKind::Forbidden,
-            message: "read-only".into(),
-            leader_hint: 2,
-        };
-        let bytes = round_trip(&resp);
-        assert_eq!(
-            rkyv::from_bytes::<MgmtResponse, rancor::Error>(&bytes).unwrap(),
-            resp
-        );
+        for resp in [
+            MgmtResponse::Error {
+                kind: MgmtErrorKind::Forbidden,
+                message: "read-only".into(),
+                leader_hint: 2,
+            },
+            MgmtResponse::Metrics {
+                text: "iroh_raft_has_leader 1\n# EOF\n".into(),
+            },
+            MgmtResponse::Probe(MgmtProbe {
+                node_id: 3,
+                kind: "readyz".into(),
+                checks: vec![
+                    MgmtCheck {
+                        name: "leader".into(),
+                        failure: None,
+                    },
+                    MgmtCheck {
+                        name: "linearizable_read".into(),
+                        failure: Some("no quorum".into()),
+                    },
+                ],
+            }),
+        ] {
+            let bytes = round_trip(&resp);
+            assert_eq!(
+                rkyv::from_bytes::<MgmtResponse, rancor::Error>(&bytes).unwrap(),
+                resp
+            );
+        }
         let mut garbage = AlignedVec::<16>::new();
         garbage.extend_from_slice(&[0xff; 64]);
         assert!(rkyv::from_bytes::<MgmtRequest, rancor::Error>(&garbage).is_err());

@@ -16,6 +16,10 @@ pub struct ClientOptions {
     /// The longest one call may take, finding a member that admits the client included
     /// (default [`DEFAULT_TIMEOUT`]).
     pub timeout: Duration,
+    /// Stay on the members given (default false: the client learns the membership from
+    /// status answers and moves to the leader). A pinned client of one member asks that
+    /// member, and no other, for everything: per-member health, metrics, status.
+    pub pinned: bool,
 }
 
 impl Default for ClientOptions {
@@ -23,6 +27,7 @@ impl Default for ClientOptions {
         Self {
             key: None,
             timeout: DEFAULT_TIMEOUT,
+            pinned: false,
         }
     }
 }
@@ -37,6 +42,12 @@ impl ClientOptions {
     /// Sets the longest one call may take.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Stays on the members given: never moves to the leader nor to learned members.
+    pub fn pinned(mut self) -> Self {
+        self.pinned = true;
         self
     }
 }

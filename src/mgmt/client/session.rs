@@ -279,7 +279,8 @@ impl IrohRaftManagementClient {
     /// another one: writes then take no extra hop (a follower would forward them meanwhile).
     fn follow_leader(&self, session: &Session) {
         let leader = session.leader.load(Ordering::Relaxed);
-        if leader == 0
+        if self.inner.pinned
+            || leader == 0
             || leader == session.node_id
             || self.inner.moving.swap(true, Ordering::AcqRel)
         {
@@ -338,6 +339,9 @@ impl IrohRaftManagementClient {
     /// Learns the members' addresses from `status` and, if it names a leader this client is
     /// not on, moves there (if it admits the client by `deadline`).
     pub(super) async fn learn(&self, status: &MgmtStatus, deadline: Instant) {
+        if self.inner.pinned {
+            return;
+        }
         let addrs: Vec<(NodeId, EndpointAddr)> = status
             .members
             .iter()

@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     FatalError, MemberRole, ProposeError, ReadError, Role, StateMachine, TicketRole, TransferError,
     wire::{
-        MgmtErrorKind, MgmtHealth, MgmtMember, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
+        MgmtCheck, MgmtErrorKind, MgmtHealth, MgmtMember, MgmtProbe, MgmtRequest, MgmtResponse,
+        MgmtRole, MgmtStatus,
     },
 };
 
@@ -36,6 +37,29 @@ impl<S: StateMachine> MgmtProtocol<S> {
     }
 
     async fn answer_call(&self, role: MgmtRole, request: MgmtRequest) -> MgmtResponse {
+        // What a node reports about itself, even once it stopped for good.
+        match request {
+            MgmtRequest::Metrics => {
+                let text = self.calls.metrics().encode();
+                return MgmtResponse::Metrics { text };
+            }
+            MgmtRequest::Probe { ready } => {
+                let report = match ready {
+                    true => self.calls.readyz(None).await,
+                    false => self.calls.livez(None).await,
+                };
+                let checks = report.checks.into_iter().map(|c| MgmtCheck {
+                    name: c.name.to_owned(),
+                    failure: c.failure,
+                });
+                return MgmtResponse::Probe(MgmtProbe {
+                    node_id: self.calls.node_id(),
+                    kind: report.kind.to_owned(),
+                    checks: checks.collect(),
+                });
+            }
+            _ => {}
+        }
         let Some(cluster) = self.cluster() else {
             return node_down();
         };
@@ -147,6 +171,8 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     }
                 }
             },
+            // Answered above.
+            MgmtRequest::Metrics | MgmtRequest::Probe { .. } => node_down(),
             MgmtRequest::Subscribe { .. } => error(
                 MgmtErrorKind::Malformed,
                 "a subscription is served by the lane",
