@@ -59,6 +59,22 @@
 //! [`Node::shutdown`] inside that parent's own handlers: it stops the supervisor, whose stop
 //! completes only once the parent has handled it.
 //!
+//! # Metrics and health
+//! [`NodeMetrics`] (built by [`Node::start`], one per node) holds one [`iroh_metrics`] group
+//! per owner of the facts it counts, each written on the path where the fact happens, with
+//! atomics only (no lock, no message): the RaftActor's `ConsensusMetrics` (gauges set once per
+//! Ready round: leadership, term, commit and applied index, pending proposals, log size;
+//! leader changes; failed proposals by reason, counted where they are answered; proposal
+//! latency; snapshot save and install), the StorageActor's `StorageMetrics` (group commit
+//! duration and size, the file's size, and the start of the write in progress), the
+//! PeerActors' and the protocol handler's `PeerMetrics` (per peer as the `peer` label: bytes,
+//! frames, send failures, reconnects, the connection's round-trip estimate, snapshot sends),
+//! the EventBus's `EventMetrics` and the management plane's `MgmtMetrics` (requests by kind
+//! and outcome, admission refusals by reason). Their registry is the node's: the facade adds
+//! iroh's endpoint metrics, an application its own. The liveness and readiness checks are
+//! [`NodeCalls::livez`] / [`NodeCalls::readyz`]; the facade serves them and the metrics over
+//! HTTP, and the management protocol over its ALPN (`Metrics`, `Probe`).
+//!
 //! # One write, end to end
 //! 1. The facade encodes the command and [`NodeCalls`] `ask`s the RaftActor with `Propose`,
 //!    carrying the caller's deadline; the reply is delegated and kept in the pending table under
