@@ -301,7 +301,7 @@ impl<S: StateMachine> RaftCluster<S> {
         }
         let result = self.lifetime.node.shutdown().await;
         if let Some(server) = &self.lifetime.metrics_server {
-            server.close();
+            server.close().await;
         }
         if let Some(router) = &self.lifetime.router {
             let _ = router.shutdown().await;

@@ -32,16 +32,19 @@ use tracing::{debug, warn};
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Connections served at once; more wait for one to close.
+/// Connections served at once; one more is closed at once (a probe fails fast, never hangs).
 const MAX_CONNECTIONS: usize = 64;
-/// A client has this long to send a request's headers.
+/// A client has this long to send a request's headers (on a kept-alive connection too).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lives: a client that stops reading cannot hold a slot for ever.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running monitoring listener. Dropping it (or [`Self::close`]) stops it.
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    /// Taken by [`Self::close`] (the lock is never held across an await).
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl MetricsServer {
@@ -60,7 +63,10 @@ impl MetricsServer {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let task = tokio::spawn(accept_loop(listener, calls));
-        Self { addr, task }
+        Self {
+            addr,
+            task: std::sync::Mutex::new(Some(task)),
+        }
     }
 
     /// The address it listens on (the actual port when bound to port 0).
@@ -68,15 +74,22 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops listening and drops every open connection.
-    pub fn close(&self) {
-        self.task.abort();
+    /// Stops listening, drops every open connection, and returns once the port is free.
+    pub async fn close(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            // The listener and the connections are dropped with the task.
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 
@@ -85,9 +98,6 @@ async fn accept_loop<S: StateMachine>(listener: TcpListener, calls: NodeCalls<S>
     let mut connections = tokio::task::JoinSet::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -98,6 +108,10 @@ async fn accept_loop<S: StateMachine>(listener: TcpListener, calls: NodeCalls<S>
             }
         };
         while connections.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(%peer, "monitoring listener: too many connections, closing a new one");
+            continue;
+        };
         let calls = calls.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
@@ -107,10 +121,15 @@ async fn accept_loop<S: StateMachine>(listener: TcpListener, calls: NodeCalls<S>
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "monitoring connection ended with an error");
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "monitoring connection ended with an error")
+                }
+                Err(_) => {
+                    debug!(%peer, "monitoring connection closed after {CONNECTION_TIMEOUT:?}")
+                }
+                Ok(Ok(())) => {}
             }
             drop(permit);
         });

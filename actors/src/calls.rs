@@ -26,8 +26,8 @@ mod health;
 mod membership;
 
 pub use health::{
-    CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, LIVEZ_CHECKS, READY_MAX_LAG,
-    READYZ_CHECKS, STUCK_WRITE,
+    CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, LIVEZ_CHECKS, RAFT_STALL,
+    READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE,
 };
 pub use membership::{JoinOptions, Transferred};
 
@@ -196,6 +196,20 @@ impl<S: StateMachine> NodeCalls<S> {
     /// the entry is committed (durable on a quorum) and applied here; [`ProposeError::Timeout`]
     /// means the outcome is unknown.
     pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<S::Response, ProposeError> {
+        // Counted once per call, by its final outcome (a retried refusal is not a failure).
+        let started = Instant::now();
+        let outcome = self.propose_attempts(data).await;
+        let m = &self.metrics.consensus;
+        match &outcome {
+            Ok(_) => m
+                .proposal_duration_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => m.failed(e),
+        }
+        outcome
+    }
+
+    async fn propose_attempts(&self, data: Vec<u8>) -> Result<S::Response, ProposeError> {
         if data.len() > MAX_COMMAND_SIZE {
             return Err(ProposeError::TooLarge {
                 size: data.len(),

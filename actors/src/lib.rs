@@ -189,7 +189,7 @@ pub mod wire;
 
 pub use calls::{
     CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, JoinOptions, LIVEZ_CHECKS, NodeCalls,
-    READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE, Transferred,
+    RAFT_STALL, READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE, Transferred,
 };
 pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};
 pub use consistency::ApplyHash;

@@ -89,9 +89,9 @@ pub struct ConsensusMetrics {
     pub proposals_applied: Gauge,
     /// Proposals taken by this node and not yet answered, as etcd_server_proposals_pending.
     pub proposals_pending: Gauge,
-    /// Proposals that failed, by reason, as etcd_server_proposals_failed_total.
+    /// Proposals that failed, by reason, as etcd_server_proposals_failed_total (once per call, by its final outcome: retried refusals are not counted).
     pub proposals_failed: Family<ReasonLabel, Counter>,
-    /// Seconds from a proposal's arrival at this node to its answer once applied.
+    /// Seconds from a call to propose on this node to its applied answer (retries included; successful calls only).
     #[default(Histogram::new(latency_buckets()))]
     pub proposal_duration_seconds: Histogram,
     /// The index of the last entry in this node's log.
@@ -195,6 +195,8 @@ pub struct NodeMetrics {
     pub registry: Arc<RwLock<Registry>>,
     /// When the StorageActor's current write started, in µs after `epoch` (0: none running).
     write_started: AtomicU64,
+    /// When the RaftActor last ran its loop (a tick or a Ready round), in µs after `epoch`.
+    raft_beat: AtomicU64,
     epoch: Instant,
 }
 
@@ -219,6 +221,7 @@ impl Default for NodeMetrics {
             mgmt,
             registry: Arc::new(RwLock::new(registry)),
             write_started: AtomicU64::new(0),
+            raft_beat: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -235,15 +238,28 @@ impl NodeMetrics {
         out
     }
 
-    /// The StorageActor starts a write.
-    pub(crate) fn write_started(&self) {
-        let us = (self.epoch.elapsed().as_micros() as u64).max(1);
-        self.write_started.store(us, Ordering::Relaxed);
+    fn now_us(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
     }
 
-    /// The StorageActor's write returned.
-    pub(crate) fn write_ended(&self) {
-        self.write_started.store(0, Ordering::Relaxed);
+    /// The StorageActor starts a write; the write is timed until the guard is dropped (a
+    /// panicking write included).
+    pub(crate) fn write_started(&self) -> WriteTimer<'_> {
+        self.write_started.store(self.now_us(), Ordering::Relaxed);
+        WriteTimer(self)
+    }
+
+    /// The RaftActor's loop ran (every tick and Ready round).
+    pub(crate) fn raft_beat(&self) {
+        self.raft_beat.store(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// How long since the RaftActor's loop last ran (`None`: it never did).
+    pub fn raft_silent_for(&self) -> Option<Duration> {
+        match self.raft_beat.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(self.now_us().saturating_sub(us))),
+        }
     }
 
     /// How long the StorageActor's current write has been running, if one is.
@@ -255,6 +271,15 @@ impl NodeMetrics {
                 Some(Duration::from_micros(now.saturating_sub(us)))
             }
         }
+    }
+}
+
+/// Times a storage write while it lives.
+pub(crate) struct WriteTimer<'a>(&'a NodeMetrics);
+
+impl Drop for WriteTimer<'_> {
+    fn drop(&mut self) {
+        self.0.write_started.store(0, Ordering::Relaxed);
     }
 }
 
@@ -311,9 +336,16 @@ mod tests {
     fn a_running_write_is_timed() {
         let m = NodeMetrics::default();
         assert_eq!(m.write_running_for(), None);
-        m.write_started();
+        let timer = m.write_started();
         assert!(m.write_running_for().is_some());
-        m.write_ended();
+        drop(timer);
+        assert_eq!(m.write_running_for(), None);
+        // A write that panics is not left "running".
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _timer = m.write_started();
+            panic!("disk driver bug");
+        }));
+        assert!(panicked.is_err());
         assert_eq!(m.write_running_for(), None);
     }
 }

@@ -57,7 +57,10 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(targets: &[SocketAddr]) -> Self {
+    /// Starts Prometheus scraping `targets` every second and waits until it is ready. The free
+    /// port it is given may be taken by another test meanwhile: then it exits, and is started
+    /// again on another port.
+    async fn start(targets: &[SocketAddr]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
@@ -66,28 +69,48 @@ impl Prometheus {
             targets.join(", ")
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        // A free port: bound, noted, released (Prometheus binds it right after).
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", path("prometheus.yml")))
-            .arg(format!("--storage.tsdb.path={}", path("data")))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg(format!("--web.console.templates={}", path("none")))
-            .arg(format!("--web.console.libraries={}", path("none")))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is installed (run `bash .ci/deps`)");
-        Self {
-            child,
-            addr,
-            _dir: dir,
+        for _attempt in 0..3 {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let log = std::fs::File::create(path("prometheus.log")).unwrap();
+            let mut child = Command::new("prometheus")
+                .arg(format!("--config.file={}", path("prometheus.yml")))
+                .arg(format!("--storage.tsdb.path={}", path("data")))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg(format!("--web.console.templates={}", path("none")))
+                .arg(format!("--web.console.libraries={}", path("none")))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("prometheus is installed (run `bash .ci/deps`)");
+            let ready = wait_for_some("Prometheus to be ready or to exit", || {
+                let exited = child.try_wait().ok().flatten().is_some();
+                async move {
+                    if exited {
+                        return Some(false);
+                    }
+                    let answer = try_exchange(addr, b"GET /-/ready HTTP/1.0\r\n\r\n").await?;
+                    String::from_utf8_lossy(&answer)
+                        .starts_with("HTTP/1.0 200")
+                        .then_some(true)
+                }
+            })
+            .await;
+            if ready {
+                return Self {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
+            }
+            let log = std::fs::read_to_string(path("prometheus.log")).unwrap_or_default();
+            eprintln!("prometheus exited at start, trying another port:\n{log}");
         }
+        panic!("prometheus did not start three times in a row (see the logs above)");
     }
 
     /// The instant vector `query` evaluates to: (instance label, value) pairs.
@@ -131,7 +154,7 @@ async fn prometheus_sees_one_leader_and_counts_a_leader_change() {
         .running()
         .map(|n| n.metrics_addr().unwrap())
         .collect();
-    let prometheus = Prometheus::start(&targets);
+    let prometheus = Prometheus::start(&targets).await;
 
     wait_for("Prometheus to scrape all three nodes", || async {
         prometheus.query("up{job=\"iroh-raft\"} == 1").await.len() == 3

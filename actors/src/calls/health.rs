@@ -13,6 +13,9 @@ use crate::{error::ReadError, facts::Liveness, state_machine::StateMachine};
 /// A storage write running longer than this makes the node not live (etcd's bound is the
 /// same order: a disk that stalls this long will not come back by itself).
 pub const STUCK_WRITE: Duration = Duration::from_secs(10);
+/// A RaftActor whose loop has not run for this long is not live (it runs every tick; a
+/// handler that blocks it this long, such as installing a huge snapshot, is a stall).
+pub const RAFT_STALL: Duration = Duration::from_secs(30);
 /// How long a check may wait for the RaftActor or a ReadIndex round.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// A node is ready while its applied index is at most this many entries behind its commit
@@ -99,84 +102,82 @@ pub struct HealthStatus {
 }
 
 impl<S: StateMachine> NodeCalls<S> {
-    /// Runs the liveness checks (`None`: all of them; otherwise the one named).
+    /// Runs the liveness checks (`None`: all of them; otherwise the one named). Instant: it
+    /// reads what the actors record, and asks none of them.
     pub async fn livez(&self, only: Option<&str>) -> HealthReport {
-        let mut checks = Vec::new();
-        for &name in LIVEZ_CHECKS {
-            if only.is_some_and(|o| o != name) {
-                continue;
-            }
+        let checks = select(LIVEZ_CHECKS, only).into_iter().map(|name| {
             let failure = match name {
                 "running" => self.running_failure(),
-                "raft_actor" => match tokio::time::timeout(CHECK_TIMEOUT, self.status()).await {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(format!("the RaftActor did not answer: {e}")),
-                    Err(_) => Some(format!("the RaftActor did not answer in {CHECK_TIMEOUT:?}")),
+                "raft_actor" => match self.metrics().raft_silent_for() {
+                    Some(t) if t > RAFT_STALL => {
+                        Some(format!("the RaftActor has not run for {t:?}"))
+                    }
+                    None => Some("the RaftActor has not started".into()),
+                    _ => None,
                 },
-                _ => match self.metrics().write_running_for() {
+                "storage" => match self.metrics().write_running_for() {
                     Some(t) if t > STUCK_WRITE => {
                         Some(format!("a storage write has been running for {t:?}"))
                     }
                     _ => None,
                 },
+                _ => Some(unknown(only.unwrap_or(name))),
             };
-            checks.push(HealthCheck { name, failure });
-        }
+            HealthCheck { name, failure }
+        });
         HealthReport {
             kind: "livez",
-            checks,
+            checks: checks.collect(),
         }
     }
 
-    /// Runs the readiness checks (`None`: all of them; otherwise the one named).
+    /// Runs the readiness checks (`None`: all of them; otherwise the one named), at the same
+    /// time, each within [`CHECK_TIMEOUT`].
     pub async fn readyz(&self, only: Option<&str>) -> HealthReport {
-        let mut checks = Vec::new();
-        for &name in READYZ_CHECKS {
-            if only.is_some_and(|o| o != name) {
-                continue;
-            }
-            let failure = match name {
-                "running" => self.running_failure(),
-                "leader" => self
-                    .leader()
-                    .is_none()
-                    .then(|| "no leader is known".to_string()),
-                "applied" => match tokio::time::timeout(CHECK_TIMEOUT, self.status()).await {
-                    Ok(Ok(s)) => {
-                        let lag = s.commit_index.saturating_sub(s.applied_index);
-                        (lag > READY_MAX_LAG).then(|| {
-                            format!(
-                                "applied index {} is {lag} behind the commit index",
-                                s.applied_index
-                            )
-                        })
-                    }
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!("no status in {CHECK_TIMEOUT:?}")),
-                },
-                _ => {
-                    let read = self.linearizable_query(|_| ());
-                    match tokio::time::timeout(CHECK_TIMEOUT, read).await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(read_failure(&e)),
-                        Err(_) => {
-                            Some(format!("no ReadIndex round completed in {CHECK_TIMEOUT:?}"))
+        let checks = select(READYZ_CHECKS, only)
+            .into_iter()
+            .map(|name| async move {
+                let failure = match name {
+                    "running" => self.running_failure(),
+                    "leader" => self
+                        .leader()
+                        .is_none()
+                        .then(|| "no leader is known".to_string()),
+                    "applied" => match tokio::time::timeout(CHECK_TIMEOUT, self.status()).await {
+                        Ok(Ok(s)) => {
+                            let lag = s.commit_index.saturating_sub(s.applied_index);
+                            (lag > READY_MAX_LAG).then(|| {
+                                let applied = s.applied_index;
+                                format!("applied index {applied} is {lag} behind the commit index")
+                            })
+                        }
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!("no status in {CHECK_TIMEOUT:?}")),
+                    },
+                    "linearizable_read" => {
+                        let read = self.linearizable_query(|_| ());
+                        match tokio::time::timeout(CHECK_TIMEOUT, read).await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(read_failure(&e)),
+                            Err(_) => {
+                                Some(format!("no ReadIndex round completed in {CHECK_TIMEOUT:?}"))
+                            }
                         }
                     }
-                }
-            };
-            checks.push(HealthCheck { name, failure });
-        }
+                    _ => Some(unknown(only.unwrap_or(name))),
+                };
+                HealthCheck { name, failure }
+            });
         HealthReport {
             kind: "readyz",
-            checks,
+            checks: futures_util::future::join_all(checks).await,
         }
     }
 
-    /// Both reports, and the figures behind them.
+    /// Both reports, and the figures behind them (at most [`CHECK_TIMEOUT`] in all).
     pub async fn health_status(&self) -> HealthStatus {
-        let (live, ready) = (self.livez(None).await, self.readyz(None).await);
-        let status = tokio::time::timeout(CHECK_TIMEOUT, self.status()).await;
+        let status = async { tokio::time::timeout(CHECK_TIMEOUT, self.status()).await };
+        let (live, ready, status) = tokio::join!(self.livez(None), self.readyz(None), status);
         let status = status.ok().and_then(Result::ok);
         let reason = [live.reason(), ready.reason()]
             .into_iter()
@@ -203,6 +204,22 @@ impl<S: StateMachine> NodeCalls<S> {
             Liveness::Failed(e) => Some(format!("the node stopped: {e}")),
         }
     }
+}
+
+/// The checks to run: all of `set`, or the one named (an unknown name is run as a check that
+/// fails, so asking for it never passes by accident).
+fn select(set: &'static [&'static str], only: Option<&str>) -> Vec<&'static str> {
+    match only {
+        None => set.to_vec(),
+        Some(name) => match set.iter().find(|&&n| n == name) {
+            Some(&n) => vec![n],
+            None => vec!["unknown"],
+        },
+    }
+}
+
+fn unknown(name: &str) -> String {
+    format!("no such check ({name})")
 }
 
 fn read_failure(e: &ReadError) -> String {

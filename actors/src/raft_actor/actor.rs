@@ -238,6 +238,7 @@ impl<S: StateMachine> RaftActor<S> {
 
     /// Sets the gauges of the consensus metrics (a few atomic stores, once per Ready round).
     pub(super) fn record_metrics(&self) {
+        self.metrics.raft_beat();
         let m = &self.metrics.consensus;
         let running = matches!(self.lifecycle, Lifecycle::Running);
         let leader = self.driver.leader().filter(|_| running);
@@ -377,7 +378,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
             driver,
             sm,
             applied,
-            requests: Requests::new(args.metrics.consensus.clone()),
+            requests: Requests::new(),
             persistence: Persistence::new(args.persist_tx, args.persist_progress),
             events: args.events,
             ticker,

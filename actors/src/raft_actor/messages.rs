@@ -11,7 +11,7 @@ use tracing::{debug, trace};
 use super::{
     actor::{Lifecycle, RaftActor},
     peers::Contact,
-    pending::{ProposeReply, ReadFn, Taken, encode_context},
+    pending::{ReadFn, Taken, encode_context},
 };
 use crate::{
     config::TICKS_PER_HEARTBEAT,
@@ -66,13 +66,13 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
             return delegated;
         };
         if let Err(e) = self.check_running() {
-            self.refuse(reply, e);
+            reply.send(Err(e));
             return delegated;
         }
         // A committed entry that does not decode stops every replica (it is never skipped), so
         // bytes from a remote client must be a command before they enter the log.
         if let Err(e) = postcard::from_bytes::<S::Command>(&msg.data) {
-            self.refuse(reply, ProposeError::Codec(CodecError::new(e)));
+            reply.send(Err(ProposeError::Codec(CodecError::new(e))));
             return delegated;
         }
         let id = self.requests.next_id();
@@ -88,9 +88,9 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                         .insert(id, reply, Taken::Appended(index), deadline)
                 }
                 Err(ProposeRefused::NotLeader(leader_hint)) => {
-                    self.refuse(reply, ProposeError::NotLeader { leader_hint })
+                    reply.send(Err(ProposeError::NotLeader { leader_hint }))
                 }
-                Err(_) => self.refuse(reply, ProposeError::Busy),
+                Err(_) => reply.send(Err(ProposeError::Busy)),
             }
         } else if let Some(leader) = self.driver.leader() {
             let term = self.driver.term();
@@ -110,17 +110,9 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 .proposals
                 .insert(id, reply, Taken::Forwarded(term), deadline);
         } else {
-            self.refuse(reply, ProposeError::NotLeader { leader_hint: None });
+            reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
         }
         delegated
-    }
-}
-
-impl<S: StateMachine> RaftActor<S> {
-    /// Answers a proposal this node did not take, and counts it.
-    fn refuse(&self, reply: ProposeReply<S::Response>, e: ProposeError) {
-        self.metrics.consensus.failed(&e);
-        reply.send(Err(e));
     }
 }
 

@@ -9,14 +9,13 @@
 //! Once the proposal's index is known, an applied entry at that index with another context
 //! proves it was overwritten: it fails with `Dropped` (certainly not applied), never a guess.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::collections::BTreeMap;
 
 use kameo::reply::ReplySender;
 
 use super::transfers::TransferWait;
 use crate::{
     error::{ProposeError, ReadError, TransferError},
-    metrics::ConsensusMetrics,
     state_machine::StateMachine,
     types::NodeId,
 };
@@ -36,10 +35,10 @@ pub(super) struct Requests<S: StateMachine> {
 }
 
 impl<S: StateMachine> Requests<S> {
-    pub(super) fn new(metrics: Arc<ConsensusMetrics>) -> Self {
+    pub(super) fn new() -> Self {
         Self {
-            proposals: Proposals::new(metrics.clone()),
-            changes: Proposals::new(metrics),
+            proposals: Proposals::new(),
+            changes: Proposals::new(),
             reads: Reads::new(),
             transfers: Vec::new(),
             next_id: 0,
@@ -113,8 +112,6 @@ struct PendingProposal<R: Send + 'static> {
     deadline: u64,
     /// The term it was forwarded in, for a proposal this node forwarded to a leader.
     forwarded_in: Option<u64>,
-    /// When this node took it.
-    taken: Instant,
 }
 
 /// Proposals taken by this node and not yet answered.
@@ -124,24 +121,15 @@ pub(crate) struct Proposals<R: Send + 'static> {
     /// The term of the last entry applied ([`Self::forwarded_before`] looks again only when it
     /// grows: a forward is tagged with the term it was sent in, never below this one).
     applied_term: u64,
-    /// Where failures and latencies are counted.
-    metrics: Arc<ConsensusMetrics>,
 }
 
 impl<R: Send + 'static> Proposals<R> {
-    pub(crate) fn new(metrics: Arc<ConsensusMetrics>) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             by_id: BTreeMap::new(),
             by_index: BTreeMap::new(),
             applied_term: 0,
-            metrics,
         }
-    }
-
-    /// Answers a proposal with an error, and counts it.
-    fn refuse(&self, p: PendingProposal<R>, err: ProposeError) {
-        self.metrics.failed(&err);
-        p.reply.send(Err(err));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -165,7 +153,6 @@ impl<R: Send + 'static> Proposals<R> {
                 index,
                 deadline,
                 forwarded_in,
-                taken: Instant::now(),
             },
         );
     }
@@ -216,7 +203,7 @@ impl<R: Send + 'static> Proposals<R> {
             if let Some(index) = p.index {
                 self.by_index.remove(&index);
             }
-            self.refuse(p, err);
+            p.reply.send(Err(err));
         }
     }
 
@@ -236,13 +223,10 @@ impl<R: Send + 'static> Proposals<R> {
             }
             self.by_index.pop_first();
             if let Some(p) = self.by_id.remove(&id) {
-                self.refuse(p, ProposeError::Dropped { index: i });
+                p.reply.send(Err(ProposeError::Dropped { index: i }));
             }
         }
-        let p = found?;
-        let took = p.taken.elapsed().as_secs_f64();
-        self.metrics.proposal_duration_seconds.observe(took);
-        Some(p.reply)
+        found.map(|p| p.reply)
     }
 
     /// Fails every proposal whose index is known and at or below `index`.
@@ -253,7 +237,7 @@ impl<R: Send + 'static> Proposals<R> {
             }
             self.by_index.pop_first();
             if let Some(p) = self.by_id.remove(&id) {
-                self.refuse(p, err());
+                p.reply.send(Err(err()));
             }
         }
     }
@@ -273,7 +257,7 @@ impl<R: Send + 'static> Proposals<R> {
     pub(crate) fn fail_all(&mut self, err: impl Fn() -> ProposeError) {
         self.by_index.clear();
         for (_, p) in std::mem::take(&mut self.by_id) {
-            self.refuse(p, err());
+            p.reply.send(Err(err()));
         }
     }
 }

@@ -50,6 +50,7 @@ impl<S: StateMachine> RaftActor<S> {
     }
 
     pub(super) fn on_tick(&mut self) {
+        self.metrics.raft_beat();
         if !matches!(self.lifecycle, Lifecycle::Running) {
             return;
         }

@@ -99,17 +99,21 @@ impl StorageActor {
         let number = self.group.last().map_or(0, |b| b.number);
         let entries: usize = self.group.iter().map(|b| b.entries.len()).sum();
         let started = Instant::now();
-        self.metrics.write_started();
+        let timer = self.metrics.write_started();
         let result = match self.db.as_mut() {
             Some(db) => db.write(&self.group, durable),
             None => Err(StorageError::Closed),
         };
-        self.metrics.write_ended();
+        drop(timer);
         let storage = &self.metrics.storage;
-        storage
-            .disk_commit_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        storage.persist_batch_entries.observe(entries as f64);
+        if result.is_ok() {
+            storage
+                .disk_commit_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if entries > 0 {
+                storage.persist_batch_entries.observe(entries as f64);
+            }
+        }
         if self.sized_at.is_none_or(|t| t.elapsed() >= DB_SIZE_EVERY) {
             self.sized_at = Some(Instant::now());
             if let Ok(meta) = std::fs::metadata(&self.path) {

@@ -179,6 +179,8 @@ impl IrohRaftManagementClient {
                 | MgmtRequest::Read { .. }
                 | MgmtRequest::Snapshot
                 | MgmtRequest::MintTicket { .. }
+                | MgmtRequest::Metrics
+                | MgmtRequest::Probe { .. }
         );
         // Why the last attempt that left the client had no effect (no leader, node down, a read
         // whose connection was lost): if the next attempt cannot find a member, that is the
