@@ -118,6 +118,8 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     remote_reader: Option<RemoteReader<S>>,
     parent: Option<SupervisorParent<S>>,
     metrics_addr: Option<SocketAddr>,
+    #[cfg(feature = "otel")]
+    otlp: Option<crate::telemetry::OtlpOptions>,
 }
 
 impl<S: StateMachine> Default for RaftClusterBuilder<S> {
@@ -148,6 +150,8 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             remote_reader: None,
             parent: None,
             metrics_addr: None,
+            #[cfg(feature = "otel")]
+            otlp: None,
         }
     }
 }
@@ -216,6 +220,29 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
     /// ([`RaftCluster::export_metrics_prometheus`], [`RaftCluster::get_health_status`]).
     pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
         self.metrics_addr = Some(addr);
+        self
+    }
+
+    /// Exports traces (one per proposal, across nodes) over OTLP/HTTP to `endpoint` (a base
+    /// URL such as `http://collector:4318`), recording all new traces unless
+    /// [`Self::otlp_sampling`] says otherwise. Installs the process's global tracing subscriber
+    /// at build (see [`crate::telemetry::init_otlp`]); an application with its own subscriber
+    /// adds [`crate::telemetry::otlp_layer`] to it instead.
+    #[cfg(feature = "otel")]
+    pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        let ratio = self.otlp.as_ref().map_or(1.0, |o| o.sampling_ratio);
+        self.otlp = Some(crate::telemetry::OtlpOptions::new(endpoint).sampling_ratio(ratio));
+        self
+    }
+
+    /// The share of new traces recorded (0.0 to 1.0) with [`Self::otlp_endpoint`].
+    #[cfg(feature = "otel")]
+    pub fn otlp_sampling(mut self, ratio: f64) -> Self {
+        let options = self
+            .otlp
+            .take()
+            .unwrap_or_else(|| crate::telemetry::OtlpOptions::new(String::new()));
+        self.otlp = Some(options.sampling_ratio(ratio));
         self
     }
 
@@ -491,6 +518,10 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         peers: Vec<(NodeId, PeerAddr)>,
         state_machine: StateMachineSource<S>,
     ) -> Result<RaftCluster<S>, BuildError> {
+        #[cfg(feature = "otel")]
+        if let Some(otlp) = &self.otlp {
+            crate::telemetry::init_otlp(otlp)?;
+        }
         // Bound before anything starts: a taken port fails the build with nothing to undo.
         let metrics_listener = match self.metrics_addr {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {

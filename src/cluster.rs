@@ -303,6 +303,9 @@ impl<S: StateMachine> RaftCluster<S> {
         if let Some(server) = &self.lifetime.metrics_server {
             server.close().await;
         }
+        // Spans of this node's last work are sent before it is gone (blocking: off the runtime).
+        #[cfg(feature = "otel")]
+        let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
         if let Some(router) = &self.lifetime.router {
             let _ = router.shutdown().await;
         } else if self.lifetime.owns_endpoint {

@@ -112,6 +112,10 @@ pub enum BuildError {
         /// What iroh said.
         reason: String,
     },
+    /// The OTLP trace exporter could not be set up (`otlp_endpoint`).
+    #[cfg(feature = "otel")]
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// The monitoring listener (`metrics_addr`) could not bind.
     #[error("cannot bind the metrics listener on {addr}: {reason}")]
     MetricsBind {

@@ -14,6 +14,8 @@ pub mod mgmt;
 pub mod monitoring;
 pub mod net;
 mod preset;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 
 pub use builder::{DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;

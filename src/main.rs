@@ -44,8 +44,19 @@ fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }
 
-#[tokio::main]
-async fn main() {
+/// Log lines to stderr (`RUST_LOG`, default `warn`); with `node --otlp-endpoint`, traces too.
+fn init_tracing(cli: &Cli) {
+    #[cfg(feature = "otel")]
+    if let Command::Node(args) = &cli.command
+        && let Some(otlp) = args.otlp()
+    {
+        if let Err(e) = iroh_raft::telemetry::init_otlp(&otlp) {
+            eprintln!("error: {e}");
+            exit_now(2);
+        }
+        return;
+    }
+    let _ = cli;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -53,7 +64,12 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[tokio::main]
+async fn main() {
     let cli = Cli::parse();
+    init_tracing(&cli);
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(args).await,
         Command::Node(args) => cli::node::run(*args).await,

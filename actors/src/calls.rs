@@ -9,6 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use kameo::{actor::ActorRef, error::SendError};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::{
     config::NodeConfig,
@@ -198,7 +199,9 @@ impl<S: StateMachine> NodeCalls<S> {
     pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<S::Response, ProposeError> {
         // Counted once per call, by its final outcome (a retried refusal is not a failure).
         let started = Instant::now();
-        let outcome = self.propose_attempts(data).await;
+        // The proposal's trace starts here (its context rides with it: see `crate::trace`).
+        let span = tracing::info_span!("propose", node = self.node_id);
+        let outcome = self.propose_attempts(data).instrument(span).await;
         let m = &self.metrics.consensus;
         match &outcome {
             Ok(_) => m

@@ -8,7 +8,7 @@
 //!  RaftCluster (facade) ─┐
 //!  mgmt lanes ───────────┼─ NodeCalls ──ask──▶ RaftActor ──try_send Outbound──▶ PeerActor ──QUIC uni stream──▶ peer
 //!  MgmtActor workflows ──┘    │                 │  ▲   ▲                                                       │
-//!        ▲                    │ subscribe       │  │   └──tell Inbound── RaftProtocol (ALPN iroh-raft/2) ◀────┘
+//!        ▲                    │ subscribe       │  │   └──tell Inbound── RaftProtocol (ALPN iroh-raft/3) ◀────┘
 //!        │ Admit, Join, …     ▼                 │  │
 //!  MgmtProtocol / DiscoveryProtocol   EventBus ◀─┘  └──watch PersistProgress── StorageActor (own thread, redb)
 //!  (ALPNs iroh-raft-mgmt/0,                     │        └─flume PersistBatch──────▲
@@ -184,6 +184,7 @@ mod state_machine;
 mod storage;
 mod supervisor;
 mod ticket;
+pub mod trace;
 mod types;
 pub mod wire;
 
@@ -231,4 +232,5 @@ pub use supervisor::{
 pub use ticket::{
     ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, ParseError, Ticket, TicketError, TicketRole,
 };
+pub use trace::TraceContext;
 pub use types::{Leadership, NodeId, NodeStatus, Role};

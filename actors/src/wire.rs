@@ -1,4 +1,4 @@
-//! The consensus protocol, ALPN [`ALPN`] (`iroh-raft/2`). This module doc is its specification.
+//! The consensus protocol, ALPN [`ALPN`] (`iroh-raft/3`). This module doc is its specification.
 //!
 //! # Connections
 //! Members talk over iroh QUIC connections authenticated by their endpoint keys. A connection
@@ -157,7 +157,7 @@ pub use mgmt::{
 /// members exchange applied-entry checkpoints (storage format 3); `/2` since forwards and their
 /// replies are typed enums ([`ForwardRequest`], [`ForwardOutcome`]) instead of kind bytes, zero
 /// hints and postcard-encoded refusals.
-pub const ALPN: &[u8] = b"iroh-raft/2";
+pub const ALPN: &[u8] = b"iroh-raft/3";
 
 /// Minor protocol version carried in [`Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;

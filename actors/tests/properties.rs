@@ -111,6 +111,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                     session: id / 3,
                     id,
                     term: id / 7,
+                    trace: (id % 2 == 0).then_some(iroh_raft_actors::TraceContext {
+                        trace_id: [id as u8; 16],
+                        span_id: [3; 8],
+                        flags: 1,
+                    }),
                     request: match id % 3 {
                         0 => ForwardRequest::Command(data),
                         1 => ForwardRequest::Membership {

@@ -56,6 +56,29 @@ pub(crate) struct NodeArgs {
     /// (ip:port; port 0 picks one, printed on the `ready` line as metrics=…).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Export traces (one per proposal, across nodes) over OTLP/HTTP to this collector URL
+    /// (e.g. http://127.0.0.1:4318).
+    #[cfg(feature = "otel")]
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: the share of new traces recorded (0.0 to 1.0).
+    #[cfg(feature = "otel")]
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value = "1.0",
+        requires = "otlp_endpoint"
+    )]
+    otlp_sampling: f64,
+}
+
+impl NodeArgs {
+    /// The trace exporter these options ask for.
+    #[cfg(feature = "otel")]
+    pub(crate) fn otlp(&self) -> Option<iroh_raft::telemetry::OtlpOptions> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        Some(iroh_raft::telemetry::OtlpOptions::new(endpoint).sampling_ratio(self.otlp_sampling))
+    }
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {

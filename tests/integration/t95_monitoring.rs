@@ -153,7 +153,10 @@ async fn unknown_paths_other_methods_and_garbage_get_errors_and_the_listener_sur
     // From Rust, a check that does not exist fails rather than passing by being absent.
     let node = cluster.node(1);
     assert!(!node.readyz(Some("nope")).await.is_ok());
-    assert!(!node.livez(Some("leader")).await.is_ok(), "leader is a readiness check");
+    assert!(
+        !node.livez(Some("leader")).await.is_ok(),
+        "leader is a readiness check"
+    );
     assert!(node.livez(Some("storage")).await.is_ok());
 
     // 10,000 garbage requests, 50 connections at a time: each gets an error or a closed

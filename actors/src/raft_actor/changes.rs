@@ -338,6 +338,7 @@ impl<S: StateMachine> Message<ChangeMembership> for RaftActor<S> {
                 .or_default()
                 .forwards
                 .push(ForwardedProposal {
+                    trace: None,
                     session: self.session,
                     id,
                     term: self.driver.term(),
@@ -398,6 +399,7 @@ impl<S: StateMachine> Message<TransferLeadership> for RaftActor<S> {
                 .or_default()
                 .forwards
                 .push(ForwardedProposal {
+                    trace: None,
                     session: self.session,
                     id,
                     term: self.driver.term(),

@@ -19,6 +19,7 @@ use crate::{
     error::{CodecError, FatalError, ProposeError, ReadError, StaleEvidence},
     peer::{Inbound, PeerUnreachable},
     state_machine::StateMachine,
+    trace::TraceContext,
     types::{NodeId, NodeStatus, Role},
     wire::{
         CloseCode, ForwardOutcome, ForwardReply, ForwardRequest, ForwardedProposal, InboundPayload,
@@ -37,6 +38,9 @@ pub struct Propose {
     pub data: Vec<u8>,
     /// When the caller stops waiting; `None`: the node's request timeout from now.
     pub deadline: Option<Instant>,
+    /// The caller's trace context (taken from its current span by [`Self::new`] and
+    /// [`Self::until`]; always `None` without the `otel` feature).
+    pub trace: Option<TraceContext>,
 }
 
 impl Propose {
@@ -45,6 +49,7 @@ impl Propose {
         Self {
             data,
             deadline: None,
+            trace: TraceContext::current(),
         }
     }
 
@@ -53,6 +58,7 @@ impl Propose {
         Self {
             data,
             deadline: Some(deadline),
+            trace: TraceContext::current(),
         }
     }
 }
@@ -78,10 +84,10 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
         let id = self.requests.next_id();
         let deadline = self.deadline_at(msg.deadline);
         if self.driver.role() == Role::Leader {
-            match self
-                .driver
-                .propose(encode_context(self.id(), self.session, id), msg.data)
-            {
+            let mut context = encode_context(self.id(), self.session, id);
+            let span = append_span(msg.trace, &mut context, self.id());
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            match self.driver.propose(context, msg.data) {
                 Ok((index, _)) => {
                     self.requests
                         .proposals
@@ -99,6 +105,7 @@ impl<S: StateMachine> Message<Propose> for RaftActor<S> {
                 id,
                 term,
                 request: ForwardRequest::Command(msg.data),
+                trace: msg.trace,
             };
             self.replication
                 .outbox
@@ -318,10 +325,10 @@ impl<S: StateMachine> RaftActor<S> {
             let outcome = match p.request {
                 ForwardRequest::Transfer(to) if leads => self.accept_forwarded_transfer(to),
                 ForwardRequest::Command(data) if in_term => {
-                    match self
-                        .driver
-                        .propose(encode_context(from, p.session, p.id), data)
-                    {
+                    let mut context = encode_context(from, p.session, p.id);
+                    let span = append_span(p.trace, &mut context, self.id());
+                    let _entered = span.as_ref().map(tracing::Span::enter);
+                    match self.driver.propose(context, data) {
                         Ok((index, term)) => ForwardOutcome::Appended { index, term },
                         Err(ProposeRefused::Dropped) => ForwardOutcome::Busy,
                         Err(_) => ForwardOutcome::NotLeader {
@@ -422,4 +429,18 @@ impl<S: StateMachine> Message<InspectLog> for RaftActor<S> {
                 .collect(),
         }
     }
+}
+
+/// For a traced proposal: puts its trace context into the entry's `context` and opens the
+/// `append` span under it (the leader appending it to its log).
+fn append_span(
+    trace: Option<TraceContext>,
+    context: &mut Vec<u8>,
+    node: NodeId,
+) -> Option<tracing::Span> {
+    let trace = trace?;
+    trace.append_to(context);
+    let span = tracing::info_span!("append", node);
+    trace.adopt(&span);
+    Some(span)
 }

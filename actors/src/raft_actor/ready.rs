@@ -22,6 +22,7 @@ use crate::{
     peer::Reconnect,
     state_machine::StateMachine,
     storage::PersistBatch,
+    trace::TraceContext,
     types::{NodeId, Role},
 };
 
@@ -278,6 +279,13 @@ impl<S: StateMachine> RaftActor<S> {
             }
             EntryType::EntryNormal => match postcard::from_bytes::<S::Command>(&e.data) {
                 Ok(cmd) => {
+                    // A traced proposal's `apply` span, on every node that applies it.
+                    let span = TraceContext::from_entry_context(&e.context).map(|t| {
+                        let span = tracing::info_span!("apply", node = me, index = e.index);
+                        t.adopt(&span);
+                        span
+                    });
+                    let _entered = span.as_ref().map(tracing::Span::enter);
                     let response = self.sm.apply(cmd);
                     if let Some(reply) = reply {
                         reply.send(Ok(response));

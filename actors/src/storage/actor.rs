@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{Span, debug, error, info_span, warn};
 
 use super::{DbHandle, LogDb, MAX_BATCHES_PER_COMMIT, PersistBatch, Recovered, SnapshotRecord};
-use crate::{error::StorageError, metrics::NodeMetrics, types::NodeId};
+use crate::{error::StorageError, metrics::NodeMetrics, trace::TraceContext, types::NodeId};
 
 /// How often the database file's size is read for `iroh_raft_db_size_bytes` (at most).
 const DB_SIZE_EVERY: Duration = Duration::from_millis(500);
@@ -64,6 +64,7 @@ pub struct StorageActor {
     metrics: Arc<NodeMetrics>,
     /// The database file, for its size.
     path: PathBuf,
+    node_id: NodeId,
     /// When its size was last read.
     sized_at: Option<Instant>,
 }
@@ -82,6 +83,7 @@ impl StorageActor {
             metrics: args.metrics,
             path,
             sized_at: None,
+            node_id: args.node_id,
         })
     }
 
@@ -98,6 +100,21 @@ impl StorageActor {
         let durable = self.fsync && self.group.iter().any(|b| b.must_sync);
         let number = self.group.last().map_or(0, |b| b.number);
         let entries: usize = self.group.iter().map(|b| b.entries.len()).sum();
+        // With the `otel` feature, a commit of traced proposals is a `persist` span linked to
+        // each (a root of its own: it serves many proposals).
+        let span = cfg!(feature = "otel")
+            .then(|| {
+                let all = self.group.iter().flat_map(|b| &b.entries);
+                let traced = all.filter_map(|e| TraceContext::from_entry_context(&e.context));
+                let mut traced = traced.peekable();
+                traced.peek()?;
+                let span =
+                    tracing::info_span!(parent: None, "persist", node = self.node_id, entries);
+                traced.for_each(|t| t.link(&span));
+                Some(span)
+            })
+            .flatten();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let started = Instant::now();
         let timer = self.metrics.write_started();
         let result = match self.db.as_mut() {

@@ -3,7 +3,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::membership::MembershipRefusal;
+use crate::{membership::MembershipRefusal, trace::TraceContext};
 
 /// One frame of the consensus stream.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -112,6 +112,9 @@ pub struct ForwardedProposal {
     pub term: u64,
     /// What the follower asks of the leader.
     pub request: ForwardRequest,
+    /// The proposer's trace context, which the leader puts into the entry (see
+    /// [`crate::trace`]).
+    pub trace: Option<TraceContext>,
 }
 
 impl ForwardedProposal {

@@ -1,0 +1,163 @@
+//! With the `otel` feature: a proposal made on a follower is one trace spanning the nodes. An
+//! OTLP/HTTP receiver of our own (a hyper server decoding the protobuf requests with
+//! `opentelemetry-proto`) collects what three nodes export.
+//!
+//! Run with `cargo test --features otel --test otel` (the README's test command does).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use iroh_raft::{KeyValueStore, KvCommand, Preset, Role, start_local_cluster};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value::Value, trace::v1::Span,
+};
+use prost::Message;
+
+/// Every span received, in order.
+type Received = Arc<Mutex<Vec<Span>>>;
+
+/// An OTLP/HTTP receiver on loopback: POST /v1/traces with a protobuf body.
+async fn receiver() -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Received = Arc::default();
+    let spans = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let spans = spans.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let spans = spans.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        if let Ok(request) =
+                            ExportTraceServiceRequest::decode(body.unwrap_or_default())
+                        {
+                            let mut spans = spans.lock().unwrap();
+                            for rs in request.resource_spans {
+                                for ss in rs.scope_spans {
+                                    spans.extend(ss.spans);
+                                }
+                            }
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+fn node_of(span: &Span) -> Option<i64> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == "node")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::IntValue(n) => Some(*n),
+            // tracing-opentelemetry records a u64 as a string.
+            Value::StringValue(s) => s.parse().ok(),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_made_on_a_follower_is_one_trace_across_nodes() {
+    let (addr, received) = receiver().await;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let endpoint = format!("http://{addr}");
+    let nodes = start_local_cluster(&dirs, |_, b| {
+        b.state_machine_factory(KeyValueStore::new)
+            .preset(Preset::Testing)
+            .otlp_endpoint(endpoint.clone())
+    })
+    .await
+    .unwrap();
+    let follower = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            for n in &nodes {
+                if let Ok(s) = n.status().await
+                    && s.role == Role::Follower
+                    && s.leader.is_some()
+                {
+                    return n;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a follower that knows the leader");
+    let follower_id = follower.node_id() as i64;
+    follower
+        .propose(KvCommand::Set {
+            key: "traced".into(),
+            value: "yes".into(),
+        })
+        .await
+        .unwrap();
+    // Every node applies it; then the exporter sends what it holds.
+    let target = follower.status().await.unwrap().applied_index;
+    for n in &nodes {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while n.status().await.map(|s| s.applied_index).unwrap_or(0) < target {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("every node applies the write");
+    }
+
+    // The follower's `propose` span starts the trace; the leader's `append` and every node's
+    // `apply` spans belong to it.
+    let one_trace = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            tokio::task::spawn_blocking(iroh_raft::telemetry::flush)
+                .await
+                .unwrap();
+            let spans = received.lock().unwrap().clone();
+            let propose = spans
+                .iter()
+                .find(|s| s.name == "propose" && node_of(s) == Some(follower_id));
+            if let Some(propose) = propose {
+                let mut by_node: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+                for s in spans.iter().filter(|s| s.trace_id == propose.trace_id) {
+                    if let Some(node) = node_of(s) {
+                        by_node.entry(node).or_default().insert(s.name.clone());
+                    }
+                }
+                let applied_on = by_node.values().filter(|n| n.contains("apply")).count();
+                let appended = by_node.values().any(|n| n.contains("append"));
+                if applied_on == 3 && appended {
+                    return by_node;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let spans = received.lock().unwrap();
+        let seen: Vec<_> = spans.iter().map(|s| (s.name.clone(), node_of(s))).collect();
+        panic!("no trace spanning the nodes; spans received: {seen:?}")
+    });
+    assert!(one_trace.len() >= 2, "{one_trace:?}");
+    assert!(one_trace[&follower_id].contains("propose"), "{one_trace:?}");
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
