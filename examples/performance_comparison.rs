@@ -46,6 +46,33 @@ struct Args {
     /// Modes to run, comma separated: library, remote.
     #[arg(long, value_delimiter = ',', default_value = "library,remote")]
     modes: Vec<String>,
+    /// With the `otel` feature: export traces at this sampling ratio to an OTLP/HTTP sink in
+    /// this process (it accepts and discards), to measure what tracing costs.
+    #[cfg(feature = "otel")]
+    #[arg(long, value_name = "RATIO")]
+    otlp_sampling: Option<f64>,
+}
+
+/// An OTLP/HTTP endpoint that answers every export with 200 and keeps nothing.
+#[cfg(feature = "otel")]
+async fn otlp_sink() -> anyhow::Result<String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::{body::Bytes, server::conn::http1, service::service_fn};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Ok(url)
 }
 
 /// Where proposals go.
@@ -74,6 +101,11 @@ type Node = RaftCluster<KeyValueStore>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    #[cfg(feature = "otel")]
+    let otlp = match args.otlp_sampling {
+        Some(ratio) => Some((otlp_sink().await?, ratio)),
+        None => None,
+    };
     // Throughput per (mode, clients), to print the ratios at the end.
     let mut results: Vec<(String, usize, f64, f64)> = Vec::new();
     for mode in &args.modes {
@@ -87,10 +119,17 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         let (fsync, max_log_entries) = (!args.no_fsync, args.max_log_entries);
         let nodes = start_local_cluster(&dirs, |_, b| {
-            b.state_machine(KeyValueStore::new())
+            let b = b
+                .state_machine(KeyValueStore::new())
                 .preset(Preset::Production)
                 .fsync(fsync)
-                .max_log_entries(max_log_entries)
+                .max_log_entries(max_log_entries);
+            #[cfg(feature = "otel")]
+            let b = match &otlp {
+                Some((url, ratio)) => b.otlp_endpoint(url.clone()).otlp_sampling(*ratio),
+                None => b,
+            };
+            b
         })
         .await?;
         let leader = wait_for_leader(&nodes).await?;
