@@ -5,7 +5,12 @@
 //! ```text
 //! cargo run --example monitoring_integration            # ports picked by the OS
 //! cargo run --example monitoring_integration -- 9101    # listeners on 9101, 9102, 9103
+//! cargo run --features otel --example monitoring_integration -- --otlp http://127.0.0.1:4318
 //! ```
+//!
+//! With `--otlp URL` (needs the `otel` feature) every proposal is also exported as one trace
+//! across the three nodes to that OTLP/HTTP collector (Jaeger, Tempo, the OpenTelemetry
+//! Collector).
 //!
 //! Point Prometheus at the printed addresses (see `docs/monitoring/` for alert rules and a
 //! Grafana dashboard), or `curl` them while the example waits for Ctrl-C with `--wait`.
@@ -23,6 +28,16 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let first_port: u16 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(0);
     let wait = args.iter().any(|a| a == "--wait");
+    let otlp = args
+        .iter()
+        .position(|a| a == "--otlp")
+        .and_then(|i| args.get(i + 1).cloned());
+    #[cfg(not(feature = "otel"))]
+    if otlp.is_some() {
+        anyhow::bail!(
+            "--otlp needs the otel feature: cargo run --features otel --example monitoring_integration"
+        );
+    }
 
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir())
@@ -33,9 +48,16 @@ async fn main() -> anyhow::Result<()> {
         } else {
             first_port + id as u16 - 1
         };
-        b.state_machine_factory(KeyValueStore::new)
+        let b = b
+            .state_machine_factory(KeyValueStore::new)
             .preset(Preset::Development)
-            .metrics_addr(SocketAddr::from(([127, 0, 0, 1], port)))
+            .metrics_addr(SocketAddr::from(([127, 0, 0, 1], port)));
+        #[cfg(feature = "otel")]
+        let b = match &otlp {
+            Some(url) => b.otlp_endpoint(url.clone()),
+            None => b,
+        };
+        b
     })
     .await?;
 
@@ -107,6 +129,9 @@ async fn main() -> anyhow::Result<()> {
         get(addr, "/health").await?
     );
 
+    if let Some(url) = &otlp {
+        println!("traces of the 30 writes exported to {url}");
+    }
     if wait {
         println!("serving until Ctrl-C");
         tokio::signal::ctrl_c().await?;

@@ -21,10 +21,42 @@ use opentelemetry_sdk::{
     Resource,
     trace::{BatchSpanProcessor, Sampler, SdkTracerProvider},
 };
-use tracing_subscriber::{EnvFilter, Layer, filter, layer::SubscriberExt, registry::LookupSpan};
+use tracing::subscriber::Interest;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    layer::{self, SubscriberExt},
+    registry::LookupSpan,
+};
 
 /// The spans a proposal's trace is made of.
 pub const PROPOSAL_SPANS: &[&str] = &["propose", "append", "persist", "apply"];
+
+/// The layer's filter: only the proposal's spans (not log events, not the actors' long-lived
+/// spans, not iroh's). Decided once per callsite, so every other span and event in the process
+/// costs nothing more than without the layer.
+struct ProposalSpans;
+
+impl ProposalSpans {
+    fn wants(meta: &tracing::Metadata<'_>) -> bool {
+        meta.is_span()
+            && meta.target().starts_with("iroh_raft")
+            && PROPOSAL_SPANS.contains(&meta.name())
+    }
+}
+
+impl<S> layer::Filter<S> for ProposalSpans {
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: &layer::Context<'_, S>) -> bool {
+        Self::wants(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
+        if Self::wants(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+}
 
 /// Where traces go and how many are kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,8 +168,10 @@ where
         .with_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-    let sampler =
-        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(options.sampling_ratio)));
+    // New proposal traces are sampled before their first span exists (an unsampled proposal
+    // then costs nothing); what reaches the SDK is recorded, and its children follow it.
+    iroh_raft_actors::set_sampling(options.sampling_ratio);
+    let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
     let provider = SdkTracerProvider::builder()
         .with_span_processor(BatchSpanProcessor::builder(exporter).build())
         .with_sampler(sampler)
@@ -148,11 +182,14 @@ where
         )
         .build();
     let tracer = provider.tracer("iroh-raft");
-    // Only the proposal's spans: not log events, not the actors' long-lived spans, not iroh's.
-    let ours = filter::filter_fn(|meta| meta.is_span() && PROPOSAL_SPANS.contains(&meta.name()));
+    // No busy/idle timing, thread or source location per span: every proposal opens a span,
+    // sampled or not, and these cost on each.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(ours);
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_filter(ProposalSpans);
     Ok((layer, OtlpGuard { provider }))
 }
 

@@ -199,8 +199,12 @@ impl<S: StateMachine> NodeCalls<S> {
     pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<S::Response, ProposeError> {
         // Counted once per call, by its final outcome (a retried refusal is not a failure).
         let started = Instant::now();
-        // The proposal's trace starts here (its context rides with it: see `crate::trace`).
-        let span = tracing::info_span!("propose", node = self.node_id);
+        // The proposal's trace starts here (its context rides with it: see `crate::trace`); an
+        // unsampled proposal opens no span at all.
+        let span = match crate::trace::sample_proposal() {
+            true => tracing::info_span!("propose", node = self.node_id),
+            false => tracing::Span::none(),
+        };
         let outcome = self.propose_attempts(data).instrument(span).await;
         let m = &self.metrics.consensus;
         match &outcome {

@@ -75,6 +75,14 @@
 //! [`NodeCalls::livez`] / [`NodeCalls::readyz`]; the facade serves them and the metrics over
 //! HTTP, and the management protocol over its ALPN (`Metrics`, `Probe`).
 //!
+//! # Traces
+//! With the `otel` feature a proposal carries the W3C trace context of the caller's span
+//! ([`TraceContext`]): [`NodeCalls`] opens `propose`, the `Propose` message and a forward to
+//! the leader carry the context, the leader opens `append` under it and puts it into the
+//! entry's context after the 24-byte proposal identity, the StorageActor's group commit of
+//! traced entries is a `persist` span linked to each, and every node that applies the entry
+//! opens `apply` under it. Without the feature nothing is captured and entries do not grow.
+//!
 //! # One write, end to end
 //! 1. The facade encodes the command and [`NodeCalls`] `ask`s the RaftActor with `Propose`,
 //!    carrying the caller's deadline; the reply is delegated and kept in the pending table under
@@ -232,5 +240,5 @@ pub use supervisor::{
 pub use ticket::{
     ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, ParseError, Ticket, TicketError, TicketRole,
 };
-pub use trace::TraceContext;
+pub use trace::{TraceContext, sample_proposal, set_sampling};
 pub use types::{Leadership, NodeId, NodeStatus, Role};

@@ -8,7 +8,38 @@
 //! OpenTelemetry by `tracing-opentelemetry`; the facade sets up the exporter. Nodes that do not
 //! understand the bytes after the prefix ignore them.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use rkyv::{Archive, Deserialize, Serialize};
+
+/// The share of new traces to record, as a fraction of `u32::MAX` (default: all, and the
+/// subscriber decides).
+static SAMPLING: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Records this share of new proposal traces (0.0 to 1.0); a proposal made inside a sampled
+/// span is always traced. The exporter's setup calls it; the decision is made before any span
+/// exists, so an unsampled proposal costs one random draw.
+pub fn set_sampling(ratio: f64) {
+    let share = (ratio.clamp(0.0, 1.0) * f64::from(u32::MAX)) as u32;
+    SAMPLING.store(share, Ordering::Relaxed);
+}
+
+/// Whether a proposal made now starts (or continues) a trace: always `false` without the
+/// `otel` feature.
+pub fn sample_proposal() -> bool {
+    #[cfg(feature = "otel")]
+    {
+        let share = SAMPLING.load(Ordering::Relaxed);
+        share == u32::MAX
+            || (share > 0 && rand::random::<u32>() < share)
+            || TraceContext::current().is_some()
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = &SAMPLING;
+        false
+    }
+}
 
 /// The tag of a trace context in an entry's context (after the proposal's 24-byte identity).
 const TAG: u8 = 1;
