@@ -1,4 +1,6 @@
-//! With the `otel` feature: a proposal made on a follower is one trace spanning the nodes. An
+//! With the `otel` feature: a proposal made on a follower is one trace spanning the nodes (its
+//! `propose`, the leader's `append`, every node's `apply`; the `persist` and `replicate` spans
+//! that carried it link to it). An
 //! OTLP/HTTP receiver of our own (a hyper server decoding the protobuf requests with
 //! `opentelemetry-proto`) collects what three nodes export.
 //!
@@ -142,7 +144,14 @@ async fn a_proposal_made_on_a_follower_is_one_trace_across_nodes() {
                 }
                 let applied_on = by_node.values().filter(|n| n.contains("apply")).count();
                 let appended = by_node.values().any(|n| n.contains("append"));
-                if applied_on == 3 && appended {
+                // Spans that serve many proposals link to each: the group commits that made
+                // it durable, the sends that carried it to the followers.
+                let linked = |name: &str| {
+                    spans.iter().any(|s| {
+                        s.name == name && s.links.iter().any(|l| l.trace_id == propose.trace_id)
+                    })
+                };
+                if applied_on == 3 && appended && linked("persist") && linked("replicate") {
                     return by_node;
                 }
             }

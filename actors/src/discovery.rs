@@ -73,7 +73,9 @@ impl<S: StateMachine> DiscoveryProtocol<S> {
         let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return refuse(&mut send, RefusalKind::Malformed, e.to_string()).await;
+                return self
+                    .refuse(&mut send, RefusalKind::Malformed, e.to_string())
+                    .await;
             }
             Err(_) => return,
         };
@@ -87,10 +89,12 @@ impl<S: StateMachine> DiscoveryProtocol<S> {
             let msg = format!(
                 "discovery version {version} is not supported (this node speaks {DISCOVERY_VERSION})"
             );
-            return refuse(&mut send, RefusalKind::Version, msg).await;
+            return self.refuse(&mut send, RefusalKind::Version, msg).await;
         }
         if self.calls.facts().is_shut_down() {
-            return refuse(&mut send, RefusalKind::Failed, "node is not running".into()).await;
+            return self
+                .refuse(&mut send, RefusalKind::Failed, "node is not running".into())
+                .await;
         }
         let cluster = &self.calls;
         let remote = conn.remote_id();
@@ -115,7 +119,7 @@ impl<S: StateMachine> DiscoveryProtocol<S> {
             }
             Err((kind, message)) => {
                 warn!(endpoint = %remote.fmt_short(), ?kind, %message, "join refused");
-                return refuse(&mut send, kind, message).await;
+                return self.refuse(&mut send, kind, message).await;
             }
         }
         let _ = send.finish();
@@ -215,6 +219,30 @@ async fn refuse(send: &mut SendStream, kind: RefusalKind, message: String) {
     send_msg(send, &DiscoveryResponse::Refused { kind, message }).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+}
+
+/// The `reason` label of a refused join.
+fn refusal_reason(kind: RefusalKind) -> &'static str {
+    match kind {
+        RefusalKind::Malformed => "malformed",
+        RefusalKind::BadSignature => "bad_signature",
+        RefusalKind::WrongCluster => "wrong_cluster",
+        RefusalKind::IssuerNotMember => "issuer_not_member",
+        RefusalKind::Expired => "expired",
+        RefusalKind::WrongRole => "wrong_role",
+        RefusalKind::Removed => "removed",
+        RefusalKind::Version => "version",
+        RefusalKind::Failed => "failed",
+    }
+}
+
+impl<S: StateMachine> DiscoveryProtocol<S> {
+    /// Refuses a join and counts it.
+    async fn refuse(&self, send: &mut SendStream, kind: RefusalKind, message: String) {
+        let reason = refusal_reason(kind);
+        self.calls.metrics().mgmt.refused("discovery", reason);
+        refuse(send, kind, message).await;
+    }
 }
 
 impl<S: StateMachine> ProtocolHandler for DiscoveryProtocol<S> {

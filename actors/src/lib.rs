@@ -80,7 +80,8 @@
 //! ([`TraceContext`]): [`NodeCalls`] opens `propose`, the `Propose` message and a forward to
 //! the leader carry the context, the leader opens `append` under it and puts it into the
 //! entry's context after the 24-byte proposal identity, the StorageActor's group commit of
-//! traced entries is a `persist` span linked to each, and every node that applies the entry
+//! traced entries is a `persist` span linked to each (a PeerActor's send of them a
+//! `replicate` span, likewise), and every node that applies the entry
 //! opens `apply` under it. Without the feature nothing is captured and entries do not grow.
 //!
 //! # One write, end to end

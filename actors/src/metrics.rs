@@ -55,6 +55,16 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A refused connection or join: which protocol refused it and why (labels `protocol`,
+/// `reason`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `consensus`, `management` or `discovery`.
+    pub protocol: &'static str,
+    /// A short snake_case reason.
+    pub reason: &'static str,
+}
+
 /// Which peer (label `peer`: its node id).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct PeerLabel {
@@ -173,8 +183,17 @@ pub struct EventMetrics {
 pub struct MgmtMetrics {
     /// Management requests answered, by kind and outcome.
     pub mgmt_requests: Family<RequestLabels, Counter>,
-    /// Management and discovery connections refused, by reason.
-    pub admission_refusals: Family<ReasonLabel, Counter>,
+    /// Connections and joins refused, by protocol (consensus, management, discovery) and
+    /// reason.
+    pub admission_refusals: Family<RefusalLabels, Counter>,
+}
+
+impl MgmtMetrics {
+    /// Counts a refusal.
+    pub fn refused(&self, protocol: &'static str, reason: &'static str) {
+        let labels = RefusalLabels { protocol, reason };
+        self.admission_refusals.get_or_create(&labels).inc();
+    }
 }
 
 /// Every metrics group of one node, and the registry they are in.

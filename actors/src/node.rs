@@ -398,7 +398,7 @@ impl<S: StateMachine> Node<S> {
             ),
             facts.membership(),
             raft.clone().recipient(),
-            (storage.clone(), metrics.peers.clone()),
+            (storage.clone(), metrics.clone()),
         );
         Ok(Self {
             raft,

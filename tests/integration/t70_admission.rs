@@ -26,6 +26,13 @@ async fn a_non_member_is_refused_with_a_close_code() {
         assert_eq!(close_code(conn.closed().await), Some(CloseCode::NotAMember));
     }
     stranger.close().await;
+    // Each node counted the refusal.
+    for node in cluster.running() {
+        let page = node.export_metrics_prometheus();
+        let line =
+            "iroh_raft_admission_refusals_total{protocol=\"consensus\",reason=\"not_a_member\"} 1";
+        assert!(page.lines().any(|l| l == line), "no `{line}` in\n{page}");
+    }
 
     // The cluster is unaffected.
     cluster

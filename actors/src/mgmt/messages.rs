@@ -20,7 +20,6 @@ use crate::{
     calls::JoinOptions,
     error::{ProposeError, ReadError},
     membership::MembershipRefusal,
-    metrics::ReasonLabel,
     state_machine::StateMachine,
     ticket::{Ticket, TicketRole},
     types::NodeId,
@@ -55,16 +54,13 @@ impl<S: StateMachine> Message<Admit> for MgmtActor<S> {
     async fn handle(&mut self, msg: Admit, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let refused = self.admit(msg);
         if let Err((code, _)) = &refused {
-            let reason = ReasonLabel {
-                reason: match code {
-                    CloseCode::NotAMember => "not_a_member",
-                    CloseCode::TooManyConnections => "too_many_connections",
-                    CloseCode::ShuttingDown => "node_down",
-                    _ => "other",
-                },
+            let reason = match code {
+                CloseCode::NotAMember => "not_a_member",
+                CloseCode::TooManyConnections => "too_many_connections",
+                CloseCode::ShuttingDown => "node_down",
+                _ => "other",
             };
-            let refusals = &self.calls.metrics().mgmt.admission_refusals;
-            refusals.get_or_create(&reason).inc();
+            self.calls.metrics().mgmt.refused("management", reason);
         }
         refused
     }

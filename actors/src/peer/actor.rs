@@ -21,6 +21,7 @@ use crate::{
     events::{ClusterEvent, EventBus, Publish},
     metrics::{PeerLabel, PeerMetrics},
     storage::{DbHandle, SnapshotReader, SnapshotRecord},
+    trace::TraceContext,
     types::NodeId,
     wire::{
         CloseCode, ForwardReply, ForwardedProposal, Frame, Hello, PROTOCOL_VERSION, WireMessage,
@@ -340,10 +341,27 @@ impl PeerActor {
             self.report_unreachable(batch.forwards.iter().map(|f| f.id).collect());
             return;
         }
+        // With the `otel` feature, sending entries of traced proposals is a `replicate` span
+        // linked to each (a root of its own: one send carries many proposals).
+        let span = cfg!(feature = "otel")
+            .then(|| {
+                let entries = batch.raft.iter().flat_map(|m| &m.entries);
+                let traced = entries.filter_map(|e| TraceContext::from_entry_context(&e.context));
+                let mut traced = traced.peekable();
+                traced.peek()?;
+                let (node, peer) = (self.args.me, self.args.peer);
+                let span = tracing::info_span!(parent: None, "replicate", node, peer);
+                traced.for_each(|t| t.link(&span));
+                Some(span)
+            })
+            .flatten();
         self.encode(batch);
         let buf = std::mem::take(&mut self.buf);
         let result = match self.link.as_mut() {
-            Some(link) => link.send(&buf).await,
+            Some(link) => {
+                let span = span.unwrap_or_else(tracing::Span::none);
+                link.send(&buf).instrument(span).await
+            }
             None => Ok(()),
         };
         self.buf = buf;

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::{BoxFuture, transport::close_code};
 use crate::{
     membership::{Admission, Membership},
-    metrics::{PeerLabel, PeerMetrics},
+    metrics::{NodeMetrics, PeerLabel},
     raft_actor::{NotHeard, PeerHello},
     storage::{DiscardSnapshot, NewSnapshotId, SnapshotRecord, StorageActor, WriteChunk},
     types::NodeId,
@@ -73,7 +73,7 @@ struct Inner {
     snapshots: Recipient<SnapshotReceived>,
     storage: ActorRef<StorageActor>,
     shutdown: CancellationToken,
-    metrics: Arc<PeerMetrics>,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// How reading one stream ended.
@@ -107,7 +107,7 @@ impl RaftProtocol {
         ),
         membership: watch::Receiver<Arc<Membership>>,
         snapshots: Recipient<SnapshotReceived>,
-        (storage, metrics): (ActorRef<StorageActor>, Arc<PeerMetrics>),
+        (storage, metrics): (ActorRef<StorageActor>, Arc<NodeMetrics>),
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -136,13 +136,13 @@ impl RaftProtocol {
         membership: &Membership,
         remote: &EndpointId,
         expected: Option<NodeId>,
-    ) -> Option<NodeId> {
+    ) -> Result<NodeId, &'static str> {
         match membership.admission(remote) {
-            Admission::Member(id) if expected.is_none_or(|e| e == id) => Some(id),
+            Admission::Member(id) if expected.is_none_or(|e| e == id) => Ok(id),
             Admission::Removed(id) => {
                 warn!(endpoint = %remote.fmt_short(), node = id, "refused connection from a removed member");
                 conn.close(CloseCode::Removed.to_varint(), b"removed from this cluster");
-                None
+                Err("removed")
             }
             _ => {
                 warn!(endpoint = %remote.fmt_short(), "refused connection from a non-member");
@@ -150,7 +150,7 @@ impl RaftProtocol {
                     CloseCode::NotAMember.to_varint(),
                     b"not a member of this cluster",
                 );
-                None
+                Err("not_a_member")
             }
         }
     }
@@ -159,7 +159,10 @@ impl RaftProtocol {
         let remote = conn.remote_id();
         let mut membership = self.inner.membership.clone();
         let admitted = Self::admit(conn, &membership.borrow_and_update(), &remote, None);
-        let Some(from) = admitted else { return };
+        let from = match admitted {
+            Ok(from) => from,
+            Err(reason) => return self.inner.metrics.mgmt.refused("consensus", reason),
+        };
         debug!(peer = from, "accepted consensus connection");
         // Each stream is read by its own task: a snapshot transfer never holds up the
         // consensus stream. Dropping the set (when this returns) stops them all.
@@ -181,7 +184,7 @@ impl RaftProtocol {
                         return;
                     }
                     let current = membership.borrow_and_update().clone();
-                    if Self::admit(conn, &current, &remote, Some(from)).is_none() {
+                    if Self::admit(conn, &current, &remote, Some(from)).is_err() {
                         return;
                     }
                 }
@@ -208,14 +211,11 @@ impl RaftProtocol {
 
     async fn read_stream(&self, from: NodeId, mut recv: RecvStream) -> StreamEnd {
         let label = PeerLabel { peer: from };
+        let peers = &self.inner.metrics.peers;
         let mut frames = QuicFrames {
             recv: &mut recv,
-            bytes: self.inner.metrics.peer_received_bytes.get_or_create(&label),
-            frames: self
-                .inner
-                .metrics
-                .peer_received_frames
-                .get_or_create(&label),
+            bytes: peers.peer_received_bytes.get_or_create(&label),
+            frames: peers.peer_received_frames.get_or_create(&label),
         };
         let end = self.serve_stream(from, &mut frames).await;
         if let StreamEnd::Rejected(e) = &end {
