@@ -1,8 +1,8 @@
 //! The member side of the discovery protocol ([`DiscoveryProtocol`], ALPN
 //! [`crate::wire::DISCOVERY_ALPN`], mounted on every node's router): checks a newcomer's ticket,
-//! adds it as a learner, answers with its id and the membership, then asks
-//! the node's [`MgmtActor`] to finish the join (catch up, promote). The newcomer side is the facade builder's. The wire
-//! format is specified in [`crate::wire`].
+//! adds it as a learner, answers with its id and the membership, then asks the node's
+//! [`MgmtActor`] to finish the join (catch up, promote). The newcomer side is the facade
+//! builder's. The wire format is specified in [`crate::wire`].
 
 use std::{
     net::SocketAddr,
