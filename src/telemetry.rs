@@ -29,7 +29,14 @@ use tracing_subscriber::{
 };
 
 /// The spans a proposal's trace is made of.
-pub const PROPOSAL_SPANS: &[&str] = &["propose", "append", "persist", "replicate", "apply"];
+pub const PROPOSAL_SPANS: &[&str] = &[
+    "propose",
+    "serve",
+    "append",
+    "persist",
+    "replicate",
+    "apply",
+];
 
 /// The layer's filter: only the proposal's spans (not log events, not the actors' long-lived
 /// spans, not iroh's). Decided once per callsite, so every other span and event in the process

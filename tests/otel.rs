@@ -17,7 +17,10 @@ use std::{
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use iroh_raft::{KeyValueStore, KvCommand, Preset, Role, start_local_cluster};
+use iroh_raft::{
+    KeyValueStore, KvCommand, Preset, Role, TicketRole, mgmt::IrohRaftManagementClient,
+    start_local_cluster,
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value::Value, trace::v1::Span,
 };
@@ -166,6 +169,53 @@ async fn a_proposal_made_on_a_follower_is_one_trace_across_nodes() {
     });
     assert!(one_trace.len() >= 2, "{one_trace:?}");
     assert!(one_trace[&follower_id].contains("propose"), "{one_trace:?}");
+
+    // A remote client's proposal: the trace starts in the client, and the node that serves
+    // the call continues it (`serve`, then `propose`), down to every node's `apply`.
+    let ticket = nodes[0]
+        .ticket(TicketRole::Admin, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let client = IrohRaftManagementClient::connect(&ticket).await.unwrap();
+    let set = KvCommand::Set {
+        key: "remote".into(),
+        value: "traced".into(),
+    };
+    let _: iroh_raft::KvResponse = client.propose(&set).await.unwrap();
+    let remote_trace = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            tokio::task::spawn_blocking(iroh_raft::telemetry::flush)
+                .await
+                .unwrap();
+            let spans = received.lock().unwrap().clone();
+            let root = spans
+                .iter()
+                .find(|s| s.name == "propose" && node_of(s).is_none());
+            if let Some(root) = root {
+                let same: Vec<&Span> = spans
+                    .iter()
+                    .filter(|s| s.trace_id == root.trace_id)
+                    .collect();
+                let served = same.iter().any(|s| s.name == "serve");
+                let applied: BTreeSet<i64> = same
+                    .iter()
+                    .filter(|s| s.name == "apply")
+                    .filter_map(|s| node_of(s))
+                    .collect();
+                if served && applied.len() == 3 {
+                    return same.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a remote proposal's trace from the client through every node's apply");
+    assert!(
+        remote_trace.contains(&"propose".to_string()),
+        "{remote_trace:?}"
+    );
+    client.close().await;
     for n in &nodes {
         n.shutdown().await.unwrap();
     }

@@ -82,7 +82,9 @@
 //! entry's context after the 24-byte proposal identity, the StorageActor's group commit of
 //! traced entries is a `persist` span linked to each (a PeerActor's send of them a
 //! `replicate` span, likewise), and every node that applies the entry
-//! opens `apply` under it. Without the feature nothing is captured and entries do not grow.
+//! opens `apply` under it. A management call carries its caller's context too, and the lane
+//! serves it in a `serve` span under it. Without the feature nothing is captured and entries do
+//! not grow.
 //!
 //! # One write, end to end
 //! 1. The facade encodes the command and [`NodeCalls`] `ask`s the RaftActor with `Propose`,

@@ -38,6 +38,7 @@ use iroh_raft_actors::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::net::{bind_offline_endpoint, close_within};
 
@@ -310,7 +311,16 @@ impl IrohRaftManagementClient {
                 max: MAX_COMMAND_SIZE,
             });
         }
-        match self.request(MgmtRequest::Propose { command }).await? {
+        // With the `otel` feature, a sampled proposal's trace starts here, in the client.
+        let span = match iroh_raft_actors::sample_proposal() {
+            true => tracing::info_span!("propose", remote = true),
+            false => tracing::Span::none(),
+        };
+        let answer = self
+            .request(MgmtRequest::Propose { command })
+            .instrument(span)
+            .await?;
+        match answer {
             MgmtResponse::Proposed { response } => {
                 postcard::from_bytes(&response).map_err(|e| ClientError::Codec(e.to_string()))
             }
@@ -446,7 +456,11 @@ impl IrohRaftManagementClient {
         let mut batch = MgmtBatch::new();
         let request = MgmtRequest::Subscribe { epoch, after };
         batch
-            .push(&MgmtCall { id: 1, request })
+            .push(&MgmtCall {
+                id: 1,
+                request,
+                trace: None,
+            })
             .map_err(|e| ClientError::Codec(e.to_string()))?;
         send.write_all(batch.bytes())
             .await

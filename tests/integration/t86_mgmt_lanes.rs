@@ -220,12 +220,14 @@ async fn a_lane_with_broken_framing_is_refused_and_the_rest_keeps_working() {
         .push(&MgmtCall {
             id: 7,
             request: MgmtRequest::Health,
+            trace: None,
         })
         .unwrap();
     batch
         .push(&MgmtCall {
             id: 8,
             request: MgmtRequest::Status,
+            trace: None,
         })
         .unwrap();
     send.write_all(batch.bytes()).await.unwrap();
@@ -396,7 +398,8 @@ impl ProtocolHandler for DropsProposals {
             let (conn, proposals, silent) = (conn.clone(), self.proposals.clone(), self.silent);
             lanes.spawn(async move {
                 let mut reader = MgmtReader::new();
-                while let Ok(Some(MgmtCall { id, request })) = reader.next_call(&mut recv).await {
+                while let Ok(Some(MgmtCall { id, request, .. })) = reader.next_call(&mut recv).await
+                {
                     let response = match request {
                         MgmtRequest::Status => MgmtResponse::Status(MgmtStatus {
                             node_id: 1,

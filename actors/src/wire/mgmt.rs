@@ -6,6 +6,7 @@ use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
 use super::discovery::{
     Archivable, Decodable, DiscoveryWireError, decode_framed, encode_framed, read_framed,
 };
+use crate::trace::TraceContext;
 
 /// ALPN of the management protocol.
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
@@ -365,6 +366,9 @@ pub struct MgmtCall {
     pub id: u64,
     /// The request.
     pub request: MgmtRequest,
+    /// The caller's trace context (with the `otel` feature; see [`crate::trace`]): the node
+    /// serves the call as part of the caller's trace.
+    pub trace: Option<TraceContext>,
 }
 
 /// An answer on a lane: one per [`MgmtCall`], or a stream of them for
@@ -640,12 +644,18 @@ mod tests {
             MgmtCall {
                 id: 1,
                 request: MgmtRequest::Status,
+                trace: None,
             },
             MgmtCall {
                 id: 2,
                 request: MgmtRequest::Propose {
                     command: vec![7; 300],
                 },
+                trace: Some(TraceContext {
+                    trace_id: [1; 16],
+                    span_id: [2; 8],
+                    flags: 1,
+                }),
             },
         ];
         for c in &calls {
@@ -657,6 +667,7 @@ mod tests {
             request: MgmtRequest::Propose {
                 command: vec![0; MAX_MGMT_FRAME + 1],
             },
+            trace: None,
         };
         assert!(matches!(
             batch.push(&huge),

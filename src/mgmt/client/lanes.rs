@@ -15,7 +15,7 @@ use std::{
 
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh_raft_actors::{
-    NodeId,
+    NodeId, TraceContext,
     wire::{
         MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader, MgmtReply, MgmtRequest, MgmtResponse,
         MgmtRole,
@@ -80,6 +80,8 @@ impl Claim {
 /// A call in a lane's queue.
 struct Job {
     request: MgmtRequest,
+    /// The caller's trace context, taken in its task.
+    trace: Option<TraceContext>,
     answer: Answer,
     claim: Claim,
 }
@@ -150,6 +152,7 @@ impl Lanes {
         let claim = Claim::default();
         let job = Job {
             request,
+            trace: TraceContext::current(),
             answer,
             claim: claim.clone(),
         };
@@ -193,6 +196,7 @@ async fn write_calls(mut send: SendStream, mut jobs: mpsc::Receiver<Job>, state:
         let mut job = Some(first);
         while let Some(Job {
             request,
+            trace,
             answer,
             claim,
         }) = job.take()
@@ -201,7 +205,7 @@ async fn write_calls(mut send: SendStream, mut jobs: mpsc::Receiver<Job>, state:
             if claim.take(CLAIMED) {
                 let id = next_id;
                 next_id += 1;
-                match batch.push(&MgmtCall { id, request }) {
+                match batch.push(&MgmtCall { id, request, trace }) {
                     Ok(()) => {
                         frames.push((id, batch.len()));
                         answers.push((id, answer));

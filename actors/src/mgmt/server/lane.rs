@@ -21,7 +21,7 @@ use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnord
 use iroh::endpoint::{RecvStream, SendStream};
 use kameo::actor::ActorRef;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use super::{
     super::{
@@ -32,7 +32,7 @@ use super::{
     answer::{node_down, read_error},
     error, tell_from_drop,
 };
-use crate::calls::NodeCalls;
+use crate::{calls::NodeCalls, trace::TraceContext};
 
 /// Request streams (lanes) one connection may have open at once; a lane beyond it is refused.
 pub(super) const MAX_LANES: usize = 64;
@@ -138,10 +138,11 @@ impl<S: StateMachine> MgmtProtocol<S> {
             let first = tokio::select! {
                 call = reader.next_call(&mut rx), if reading && room && running.len() < MAX_LANE_CALLS => {
                     match call {
-                        Ok(Some(MgmtCall { id, request })) if id != 0 => {
+                        Ok(Some(MgmtCall { id, request, trace })) if id != 0 => {
                             let held = Held::new(&limits.bytes, reader.last_len());
                             let out = events_out.as_ref().expect("reading");
-                            if let Some(call) = self.start(role, id, request, held, &limits, out) {
+                            let call = (id, request, trace);
+                            if let Some(call) = self.start(role, call, held, &limits, out) {
                                 running.push(call);
                             }
                             continue;
@@ -193,14 +194,23 @@ impl<S: StateMachine> MgmtProtocol<S> {
     fn start(
         &self,
         role: MgmtRole,
-        id: u64,
-        request: MgmtRequest,
+        (id, request, trace): (u64, MgmtRequest, Option<TraceContext>),
         held: Held,
         limits: &Limits,
         out: &mpsc::Sender<MgmtReply>,
     ) -> Option<BoxFuture<'static, MgmtReply>> {
         let MgmtRequest::Subscribe { epoch, after } = request else {
             let this = self.clone();
+            // A traced caller's call is served as part of its trace.
+            let span = match trace {
+                Some(t) => {
+                    let kind = request.kind_name();
+                    let span = tracing::info_span!("serve", node = self.calls.node_id(), kind);
+                    t.adopt(&span);
+                    span
+                }
+                None => tracing::Span::none(),
+            };
             return Some(
                 async move {
                     let response = this.answer(role, request).await;
@@ -211,6 +221,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         response,
                     }
                 }
+                .instrument(span)
                 .boxed(),
             );
         };
