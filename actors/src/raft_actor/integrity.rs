@@ -14,7 +14,7 @@ use crate::{
     consistency::{ApplyHash, Verdict},
     error::{Corruption, CorruptionKind, DataLocation, FatalError, StaleEvidence},
     events::ClusterEvent,
-    peer::Reconnect,
+    peer::{Outbound, Reconnect},
     state_machine::StateMachine,
     storage::Fence,
     types::NodeId,
@@ -72,16 +72,17 @@ impl<S: StateMachine> RaftActor<S> {
         let Some(point) = self.consistency.head() else {
             return;
         };
-        let me = self.id();
-        for member in self.membership.members() {
-            if member.node_id != me {
-                self.replication
-                    .outbox
-                    .entry(member.node_id)
-                    .or_default()
-                    .checkpoint = Some(Box::new(point));
-            }
+        for peer in self.other_members() {
+            let outbox = &mut self.replication.outbox;
+            outbox.entry(peer).or_default().checkpoint = Some(Box::new(point));
         }
+    }
+
+    /// Every member but this node.
+    fn other_members(&self) -> Vec<NodeId> {
+        let me = self.id();
+        let members = self.membership.members().into_iter().map(|m| m.node_id);
+        members.filter(|&id| id != me).collect()
     }
 
     /// A peer's checkpoint arrived.
@@ -140,6 +141,18 @@ impl<S: StateMachine> RaftActor<S> {
                     node: self.id(),
                     index,
                 });
+                // Its last word: its checkpoint, straight to every member, so that the healthy
+                // ones raise the alarm even when it outvoted us before our own scheduled
+                // checkpoint went out (the outbox is dropped once the node fails).
+                if let Some(point) = self.consistency.head() {
+                    for peer in self.other_members() {
+                        let last = Outbound {
+                            checkpoint: Some(Box::new(point)),
+                            ..Outbound::default()
+                        };
+                        let _ = self.replication.peers.send(peer, last);
+                    }
+                }
                 self.fail(FatalError::Corruption(c));
             }
         }
