@@ -104,6 +104,27 @@ impl TraceContext {
         let _ = span;
     }
 
+    /// For work that carries many entries at once (a group commit, a send to a peer): the
+    /// span `open` makes, linked to every traced entry among `contexts` (the entries'
+    /// contexts). `None`, and `open` never called, when no entry is traced — always without
+    /// the `otel` feature.
+    pub fn linked_span<'a>(
+        contexts: impl IntoIterator<Item = &'a [u8]>,
+        open: impl FnOnce() -> tracing::Span,
+    ) -> Option<tracing::Span> {
+        if !cfg!(feature = "otel") {
+            return None;
+        }
+        let mut traced = contexts
+            .into_iter()
+            .filter_map(Self::from_entry_context)
+            .peekable();
+        traced.peek()?;
+        let span = open();
+        traced.for_each(|t| t.link(&span));
+        Some(span)
+    }
+
     /// Links `span` to it (a span that works for many proposals at once, such as a persist
     /// batch). Does nothing without the `otel` feature.
     pub fn link(&self, span: &tracing::Span) {

@@ -343,18 +343,12 @@ impl PeerActor {
         }
         // With the `otel` feature, sending entries of traced proposals is a `replicate` span
         // linked to each (a root of its own: one send carries many proposals).
-        let span = cfg!(feature = "otel")
-            .then(|| {
-                let entries = batch.raft.iter().flat_map(|m| &m.entries);
-                let traced = entries.filter_map(|e| TraceContext::from_entry_context(&e.context));
-                let mut traced = traced.peekable();
-                traced.peek()?;
-                let (node, peer) = (self.args.me, self.args.peer);
-                let span = tracing::info_span!(parent: None, "replicate", node, peer);
-                traced.for_each(|t| t.link(&span));
-                Some(span)
-            })
-            .flatten();
+        let contexts = batch.raft.iter().flat_map(|m| &m.entries);
+        let (node, peer) = (self.args.me, self.args.peer);
+        let span = TraceContext::linked_span(
+            contexts.map(|e| &e.context[..]),
+            || tracing::info_span!(parent: None, "replicate", node, peer),
+        );
         self.encode(batch);
         let buf = std::mem::take(&mut self.buf);
         let result = match self.link.as_mut() {

@@ -102,18 +102,11 @@ impl StorageActor {
         let entries: usize = self.group.iter().map(|b| b.entries.len()).sum();
         // With the `otel` feature, a commit of traced proposals is a `persist` span linked to
         // each (a root of its own: it serves many proposals).
-        let span = cfg!(feature = "otel")
-            .then(|| {
-                let all = self.group.iter().flat_map(|b| &b.entries);
-                let traced = all.filter_map(|e| TraceContext::from_entry_context(&e.context));
-                let mut traced = traced.peekable();
-                traced.peek()?;
-                let span =
-                    tracing::info_span!(parent: None, "persist", node = self.node_id, entries);
-                traced.for_each(|t| t.link(&span));
-                Some(span)
-            })
-            .flatten();
+        let contexts = self.group.iter().flat_map(|b| &b.entries);
+        let span = TraceContext::linked_span(
+            contexts.map(|e| &e.context[..]),
+            || tracing::info_span!(parent: None, "persist", node = self.node_id, entries),
+        );
         let _entered = span.as_ref().map(tracing::Span::enter);
         let started = Instant::now();
         let timer = self.metrics.write_started();
