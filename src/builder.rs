@@ -10,10 +10,14 @@ use std::{
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
-    IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
+    Bootstrap, Identity, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
     StateMachineSource, StorageSpawn, SupervisorParent, Ticket,
+    backup::{self, BackupError, BackupInfo},
     wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
+
+/// Hears `(bytes done, bytes in all)` while a backup is restored.
+type RestoreProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 mod join;
@@ -114,6 +118,8 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     join_as_learner: bool,
     join_options: JoinOptions,
     lan_name: Option<String>,
+    restore_from: Option<PathBuf>,
+    restore_progress: Option<RestoreProgress>,
     mgmt_allowlist: BTreeMap<iroh::EndpointId, MgmtRole>,
     remote_reader: Option<RemoteReader<S>>,
     parent: Option<SupervisorParent<S>>,
@@ -146,6 +152,8 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             join_as_learner: false,
             join_options: JoinOptions::default(),
             lan_name: None,
+            restore_from: None,
+            restore_progress: None,
             mgmt_allowlist: BTreeMap::new(),
             remote_reader: None,
             parent: None,
@@ -403,6 +411,26 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
+    /// Founds a new cluster from a backup (`RaftCluster::backup`, `iroh-raft ctl snapshot
+    /// save`), like `etcdutl snapshot restore`: the data dir must be empty or missing, and the
+    /// backup is read through and its hash and format version checked before anything is
+    /// created. The node (with the [`Self::peers`] given, all voters) starts at the backup's
+    /// index with its state; the cluster is a new one (its id derives from the backup's hash
+    /// and the members), so the old cluster's tickets and keys are not honoured. Every initial
+    /// member restores the same file with the same peers; or one member restores alone and
+    /// the others join it by ticket.
+    pub fn restore_from(mut self, backup: impl Into<PathBuf>) -> Self {
+        self.restore_from = Some(backup.into());
+        self
+    }
+
+    /// With [`Self::restore_from`]: hears `(bytes done, bytes in all)` while the backup is
+    /// verified and written.
+    pub fn restore_progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.restore_progress = Some(Arc::new(progress));
+        self
+    }
+
     /// Admits the management client with endpoint id `key` with `role` without a ticket
     /// (members are always admins of each other).
     pub fn mgmt_allow(mut self, key: iroh::EndpointId, role: MgmtRole) -> Self {
@@ -448,6 +476,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (None, _) => None,
         };
 
+        let restored = self.verify_restore(&data_dir).await?;
+
         // All or nothing: until the node exists, a failure removes what this build created.
         let mut created = Created::missing_dirs(&data_dir);
         std::fs::create_dir_all(&data_dir).map_err(|source| BuildError::DataDir {
@@ -477,7 +507,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 owns_endpoint,
                 (data_dir, &mut created),
                 peers,
-                state_machine,
+                (state_machine, restored),
             )
             .await;
         match started {
@@ -491,6 +521,84 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 Err(e)
             }
         }
+    }
+
+    /// With [`Self::restore_from`]: checks that the data dir is empty and reads the backup
+    /// through, before anything is created.
+    async fn verify_restore(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<Option<BackupInfo>, BuildError> {
+        let Some(path) = self.restore_from.clone() else {
+            return Ok(None);
+        };
+        if self.joining || self.join_ticket.is_some() {
+            return Err(ConfigError::RestoreAndJoin.into());
+        }
+        let not_empty = match std::fs::read_dir(data_dir) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(source) => {
+                return Err(BuildError::DataDir {
+                    path: data_dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        if not_empty {
+            return Err(BackupError::NotEmpty {
+                path: data_dir.to_owned(),
+            }
+            .into());
+        }
+        let progress = self.restore_progress.clone();
+        let info = tokio::task::spawn_blocking(move || {
+            backup::verify_file(&path, |done, all| {
+                if let Some(p) = &progress {
+                    p(done / 2, all);
+                }
+            })
+        })
+        .await
+        .map_err(|e| BuildError::Restore(BackupError::Snapshot(e.to_string())))??;
+        Ok(Some(info))
+    }
+
+    /// Writes the verified backup into the new node's log.
+    async fn restore(
+        &self,
+        mut db: LogDb,
+        identity: Identity,
+        members: Vec<Member>,
+        info: BackupInfo,
+    ) -> Result<LogDb, BuildError> {
+        let path = self.restore_from.clone().ok_or(ConfigError::RestoreAndJoin)?;
+        let progress = self.restore_progress.clone();
+        let (db, restored) = tokio::task::spawn_blocking(move || {
+            let half = info.file_size / 2;
+            let restored = backup::restore_into(
+                &mut db,
+                identity,
+                &members,
+                (&path, Some(info)),
+                |done, all| {
+                    if let Some(p) = &progress {
+                        p(half + done / 2, all);
+                    }
+                },
+            );
+            (db, restored)
+        })
+        .await
+        .map_err(|e| BuildError::Restore(BackupError::Snapshot(e.to_string())))?;
+        let info = restored?;
+        tracing::info!(
+            index = info.header.index,
+            term = info.header.term,
+            bytes = info.file_size,
+            "restored the node's state from a backup"
+        );
+        Ok(db)
     }
 
     /// The node's own endpoint, with the data dir's key unless one was given.
@@ -516,7 +624,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         owns_endpoint: bool,
         (data_dir, created): (PathBuf, &mut Created),
         peers: Vec<(NodeId, PeerAddr)>,
-        state_machine: StateMachineSource<S>,
+        (state_machine, restored): (StateMachineSource<S>, Option<BackupInfo>),
     ) -> Result<RaftCluster<S>, BuildError> {
         #[cfg(feature = "otel")]
         if let Some(otlp) = &self.otlp {
@@ -553,6 +661,16 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         let (node_id, bootstrap, join) = self
             .identity(stored, accepted, &endpoint, &data_dir, created, peers)
             .await?;
+        let db = match (restored, &bootstrap) {
+            (Some(info), Bootstrap::Initial(members)) => {
+                let identity = Identity {
+                    node_id,
+                    endpoint_id: endpoint.id(),
+                };
+                self.restore(db, identity, members.clone(), info).await?
+            }
+            _ => db,
+        };
         created.keep();
         let config = self.node_config(node_id)?;
         let storage_spawn = match Handle::current().runtime_flavor() {

@@ -14,6 +14,7 @@ use iroh_raft_actors::{
     CodecError, EventStream, FatalError, HealthReport, HealthStatus, Liveness, Node, NodeCalls,
     NodeId, NodeMetrics, NodeStatus, ProposeError, RaftProtocol, ReadError, SnapshotError,
     StateMachine, Ticket, TicketRole,
+    backup::{BackupError, HashCheck, SavedBackup},
 };
 
 use crate::DiscoveryProtocol;
@@ -210,6 +211,56 @@ impl<S: StateMachine> RaftCluster<S> {
     /// the index the snapshot covers once it is durable. Appends and commits go on meanwhile.
     pub async fn trigger_snapshot(&self) -> Result<u64, SnapshotError> {
         self.calls.trigger_snapshot().await
+    }
+
+    /// Writes a consistent backup of the cluster's state into `out`, from this node: a
+    /// ReadIndex round first proves this node has applied every write acknowledged before the
+    /// call (it needs a quorum), then the node takes a snapshot and streams it, pinned, as a
+    /// backup file (see [`iroh_raft_actors::backup`]): a large state never sits in memory
+    /// whole, and writes go on meanwhile. On an error, what was written is not a backup.
+    pub async fn backup<W>(&self, out: W) -> Result<SavedBackup, BackupError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        self.write_backup(true, out).await
+    }
+
+    /// Like [`Self::backup`], without the ReadIndex round: this node's own applied state, which
+    /// needs no quorum (what disaster recovery starts from when the quorum is lost for good).
+    /// Writes acknowledged by the cluster but not applied here yet are not in it.
+    pub async fn backup_applied<W>(&self, out: W) -> Result<SavedBackup, BackupError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        self.write_backup(false, out).await
+    }
+
+    async fn write_backup<W>(&self, consistent: bool, mut out: W) -> Result<SavedBackup, BackupError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self.calls.backup(consistent).await?;
+        let file_size = stream.file_size();
+        let mut check = HashCheck::new();
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            check.update(&piece);
+            out.write_all(&piece).await.map_err(BackupError::Write)?;
+        }
+        out.flush().await.map_err(BackupError::Write)?;
+        if check.len() != file_size {
+            return Err(BackupError::Truncated {
+                read: check.len(),
+                expected: file_size,
+            });
+        }
+        Ok(SavedBackup {
+            index: stream.header.index,
+            term: stream.header.term,
+            file_size,
+            hash: check.finish()?,
+        })
     }
 
     /// A stream of cluster events from now on (a node that stopped for good answers with its

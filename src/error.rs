@@ -21,6 +21,9 @@ pub enum ConfigError {
     /// `data_dir` was not set.
     #[error("data_dir is required")]
     MissingDataDir,
+    /// A restore founds a new cluster: it cannot also join one.
+    #[error("restore_from founds a new cluster: it cannot be combined with joining one")]
+    RestoreAndJoin,
     /// Followers would call elections between heartbeats.
     #[error(
         "election timeout {election:?} must be longer than the heartbeat interval {heartbeat:?}"
@@ -142,6 +145,10 @@ pub enum BuildError {
     /// Local-network announcement could not start.
     #[error("LAN discovery: {0}")]
     Lan(String),
+    /// The backup to restore from is not usable, or the data dir is not empty (nothing was
+    /// written).
+    #[error("restore: {0}")]
+    Restore(#[from] iroh_raft_actors::backup::BackupError),
     /// No member named in the ticket could be reached.
     #[error("no member in the ticket could be reached: {reason}")]
     JoinUnreachable {

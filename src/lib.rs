@@ -26,6 +26,9 @@ pub use iroh_raft_actors::{
     SnapshotError, StateMachine, StorageError, Ticket, TicketError, TicketRole, TransferError,
     WriteSnapshot, wire::ALPN,
 };
+/// Backup files: their format, verification and restore (see [`RaftCluster::backup`] and
+/// [`RaftClusterBuilder::restore_from`]).
+pub use iroh_raft_actors::backup;
 pub use iroh_raft_actors::{
     DiscoveryProtocol, HealthCheck, HealthReport, HealthStatus, JoinOptions, NodeMetrics,
     Transferred,

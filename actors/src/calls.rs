@@ -19,10 +19,12 @@ use crate::{
     metrics::NodeMetrics,
     raft_actor::{GetStatus, LinearizableQuery, Propose, Query, RaftActor, TriggerSnapshot},
     state_machine::StateMachine,
+    storage::DbHandle,
     types::{NodeId, NodeStatus},
     wire::MAX_COMMAND_SIZE,
 };
 
+mod backup;
 mod health;
 mod membership;
 
@@ -30,6 +32,7 @@ pub use health::{
     CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, LIVEZ_CHECKS, RAFT_STALL,
     READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE,
 };
+pub use backup::{BACKUP_PIECE, BackupStream};
 pub use membership::{JoinOptions, Transferred};
 
 /// How much longer than a proposal's deadline the handle waits for the RaftActor's answer. The
@@ -45,6 +48,8 @@ pub struct NodeCalls<S: StateMachine> {
     events: ActorRef<EventBus>,
     facts: Arc<Facts>,
     metrics: Arc<NodeMetrics>,
+    /// The node's database, for backups to read snapshots from.
+    db: DbHandle,
     request_timeout: Duration,
     retry_interval: Duration,
 }
@@ -57,6 +62,7 @@ impl<S: StateMachine> Clone for NodeCalls<S> {
             events: self.events.clone(),
             facts: self.facts.clone(),
             metrics: self.metrics.clone(),
+            db: self.db.clone(),
             request_timeout: self.request_timeout,
             retry_interval: self.retry_interval,
         }
@@ -102,7 +108,7 @@ impl<S: StateMachine> NodeCalls<S> {
         config: &NodeConfig,
         raft: ActorRef<RaftActor<S>>,
         events: ActorRef<EventBus>,
-        (facts, metrics): (Arc<Facts>, Arc<NodeMetrics>),
+        (facts, metrics, db): (Arc<Facts>, Arc<NodeMetrics>, DbHandle),
     ) -> Self {
         Self {
             node_id: config.node_id,
@@ -110,6 +116,7 @@ impl<S: StateMachine> NodeCalls<S> {
             events,
             facts,
             metrics,
+            db,
             request_timeout: config.request_timeout,
             retry_interval: config.heartbeat_interval,
         }

@@ -177,6 +177,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backup;
 mod calls;
 mod config;
 mod consistency;
@@ -200,7 +201,7 @@ mod types;
 pub mod wire;
 
 pub use calls::{
-    CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, JoinOptions, LIVEZ_CHECKS, NodeCalls,
+    BACKUP_PIECE, BackupStream, CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, JoinOptions, LIVEZ_CHECKS, NodeCalls,
     RAFT_STALL, READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE, Transferred,
 };
 pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};

@@ -363,7 +363,7 @@ impl<S: StateMachine> Node<S> {
             &config_copy,
             raft.clone(),
             events.clone(),
-            (facts.clone(), metrics.clone()),
+            (facts.clone(), metrics.clone(), db_handle.clone()),
         );
         let mgmt_args = MgmtArgs {
             calls: calls.clone(),

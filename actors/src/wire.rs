@@ -98,7 +98,10 @@
 //!   of (clients move to the leader when the node they talk to names another one), in
 //!   completion order, not request order. A [`MgmtRequest::Subscribe`] gets
 //!   [`MgmtResponse::Subscribed`], then [`MgmtResponse::Event`] / [`MgmtResponse::Missed`]
-//!   replies until the client stops the stream (clients give a subscription a lane of its own). When the client finishes its side
+//!   replies until the client stops the stream (clients give a subscription a lane of its own).
+//!   A [`MgmtRequest::Backup`] (admin only) gets [`MgmtResponse::BackupStarted`], the backup
+//!   file in [`MgmtResponse::BackupPiece`]s and [`MgmtResponse::BackupEnd`], on a lane of its
+//!   own too; the client checks the file's hash itself. When the client finishes its side
 //!   the node answers what it has read, then finishes too. A lane whose framing breaks (a frame
 //!   that does not decode, a length over [`MAX_MGMT_FRAME`], a stream ending inside a frame, a
 //!   call with id 0) gets a reply with id 0 ([`MgmtErrorKind::Malformed`]); the node stops

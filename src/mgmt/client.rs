@@ -31,13 +31,18 @@ use std::{
 use iroh::{Endpoint, EndpointAddr, SecretKey};
 use iroh_raft_actors::{
     NodeId, Ticket,
+    backup::{HashCheck, SavedBackup},
     wire::{
-        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtHealth, MgmtProbe, MgmtReader,
+        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth, MgmtProbe, MgmtReader,
         MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
+
+/// How long a backup's stream may go without a reply (the member takes a snapshot before the
+/// first one).
+const BACKUP_IDLE: Duration = Duration::from_secs(300);
 use tracing::Instrument;
 
 use crate::net::{bind_offline_endpoint, close_within};
@@ -491,5 +496,111 @@ impl IrohRaftManagementClient {
             epoch,
             last_seq,
         })
+    }
+
+    /// Saves a consistent backup of the cluster into `out`, streamed from the member this
+    /// client talks to (the point is a ReadIndex: it holds every write acknowledged before the
+    /// call). The bytes' hash is checked as they arrive; `progress` hears `(bytes, file size)`.
+    /// On an error, what was written to `out` is not a backup (discard it).
+    pub async fn backup<W>(
+        &self,
+        mut out: W,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<SavedBackup, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
+            reason: e.to_string(),
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let session = self.connection(deadline).await?;
+        // A lane of its own: the pieces never hold up other requests.
+        let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| unreachable(&e))?;
+        let mut batch = MgmtBatch::new();
+        let call = MgmtCall {
+            id: 1,
+            request: MgmtRequest::Backup,
+            trace: None,
+        };
+        batch
+            .push(&call)
+            .map_err(|e| ClientError::Codec(e.to_string()))?;
+        send.write_all(batch.bytes())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let mut reader = MgmtReader::new();
+        // The member confirms the point and writes a snapshot first: allow it time.
+        let idle = self.timeout.max(BACKUP_IDLE);
+        let mut started = None;
+        let mut check = HashCheck::new();
+        loop {
+            let reply = tokio::time::timeout(idle, reader.next_reply(&mut recv))
+                .await
+                .map_err(|_| ClientError::Timeout(idle))?;
+            let response = match reply {
+                Ok(Some(r)) => r.response,
+                Ok(None) => {
+                    return Err(ClientError::Backup(
+                        "the member ended the stream before the backup was complete".into(),
+                    ));
+                }
+                Err(e) => {
+                    return Err(ClientError::Backup(format!("the stream was lost: {e}")));
+                }
+            };
+            match (response, started) {
+                (
+                    MgmtResponse::BackupStarted {
+                        index,
+                        term,
+                        file_size,
+                    },
+                    None,
+                ) => {
+                    started = Some((index, term, file_size));
+                    progress(0, file_size);
+                }
+                (MgmtResponse::BackupPiece { bytes }, Some((_, _, size))) => {
+                    check.update(&bytes);
+                    out.write_all(&bytes)
+                        .await
+                        .map_err(|e| ClientError::Backup(format!("writing it out: {e}")))?;
+                    progress(check.len(), size);
+                }
+                (MgmtResponse::BackupEnd, Some((index, term, file_size))) => {
+                    out.flush()
+                        .await
+                        .map_err(|e| ClientError::Backup(format!("writing it out: {e}")))?;
+                    if check.len() != file_size {
+                        return Err(ClientError::Backup(format!(
+                            "received {} bytes of a {file_size}-byte backup",
+                            check.len()
+                        )));
+                    }
+                    let hash = check
+                        .finish()
+                        .map_err(|e| ClientError::Backup(e.to_string()))?;
+                    return Ok(SavedBackup {
+                        index,
+                        term,
+                        file_size,
+                        hash,
+                    });
+                }
+                (MgmtResponse::Error { kind, message, .. }, _) => {
+                    return Err(match kind {
+                        MgmtErrorKind::Forbidden => ClientError::Forbidden(message),
+                        kind => ClientError::Failed { kind, message },
+                    });
+                }
+                (other, _) => {
+                    return Err(ClientError::Codec(format!(
+                        "unexpected answer to a backup: {other:?}"
+                    )));
+                }
+            }
+        }
     }
 }

@@ -88,6 +88,11 @@ impl DbHandle {
 }
 
 impl LogDb {
+    /// The database file (empty for an in-memory database).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens (or creates) the database file. A file that is not a redb database, is corrupt, or
     /// was written with another layout version is refused with a typed error; it is never reset.
     ///

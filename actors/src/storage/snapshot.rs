@@ -107,6 +107,34 @@ impl LogDb {
 }
 
 impl DbHandle {
+    /// The current snapshot, pinned: the reader holds one read transaction for as long as it
+    /// lives, so the snapshot stays whole even when a newer one replaces it meanwhile (its pages
+    /// are kept until the reader is dropped: the file grows by what is written meanwhile).
+    /// `None` if the node has no snapshot.
+    pub fn pinned_snapshot(&self) -> Result<Option<SnapshotReader>, StorageError> {
+        let db = self.database()?;
+        let tx = db.begin_read().io("begin read")?;
+        let record = {
+            let meta = tx.open_table(META).io("open meta")?;
+            let value = meta.get(meta_key::SNAPSHOT).io("read meta")?;
+            value
+                .map(|v| {
+                    super::db::decode_meta(
+                        &self.path,
+                        meta_key::SNAPSHOT,
+                        v.value(),
+                        super::records::decode_snapshot,
+                    )
+                })
+                .transpose()?
+        };
+        Ok(record.map(|record| {
+            let mut reader = SnapshotReader::new(db, self.path.clone(), record);
+            reader.pinned = Some(tx);
+            reader
+        }))
+    }
+
     /// Reads a stored snapshot back.
     pub fn snapshot_reader(&self, record: &SnapshotRecord) -> Result<SnapshotReader, StorageError> {
         Ok(SnapshotReader::new(
@@ -178,6 +206,9 @@ impl<F: FnMut(u32, Vec<u8>) -> io::Result<()>> io::Write for SnapshotWriter<F> {
 /// error is the [`Corruption`] (see [`SnapshotReader::corruption`]).
 pub struct SnapshotReader {
     db: Arc<Database>,
+    /// A read transaction held for the whole read: the snapshot's chunks stay readable even if
+    /// a newer snapshot replaces it meanwhile (see [`DbHandle::pinned_snapshot`]).
+    pinned: Option<redb::ReadTransaction>,
     path: PathBuf,
     record: SnapshotRecord,
     next: u32,
@@ -200,6 +231,7 @@ impl SnapshotReader {
     fn new(db: Arc<Database>, path: PathBuf, record: SnapshotRecord) -> Self {
         Self {
             db,
+            pinned: None,
             path,
             record,
             next: 0,
@@ -250,7 +282,14 @@ impl SnapshotReader {
             return Ok(None);
         }
         let chunk = {
-            let tx = self.db.begin_read().map_err(io::Error::other)?;
+            let fresh;
+            let tx = match &self.pinned {
+                Some(tx) => tx,
+                None => {
+                    fresh = self.db.begin_read().map_err(io::Error::other)?;
+                    &fresh
+                }
+            };
             let chunks = tx.open_table(SNAPSHOT_CHUNKS).map_err(io::Error::other)?;
             let value = chunks
                 .get((self.record.id, self.next))

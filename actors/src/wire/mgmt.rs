@@ -12,7 +12,7 @@ use crate::trace::TraceContext;
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
 
 /// Version carried in [`MgmtRequest::Hello`].
-pub const MGMT_VERSION: u32 = 4;
+pub const MGMT_VERSION: u32 = 5;
 
 /// Largest management message (8 MiB: a command of up to 4 MiB with room to spare).
 pub const MAX_MGMT_FRAME: usize = 8 * 1024 * 1024;
@@ -193,6 +193,10 @@ pub enum MgmtRequest {
         /// Readiness (true) or liveness (false).
         ready: bool,
     },
+    /// A consistent backup of the cluster's state, taken on the answering member (admin only):
+    /// [`MgmtResponse::BackupStarted`], the file's bytes in [`MgmtResponse::BackupPiece`]s,
+    /// then [`MgmtResponse::BackupEnd`] (or an error). Clients give it a lane of its own.
+    Backup,
 }
 
 /// One health check's outcome.
@@ -271,6 +275,7 @@ impl MgmtRequest {
             MgmtRequest::MintTicket { .. } => "mint_ticket",
             MgmtRequest::Metrics => "metrics",
             MgmtRequest::Probe { .. } => "probe",
+            MgmtRequest::Backup => "backup",
         }
     }
 }
@@ -323,6 +328,22 @@ pub enum MgmtResponse {
         /// The number of the last event before the first one that follows.
         after: u64,
     },
+    /// A backup's point is confirmed and its snapshot pinned: its bytes follow.
+    BackupStarted {
+        /// The log index it covers.
+        index: u64,
+        /// That entry's term.
+        term: u64,
+        /// The whole file's size.
+        file_size: u64,
+    },
+    /// The next bytes of a backup file (at most 256 KiB).
+    BackupPiece {
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The backup file is complete (its last piece ended with its hash).
+    BackupEnd,
     /// A minted ticket, as printed.
     Ticket {
         /// The ticket.
@@ -595,6 +616,7 @@ mod tests {
             },
             MgmtRequest::Metrics,
             MgmtRequest::Probe { ready: true },
+            MgmtRequest::Backup,
         ] {
             let bytes = round_trip(&req);
             assert_eq!(
@@ -611,6 +633,15 @@ mod tests {
             MgmtResponse::Metrics {
                 text: "iroh_raft_has_leader 1\n# EOF\n".into(),
             },
+            MgmtResponse::BackupStarted {
+                index: 9,
+                term: 2,
+                file_size: 1234,
+            },
+            MgmtResponse::BackupPiece {
+                bytes: vec![5; 1000],
+            },
+            MgmtResponse::BackupEnd,
             MgmtResponse::Probe(MgmtProbe {
                 node_id: 3,
                 kind: "readyz".into(),

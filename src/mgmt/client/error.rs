@@ -47,6 +47,10 @@ pub enum ClientError {
         /// What happened.
         reason: String,
     },
+    /// A backup could not be saved: the member failed it, the bytes received do not verify, or
+    /// writing them out failed. What was written is not a backup.
+    #[error("backup: {0}")]
+    Backup(String),
     /// The encoded command is larger than a node accepts; nothing was sent.
     #[error("command of {size} bytes is larger than the limit of {max} bytes")]
     TooLarge {

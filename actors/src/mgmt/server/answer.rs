@@ -173,9 +173,9 @@ impl<S: StateMachine> MgmtProtocol<S> {
             },
             // Answered above.
             MgmtRequest::Metrics | MgmtRequest::Probe { .. } => node_down(),
-            MgmtRequest::Subscribe { .. } => error(
+            MgmtRequest::Subscribe { .. } | MgmtRequest::Backup => error(
                 MgmtErrorKind::Malformed,
-                "a subscription is served by the lane",
+                "a subscription or backup is served by the lane",
                 None,
             ),
             MgmtRequest::MintTicket {

@@ -199,6 +199,41 @@ impl<S: StateMachine> MgmtProtocol<S> {
         limits: &Limits,
         out: &mpsc::Sender<MgmtReply>,
     ) -> Option<BoxFuture<'static, MgmtReply>> {
+        if matches!(request, MgmtRequest::Backup) {
+            drop(held);
+            let (out, cluster) = (out.clone(), self.cluster());
+            let requests = self.calls.metrics().mgmt.mgmt_requests.clone();
+            tokio::spawn(async move {
+                let response = match (cluster, role) {
+                    (Some(_), MgmtRole::ReadOnly) => Some(error(
+                        MgmtErrorKind::Forbidden,
+                        "a backup needs an admin client",
+                        None,
+                    )),
+                    (Some(cluster), MgmtRole::Admin) => backup(&cluster, id, &out).await,
+                    (None, _) => Some(node_down()),
+                };
+                let outcome = match &response {
+                    Some(MgmtResponse::Error { kind, .. }) => kind.name(),
+                    _ => "ok",
+                };
+                let labels = crate::metrics::RequestLabels {
+                    kind: "backup",
+                    outcome,
+                };
+                requests.get_or_create(&labels).inc();
+                if let Some(response) = response {
+                    let _ = out
+                        .send(MgmtReply {
+                            id,
+                            leader: 0,
+                            response,
+                        })
+                        .await;
+                }
+            });
+            return None;
+        }
         let MgmtRequest::Subscribe { epoch, after } = request else {
             let this = self.clone();
             // A traced caller's call is served as part of its trace.
@@ -301,6 +336,57 @@ fn push_reply(batch: &mut MgmtBatch, mut reply: MgmtReply, leader: u64) {
             warn!(error = %e, "management error does not encode");
         }
     }
+}
+
+/// Streams a backup as replies to call `id`: started, the pieces, the end; `Some` is the
+/// answer when it failed (before or while streaming: the client discards what it received).
+async fn backup<S: StateMachine>(
+    cluster: &NodeCalls<S>,
+    id: u64,
+    out: &mpsc::Sender<MgmtReply>,
+) -> Option<MgmtResponse> {
+    let reply = |response| MgmtReply {
+        id,
+        leader: 0,
+        response,
+    };
+    let mut stream = match cluster.backup(true).await {
+        Ok(s) => s,
+        Err(e) => return Some(backup_error(&e)),
+    };
+    let started = MgmtResponse::BackupStarted {
+        index: stream.header.index,
+        term: stream.header.term,
+        file_size: stream.file_size(),
+    };
+    if out.send(reply(started)).await.is_err() {
+        return None;
+    }
+    loop {
+        let piece = tokio::select! {
+            piece = stream.next() => piece,
+            _ = out.closed() => return None,
+        };
+        let response = match piece {
+            Some(Ok(bytes)) => MgmtResponse::BackupPiece { bytes },
+            Some(Err(e)) => return Some(backup_error(&e)),
+            None => return Some(MgmtResponse::BackupEnd),
+        };
+        // Waits while the client reads slowly: the node reads the snapshot no faster.
+        if out.send(reply(response)).await.is_err() {
+            return None;
+        }
+    }
+}
+
+fn backup_error(e: &crate::backup::BackupError) -> MgmtResponse {
+    use crate::backup::BackupError as B;
+    let kind = match e {
+        B::NoConsistentPoint(_) => MgmtErrorKind::Unavailable,
+        B::NodeStopped(_) => MgmtErrorKind::NodeDown,
+        _ => MgmtErrorKind::Refused,
+    };
+    error(kind, e.to_string(), None)
 }
 
 /// Streams events as replies to call `id` until the client stops reading; `Some` is the
