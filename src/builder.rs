@@ -10,8 +10,8 @@ use std::{
 
 use iroh::{Endpoint, EndpointAddr, SecretKey, protocol::Router};
 use iroh_raft_actors::{
-    Bootstrap, Identity, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError, StateMachine,
-    StateMachineSource, StorageSpawn, SupervisorParent, Ticket,
+    Bootstrap, Identity, IrohDialer, LogDb, Member, Node, NodeConfig, NodeId, NodeSpec, StartError,
+    StateMachine, StateMachineSource, StorageSpawn, SupervisorParent, Ticket,
     backup::{self, BackupError, BackupInfo},
     wire::{ALPN, DISCOVERY_ALPN, MGMT_ALPN, MgmtRole},
 };
@@ -412,7 +412,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
     }
 
     /// Founds a new cluster from a backup (`RaftCluster::backup`, `iroh-raft ctl snapshot
-    /// save`), like `etcdutl snapshot restore`: the data dir must be empty or missing, and the
+    /// save`), like `etcdutl snapshot restore`: the data dir must hold no node (it may hold the
+    /// node's key, nothing else is read), and the
     /// backup is read through and its hash and format version checked before anything is
     /// created. The node (with the [`Self::peers`] given, all voters) starts at the backup's
     /// index with its state; the cluster is a new one (its id derives from the backup's hash
@@ -535,17 +536,11 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         if self.joining || self.join_ticket.is_some() {
             return Err(ConfigError::RestoreAndJoin.into());
         }
-        let not_empty = match std::fs::read_dir(data_dir) {
-            Ok(mut entries) => entries.next().is_some(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(source) => {
-                return Err(BuildError::DataDir {
-                    path: data_dir.to_owned(),
-                    source,
-                });
-            }
-        };
-        if not_empty {
+        // The dir may hold the node's key already (peers need it in advance), never a log.
+        let holds_node = [DB_FILE, JOIN_PENDING_FILE]
+            .iter()
+            .any(|f| data_dir.join(f).exists());
+        if holds_node {
             return Err(BackupError::NotEmpty {
                 path: data_dir.to_owned(),
             }
@@ -572,7 +567,10 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         members: Vec<Member>,
         info: BackupInfo,
     ) -> Result<LogDb, BuildError> {
-        let path = self.restore_from.clone().ok_or(ConfigError::RestoreAndJoin)?;
+        let path = self
+            .restore_from
+            .clone()
+            .ok_or(ConfigError::RestoreAndJoin)?;
         let progress = self.restore_progress.clone();
         let (db, restored) = tokio::task::spawn_blocking(move || {
             let half = info.file_size / 2;

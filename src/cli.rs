@@ -1,5 +1,6 @@
 //! Subcommands of the `iroh-raft` binary.
 
+pub(crate) mod backup;
 pub(crate) mod ctl;
 pub(crate) mod demo;
 pub(crate) mod kv;

@@ -235,7 +235,11 @@ impl<S: StateMachine> RaftCluster<S> {
         self.write_backup(false, out).await
     }
 
-    async fn write_backup<W>(&self, consistent: bool, mut out: W) -> Result<SavedBackup, BackupError>
+    async fn write_backup<W>(
+        &self,
+        consistent: bool,
+        mut out: W,
+    ) -> Result<SavedBackup, BackupError>
     where
         W: tokio::io::AsyncWrite + Unpin,
     {

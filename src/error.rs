@@ -147,7 +147,7 @@ pub enum BuildError {
     Lan(String),
     /// The backup to restore from is not usable, or the data dir is not empty (nothing was
     /// written).
-    #[error("restore: {0}")]
+    #[error(transparent)]
     Restore(#[from] iroh_raft_actors::backup::BackupError),
     /// No member named in the ticket could be reached.
     #[error("no member in the ticket could be reached: {reason}")]

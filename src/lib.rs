@@ -20,15 +20,15 @@ pub mod telemetry;
 pub use builder::{DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
+/// Backup files: their format, verification and restore (see [`RaftCluster::backup`] and
+/// [`RaftClusterBuilder::restore_from`]).
+pub use iroh_raft_actors::backup;
 pub use iroh_raft_actors::{
     ClusterEvent, ClusterId, EventItem, EventStream, FatalError, MemberInfo, MemberRole,
     MembershipRefusal, NodeId, NodeStatus, ProposeError, RaftProtocol, ReadError, Role,
     SnapshotError, StateMachine, StorageError, Ticket, TicketError, TicketRole, TransferError,
     WriteSnapshot, wire::ALPN,
 };
-/// Backup files: their format, verification and restore (see [`RaftCluster::backup`] and
-/// [`RaftClusterBuilder::restore_from`]).
-pub use iroh_raft_actors::backup;
 pub use iroh_raft_actors::{
     DiscoveryProtocol, HealthCheck, HealthReport, HealthStatus, JoinOptions, NodeMetrics,
     Transferred,

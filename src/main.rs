@@ -32,6 +32,13 @@ enum Command {
     /// no answer: it may be applied); 2 bad usage (a value too large: nothing sent); 3
     /// refused; 4 unreachable (nothing was sent).
     Kv(Box<cli::kv::KvArgs>),
+    /// Inspect backup files: `snapshot status FILE` verifies one and prints what it holds.
+    /// Exit codes: 0 verified; 1 it does not verify (the reason is printed); 2 bad usage.
+    Snapshot(cli::backup::SnapshotArgs),
+    /// Write a data dir for a new one-member cluster from a backup (offline, like `etcdutl
+    /// snapshot restore`): the backup is verified before anything is written, the data dir
+    /// must be empty. Start the node with `iroh-raft node --data-dir D`; others join by ticket.
+    Restore(Box<cli::backup::RestoreArgs>),
 }
 
 /// Ends the process at once with `code`: what QUIC may still wait for (acknowledgements from
@@ -75,6 +82,8 @@ async fn main() {
         Command::Node(args) => cli::node::run(*args).await,
         Command::Ctl(args) => exit_now(client_code(cli::ctl::run_ctl(*args).await)),
         Command::Kv(args) => exit_now(client_code(cli::kv::run_kv(*args).await)),
+        Command::Snapshot(args) => cli::backup::snapshot(args).await,
+        Command::Restore(args) => cli::backup::restore(*args).await,
     };
     match result {
         Ok(()) => exit_now(0),

@@ -105,9 +105,7 @@ pub enum BackupError {
         found: Vec<u8>,
     },
     /// Written in a format this build does not read.
-    #[error(
-        "backup format version {found} is not supported: this build reads version {supported}"
-    )]
+    #[error("backup format version {found} is not supported: this build reads version {supported}")]
     UnsupportedVersion {
         /// The file's version.
         found: u16,
@@ -418,7 +416,9 @@ impl<R: Read> Read for BackupReader<R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = out.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let want = out
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
         let n = loop {
             match self.input.read(&mut out[..want]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -538,10 +538,7 @@ pub fn restore_into(
         None => verify_file(path, |read, total| progress(read / 2, total))?,
     };
     let half = info.file_size / 2;
-    let mut reader = BackupReader::open(BufReader::with_capacity(
-        256 * 1024,
-        open_file(path)?,
-    ))?;
+    let mut reader = BackupReader::open(BufReader::with_capacity(256 * 1024, open_file(path)?))?;
     if *reader.header() != info.header {
         return Err(changed_meanwhile(path));
     }
@@ -551,7 +548,9 @@ pub fn restore_into(
     let mut stored = Ok(());
     let mut writer = SnapshotWriter::new(|no, bytes| {
         stored = db.write_snapshot_chunk(snapshot_id, no, &bytes);
-        stored.as_ref().map_err(|e| io::Error::other(e.to_string()))?;
+        stored
+            .as_ref()
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(())
     });
     let header = SnapshotHeader {

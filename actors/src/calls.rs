@@ -28,11 +28,11 @@ mod backup;
 mod health;
 mod membership;
 
+pub use backup::{BACKUP_PIECE, BackupStream};
 pub use health::{
     CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, LIVEZ_CHECKS, RAFT_STALL,
     READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE,
 };
-pub use backup::{BACKUP_PIECE, BackupStream};
 pub use membership::{JoinOptions, Transferred};
 
 /// How much longer than a proposal's deadline the handle waits for the RaftActor's answer. The

@@ -201,8 +201,9 @@ mod types;
 pub mod wire;
 
 pub use calls::{
-    BACKUP_PIECE, BackupStream, CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus, JoinOptions, LIVEZ_CHECKS, NodeCalls,
-    RAFT_STALL, READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE, Transferred,
+    BACKUP_PIECE, BackupStream, CHECK_TIMEOUT, HealthCheck, HealthReport, HealthStatus,
+    JoinOptions, LIVEZ_CHECKS, NodeCalls, RAFT_STALL, READY_MAX_LAG, READYZ_CHECKS, STUCK_WRITE,
+    Transferred,
 };
 pub use config::{NodeConfig, StorageSpawn, TICKS_PER_HEARTBEAT};
 pub use consistency::ApplyHash;

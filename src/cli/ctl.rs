@@ -79,8 +79,11 @@ enum CtlCommand {
         /// The voter.
         id: Option<u64>,
     },
-    /// Take a snapshot on the node the CLI talks to.
-    Snapshot,
+    /// Take a snapshot on the node the CLI talks to; `snapshot save FILE` saves a backup.
+    Snapshot {
+        #[command(subcommand)]
+        action: Option<SnapshotAction>,
+    },
     /// Print events as they happen (Ctrl-C to stop).
     Watch,
     /// Mint a ticket signed by a member.
@@ -91,6 +94,18 @@ enum CtlCommand {
         /// How long it stays valid (30s, 10m, 24h, 7d; more than zero).
         #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
         expires: Duration,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum SnapshotAction {
+    /// Save a consistent backup of the cluster to FILE (written as FILE.part, verified, then
+    /// renamed): it holds every write acknowledged before the command. The member it comes
+    /// from takes a snapshot; writes go on meanwhile. --timeout bounds finding a member; the
+    /// transfer may take longer.
+    Save {
+        /// Where to write it.
+        file: PathBuf,
     },
 }
 
@@ -230,7 +245,10 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
                 || format!("node {leader} leads (after {took:.0?})"),
             );
         }
-        CtlCommand::Snapshot => {
+        CtlCommand::Snapshot {
+            action: Some(SnapshotAction::Save { file }),
+        } => super::backup::save(cli, &file, json).await?,
+        CtlCommand::Snapshot { action: None } => {
             let index = cli.call().snapshot().await?;
             print_one(json, json!({ "snapshot_index": index }), || {
                 format!("snapshot at index {index}")

@@ -36,6 +36,13 @@ pub(crate) struct NodeArgs {
     /// Found a new one-node cluster.
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
+    /// Disaster recovery, when a quorum is lost for good: turn this node into a one-member
+    /// cluster at its last applied state (a new cluster id; its key and id kept), then run as
+    /// that cluster's node; others join it by ticket. Entries it held but had not applied
+    /// (committed elsewhere or not) are dropped: it prints how many. The old log is kept
+    /// beside it as raft.redb.before-force-new-cluster-SECONDS.
+    #[arg(long, conflicts_with_all = ["join", "bootstrap"])]
+    force_new_cluster: bool,
     /// Join the cluster this ticket names.
     #[arg(long, value_name = "TICKET")]
     join: Option<Ticket>,
@@ -114,7 +121,7 @@ pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
-const CONF_FILE: &str = "node.conf";
+pub(crate) const CONF_FILE: &str = "node.conf";
 
 /// The bind address a previous run recorded: in `node.conf`, or, for a node whose join did not
 /// finish, in the pending mark (the address the cluster was given for it).
@@ -207,19 +214,39 @@ fn start_failure(dir: &Path, e: BuildError) -> anyhow::Error {
     }
 }
 
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+/// The address the node's endpoint bound for `bind` (its port when `bind` asked for any).
+pub(crate) fn bound_address(cluster: &RaftCluster<KeyValueStore>, bind: SocketAddr) -> SocketAddr {
+    cluster
+        .endpoint()
+        .bound_sockets()
+        .into_iter()
+        .find(|a| a.is_ipv4() == bind.is_ipv4())
+        .unwrap_or(bind)
+}
+
+pub(crate) fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    check_data_dir(&args)?;
     let dir = &args.data_dir;
+    let recovery = dir.join(RECOVERY_FILE);
+    // A recovery that stopped after the old log was moved aside resumes from its backup.
+    let resuming =
+        args.force_new_cluster && recovery.exists() && !dir.join(iroh_raft::DB_FILE).exists();
+    if !resuming {
+        check_data_dir(&args)?;
+    }
     let bind = match args.bind {
         Some(b) => b,
         None => stored_bind(dir)?.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
     };
+    let mut restore = None;
+    if args.force_new_cluster {
+        restore = Some(force_new_cluster(&args, bind, resuming).await?);
+    }
     let mut builder = RaftCluster::builder()
         .data_dir(dir)
         .bind_address(bind)
@@ -229,6 +256,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .preset(args.preset);
     if args.bootstrap {
         builder = builder.node_id(1);
+    }
+    if let Some(node) = restore {
+        builder = builder.node_id(node).restore_from(&recovery);
     }
     if let Some(name) = &args.lan_name {
         builder = builder.lan_discovery(name.clone());
@@ -243,15 +273,14 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     let cluster = builder.build().await.map_err(|e| start_failure(dir, e))?;
-    let bound = cluster
-        .endpoint()
-        .bound_sockets()
-        .into_iter()
-        .find(|a| a.is_ipv4() == bind.is_ipv4())
-        .unwrap_or(bind);
+    let bound = bound_address(&cluster, bind);
     write_file(&dir.join(CONF_FILE), &format!("bind={bound}\n"))?;
+    if restore.is_some() {
+        std::fs::remove_file(&recovery)
+            .with_context(|| format!("removing {}", recovery.display()))?;
+    }
 
-    if args.bootstrap {
+    if args.bootstrap || restore.is_some() {
         for (role, file) in [
             (TicketRole::Join, "ticket"),
             (TicketRole::Admin, "admin-ticket"),
@@ -292,6 +321,98 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(Some(e)) => bail!("node {id} stopped: {e}"),
         Some(None) => bail!("node {id} stopped"),
     }
+}
+
+/// The backup a `--force-new-cluster` restores from, in the data dir until the new cluster runs.
+const RECOVERY_FILE: &str = "force-new-cluster.irbk";
+
+/// The first half of `--force-new-cluster`: starts the node from its data dir (it cannot
+/// commit anything: no quorum), waits until it applied what it knows to be committed, writes
+/// that state to the recovery backup, stops it and moves its log aside. Returns the node's id;
+/// the caller restores it as a one-member cluster.
+async fn force_new_cluster(
+    args: &NodeArgs,
+    bind: SocketAddr,
+    resuming: bool,
+) -> anyhow::Result<u64> {
+    let dir = &args.data_dir;
+    let recovery = dir.join(RECOVERY_FILE);
+    if resuming {
+        let header = std::fs::File::open(&recovery)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| Ok(iroh_raft::backup::BackupReader::open(f)?.header().clone()))?;
+        eprintln!(
+            "force-new-cluster: resuming from {} (index {})",
+            recovery.display(),
+            header.index
+        );
+        return Ok(header.source_node);
+    }
+    let old = RaftCluster::builder()
+        .data_dir(dir)
+        .bind_address(bind)
+        .state_machine_factory(KeyValueStore::new)
+        .preset(args.preset)
+        .build()
+        .await
+        .map_err(|e| start_failure(dir, e))?;
+    let node = old.node_id();
+    // Everything this node knows to be committed gets applied (replayed from its log).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s = old.status().await?;
+        if s.applied_index >= s.commit_index {
+            break s;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "node {node} applied only up to {} of its commit index {} within 60 s",
+                s.applied_index,
+                s.commit_index
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let part = dir.join(format!("{RECOVERY_FILE}.part"));
+    let out = tokio::fs::File::create(&part)
+        .await
+        .with_context(|| format!("creating {}", part.display()))?;
+    let saved = old
+        .backup_applied(tokio::io::BufWriter::new(out))
+        .await
+        .context("writing the node's applied state")?;
+    old.shutdown().await.context("stopping the node")?;
+    std::fs::File::open(&part)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", part.display()))?;
+    std::fs::rename(&part, &recovery).with_context(|| format!("writing {}", recovery.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = dir.join(format!(
+        "{}.before-force-new-cluster-{stamp}",
+        iroh_raft::DB_FILE
+    ));
+    std::fs::rename(dir.join(iroh_raft::DB_FILE), &kept)
+        .with_context(|| format!("moving the old log to {}", kept.display()))?;
+    for stale in ["ticket", "admin-ticket"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    let dropped = status.last_index.saturating_sub(saved.index);
+    eprintln!(
+        "force-new-cluster: node {node} keeps its state at index {} (term {}): every entry it \
+         had applied. Dropped: {dropped} entries of its log after that index (indexes {}..={}), \
+         not known to it as committed. Lost, if there were any: writes the old cluster \
+         committed after index {} that this node never received; and the old cluster's \
+         tickets are not honoured. Old log kept as {}.",
+        saved.index,
+        saved.term,
+        saved.index + 1,
+        status.last_index.max(saved.index),
+        saved.index,
+        kept.display()
+    );
+    Ok(node)
 }
 
 async fn shutdown_signal() {

@@ -33,8 +33,8 @@ use iroh_raft_actors::{
     NodeId, Ticket,
     backup::{HashCheck, SavedBackup},
     wire::{
-        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth, MgmtProbe, MgmtReader,
-        MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
+        CloseCode, MAX_COMMAND_SIZE, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtHealth, MgmtProbe,
+        MgmtReader, MgmtRequest, MgmtResponse, MgmtRole, MgmtStatus,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
