@@ -27,6 +27,7 @@ pub use join::JOIN_PENDING_FILE;
 
 use crate::{
     JoinOptions, Preset,
+    backups::{BackupConfig, Schedule},
     cluster::{Lifetime, RaftCluster},
     error::{BuildError, ConfigError},
     mgmt::RemoteReader,
@@ -119,6 +120,7 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     join_options: JoinOptions,
     lan_name: Option<String>,
     restore_from: Option<PathBuf>,
+    backups: Option<BackupConfig>,
     restore_progress: Option<RestoreProgress>,
     mgmt_allowlist: BTreeMap<iroh::EndpointId, MgmtRole>,
     remote_reader: Option<RemoteReader<S>>,
@@ -153,6 +155,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             join_options: JoinOptions::default(),
             lan_name: None,
             restore_from: None,
+            backups: None,
             restore_progress: None,
             mgmt_allowlist: BTreeMap::new(),
             remote_reader: None,
@@ -425,6 +428,14 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
+    /// Scheduled backups: on `config.schedule` the leader saves a consistent backup to
+    /// `config.target` (a directory or `s3://bucket/prefix`), reads it back and checks its hash,
+    /// then deletes the oldest beyond `config.retention` (see [`crate::backups`]).
+    pub fn backups(mut self, config: BackupConfig) -> Self {
+        self.backups = Some(config);
+        self
+    }
+
     /// With [`Self::restore_from`]: hears `(bytes done, bytes in all)` while the backup is
     /// verified and written.
     pub fn restore_progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
@@ -477,6 +488,12 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (None, _) => None,
         };
 
+        let schedule = self
+            .backups
+            .as_ref()
+            .map(BackupConfig::check)
+            .transpose()
+            .map_err(ConfigError::Backups)?;
         let restored = self.verify_restore(&data_dir).await?;
 
         // All or nothing: until the node exists, a failure removes what this build created.
@@ -508,7 +525,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 owns_endpoint,
                 (data_dir, &mut created),
                 peers,
-                (state_machine, restored),
+                (state_machine, restored, schedule),
             )
             .await;
         match started {
@@ -622,7 +639,11 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         owns_endpoint: bool,
         (data_dir, created): (PathBuf, &mut Created),
         peers: Vec<(NodeId, PeerAddr)>,
-        (state_machine, restored): (StateMachineSource<S>, Option<BackupInfo>),
+        (state_machine, restored, schedule): (
+            StateMachineSource<S>,
+            Option<BackupInfo>,
+            Option<Schedule>,
+        ),
     ) -> Result<RaftCluster<S>, BuildError> {
         #[cfg(feature = "otel")]
         if let Some(otlp) = &self.otlp {
@@ -709,7 +730,19 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 .accept(MGMT_ALPN, node.mgmt_protocol.clone())
                 .spawn()
         });
+        let mut backups = None;
+        if let Some(schedule) = schedule {
+            let calls = node.calls.clone();
+            let metrics = Arc::new(crate::backups::BackupMetrics::default());
+            node.metrics
+                .registry
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .register(metrics.clone());
+            backups = Some(crate::backups::spawn(calls, schedule, metrics));
+        }
         let mut lifetime = Lifetime::new(node, endpoint, router, owns_endpoint);
+        lifetime.backups = backups;
         lifetime.metrics_server = metrics_server;
         let cluster = RaftCluster::new(lifetime);
         self.finish_join(&cluster, join, &data_dir).await?;

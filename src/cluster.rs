@@ -36,7 +36,10 @@ pub(crate) struct Lifetime<S: StateMachine> {
     liveness: tokio::sync::watch::Receiver<Liveness>,
     /// The monitoring listener, if one was asked for.
     pub(crate) metrics_server: Option<MetricsServer>,
+    /// The scheduled backups' task, if the builder was given a schedule.
+    pub(crate) backups: Option<tokio::task::JoinHandle<()>>,
 }
+
 
 impl<S: StateMachine> Lifetime<S> {
     pub(crate) fn new(
@@ -53,12 +56,16 @@ impl<S: StateMachine> Lifetime<S> {
             owns_endpoint,
             stopped: AtomicBool::new(false),
             metrics_server: None,
+            backups: None,
         }
     }
 }
 
 impl<S: StateMachine> Drop for Lifetime<S> {
     fn drop(&mut self) {
+        if let Some(task) = &self.backups {
+            task.abort();
+        }
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -353,6 +360,9 @@ impl<S: StateMachine> RaftCluster<S> {
     pub async fn shutdown(&self) -> Result<(), FatalError> {
         if self.lifetime.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Some(task) = &self.lifetime.backups {
+            task.abort();
         }
         let result = self.lifetime.node.shutdown().await;
         if let Some(server) = &self.lifetime.metrics_server {

@@ -21,6 +21,9 @@ pub enum ConfigError {
     /// `data_dir` was not set.
     #[error("data_dir is required")]
     MissingDataDir,
+    /// The scheduled backups' configuration is invalid.
+    #[error(transparent)]
+    Backups(#[from] crate::backups::BackupConfigError),
     /// A restore founds a new cluster: it cannot also join one.
     #[error("restore_from founds a new cluster: it cannot be combined with joining one")]
     RestoreAndJoin,

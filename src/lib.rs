@@ -20,6 +20,7 @@ pub mod telemetry;
 pub use builder::{DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
+pub mod backups;
 /// Backup files: their format, verification and restore (see [`RaftCluster::backup`] and
 /// [`RaftClusterBuilder::restore_from`]).
 pub use iroh_raft_actors::backup;

@@ -59,6 +59,20 @@ pub(crate) struct NodeArgs {
     /// How long the tickets printed at --bootstrap stay valid (e.g. 30s, 10m, 24h, 7d).
     #[arg(long, default_value = "7d", value_parser = parse_positive_duration)]
     ticket_ttl: Duration,
+    /// Scheduled backups (taken by the leader): a cron expression in UTC, five fields ("0 2 *
+    /// * *": 02:00 daily) or six with seconds first.
+    #[arg(long, value_name = "CRON", requires = "backup_target")]
+    backup_schedule: Option<String>,
+    /// Where scheduled backups go: a directory, or s3://bucket/prefix (credentials and region
+    /// from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", requires = "backup_schedule")]
+    backup_target: Option<iroh_raft::backups::BackupTarget>,
+    /// How many scheduled backups to keep (older ones are deleted once a new one verified).
+    #[arg(long, value_name = "N", default_value = "7")]
+    backup_retention: usize,
+    /// With an s3:// target: the endpoint of an S3-compatible store (http:// allowed).
+    #[arg(long, value_name = "URL")]
+    backup_s3_endpoint: Option<String>,
     /// Serve /metrics (Prometheus), /livez, /readyz and /health over HTTP on this address
     /// (ip:port; port 0 picks one, printed on the `ready` line as metrics=…).
     #[arg(long, value_name = "ADDR")]
@@ -265,6 +279,21 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.metrics_addr {
         builder = builder.metrics_addr(addr);
+    }
+    if let (Some(schedule), Some(mut target)) =
+        (args.backup_schedule.clone(), args.backup_target.clone())
+    {
+        if let (iroh_raft::backups::BackupTarget::S3 { options, .. }, Some(endpoint)) =
+            (&mut target, &args.backup_s3_endpoint)
+        {
+            options.allow_http = endpoint.starts_with("http://");
+            options.endpoint = Some(endpoint.clone());
+        }
+        builder = builder.backups(iroh_raft::backups::BackupConfig {
+            schedule,
+            retention: args.backup_retention,
+            target,
+        });
     }
     if let Some(ticket) = args.join.clone() {
         builder = builder.join_ticket(ticket);
