@@ -715,3 +715,162 @@ impl BackupInfo {
         hex(&self.header.cluster_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64) -> Member {
+        let key = iroh::SecretKey::from_bytes(&[id as u8; 32]).public();
+        Member {
+            node_id: id,
+            addr: iroh::EndpointAddr::new(key),
+        }
+    }
+
+    /// A backup of `state` at index 42, as a node writes it.
+    fn backup_bytes(state: &[u8]) -> Vec<u8> {
+        let mut snapshot = Vec::new();
+        let header = SnapshotHeader {
+            membership: Membership::initial(&[member(1), member(2)]),
+            applied_hash: Some([7; 32]),
+            has_state: true,
+        };
+        write_snapshot_header(&mut snapshot, &header).unwrap();
+        snapshot.extend_from_slice(state);
+        let header = BackupHeader {
+            index: 42,
+            term: 3,
+            cluster_id: [9; 16],
+            voters: vec![1, 2],
+            learners: vec![],
+            source_node: 1,
+            created_unix_ms: 1,
+            size: snapshot.len() as u64,
+        };
+        let mut w = BackupWriter::new(Vec::new(), &header).unwrap();
+        w.write_all(&snapshot).unwrap();
+        let (hash, size, out) = w.finish().unwrap();
+        assert_eq!(size, out.len() as u64);
+        assert_eq!(&out[out.len() - 32..], &hash);
+        out
+    }
+
+    #[test]
+    fn a_backup_round_trips_and_describes_itself() {
+        let state = vec![5u8; 700_000];
+        let bytes = backup_bytes(&state);
+        let info = verify(bytes.as_slice(), |_, _| {}).unwrap();
+        assert_eq!((info.header.index, info.header.term), (42, 3));
+        assert_eq!(info.members.len(), 2);
+        assert_eq!(info.state_size, state.len() as u64);
+        assert_eq!(info.file_size, bytes.len() as u64);
+        assert_eq!(info.applied_hash, Some([7; 32]));
+        let mut check = HashCheck::new();
+        for piece in bytes.chunks(1000) {
+            check.update(piece);
+        }
+        assert_eq!(check.finish().unwrap(), info.hash);
+    }
+
+    #[test]
+    fn every_damage_is_a_typed_error_naming_it() {
+        let bytes = backup_bytes(b"the state");
+        // One flipped bit anywhere: in the header, the snapshot or the hash itself.
+        for at in [12, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x01;
+            let err = verify(bad.as_slice(), |_, _| {}).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BackupError::HashMismatch { .. } | BackupError::Malformed { .. }
+                ),
+                "byte {at}: {err}"
+            );
+        }
+        let mut check = HashCheck::new();
+        let mut bad = bytes.clone();
+        bad[20] ^= 0x80;
+        check.update(&bad);
+        assert!(matches!(
+            check.finish(),
+            Err(BackupError::HashMismatch { .. })
+        ));
+        // Truncated anywhere.
+        for len in [3, 8, 20, bytes.len() - 10, bytes.len() - 1] {
+            let err = verify(&bytes[..len], |_, _| {}).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BackupError::Truncated { .. } | BackupError::NotABackup { .. }
+                ),
+                "{len} bytes: {err}"
+            );
+        }
+        assert!(matches!(
+            verify(&bytes[..0], |_, _| {}),
+            Err(BackupError::Empty)
+        ));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            verify(longer.as_slice(), |_, _| {}),
+            Err(BackupError::TrailingBytes { .. })
+        ));
+        let mut foreign = bytes.clone();
+        foreign[4] = 9;
+        assert!(matches!(
+            verify(foreign.as_slice(), |_, _| {}),
+            Err(BackupError::UnsupportedVersion {
+                found: 9,
+                supported: 1
+            })
+        ));
+        let err = verify(&b"SQLite format 3\0 and more"[..], |_, _| {}).unwrap_err();
+        assert!(matches!(err, BackupError::NotABackup { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_restore_verifies_before_it_writes_and_founds_a_new_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.irbk");
+        let bytes = backup_bytes(b"kv state");
+        let identity = |id: u64| Identity {
+            node_id: id,
+            endpoint_id: member(id).addr.id,
+        };
+        // A damaged file: nothing is written.
+        let mut bad = bytes.clone();
+        bad[bytes.len() - 34] ^= 1;
+        std::fs::write(&file, &bad).unwrap();
+        let mut db = LogDb::open(&dir.path().join("raft.redb")).unwrap();
+        let err = restore_into(&mut db, identity(5), &[member(5)], (&file, None), |_, _| {});
+        assert!(matches!(err, Err(BackupError::HashMismatch { .. })));
+        assert_eq!(db.identity().unwrap(), None);
+        assert_eq!(db.current_snapshot().unwrap(), None);
+
+        std::fs::write(&file, &bytes).unwrap();
+        let info =
+            restore_into(&mut db, identity(5), &[member(5)], (&file, None), |_, _| {}).unwrap();
+        let r = db.recover().unwrap();
+        let snap = r.snapshot.unwrap();
+        assert_eq!((snap.index, snap.term), (42, 3));
+        assert_eq!(r.hard_state.commit, 42);
+        assert_eq!(r.conf_state.voters, vec![5]);
+        let mut reader = db.snapshot_reader(&snap);
+        let header = read_snapshot_header(&mut reader).unwrap();
+        assert_eq!(
+            header.membership.cluster_id(),
+            restored_cluster_id(&info.hash, &[member(5)])
+        );
+        assert_ne!(header.membership.cluster_id(), [9; 16]);
+        assert_eq!(header.applied_hash, Some([7; 32]));
+        let mut state = Vec::new();
+        reader.read_to_end(&mut state).unwrap();
+        assert_eq!(state, b"kv state");
+        // A node's log is never overwritten.
+        let again = restore_into(&mut db, identity(5), &[member(5)], (&file, None), |_, _| {});
+        assert!(matches!(again, Err(BackupError::NotEmpty { .. })));
+    }
+}

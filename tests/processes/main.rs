@@ -14,4 +14,5 @@ mod t40_degraded;
 mod t45_pause;
 mod t50_chaos;
 mod t60_damage;
+mod t70_backup;
 mod timings;
