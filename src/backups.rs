@@ -203,7 +203,7 @@ impl BackupConfig {
 }
 
 /// An S3 client on the ring-based rustls stack the rest of the crate uses.
-pub(crate) fn s3_store(
+pub fn s3_store(
     bucket: &str,
     options: &S3Options,
 ) -> object_store::Result<object_store::aws::AmazonS3> {
@@ -268,7 +268,9 @@ pub(crate) fn spawn<S: StateMachine>(
                 Ok((saved, deleted)) => {
                     let took = started.elapsed();
                     metrics.successes.inc();
-                    metrics.last_success_unix_seconds.set(unix_ms() as i64 / 1000);
+                    metrics
+                        .last_success_unix_seconds
+                        .set(unix_ms() as i64 / 1000);
                     metrics.last_duration_ms.set(took.as_millis() as i64);
                     metrics.last_size_bytes.set(saved.file_size as i64);
                     metrics.last_index.set(saved.index as i64);
@@ -366,9 +368,7 @@ impl Schedule {
 
     async fn read_back(&self, path: &ObjectPath, saved: &SavedBackup) -> Result<(), RunError> {
         let got = self.store.get(path).await?;
-        let stream = got
-            .into_stream()
-            .map(|r| r.map_err(std::io::Error::other));
+        let stream = got.into_stream().map(|r| r.map_err(std::io::Error::other));
         let reader = tokio_util::io::StreamReader::new(stream);
         let verified = tokio::task::spawn_blocking(move || {
             let sync = tokio_util::io::SyncIoBridge::new(reader);

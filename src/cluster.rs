@@ -40,7 +40,6 @@ pub(crate) struct Lifetime<S: StateMachine> {
     pub(crate) backups: Option<tokio::task::JoinHandle<()>>,
 }
 
-
 impl<S: StateMachine> Lifetime<S> {
     pub(crate) fn new(
         node: Node<S>,

@@ -371,6 +371,8 @@ impl<R: Read> BackupReader<R> {
         let mut sink = [0u8; 64 * 1024];
         while self.remaining > 0 {
             match self.read(&mut sink) {
+                // Not before `remaining` is 0: a short input is an error of `read`.
+                Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => return Err(self.classify(e)),
             }

@@ -65,7 +65,11 @@ pub(crate) struct NodeArgs {
     backup_schedule: Option<String>,
     /// Where scheduled backups go: a directory, or s3://bucket/prefix (credentials and region
     /// from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
-    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", requires = "backup_schedule")]
+    #[arg(
+        long,
+        value_name = "DIR|s3://BUCKET/PREFIX",
+        requires = "backup_schedule"
+    )]
     backup_target: Option<iroh_raft::backups::BackupTarget>,
     /// How many scheduled backups to keep (older ones are deleted once a new one verified).
     #[arg(long, value_name = "N", default_value = "7")]

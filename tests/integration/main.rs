@@ -24,3 +24,4 @@ mod t86_mgmt_lanes;
 mod t90_config_errors;
 mod t95_monitoring;
 mod t96_prometheus;
+mod t97_backups;

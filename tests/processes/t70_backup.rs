@@ -53,10 +53,7 @@ async fn write_all(client: &IrohRaftManagementClient, from: u64, to: u64) {
 async fn write_one(client: &IrohRaftManagementClient, i: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match client
-            .propose::<_, iroh_raft::KvResponse>(&set(i))
-            .await
-        {
+        match client.propose::<_, iroh_raft::KvResponse>(&set(i)).await {
             Ok(_) => return,
             Err(e) => assert!(
                 tokio::time::Instant::now() < deadline,
@@ -173,15 +170,31 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("cluster.irbk");
     let file_s = file.to_str().unwrap();
-    let args = ["ctl", "--cluster", &admin, "--json", "snapshot", "save", file_s];
+    let args = [
+        "ctl",
+        "--cluster",
+        &admin,
+        "--json",
+        "snapshot",
+        "save",
+        file_s,
+    ];
     let (code, out, err) = cli(&keys, &args);
     assert_eq!(code, 0, "{err}");
     stop.store(true, Ordering::Relaxed);
     let written = rt.block_on(writer).unwrap();
     let saved = json(&out);
     assert_eq!(saved["verified"], true);
-    assert_eq!(listing(files.path()), ["cluster.irbk"], "no .part left behind");
-    step(&format!("saved at index {} ({} writes ran meanwhile)", saved["index"], written - KEYS));
+    assert_eq!(
+        listing(files.path()),
+        ["cluster.irbk"],
+        "no .part left behind"
+    );
+    step(&format!(
+        "saved at index {} ({} writes ran meanwhile)",
+        saved["index"],
+        written - KEYS
+    ));
 
     let (code, out, err) = bin(&["snapshot", "status", file_s, "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -192,7 +205,12 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     // Bad inputs touch nothing.
     let nonempty = tempfile::tempdir().unwrap();
     std::fs::write(nonempty.path().join("mine"), "x").unwrap();
-    let (code, _, err) = bin(&["restore", file_s, "--data-dir", nonempty.path().to_str().unwrap()]);
+    let (code, _, err) = bin(&[
+        "restore",
+        file_s,
+        "--data-dir",
+        nonempty.path().to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("is not empty"), "{err}");
     assert_eq!(listing(nonempty.path()), ["mine"]);
@@ -215,7 +233,13 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     // Restore into a new cluster: one restored node, two fresh ones joined by its ticket.
     let restored = tempfile::tempdir().unwrap();
     let r0 = restored.path().join("node");
-    let (code, out, err) = bin(&["restore", file_s, "--data-dir", r0.to_str().unwrap(), "--json"]);
+    let (code, out, err) = bin(&[
+        "restore",
+        file_s,
+        "--data-dir",
+        r0.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let report = json(&out);
     assert_eq!(report["index"], saved["index"]);
@@ -231,7 +255,14 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     foreign.members = new_members.members.clone();
     let (code, _, err) = cli(
         &keys,
-        &["ctl", "--cluster", &foreign.to_string(), "--timeout", "3s", "status"],
+        &[
+            "ctl",
+            "--cluster",
+            &foreign.to_string(),
+            "--timeout",
+            "3s",
+            "status",
+        ],
     );
     assert_ne!(code, 0, "the old cluster's ticket was honoured: {err}");
     drop(new_procs);
@@ -273,7 +304,9 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     let (procs, client) = grow_logged(&rt, &survivor_dir, &fresh, &recovery_log);
     let log = std::fs::read_to_string(&recovery_log).unwrap();
     assert!(
-        log.contains(&format!("force-new-cluster: node {survivor} keeps its state")),
+        log.contains(&format!(
+            "force-new-cluster: node {survivor} keeps its state"
+        )),
         "{log}"
     );
     rt.block_on(check_all(&client, written));
