@@ -138,6 +138,18 @@
 //!   replaces the whole log, including any divergent uncommitted tail.
 //! - Restart: the RaftActor restores the current snapshot, then raft-rs replays the log after it.
 //!
+//! # Backups
+//! [`NodeCalls::backup`] runs outside the actors: a ReadIndex round (a `LinearizableQuery`)
+//! fixes the point, `TriggerSnapshot` makes the RaftActor take a snapshot at or after it (the
+//! usual snapshot path: appends and commits go on), and a blocking task reads that snapshot
+//! from redb through [`DbHandle::pinned_snapshot`] (one read transaction held for the whole
+//! read, so a newer snapshot committed meanwhile cannot delete its chunks) and writes it as a
+//! [`backup`] file into a bounded channel of 256 KiB pieces. The facade writes the pieces to
+//! the caller's writer; a management lane sends them as `BackupPiece` replies on a stream of
+//! their own (admin only). [`backup::restore_into`] writes a new node's log from a verified
+//! file, before the node starts. Scheduled backups are a task of the facade's that calls the
+//! same [`NodeCalls::backup`] on the leader.
+//!
 //! # Integrity
 //! Nothing is served that was not verified, and nothing damaged is skipped:
 //! - Every stored record (log entries, hard state, membership, snapshot metadata and chunks)
