@@ -432,16 +432,22 @@ async fn force_new_cluster(
         let _ = std::fs::remove_file(dir.join(stale));
     }
     let dropped = status.last_index.saturating_sub(saved.index);
+    let dropped = match dropped {
+        0 => "none: its log held nothing beyond that index".to_owned(),
+        n => format!(
+            "{n} entries of its log after that index (indexes {}..={}), not known to it as \
+             committed",
+            saved.index + 1,
+            status.last_index
+        ),
+    };
     eprintln!(
         "force-new-cluster: node {node} keeps its state at index {} (term {}): every entry it \
-         had applied. Dropped: {dropped} entries of its log after that index (indexes {}..={}), \
-         not known to it as committed. Lost, if there were any: writes the old cluster \
+         had applied. Dropped: {dropped}. Lost, if there were any: writes the old cluster \
          committed after index {} that this node never received; and the old cluster's \
          tickets are not honoured. Old log kept as {}.",
         saved.index,
         saved.term,
-        saved.index + 1,
-        status.last_index.max(saved.index),
         saved.index,
         kept.display()
     );
