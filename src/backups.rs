@@ -156,6 +156,9 @@ pub(crate) struct Schedule {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     target: String,
+    /// For a directory target: the directory, whose new files are fsynced (the local store
+    /// renames them into place without).
+    dir: Option<PathBuf>,
 }
 
 impl BackupConfig {
@@ -192,12 +195,17 @@ impl BackupConfig {
                 (Arc::new(store), ObjectPath::from(prefix.as_str()))
             }
         };
+        let dir = match &self.target {
+            BackupTarget::Dir(d) => Some(d.clone()),
+            BackupTarget::S3 { .. } => None,
+        };
         Ok(Schedule {
             cron,
             retention: self.retention,
             store,
             prefix,
             target,
+            dir,
         })
     }
 }
@@ -361,6 +369,16 @@ impl Schedule {
         if let Err(e) = self.read_back(&path, &saved).await {
             let _ = self.store.delete(&path).await;
             return Err(e);
+        }
+        if let Some(dir) = self.dir.clone() {
+            let file = dir.join(path.as_ref());
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&file)?.sync_all()?;
+                std::fs::File::open(&dir)?.sync_all()
+            })
+            .await
+            .map_err(|e| RunError::ReadBack(e.to_string()))?
+            .map_err(|e| RunError::ReadBack(format!("syncing the new file: {e}")))?;
         }
         let deleted = self.apply_retention().await?;
         Ok((saved, deleted))

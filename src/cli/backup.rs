@@ -204,10 +204,9 @@ pub(crate) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     println!("term        {}", info.header.term);
     println!("cluster     {}", hex(&info.header.cluster_id));
     println!("members     {}", members.join(", "));
-    println!(
-        "taken on    node {} at {} ms since the epoch",
-        info.header.source_node, info.header.created_unix_ms
-    );
+    let taken = chrono::DateTime::from_timestamp_millis(info.header.created_unix_ms as i64)
+        .map_or_else(|| "an unknown time".into(), |t| t.to_rfc3339());
+    println!("taken on    node {} at {taken}", info.header.source_node);
     println!(
         "size        {} bytes ({} bytes of state)",
         info.file_size, info.state_size

@@ -216,3 +216,25 @@ async fn misconfigured_targets_fail_are_counted_and_leave_consensus_alone() {
         cluster.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_to_a_directory_keep_exactly_n_that_verify() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let target = BackupTarget::Dir(backups.path().join("nightly"));
+    let cluster = node(&dir, target, 1).await;
+    cluster.propose(set("k", "v")).await.unwrap();
+    wait_for("three scheduled backups", || async {
+        metric(&cluster, "iroh_raft_backup_successes_total") >= 3
+    })
+    .await;
+    cluster.shutdown().await.unwrap();
+    let files: Vec<_> = std::fs::read_dir(backups.path().join("nightly"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let info = backup::verify_file(&files[0], |_, _| {}).unwrap();
+    assert!(info.header.index >= 2);
+}

@@ -196,6 +196,27 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
         written - KEYS
     ));
 
+    // A read-only client may not take a backup (exit 3, nothing written).
+    let (code, read_only, err) = cli(
+        &keys,
+        &["ctl", "--cluster", &admin, "ticket", "--role", "read-only"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let denied = files.path().join("denied.irbk");
+    let (code, _, err) = cli(
+        &keys,
+        &[
+            "ctl",
+            "--cluster",
+            read_only.trim(),
+            "snapshot",
+            "save",
+            denied.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(!denied.exists() && !files.path().join("denied.irbk.part").exists());
+
     let (code, out, err) = bin(&["snapshot", "status", file_s, "--json"]);
     assert_eq!(code, 0, "{err}");
     let status = json(&out);
@@ -270,6 +291,8 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     // Disaster: nodes 2 and 3 and their disks are gone for good. The survivor has applied
     // every write (a linearizable read through it proves it), then it is recovered alone.
     let survivor_dir = c.dirs[0].path().to_owned();
+    // Issued by the survivor, whose key and address the recovered cluster keeps.
+    let old_admin = read_line(&survivor_dir.join("admin-ticket"));
     let survivor = c.procs[0].id;
     let last = format!("k{}", written - 1);
     let survivor_key = c.proc_endpoint(survivor);
@@ -311,6 +334,14 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     );
     rt.block_on(check_all(&client, written));
     step("the recovered cluster holds every write the survivor had applied");
+    // The old cluster's ticket, signed by a key the new cluster still has, names the old
+    // cluster: refused.
+    let (code, _, err) = cli(
+        &keys,
+        &["ctl", "--cluster", &old_admin, "--timeout", "5s", "status"],
+    );
+    assert_eq!(code, 3, "the old cluster's ticket was honoured: {err}");
+    assert!(err.contains("is for cluster"), "{err}");
     drop(procs);
 }
 
