@@ -35,10 +35,14 @@ enum Command {
     /// Inspect backup files: `snapshot status FILE` verifies one and prints what it holds.
     /// Exit codes: 0 verified; 1 it does not verify (the reason is printed); 2 bad usage.
     Snapshot(cli::backup::SnapshotArgs),
-    /// Write a data dir for a new one-member cluster from a backup (offline, like `etcdutl
-    /// snapshot restore`): the backup is verified before anything is written, the data dir
-    /// must be empty. Start the node with `iroh-raft node --data-dir D`; others join by ticket.
+    /// Write a data dir for a new cluster from a backup (offline, like `etcdutl snapshot
+    /// restore`): the backup is verified before anything is written, the data dir must be
+    /// empty. One member by default (others join by ticket), or every founding member with
+    /// --member (run it per member). Start each with `iroh-raft node --data-dir D`.
     Restore(Box<cli::backup::RestoreArgs>),
+    /// Create a node's key in its data dir (kept if there is one) and print its endpoint id:
+    /// what `restore --member` needs of every founding member beforehand.
+    Keygen(cli::backup::KeygenArgs),
 }
 
 /// Ends the process at once with `code`: what QUIC may still wait for (acknowledgements from
@@ -84,6 +88,7 @@ async fn main() {
         Command::Kv(args) => exit_now(client_code(cli::kv::run_kv(*args).await)),
         Command::Snapshot(args) => cli::backup::snapshot(args).await,
         Command::Restore(args) => cli::backup::restore(*args).await,
+        Command::Keygen(args) => cli::backup::keygen(args),
     };
     match result {
         Ok(()) => exit_now(0),

@@ -219,15 +219,23 @@ pub(crate) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 pub(crate) struct RestoreArgs {
     /// The backup file (`iroh-raft ctl snapshot save` writes one).
     file: PathBuf,
-    /// The new node's data dir: must be empty or missing.
+    /// The new node's data dir: must be empty or missing (with --member, it may hold the key
+    /// `iroh-raft keygen` wrote, and nothing else).
     #[arg(long)]
     data_dir: PathBuf,
     /// Address the new node will bind (ip:port; port 0 picks one, remembered for its starts).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
-    /// The new node's raft id.
+    /// With --member, the address its own --member entry gives.
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// The new node's raft id (with --member, one of theirs).
     #[arg(long, default_value = "1")]
     node_id: u64,
+    /// Every founding member of the new cluster, like etcd's --initial-cluster: repeat it per
+    /// member, the same list on each (ID=ENDPOINT-ID@IP:PORT; the endpoint id is what
+    /// `iroh-raft keygen --data-dir D` printed for that member's dir). Without it, the node is
+    /// the only member and others join by ticket.
+    #[arg(long = "member", value_name = "ID=ENDPOINT@IP:PORT")]
+    members: Vec<String>,
     /// How long the tickets it prints stay valid (30s, 10m, 24h, 7d).
     #[arg(long, default_value = "7d", value_parser = parse_positive_duration)]
     ticket_ttl: Duration,
@@ -242,20 +250,54 @@ pub(crate) struct RestoreArgs {
 /// join it by ticket.
 pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let dir = &args.data_dir;
-    let not_empty = match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_some(),
+    let members = parse_members(&args.members)?;
+    // With founding members given, the dir may hold this member's key (from `keygen`).
+    let allowed: &[&str] = if members.is_empty() {
+        &[]
+    } else {
+        &[iroh_raft::net::SECRET_KEY_FILE]
+    };
+    let foreign = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .any(|e| !allowed.contains(&e.file_name().to_string_lossy().as_ref())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
-    if not_empty {
+    if foreign {
         return Err(backup::BackupError::NotEmpty { path: dir.clone() }.into());
     }
+    let bind = match (
+        members.iter().find(|(id, _)| *id == args.node_id),
+        args.bind,
+    ) {
+        (None, _) if !members.is_empty() => {
+            anyhow::bail!(
+                "--node-id {} is not one of the --member entries",
+                args.node_id
+            )
+        }
+        (Some((_, addr)), given) => {
+            let own = addr.0.ip_addrs().next().copied().with_context(|| {
+                format!(
+                    "--member {}: give the address it will bind (ID=ENDPOINT@IP:PORT)",
+                    args.node_id
+                )
+            })?;
+            if given.is_some_and(|g| g != own) {
+                anyhow::bail!("--bind differs from this node's --member address {own}");
+            }
+            own
+        }
+        (None, given) => given.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
     let bar = bytes_bar(args.json, "restoring");
     let progress = bar.clone();
     let built = RaftCluster::builder()
         .data_dir(dir)
         .node_id(args.node_id)
-        .bind_address(args.bind)
+        .bind_address(bind)
+        .peers(members.clone())
         .state_machine_factory(KeyValueStore::new)
         .restore_from(&args.file)
         .restore_progress(move |done, all| {
@@ -266,7 +308,7 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .await;
     bar.finish_and_clear();
     let cluster = built.with_context(|| format!("restoring {}", args.file.display()))?;
-    let bound = super::node::bound_address(&cluster, args.bind);
+    let bound = super::node::bound_address(&cluster, bind);
     write_file(
         &dir.join(super::node::CONF_FILE),
         &format!("bind={bound}\n"),
@@ -318,5 +360,42 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             println!("{role} ticket: {t}");
         }
     }
+    Ok(())
+}
+
+/// `ID=ENDPOINT@IP:PORT` entries.
+fn parse_members(given: &[String]) -> anyhow::Result<Vec<(u64, iroh_raft::PeerAddr)>> {
+    given
+        .iter()
+        .map(|m| {
+            let (id, addr) = m
+                .split_once('=')
+                .with_context(|| format!("--member {m}: expected ID=ENDPOINT@IP:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("--member {m}: '{id}' is not a raft id"))?;
+            let addr = addr
+                .parse()
+                .with_context(|| format!("--member {m}: not ENDPOINT@IP:PORT"))?;
+            Ok((id, addr))
+        })
+        .collect()
+}
+
+/// Options of `iroh-raft keygen`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct KeygenArgs {
+    /// The data dir to hold the key (created if missing; an existing key is kept).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+/// `iroh-raft keygen --data-dir D`: the node's key, created once; prints its endpoint id.
+pub(crate) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let key = iroh_raft::net::load_or_create_secret_key(&args.data_dir)?;
+    println!("{}", key.public());
     Ok(())
 }

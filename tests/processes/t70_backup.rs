@@ -251,41 +251,70 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     assert!(err.contains("damaged"), "{err}");
     assert!(!target.exists(), "a damaged backup created the data dir");
 
-    // Restore into a new cluster: one restored node, two fresh ones joined by its ticket.
+    // Restore alone: a one-member cluster (others would join it by ticket).
     let restored = tempfile::tempdir().unwrap();
-    let r0 = restored.path().join("node");
+    let single = restored.path().join("single");
     let (code, out, err) = bin(&[
         "restore",
         file_s,
         "--data-dir",
-        r0.to_str().unwrap(),
+        single.to_str().unwrap(),
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let report = json(&out);
     assert_eq!(report["index"], saved["index"]);
     assert_ne!(report["cluster_id"], status["cluster_id"]);
-    let fresh: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (new_procs, new_client) = grow(&rt, &r0, &fresh, &[]);
-    rt.block_on(check_all(&new_client, KEYS));
-    step("the restored cluster holds every key acknowledged before the save");
-    // The old cluster's admin ticket is not honoured by the new one.
-    let new_members = read_line(&r0.join("ticket"));
-    let new_members: Ticket = new_members.parse().unwrap();
-    let mut foreign = ticket.clone();
-    foreign.members = new_members.members.clone();
-    let (code, _, err) = cli(
-        &keys,
-        &[
-            "ctl",
-            "--cluster",
-            &foreign.to_string(),
-            "--timeout",
-            "3s",
-            "status",
-        ],
+    {
+        let (procs, client) = grow(&rt, &single, &[], &[]);
+        rt.block_on(check_all(&client, 100));
+        drop(procs);
+    }
+
+    // Restore every founding member of a new 3-node cluster, like etcd's --initial-cluster:
+    // keys first, then the same member list on each.
+    let dirs: Vec<_> = (1..=3)
+        .map(|i| restored.path().join(format!("m{i}")))
+        .collect();
+    let mut members = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let (code, out, err) = bin(&["keygen", "--data-dir", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        members.push(format!("{}={}@127.0.0.1:{port}", i + 1, out.trim()));
+    }
+    let mut ids = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = (i + 1).to_string();
+        let mut args = vec![
+            "restore",
+            file_s,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--node-id",
+            &id,
+            "--json",
+        ];
+        for m in &members {
+            args.extend(["--member", m.as_str()]);
+        }
+        let (code, out, err) = bin(&args);
+        assert_eq!(code, 0, "{err}");
+        ids.push(json(&out)["cluster_id"].clone());
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "the members disagree on the cluster: {ids:?}"
     );
-    assert_ne!(code, 0, "the old cluster's ticket was honoured: {err}");
+    let new_procs: Vec<_> = dirs.iter().map(|d| spawn(d, &[])).collect();
+    let new_admin: Ticket = read_line(&dirs[0].join("admin-ticket")).parse().unwrap();
+    let new_client = rt.block_on(client_of(new_admin.members.clone(), &new_admin));
+    rt.block_on(check_all(&new_client, KEYS));
+    step("the restored 3-member cluster holds every key acknowledged before the save");
     drop(new_procs);
 
     // Disaster: nodes 2 and 3 and their disks are gone for good. The survivor has applied
