@@ -8,8 +8,10 @@
 //! logged and counted (`iroh_raft_backup_*` metrics); consensus never waits for a backup: the
 //! snapshot it reads is written by the usual snapshot path and read pinned, off the actors.
 //!
-//! Objects are named `PREFIX/backup-<unix ms, 13 digits>-<index>.irbk`, so that names sort by
-//! time; retention looks only at names of that shape.
+//! Objects are named `PREFIX/backup-<cluster id>-<unix ms, 13 digits>-<index>.irbk`, so that a
+//! cluster's names sort by time; retention looks only at names of that shape with its own
+//! cluster id (clusters sharing a prefix never delete each other's), and never deletes the one
+//! it just wrote (a leader whose clock is behind would otherwise give it the oldest name).
 
 use std::{
     path::PathBuf,
@@ -327,8 +329,9 @@ impl Schedule {
         calls: &NodeCalls<S>,
     ) -> Result<(SavedBackup, usize), RunError> {
         let mut stream = calls.backup(true).await?;
+        let cluster = hex(&stream.header.cluster_id);
         let name = format!(
-            "backup-{:013}-{}.{}",
+            "backup-{cluster}-{:013}-{}.{}",
             unix_ms(),
             stream.header.index,
             backup::BACKUP_EXTENSION
@@ -380,7 +383,14 @@ impl Schedule {
             .map_err(|e| RunError::ReadBack(e.to_string()))?
             .map_err(|e| RunError::ReadBack(format!("syncing the new file: {e}")))?;
         }
-        let deleted = self.apply_retention().await?;
+        // The backup is safe now: a failure to delete old ones is reported, not a failed backup.
+        let deleted = match self.apply_retention(&cluster, &path).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(target = %self.target, error = %e, "deleting old backups failed");
+                0
+            }
+        };
         Ok((saved, deleted))
     }
 
@@ -403,18 +413,24 @@ impl Schedule {
         }
     }
 
-    /// Deletes the oldest backups beyond the retention count; returns how many.
-    async fn apply_retention(&self) -> Result<usize, RunError> {
+    /// Deletes this cluster's oldest backups beyond the retention count, never `newest` (the
+    /// one just written and verified); returns how many.
+    async fn apply_retention(&self, cluster: &str, newest: &ObjectPath) -> Result<usize, RunError> {
         let mut names = Vec::new();
         let mut listing = self.store.list(Some(&self.prefix));
         while let Some(meta) = listing.next().await {
             let meta = meta?;
-            if meta.location.filename().is_some_and(is_backup_name) {
+            let ours = meta
+                .location
+                .filename()
+                .and_then(backup_name)
+                .is_some_and(|(c, ..)| c == cluster);
+            if ours && meta.location != *newest {
                 names.push(meta.location);
             }
         }
-        names.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
-        let excess = names.len().saturating_sub(self.retention);
+        names.sort_by_key(|p| p.filename().and_then(backup_name).map(|(_, ms, i)| (ms, i)));
+        let excess = names.len().saturating_sub(self.retention - 1);
         for old in &names[..excess] {
             self.store.delete(old).await?;
         }
@@ -422,21 +438,20 @@ impl Schedule {
     }
 }
 
-/// `backup-<13 digits>-<digits>.irbk`.
-fn is_backup_name(name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix("backup-")
-        .and_then(|r| r.strip_suffix(".irbk"))
-    else {
-        return false;
-    };
-    let Some((ms, index)) = rest.split_once('-') else {
-        return false;
-    };
-    ms.len() == 13
-        && ms.bytes().all(|b| b.is_ascii_digit())
-        && !index.is_empty()
-        && index.bytes().all(|b| b.is_ascii_digit())
+/// `backup-<32 hex digits>-<13 digits>-<digits>.irbk` as (cluster, ms, index).
+fn backup_name(name: &str) -> Option<(&str, u64, u64)> {
+    let rest = name.strip_prefix("backup-")?.strip_suffix(".irbk")?;
+    let mut parts = rest.split('-');
+    let (cluster, ms, index) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex_ok = cluster.len() == 32 && cluster.bytes().all(|b| b.is_ascii_hexdigit());
+    if parts.next().is_some() || !hex_ok || ms.len() != 13 {
+        return None;
+    }
+    Some((cluster, ms.parse().ok()?, index.parse().ok()?))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -481,9 +496,17 @@ mod tests {
 
     #[test]
     fn only_our_names_count_for_retention() {
-        assert!(is_backup_name("backup-1796217059744-42.irbk"));
-        assert!(!is_backup_name("backup-1796217059744-42.irbk.part"));
-        assert!(!is_backup_name("backup-17962-42.irbk"));
-        assert!(!is_backup_name("notes.txt"));
+        let c = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            backup_name(&format!("backup-{c}-1796217059744-42.irbk")),
+            Some((c, 1796217059744, 42))
+        );
+        assert_eq!(
+            backup_name(&format!("backup-{c}-1796217059744-42.irbk.part")),
+            None
+        );
+        assert_eq!(backup_name(&format!("backup-{c}-17962-42.irbk")), None);
+        assert_eq!(backup_name("backup-1796217059744-42.irbk"), None);
+        assert_eq!(backup_name("notes.txt"), None);
     }
 }

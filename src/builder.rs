@@ -553,10 +553,18 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         if self.joining || self.join_ticket.is_some() {
             return Err(ConfigError::RestoreAndJoin.into());
         }
-        // The dir may hold the node's key already (peers need it in advance), never a log.
-        let holds_node = [DB_FILE, JOIN_PENDING_FILE]
-            .iter()
-            .any(|f| data_dir.join(f).exists());
+        // The dir may hold the node's key already (peers need it in advance), and a log
+        // without a node (what an interrupted restore or first start leaves), never a node.
+        let db_path = data_dir.join(DB_FILE);
+        let holds_node = data_dir.join(JOIN_PENDING_FILE).exists()
+            || (db_path.exists()
+                && tokio::task::spawn_blocking(move || {
+                    LogDb::open(&db_path).and_then(|db| db.identity())
+                })
+                .await
+                .map_err(|e| BuildError::Restore(BackupError::Snapshot(e.to_string())))?
+                .map_err(StartError::from)?
+                .is_some());
         if holds_node {
             return Err(BackupError::NotEmpty {
                 path: data_dir.to_owned(),
@@ -688,7 +696,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 };
                 self.restore(db, identity, members.clone(), info).await?
             }
-            _ => db,
+            (Some(_), _) => return Err(ConfigError::RestoreAndJoin.into()),
+            (None, _) => db,
         };
         created.keep();
         let config = self.node_config(node_id)?;

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::StorageError,
     membership::{Membership, SnapshotHeader, read_snapshot_header, write_snapshot_header},
-    storage::{Identity, LogDb, Member, PersistBatch, SnapshotRecord, SnapshotWriter},
+    storage::{Identity, LogDb, Member, SnapshotRecord, SnapshotWriter},
     types::NodeId,
 };
 
@@ -545,6 +545,8 @@ pub fn restore_into(
         return Err(changed_meanwhile(path));
     }
     let old = read_snapshot_header(&mut reader).map_err(|e| reader.classify(e))?;
+    // A new data dir holds no snapshot; chunks here are what an interrupted restore left.
+    db.clear_snapshot_chunks()?;
     let cluster_id = restored_cluster_id(&info.hash, members);
     let snapshot_id = db.new_snapshot_id();
     let mut stored = Ok(());
@@ -591,34 +593,25 @@ pub fn restore_into(
     }
     let mut voters: Vec<NodeId> = members.iter().map(|m| m.node_id).collect();
     voters.sort_unstable();
-    let conf_state = ConfState {
-        voters,
-        ..Default::default()
-    };
-    db.bootstrap(identity, &conf_state, members)?;
     let record = SnapshotRecord {
         id: snapshot_id,
         index: info.header.index,
         term: info.header.term,
-        conf_state,
+        conf_state: ConfState {
+            voters,
+            ..Default::default()
+        },
         size,
         chunks,
         checksum,
     };
-    db.commit_snapshot(&record, Some((record.index, record.term)))?;
     let hard_state = raft::eraftpb::HardState {
         term: record.term,
         commit: record.index,
         ..Default::default()
     };
-    db.write(
-        &[PersistBatch {
-            hard_state: Some(hard_state),
-            must_sync: true,
-            ..Default::default()
-        }],
-        true,
-    )?;
+    // One durable transaction: a crash leaves either no node or the whole restore.
+    db.bootstrap_restored(identity, members, &record, &hard_state)?;
     progress(info.file_size, info.file_size);
     Ok(info)
 }
@@ -852,9 +845,20 @@ mod tests {
         assert_eq!(db.identity().unwrap(), None);
         assert_eq!(db.current_snapshot().unwrap(), None);
 
+        // What a restore interrupted mid-copy leaves: chunks, and no node. It is done again.
+        let orphan = db.new_snapshot_id();
+        db.write_snapshot_chunk(orphan, 0, b"half a copy").unwrap();
         std::fs::write(&file, &bytes).unwrap();
         let info =
             restore_into(&mut db, identity(5), &[member(5)], (&file, None), |_, _| {}).unwrap();
+        let orphaned = SnapshotRecord {
+            id: orphan,
+            chunks: 1,
+            ..Default::default()
+        };
+        let mut rest = Vec::new();
+        let gone = db.snapshot_reader(&orphaned).read_to_end(&mut rest);
+        assert_eq!(gone.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         let r = db.recover().unwrap();
         let snap = r.snapshot.unwrap();
         assert_eq!((snap.index, snap.term), (42, 3));

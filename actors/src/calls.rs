@@ -50,6 +50,8 @@ pub struct NodeCalls<S: StateMachine> {
     metrics: Arc<NodeMetrics>,
     /// The node's database, for backups to read snapshots from.
     db: DbHandle,
+    /// Backups this node streams at once (each pins a snapshot and buffers pieces).
+    backups: Arc<tokio::sync::Semaphore>,
     request_timeout: Duration,
     retry_interval: Duration,
 }
@@ -63,6 +65,7 @@ impl<S: StateMachine> Clone for NodeCalls<S> {
             facts: self.facts.clone(),
             metrics: self.metrics.clone(),
             db: self.db.clone(),
+            backups: self.backups.clone(),
             request_timeout: self.request_timeout,
             retry_interval: self.retry_interval,
         }
@@ -117,6 +120,7 @@ impl<S: StateMachine> NodeCalls<S> {
             facts,
             metrics,
             db,
+            backups: Arc::new(tokio::sync::Semaphore::new(backup::MAX_BACKUPS)),
             request_timeout: config.request_timeout,
             retry_interval: config.heartbeat_interval,
         }

@@ -146,8 +146,9 @@
 //! read, so a newer snapshot committed meanwhile cannot delete its chunks) and writes it as a
 //! [`backup`] file into a bounded channel of 256 KiB pieces. The facade writes the pieces to
 //! the caller's writer; a management lane sends them as `BackupPiece` replies on a stream of
-//! their own (admin only). [`backup::restore_into`] writes a new node's log from a verified
-//! file, before the node starts. Scheduled backups are a task of the facade's that calls the
+//! their own (admin only). A node streams at most two backups at once (a semaphore in
+//! [`NodeCalls`]; more wait). [`backup::restore_into`] writes a new node's log from a verified
+//! file, before the node starts, committing the node in one durable transaction. Scheduled backups are a task of the facade's that calls the
 //! same [`NodeCalls::backup`] on the leader.
 //!
 //! # Integrity

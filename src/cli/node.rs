@@ -251,9 +251,19 @@ pub(crate) fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let dir = &args.data_dir;
     let recovery = dir.join(RECOVERY_FILE);
-    // A recovery that stopped after the old log was moved aside resumes from its backup.
-    let resuming =
-        args.force_new_cluster && recovery.exists() && !dir.join(iroh_raft::DB_FILE).exists();
+    let recovered = dir.join(RECOVERED_FILE);
+    // A recovery that stopped once its backup was written resumes from that backup (the same
+    // file and members give the same new cluster: resuming is idempotent).
+    let resuming = args.force_new_cluster && recovery.exists();
+    if args.force_new_cluster && !resuming && recovered.exists() {
+        bail!(
+            "{} was already turned into a new cluster with --force-new-cluster (see {}): run \
+             it without the flag. To force a new cluster from this node once more, remove \
+             that file first.",
+            dir.display(),
+            recovered.display()
+        );
+    }
     if !resuming {
         check_data_dir(&args)?;
     }
@@ -309,8 +319,15 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let bound = bound_address(&cluster, bind);
     write_file(&dir.join(CONF_FILE), &format!("bind={bound}\n"))?;
     if restore.is_some() {
+        // The mark first: a crash between the two resumes from the backup, idempotently.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        write_file(&recovered, &format!("recovered_at_unix={stamp}\n"))?;
+        sync_dir(dir)?;
         std::fs::remove_file(&recovery)
             .with_context(|| format!("removing {}", recovery.display()))?;
+        sync_dir(dir)?;
     }
 
     if args.bootstrap || restore.is_some() {
@@ -359,6 +376,36 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
 /// The backup a `--force-new-cluster` restores from, in the data dir until the new cluster runs.
 const RECOVERY_FILE: &str = "force-new-cluster.irbk";
 
+/// Marks a data dir a `--force-new-cluster` completed in: the flag is refused there afterwards
+/// (a unit that kept it would otherwise found a new cluster at every restart).
+const RECOVERED_FILE: &str = "force-new-cluster.done";
+
+/// Makes the renames and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Moves the data dir's log aside (kept for forensics); returns where it went.
+fn move_log_aside(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let log = dir.join(iroh_raft::DB_FILE);
+    if !log.exists() {
+        return Ok(None);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let kept = dir.join(format!(
+        "{}.before-force-new-cluster-{stamp}",
+        iroh_raft::DB_FILE
+    ));
+    std::fs::rename(&log, &kept)
+        .with_context(|| format!("moving the old log to {}", kept.display()))?;
+    sync_dir(dir)?;
+    Ok(Some(kept))
+}
+
 /// The first half of `--force-new-cluster`: starts the node from its data dir (it cannot
 /// commit anything: no quorum), waits until it applied what it knows to be committed, writes
 /// that state to the recovery backup, stops it and moves its log aside. Returns the node's id;
@@ -374,10 +421,13 @@ async fn force_new_cluster(
         let header = std::fs::File::open(&recovery)
             .map_err(anyhow::Error::from)
             .and_then(|f| Ok(iroh_raft::backup::BackupReader::open(f)?.header().clone()))?;
+        let kept = move_log_aside(dir)?;
         eprintln!(
-            "force-new-cluster: resuming from {} (index {})",
+            "force-new-cluster: resuming from {} (index {}){}",
             recovery.display(),
-            header.index
+            header.index,
+            kept.map(|k| format!("; the log that was there is kept as {}", k.display()))
+                .unwrap_or_default()
         );
         return Ok(header.source_node);
     }
@@ -419,15 +469,8 @@ async fn force_new_cluster(
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", part.display()))?;
     std::fs::rename(&part, &recovery).with_context(|| format!("writing {}", recovery.display()))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let kept = dir.join(format!(
-        "{}.before-force-new-cluster-{stamp}",
-        iroh_raft::DB_FILE
-    ));
-    std::fs::rename(dir.join(iroh_raft::DB_FILE), &kept)
-        .with_context(|| format!("moving the old log to {}", kept.display()))?;
+    sync_dir(dir)?;
+    let kept = move_log_aside(dir)?.context("the node's log vanished while it was recovered")?;
     for stale in ["ticket", "admin-ticket"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }

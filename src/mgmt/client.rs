@@ -564,6 +564,11 @@ impl IrohRaftManagementClient {
                 }
                 (MgmtResponse::BackupPiece { bytes }, Some((_, _, size))) => {
                     check.update(&bytes);
+                    if check.len() > size {
+                        return Err(ClientError::Backup(format!(
+                            "the member sent more than the {size} bytes it announced"
+                        )));
+                    }
                     out.write_all(&bytes)
                         .await
                         .map_err(|e| ClientError::Backup(format!("writing it out: {e}")))?;

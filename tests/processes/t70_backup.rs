@@ -16,7 +16,9 @@ use std::{
 
 use iroh_raft::{KvCommand, Ticket, mgmt::IrohRaftManagementClient};
 
-use crate::support::{Cluster, WAIT, cli, client_of, read_line, sigterm, spawn, spawn_logging};
+use crate::support::{
+    Cluster, WAIT, cli, client_of, read_line, run_until_exit, sigterm, spawn, spawn_logging,
+};
 
 const KEYS: u64 = 50_000;
 const CONCURRENCY: u64 = 64;
@@ -371,6 +373,15 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     );
     assert_eq!(code, 3, "the old cluster's ticket was honoured: {err}");
     assert!(err.contains("is for cluster"), "{err}");
+    // Once done, the flag is refused on that dir: a restart that kept it founds nothing new.
+    let mut procs = procs;
+    sigterm(&mut procs[0]);
+    let (code, err) = run_until_exit(
+        &["--force-new-cluster", "--preset", "testing"],
+        &survivor_dir,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already turned into a new cluster"), "{err}");
     drop(procs);
 }
 

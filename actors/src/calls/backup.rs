@@ -18,6 +18,9 @@ use crate::{
 /// Bytes of the backup file per piece of the stream.
 pub const BACKUP_PIECE: usize = 256 * 1024;
 
+/// Backups one node streams at once; more wait for one to finish.
+pub(super) const MAX_BACKUPS: usize = 2;
+
 /// Pieces in flight between the reader and the consumer: what a backup costs in memory beyond
 /// one snapshot chunk (at most 2 MiB).
 const PIECES_IN_FLIGHT: usize = 8;
@@ -52,6 +55,13 @@ impl<S: StateMachine> NodeCalls<S> {
     /// (appends and commits go on meanwhile) and the stream reads it pinned, one chunk at a
     /// time: a large state is never in memory whole.
     pub async fn backup(&self, consistent: bool) -> Result<BackupStream, BackupError> {
+        // Held until the stream is read to its end (or dropped).
+        let permit = self
+            .backups
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BackupError::NodeStopped("shutting down".into()))?;
         if consistent {
             self.linearizable_query(|_| ())
                 .await
@@ -95,6 +105,7 @@ impl<S: StateMachine> NodeCalls<S> {
         let (tx, pieces) = mpsc::channel(PIECES_IN_FLIGHT);
         let streamed = header.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let failed = tx.clone();
             if let Err(e) = stream(reader, &streamed, tx) {
                 let _ = failed.blocking_send(Err(e));

@@ -366,6 +366,44 @@ impl LogDb {
         tx.commit().io("commit")
     }
 
+    /// Founds a restored node in one durable transaction: its identity, configuration and
+    /// members, the fully written snapshot `record` made current, the log starting after it and
+    /// the hard state. A crash before it leaves a log without identity (a new data dir); after
+    /// it, the whole restore.
+    pub fn bootstrap_restored(
+        &mut self,
+        identity: Identity,
+        members: &[Member],
+        record: &records::SnapshotRecord,
+        hard_state: &raft::eraftpb::HardState,
+    ) -> Result<(), StorageError> {
+        let tx = self.begin_write(true)?;
+        {
+            let mut meta = tx.open_table(META).io("open meta")?;
+            put_meta(&mut meta, meta_key::IDENTITY, &encode_identity(&identity))?;
+            put_meta(
+                &mut meta,
+                meta_key::CONF_STATE,
+                &codec::encode_conf_state(&record.conf_state),
+            )?;
+            put_meta(&mut meta, meta_key::MEMBERS, &encode_members(members))?;
+            put_meta(
+                &mut meta,
+                meta_key::SNAPSHOT,
+                &records::encode_snapshot(record),
+            )?;
+            put_meta(
+                &mut meta,
+                meta_key::HARD_STATE,
+                &codec::encode_hard_state(hard_state),
+            )?;
+        }
+        LogDb::purge_log(&tx, record.index, record.term)?;
+        tx.commit().io("commit")?;
+        self.last_index = record.index;
+        Ok(())
+    }
+
     /// Writes a group of batches in one transaction, in order. `durable` selects an fsynced
     /// commit; otherwise the data reaches redb but only becomes durable with a later durable
     /// commit (see [`Self::flush`]).

@@ -56,6 +56,16 @@ impl LogDb {
         tx.commit().io("commit")
     }
 
+    /// Deletes every stored chunk (what an interrupted restore into a new data dir left).
+    pub fn clear_snapshot_chunks(&mut self) -> Result<(), StorageError> {
+        let tx = self.begin_write(false)?;
+        {
+            let mut chunks = tx.open_table(SNAPSHOT_CHUNKS).io("open snapshot chunks")?;
+            chunks.retain(|_, _| false).io("clear snapshot chunks")?;
+        }
+        tx.commit().io("commit")
+    }
+
     /// Deletes the chunks of a snapshot that will not be committed.
     pub fn discard_snapshot(&mut self, id: u64) -> Result<(), StorageError> {
         let tx = self.begin_write(false)?;
