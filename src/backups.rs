@@ -23,7 +23,7 @@ use std::{
 use futures_util::StreamExt;
 use iroh_metrics::{Counter, Gauge, MetricsGroup};
 use iroh_raft_actors::{
-    NodeCalls, Role, StateMachine,
+    ClusterId, NodeCalls, Role, StateMachine,
     backup::{self, BackupError, HashCheck, SavedBackup},
 };
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart, path::Path as ObjectPath};
@@ -329,7 +329,7 @@ impl Schedule {
         calls: &NodeCalls<S>,
     ) -> Result<(SavedBackup, usize), RunError> {
         let mut stream = calls.backup(true).await?;
-        let cluster = hex(&stream.header.cluster_id);
+        let cluster = ClusterId(stream.header.cluster_id).to_string();
         let name = format!(
             "backup-{cluster}-{:013}-{}.{}",
             unix_ms(),
@@ -448,10 +448,6 @@ fn backup_name(name: &str) -> Option<(&str, u64, u64)> {
         return None;
     }
     Some((cluster, ms.parse().ok()?, index.parse().ok()?))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ pub enum BackupError {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 /// Writes a backup file: the prefix and header at once, the snapshot's bytes through
@@ -498,21 +498,10 @@ fn open_file(path: &Path) -> Result<File, BackupError> {
 /// and it differs from the id of the cluster the backup was taken from (so that cluster's
 /// tickets are not honoured by the new one).
 pub fn restored_cluster_id(backup_hash: &[u8; 32], members: &[Member]) -> [u8; 16] {
-    let mut sorted: Vec<(NodeId, [u8; 32])> = members
-        .iter()
-        .map(|m| (m.node_id, *m.addr.id.as_bytes()))
-        .collect();
-    sorted.sort_unstable();
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"iroh-raft restored cluster id v1");
-    hasher.update(backup_hash);
-    for (id, key) in &sorted {
-        hasher.update(&id.to_le_bytes());
-        hasher.update(key);
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    id
+    crate::membership::derive_cluster_id(
+        &[b"iroh-raft restored cluster id v1", backup_hash],
+        members,
+    )
 }
 
 /// Writes a new node's data dir from a backup: verifies the whole file first (nothing is
@@ -705,9 +694,9 @@ impl BackupInfo {
         hex(&self.hash)
     }
 
-    /// The cluster id in hex.
-    pub fn cluster_id_hex(&self) -> String {
-        hex(&self.header.cluster_id)
+    /// The cluster id, as tickets and status print it.
+    pub fn cluster_id(&self) -> crate::ticket::ClusterId {
+        crate::ticket::ClusterId(self.header.cluster_id)
     }
 }
 

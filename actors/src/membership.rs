@@ -196,19 +196,7 @@ impl Membership {
     /// The membership the initial members of a new cluster start from. Its cluster id is derived
     /// from the members (ids and keys), so every initial member computes the same one.
     pub fn initial(members: &[Member]) -> Self {
-        let mut sorted: Vec<(NodeId, [u8; 32])> = members
-            .iter()
-            .map(|m| (m.node_id, *m.addr.id.as_bytes()))
-            .collect();
-        sorted.sort_unstable();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"iroh-raft cluster id v1");
-        for (id, key) in &sorted {
-            hasher.update(&id.to_le_bytes());
-            hasher.update(key);
-        }
-        let mut cluster_id = [0u8; 16];
-        cluster_id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        let cluster_id = derive_cluster_id(&[b"iroh-raft cluster id v1"], members);
         Self::new(cluster_id, members)
     }
 
@@ -514,6 +502,27 @@ pub struct SnapshotHeader {
     /// Whether state machine bytes follow (a bootstrap snapshot has none: the state machine
     /// starts empty).
     pub has_state: bool,
+}
+
+/// A cluster id every member computes alike: blake3 of `context`, then each member's id and
+/// key in id order, cut to 16 bytes.
+pub(crate) fn derive_cluster_id(context: &[&[u8]], members: &[Member]) -> [u8; 16] {
+    let mut sorted: Vec<(NodeId, [u8; 32])> = members
+        .iter()
+        .map(|m| (m.node_id, *m.addr.id.as_bytes()))
+        .collect();
+    sorted.sort_unstable();
+    let mut hasher = blake3::Hasher::new();
+    for part in context {
+        hasher.update(part);
+    }
+    for (id, key) in &sorted {
+        hasher.update(&id.to_le_bytes());
+        hasher.update(key);
+    }
+    let mut cluster_id = [0u8; 16];
+    cluster_id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    cluster_id
 }
 
 /// Writes the header every snapshot starts with: magic, membership, applied hash, and whether

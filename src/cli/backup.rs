@@ -19,7 +19,7 @@ use iroh_raft::{
 use serde_json::json;
 
 use super::{
-    ctl::{Cli, Failure, hex, print_one},
+    ctl::{Cli, Failure, print_one},
     node::{parse_positive_duration, write_file},
 };
 
@@ -138,7 +138,7 @@ pub(crate) fn info_json(file: &Path, info: &BackupInfo) -> serde_json::Value {
         "format_version": info.format_version,
         "index": info.header.index,
         "term": info.header.term,
-        "cluster_id": info.cluster_id_hex(),
+        "cluster_id": info.cluster_id().to_string(),
         "voters": info.header.voters,
         "learners": info.header.learners,
         "members": members,
@@ -210,7 +210,7 @@ pub(crate) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     );
     println!("index       {}", info.header.index);
     println!("term        {}", info.header.term);
-    println!("cluster     {}", hex(&info.header.cluster_id));
+    println!("cluster     {}", info.cluster_id());
     println!("members     {}", members.join(", "));
     let taken = chrono::DateTime::from_timestamp_millis(info.header.created_unix_ms as i64)
         .map_or_else(|| "an unknown time".into(), |t| t.to_rfc3339());

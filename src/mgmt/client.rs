@@ -441,6 +441,40 @@ impl IrohRaftManagementClient {
         }
     }
 
+    /// Opens a lane of its own on a connection to a member and sends `request` on it as call
+    /// 1 (a stream of replies follows). Unreachable until the request left.
+    async fn own_lane(
+        &self,
+        request: MgmtRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<
+        (
+            iroh::endpoint::Connection,
+            iroh::endpoint::SendStream,
+            iroh::endpoint::RecvStream,
+        ),
+        ClientError,
+    > {
+        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
+            reason: e.to_string(),
+        };
+        let session = self.connection(deadline).await?;
+        let (mut send, recv) = session.conn.open_bi().await.map_err(|e| unreachable(&e))?;
+        let mut batch = MgmtBatch::new();
+        let call = MgmtCall {
+            id: 1,
+            request,
+            trace: None,
+        };
+        batch
+            .push(&call)
+            .map_err(|e| ClientError::Codec(e.to_string()))?;
+        send.write_all(batch.bytes())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok((session.conn, send, recv))
+    }
+
     /// Streams the connected node's events from now on.
     pub async fn subscribe(&self) -> Result<EventSubscription, ClientError> {
         self.resume(0, 0).await
@@ -451,25 +485,11 @@ impl IrohRaftManagementClient {
     /// (else a "missed N" marker). On another node, or after the node restarted, the run differs
     /// and the stream starts from now (compare [`EventSubscription::epoch`]).
     pub async fn resume(&self, epoch: u64, after: u64) -> Result<EventSubscription, ClientError> {
-        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
-            reason: e.to_string(),
-        };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let session = self.connection(deadline).await?;
         // A lane of its own, so that events never hold up other requests.
-        let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| unreachable(&e))?;
-        let mut batch = MgmtBatch::new();
-        let request = MgmtRequest::Subscribe { epoch, after };
-        batch
-            .push(&MgmtCall {
-                id: 1,
-                request,
-                trace: None,
-            })
-            .map_err(|e| ClientError::Codec(e.to_string()))?;
-        send.write_all(batch.bytes())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let (conn, send, mut recv) = self
+            .own_lane(MgmtRequest::Subscribe { epoch, after }, deadline)
+            .await?;
         let mut reader = MgmtReader::new();
         // Events start once the node confirms the subscription.
         let confirmed = tokio::time::timeout_at(deadline, reader.next_reply(&mut recv))
@@ -492,7 +512,7 @@ impl IrohRaftManagementClient {
             recv,
             reader,
             _send: send,
-            _conn: session.conn,
+            _conn: conn,
             epoch,
             last_seq,
         })
@@ -511,25 +531,9 @@ impl IrohRaftManagementClient {
         W: tokio::io::AsyncWrite + Unpin,
     {
         use tokio::io::AsyncWriteExt;
-        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
-            reason: e.to_string(),
-        };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let session = self.connection(deadline).await?;
         // A lane of its own: the pieces never hold up other requests.
-        let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| unreachable(&e))?;
-        let mut batch = MgmtBatch::new();
-        let call = MgmtCall {
-            id: 1,
-            request: MgmtRequest::Backup,
-            trace: None,
-        };
-        batch
-            .push(&call)
-            .map_err(|e| ClientError::Codec(e.to_string()))?;
-        send.write_all(batch.bytes())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let (_conn, _send, mut recv) = self.own_lane(MgmtRequest::Backup, deadline).await?;
         let mut reader = MgmtReader::new();
         // The member confirms the point and writes a snapshot first: allow it time.
         let idle = self.timeout.max(BACKUP_IDLE);

@@ -90,6 +90,16 @@ pub fn spawn_logging(dir: &Path, args: &[&str], preset: &str, log: Option<&Path>
     Proc { child, id }
 }
 
+/// The names in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Sends `SIG<name>` to a node, which must be running (a signal that went nowhere would make
 /// a fault a no-op).
 pub fn signal(p: &Proc, name: &str) {

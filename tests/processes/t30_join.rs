@@ -6,7 +6,9 @@ use std::path::Path;
 
 use iroh_raft::{Ticket, TicketRole};
 
-use crate::support::{Cluster, cli, run_until_exit, sigterm, spawn, ticket_from, wait_exit};
+use crate::support::{
+    Cluster, cli, listing, run_until_exit, sigterm, spawn, ticket_from, wait_exit,
+};
 
 /// `iroh-raft node --join TICKET` in `dir`, which must fail; returns its stderr.
 fn failed_join(dir: &Path, ticket: &str) -> String {
@@ -22,15 +24,6 @@ fn failed_join(dir: &Path, ticket: &str) -> String {
     assert_ne!(code, 0, "joined with a bad ticket: {stderr}");
     assert!(stderr.contains("was left as it was"), "{stderr}");
     stderr
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

@@ -17,7 +17,8 @@ use std::{
 use iroh_raft::{KvCommand, Ticket, mgmt::IrohRaftManagementClient};
 
 use crate::support::{
-    Cluster, WAIT, cli, client_of, read_line, run_until_exit, sigterm, spawn, spawn_logging,
+    Cluster, WAIT, cli, client_of, listing, read_line, run_until_exit, sigterm, spawn,
+    spawn_logging,
 };
 
 const KEYS: u64 = 50_000;
@@ -114,24 +115,15 @@ fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// A new 3-node cluster: the node in `first` (restored or recovered) started, two fresh nodes
-/// joined by its ticket. Returns the processes and an admin client of it.
+/// A new cluster: the node in `first` (restored or recovered) started with `args` (its stderr
+/// in `log` when given), the nodes in `fresh` joined by its ticket. Returns the processes and
+/// an admin client of it.
 fn grow(
     rt: &tokio::runtime::Runtime,
-    first: &Path,
+    (first, args, log): (&Path, &[&str], Option<&Path>),
     fresh: &[tempfile::TempDir],
-    args: &[&str],
 ) -> (Vec<crate::support::Proc>, IrohRaftManagementClient) {
-    let mut procs = vec![spawn_logging(first, args, "testing", None)];
+    let mut procs = vec![spawn_logging(first, args, "testing", log)];
     let join = read_line(&first.join("ticket"));
     for dir in fresh {
         procs.push(spawn(
@@ -268,7 +260,7 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     assert_eq!(report["index"], saved["index"]);
     assert_ne!(report["cluster_id"], status["cluster_id"]);
     {
-        let (procs, client) = grow(&rt, &single, &[], &[]);
+        let (procs, client) = grow(&rt, (&single, &[], None), &[]);
         rt.block_on(check_all(&client, 100));
         drop(procs);
     }
@@ -355,7 +347,11 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     sigterm(&mut c.procs[0]);
     let recovery_log = files.path().join("recovery.log");
     let fresh: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (procs, client) = grow_logged(&rt, &survivor_dir, &fresh, &recovery_log);
+    let (procs, client) = grow(
+        &rt,
+        (&survivor_dir, &["--force-new-cluster"], Some(&recovery_log)),
+        &fresh,
+    );
     let log = std::fs::read_to_string(&recovery_log).unwrap();
     assert!(
         log.contains(&format!(
@@ -383,29 +379,4 @@ fn save_under_load_restore_into_a_new_cluster_and_recover_a_lost_quorum() {
     assert_ne!(code, 0);
     assert!(err.contains("already turned into a new cluster"), "{err}");
     drop(procs);
-}
-
-/// [`grow`] from a survivor recovered with `--force-new-cluster`, its stderr in `log`.
-fn grow_logged(
-    rt: &tokio::runtime::Runtime,
-    first: &Path,
-    fresh: &[tempfile::TempDir],
-    log: &Path,
-) -> (Vec<crate::support::Proc>, IrohRaftManagementClient) {
-    let mut procs = vec![spawn_logging(
-        first,
-        &["--force-new-cluster"],
-        "testing",
-        Some(log),
-    )];
-    let join = read_line(&first.join("ticket"));
-    for dir in fresh {
-        procs.push(spawn(
-            dir.path(),
-            &["--bind", "127.0.0.1:0", "--join", &join],
-        ));
-    }
-    let admin: Ticket = read_line(&first.join("admin-ticket")).parse().unwrap();
-    let client = rt.block_on(client_of(admin.members.clone(), &admin));
-    (procs, client)
 }

@@ -159,8 +159,6 @@ fn stream(
     loop {
         let n = match reader.read(&mut chunk) {
             Ok(n) => n,
-            // The consumer's side is gone: nothing to report to.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
             Err(e) => {
                 return Err(match SnapshotReader::corruption(&e) {
                     Some(c) => BackupError::Storage(crate::error::StorageError::Corrupt(c.clone())),
@@ -178,7 +176,10 @@ fn stream(
         }
     }
     match out.finish() {
-        Ok((_, _, mut sink)) => sink.send_rest(),
+        Ok((_, _, mut sink)) => {
+            sink.send_rest();
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(BackupError::Write(e)),
     }
@@ -199,11 +200,10 @@ impl Pieces {
     }
 
     /// Sends the last, partial piece (a consumer that went away needs no answer).
-    fn send_rest(&mut self) -> Result<(), BackupError> {
+    fn send_rest(&mut self) {
         if !self.buf.is_empty() {
             let _ = self.send();
         }
-        Ok(())
     }
 }
 

@@ -355,13 +355,7 @@ impl LogDb {
         let tx = self.begin_write(true)?;
         {
             let mut meta = tx.open_table(META).io("open meta")?;
-            put_meta(&mut meta, meta_key::IDENTITY, &encode_identity(&identity))?;
-            put_meta(
-                &mut meta,
-                meta_key::CONF_STATE,
-                &codec::encode_conf_state(conf_state),
-            )?;
-            put_meta(&mut meta, meta_key::MEMBERS, &encode_members(members))?;
+            put_founding(&mut meta, identity, conf_state, members)?;
         }
         tx.commit().io("commit")
     }
@@ -380,13 +374,7 @@ impl LogDb {
         let tx = self.begin_write(true)?;
         {
             let mut meta = tx.open_table(META).io("open meta")?;
-            put_meta(&mut meta, meta_key::IDENTITY, &encode_identity(&identity))?;
-            put_meta(
-                &mut meta,
-                meta_key::CONF_STATE,
-                &codec::encode_conf_state(&record.conf_state),
-            )?;
-            put_meta(&mut meta, meta_key::MEMBERS, &encode_members(members))?;
+            put_founding(&mut meta, identity, &record.conf_state, members)?;
             put_meta(
                 &mut meta,
                 meta_key::SNAPSHOT,
@@ -536,6 +524,22 @@ pub(super) fn decode_meta<T>(
             RecordError::Undecodable(format!("{} bytes", bytes.len())),
         )
     })
+}
+
+/// Writes what a new node is founded on: its identity, configuration and members.
+fn put_founding(
+    meta: &mut redb::Table<&str, &[u8]>,
+    identity: Identity,
+    conf_state: &ConfState,
+    members: &[Member],
+) -> Result<(), StorageError> {
+    put_meta(meta, meta_key::IDENTITY, &encode_identity(&identity))?;
+    put_meta(
+        meta,
+        meta_key::CONF_STATE,
+        &codec::encode_conf_state(conf_state),
+    )?;
+    put_meta(meta, meta_key::MEMBERS, &encode_members(members))
 }
 
 /// Writes a sealed metadata record.

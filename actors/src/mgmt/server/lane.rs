@@ -222,15 +222,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     outcome,
                 };
                 requests.get_or_create(&labels).inc();
-                if let Some(response) = response {
-                    let _ = out
-                        .send(MgmtReply {
-                            id,
-                            leader: 0,
-                            response,
-                        })
-                        .await;
-                }
+                send_last(&out, id, response).await;
             });
             return None;
         }
@@ -277,17 +269,22 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 }
                 _ => Some(node_down()),
             };
-            if let Some(response) = response {
-                let _ = out
-                    .send(MgmtReply {
-                        id,
-                        leader: 0,
-                        response,
-                    })
-                    .await;
-            }
+            send_last(&out, id, response).await;
         });
         None
+    }
+}
+
+/// Sends the answer that ends a streamed call `id`, if it has one (a stream whose client went
+/// away has none).
+async fn send_last(out: &mpsc::Sender<MgmtReply>, id: u64, response: Option<MgmtResponse>) {
+    if let Some(response) = response {
+        let reply = MgmtReply {
+            id,
+            leader: 0,
+            response,
+        };
+        let _ = out.send(reply).await;
     }
 }
 
