@@ -1,6 +1,7 @@
 //! Subcommands of the `iroh-raft` binary.
 
 pub(crate) mod backup;
+pub(crate) mod cluster;
 pub(crate) mod ctl;
 pub(crate) mod demo;
 pub(crate) mod kv;

@@ -4,6 +4,7 @@
 
 mod builder;
 mod cluster;
+pub mod deployment;
 mod discovery;
 mod error;
 pub mod kv;

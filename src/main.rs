@@ -40,6 +40,11 @@ enum Command {
     /// empty. One member by default (others join by ticket), or every founding member with
     /// --member (run it per member). Start each with `iroh-raft node --data-dir D`.
     Restore(Box<cli::backup::RestoreArgs>),
+    /// Run a deployment of local node processes from a TOML file (`-f cluster.toml`): up,
+    /// status, rolling-update --binary PATH, add ID, remove ID, down. Exit codes: 0 done; 1
+    /// failed (the reason is printed; a rolling update says which node and what it left); 2
+    /// bad usage.
+    Cluster(Box<cli::cluster::ClusterArgs>),
     /// Create a node's key in its data dir (kept if there is one) and print its endpoint id:
     /// what `restore --member` needs of every founding member beforehand.
     Keygen(cli::backup::KeygenArgs),
@@ -89,6 +94,7 @@ async fn main() {
         Command::Snapshot(args) => cli::backup::snapshot(args).await,
         Command::Restore(args) => cli::backup::restore(*args).await,
         Command::Keygen(args) => cli::backup::keygen(args),
+        Command::Cluster(args) => cli::cluster::run(*args).await,
     };
     match result {
         Ok(()) => exit_now(0),

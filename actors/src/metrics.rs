@@ -183,6 +183,9 @@ pub struct EventMetrics {
 pub struct MgmtMetrics {
     /// Management requests answered, by kind and outcome.
     pub mgmt_requests: Family<RequestLabels, Counter>,
+    /// Management clients connected to this node now (admitted connections). A rolling
+    /// update waits for it to drain before it stops the node.
+    pub mgmt_clients: Gauge,
     /// Connections and joins refused, by protocol (consensus, management, discovery) and
     /// reason.
     pub admission_refusals: Family<RefusalLabels, Counter>,

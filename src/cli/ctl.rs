@@ -77,7 +77,12 @@ enum CtlCommand {
     /// Hand leadership to a voter (default: the most up-to-date one).
     TransferLeader {
         /// The voter.
+        #[arg(conflicts_with = "away_from")]
         id: Option<u64>,
+        /// Only if this node leads: hand its leadership to the most up-to-date other voter
+        /// (what a node's stop hook runs; nothing happens when another node leads).
+        #[arg(long, value_name = "ID")]
+        away_from: Option<u64>,
     },
     /// Take a snapshot on the node the CLI talks to; `snapshot save FILE` saves a backup.
     Snapshot {
@@ -237,7 +242,40 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
                 format!("removed node {id} (index {index})")
             });
         }
-        CtlCommand::TransferLeader { id } => {
+        CtlCommand::TransferLeader {
+            id: None,
+            away_from: Some(from),
+        } => {
+            let status = cli.call().status().await?;
+            let leader = status.leader;
+            if leader != from {
+                print_one(
+                    json,
+                    json!({ "leader": leader, "transferred": false }),
+                    || format!("node {from} does not lead (node {leader} does): nothing to do"),
+                );
+                return Ok(());
+            }
+            // The most up-to-date other voter, named: if leadership moved meanwhile, it still
+            // goes to a node other than `from`.
+            let to = status
+                .members
+                .iter()
+                .filter(|m| m.role == "voter" && m.id != from && m.fresh)
+                .min_by_key(|m| (m.lag, m.id))
+                .map(|m| m.id)
+                .ok_or_else(|| Failure {
+                    code: 1,
+                    message: format!("node {from} leads and no other voter is reachable"),
+                })?;
+            let (leader, took) = cli.call().transfer_leader(Some(to)).await?;
+            print_one(
+                json,
+                json!({ "leader": leader, "elapsed_ms": took.as_millis() as u64, "transferred": true }),
+                || format!("node {leader} leads (after {took:.0?})"),
+            );
+        }
+        CtlCommand::TransferLeader { id, .. } => {
             let (leader, took) = cli.call().transfer_leader(id).await?;
             print_one(
                 json,

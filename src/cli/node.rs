@@ -36,6 +36,10 @@ pub(crate) struct NodeArgs {
     /// Found a new one-node cluster.
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
+    /// With --bootstrap: the founding node's Raft id (default 1). A joining node is given its
+    /// id by the cluster (or keeps the one a member registered for its key beforehand).
+    #[arg(long, requires = "bootstrap", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
     /// Disaster recovery, when a quorum is lost for good: turn this node into a one-member
     /// cluster at its last applied state (a new cluster id; its key and id kept), then run as
     /// that cluster's node; others join it by ticket. Entries it held but had not applied
@@ -106,38 +110,7 @@ impl NodeArgs {
     }
 }
 
-fn parse_preset(s: &str) -> Result<Preset, String> {
-    match s {
-        "production" => Ok(Preset::Production),
-        "development" => Ok(Preset::Development),
-        "testing" => Ok(Preset::Testing),
-        _ => Err(format!(
-            "unknown preset '{s}': expected production, development or testing"
-        )),
-    }
-}
-
-/// `500ms`, `30s`, `10m`, `24h`, `7d`, more than zero (a ticket valid for 0s is born expired, a
-/// timeout of 0s cannot succeed).
-pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let invalid = || format!("'{s}' is not a duration like 500ms, 30s, 10m, 24h or 7d");
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| invalid())?;
-    let millis: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(invalid()),
-    };
-    if n == 0 {
-        return Err(format!("'{s}': the duration must be more than zero"));
-    }
-    let millis = n.checked_mul(millis).ok_or_else(invalid)?;
-    Ok(Duration::from_millis(millis))
-}
+pub(crate) use iroh_raft::deployment::{parse_duration as parse_positive_duration, parse_preset};
 
 pub(crate) const CONF_FILE: &str = "node.conf";
 
@@ -283,7 +256,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .remote_reads(iroh_raft::kv::remote_get)
         .preset(args.preset);
     if args.bootstrap {
-        builder = builder.node_id(1);
+        builder = builder.node_id(args.node_id.unwrap_or(1));
     }
     if let Some(node) = restore {
         builder = builder.node_id(node).restore_from(&recovery);
@@ -317,7 +290,10 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let cluster = builder.build().await.map_err(|e| start_failure(dir, e))?;
     let bound = bound_address(&cluster, bind);
-    write_file(&dir.join(CONF_FILE), &format!("bind={bound}\n"))?;
+    write_file(
+        &dir.join(CONF_FILE),
+        &format!("bind={bound}\nnode={}\n", cluster.node_id()),
+    )?;
     if restore.is_some() {
         // The mark first: a crash between the two resumes from the backup, idempotently.
         let stamp = std::time::SystemTime::now()
@@ -356,6 +332,9 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => None,
         stopped = cluster.stopped() => Some(stopped),
     };
+    if outcome.is_none() {
+        hand_over_leadership(&cluster).await;
+    }
     let result = cluster.shutdown().await;
     let id = cluster.node_id();
     match outcome {
@@ -495,6 +474,23 @@ async fn force_new_cluster(
         kept.display()
     );
     Ok(node)
+}
+
+/// On a signal, a leader hands leadership to the most up-to-date voter before it stops (as etcd
+/// does), so that a stop costs the cluster a transfer (milliseconds) instead of an election
+/// timeout. Bounded: a transfer that does not finish in 5 s is given up and the node stops anyway.
+async fn hand_over_leadership(cluster: &RaftCluster<KeyValueStore>) {
+    let me = cluster.node_id();
+    match cluster.status().await {
+        Ok(s) if s.leader == Some(me) && s.voters.iter().any(|v| *v != me) => {}
+        _ => return,
+    }
+    let transfer = cluster.calls().transfer_leadership(None);
+    match tokio::time::timeout(Duration::from_secs(5), transfer).await {
+        Ok(Ok(done)) => eprintln!("node {me} handed leadership to node {}", done.leader),
+        Ok(Err(e)) => eprintln!("node {me} stops as leader: the handover failed: {e}"),
+        Err(_) => eprintln!("node {me} stops as leader: the handover took more than 5 s"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -15,4 +15,5 @@ mod t45_pause;
 mod t50_chaos;
 mod t60_damage;
 mod t70_backup;
+mod t80_deployment;
 mod timings;

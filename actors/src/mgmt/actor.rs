@@ -234,13 +234,20 @@ impl<S: StateMachine> MgmtActor<S> {
             subscriptions: 0,
         };
         self.connections.insert(id, connection);
+        self.count_clients();
         true
+    }
+
+    fn count_clients(&self) {
+        let n = i64::try_from(self.connections.len()).unwrap_or(i64::MAX);
+        self.calls.metrics().mgmt.mgmt_clients.set(n);
     }
 
     pub(super) fn unregister(&mut self, id: u64) {
         let Some(c) = self.connections.remove(&id) else {
             return;
         };
+        self.count_clients();
         if let Some(n) = self.per_key.get_mut(&c.key) {
             *n -= 1;
             if *n == 0 {

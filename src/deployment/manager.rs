@@ -1,0 +1,1001 @@
+//! [`ClusterManager`]: bootstraps a deployment, reports on it, updates it one node at a time,
+//! adds and removes nodes, stops it.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use iroh::EndpointAddr;
+use iroh_raft_actors::wire::{MgmtMember, MgmtStatus, endpoint_addr_from_wire};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    config::{DeploymentConfig, DeploymentConfigError, NodeConfig, check_binary, preset_name},
+    launcher::{LaunchError, LaunchSpec, Launcher, LocalLauncher, StartMode},
+};
+use crate::{
+    Ticket, TicketRole,
+    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
+};
+
+/// How long the admin tickets the manager keeps stay valid (it mints a new one each time it
+/// connects, so an admin ticket expires only after this long without a manager command).
+const ADMIN_TICKET_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// How often conditions are checked while the manager waits on them.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Why a deployment operation failed. Every variant says which node and what state it left.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeploymentError {
+    /// The configuration was refused (nothing was started).
+    #[error("configuration: {0}")]
+    Config(#[from] DeploymentConfigError),
+    /// A process could not be started or stopped.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// The cluster did not answer as needed.
+    #[error("{what}: {source}")]
+    Client {
+        /// What the manager was doing.
+        what: String,
+        /// The client's error.
+        source: ClientError,
+    },
+    /// The deployment has not been bootstrapped (no state in its state dir).
+    #[error("cluster '{0}' has not been started: run bootstrap (`iroh-raft cluster up`) first")]
+    NotStarted(String),
+    /// The node is not part of the deployment.
+    #[error("node {0} is not part of the deployment")]
+    UnknownNode(u64),
+    /// The node is already a member.
+    #[error("node {0} is already a member")]
+    AlreadyMember(u64),
+    /// Stopping the node would leave fewer voters the cluster can count on than a majority.
+    #[error(
+        "stopping or removing node {node} would give up quorum: {fresh} of {voters} voters are \
+         reachable and a majority is {needed}"
+    )]
+    WouldLoseQuorum {
+        /// The node.
+        node: u64,
+        /// Voters the leader heard from recently (the node included).
+        fresh: usize,
+        /// Every voter.
+        voters: usize,
+        /// A majority.
+        needed: usize,
+    },
+    /// A node did not come back caught up and ready in time.
+    #[error("node {node} did not catch up and pass its readiness checks: {reason}")]
+    NotReady {
+        /// The node.
+        node: u64,
+        /// The last thing that was not yet true.
+        reason: String,
+    },
+    /// A rolling update stopped at its first failure.
+    #[error(
+        "rolling update stopped at node {node}: {reason}; {restored}; nodes updated before it: {updated:?}"
+    )]
+    RolloutFailed {
+        /// The node it failed on.
+        node: u64,
+        /// Why.
+        reason: String,
+        /// What happened to that node: back on its old binary, or why not.
+        restored: String,
+        /// Nodes that run the new binary.
+        updated: Vec<u64>,
+    },
+    /// The manager's state could not be read or written.
+    #[error("state file {path}: {message}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// One step of an operation, for progress output.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The node it is about, if one.
+    pub node: Option<u64>,
+    /// What happened.
+    pub message: String,
+}
+
+/// A node as the manager sees it.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct NodeState {
+    /// Its Raft id.
+    pub id: u64,
+    /// Whether the launcher reports its process running.
+    pub running: bool,
+    /// Its role in the membership (`voter`, `learner`), `None` if it is not a member.
+    pub member: Option<String>,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Entries behind the leader's log (as the leader sees it).
+    pub lag: Option<u64>,
+    /// The leader heard from it within an election timeout.
+    pub fresh: bool,
+    /// Its readiness checks passed (`None`: not asked, it did not answer).
+    pub ready: Option<bool>,
+    /// Failed checks, or why it could not be asked.
+    pub problems: Vec<String>,
+    /// The binary it was last started with.
+    pub binary: Option<PathBuf>,
+    /// Its address.
+    pub bind: Option<String>,
+}
+
+/// The deployment as the leader and each node see it.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct ClusterStatus {
+    /// The cluster's name.
+    pub name: String,
+    /// The leader, if one is known.
+    pub leader: Option<u64>,
+    /// The term.
+    pub term: u64,
+    /// The commit index.
+    pub commit_index: u64,
+    /// Every node of the deployment and every member.
+    pub nodes: Vec<NodeState>,
+}
+
+impl ClusterStatus {
+    /// A leader is known and every node runs, is a member and is ready.
+    pub fn healthy(&self) -> bool {
+        self.leader.is_some()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.running && n.member.is_some() && n.ready == Some(true))
+    }
+}
+
+/// What a finished rolling update did.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct RolloutReport {
+    /// The nodes, in the order they were updated (the leader last).
+    pub order: Vec<u64>,
+    /// How long each node took from its stop to caught up and ready.
+    pub durations: Vec<(u64, Duration)>,
+}
+
+/// What the manager remembers between runs (in `STATE_DIR/cluster.json`, mode 0600: it holds
+/// an admin ticket).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct State {
+    admin_ticket: Option<String>,
+    nodes: BTreeMap<u64, NodeRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NodeRecord {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    bind: String,
+    endpoint: String,
+}
+
+/// Runs a deployment: the processes through a [`Launcher`], the cluster through the
+/// management protocol.
+///
+/// Rolling updates go one node at a time, followers first and the leader last after its
+/// leadership was handed over; a node is touched only while every other voter is reachable
+/// (quorum is never knowingly given up), and the next one only once the restarted one is a
+/// member again, within `rollout.max_lag` entries of the leader's log and passing its
+/// readiness checks. The first failure stops the rollout and puts the old binary back on that
+/// node.
+pub struct ClusterManager<L: Launcher = LocalLauncher> {
+    config: DeploymentConfig,
+    launcher: L,
+    state: State,
+    client: Option<IrohRaftManagementClient>,
+    progress: Box<dyn Fn(Progress) + Send + Sync>,
+}
+
+impl<L: Launcher> std::fmt::Debug for ClusterManager<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterManager")
+            .field("cluster", &self.config.cluster_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterManager<LocalLauncher> {
+    /// A manager of `config` that runs the nodes on this machine (checks the configuration
+    /// again; reads the state an earlier manager left).
+    pub async fn new(config: DeploymentConfig) -> Result<Self, DeploymentError> {
+        let mut launcher = LocalLauncher::new(&config.state_dir)?;
+        for node in &config.nodes {
+            launcher.adopt(node.id, &node.data_dir);
+        }
+        let manager = Self::with_launcher(config, launcher).await?;
+        Ok(manager)
+    }
+}
+
+fn client_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> DeploymentError {
+    let what = what.into();
+    move |source| DeploymentError::Client { what, source }
+}
+
+impl<L: Launcher> ClusterManager<L> {
+    /// A manager of `config` whose processes `launcher` runs.
+    pub async fn with_launcher(
+        config: DeploymentConfig,
+        launcher: L,
+    ) -> Result<Self, DeploymentError> {
+        config.check()?;
+        let path = state_path(&config);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeploymentError::State {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => {
+                return Err(DeploymentError::State {
+                    path,
+                    message: e.to_string(),
+                });
+            }
+        };
+        Ok(Self {
+            config,
+            launcher,
+            state,
+            client: None,
+            progress: Box::new(|_| {}),
+        })
+    }
+
+    /// Calls `f` at each step of an operation.
+    pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Box::new(f);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DeploymentConfig {
+        &self.config
+    }
+
+    /// The admin ticket the manager holds (after [`Self::bootstrap`]).
+    pub fn admin_ticket(&self) -> Option<Ticket> {
+        self.state.admin_ticket.as_ref()?.parse().ok()
+    }
+
+    fn say(&self, node: Option<u64>, message: impl Into<String>) {
+        (self.progress)(Progress {
+            node,
+            message: message.into(),
+        });
+    }
+
+    fn save(&self) -> Result<(), DeploymentError> {
+        let path = state_path(&self.config);
+        let fail = |message: String| DeploymentError::State {
+            path: path.clone(),
+            message,
+        };
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| fail(e.to_string()))?;
+        std::fs::create_dir_all(&self.config.state_dir).map_err(|e| fail(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        write_private(&tmp, &bytes).map_err(|e| fail(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The node's arguments after the binary.
+    fn args(&self, node: &NodeConfig, mode: &StartMode) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "node".into(),
+            "--data-dir".into(),
+            node.data_dir.clone().into(),
+            "--preset".into(),
+            preset_name(self.config.environment).into(),
+        ];
+        if let Some(m) = node.metrics_addr {
+            args.extend(["--metrics-addr".into(), m.to_string().into()]);
+        }
+        if let Some(b) = &self.config.backup {
+            args.extend([
+                "--backup-schedule".into(),
+                b.schedule.clone().into(),
+                "--backup-target".into(),
+                b.target.clone().into(),
+                "--backup-retention".into(),
+                b.retention.to_string().into(),
+            ]);
+            if let Some(e) = &b.s3_endpoint {
+                args.extend(["--backup-s3-endpoint".into(), e.clone().into()]);
+            }
+        }
+        match mode {
+            StartMode::Bootstrap => args.extend([
+                "--bootstrap".into(),
+                "--node-id".into(),
+                node.id.to_string().into(),
+                "--bind".into(),
+                node.bind.to_string().into(),
+            ]),
+            StartMode::Join(ticket) => args.extend([
+                "--join".into(),
+                ticket.clone().into(),
+                "--bind".into(),
+                node.bind.to_string().into(),
+            ]),
+            StartMode::Restart => {}
+        }
+        args
+    }
+
+    async fn launch(
+        &mut self,
+        node: &NodeConfig,
+        binary: &Path,
+        mode: StartMode,
+    ) -> Result<String, DeploymentError> {
+        let spec = LaunchSpec {
+            node: node.clone(),
+            binary: binary.to_owned(),
+            args: self.args(node, &mode),
+            mode,
+            timeout: self.config.rollout.node_timeout,
+        };
+        let started = self.launcher.start(spec).await?;
+        if started.node_id != node.id {
+            // A data dir that holds another node than the configuration says.
+            let _ = self.launcher.stop(started.node_id, self.grace()).await;
+            return Err(DeploymentError::NotReady {
+                node: node.id,
+                reason: format!(
+                    "its data dir {} holds node {}",
+                    node.data_dir.display(),
+                    started.node_id
+                ),
+            });
+        }
+        Ok(started.endpoint)
+    }
+
+    fn grace(&self) -> Duration {
+        self.config.rollout.node_timeout
+    }
+
+    fn node(&self, id: u64) -> Result<NodeConfig, DeploymentError> {
+        self.config
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .cloned()
+            .ok_or(DeploymentError::UnknownNode(id))
+    }
+
+    /// A client of the cluster (admitted with the stored admin ticket, which it renews).
+    pub async fn client(&mut self) -> Result<IrohRaftManagementClient, DeploymentError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let ticket: Ticket = self
+            .state
+            .admin_ticket
+            .as_ref()
+            .ok_or_else(|| DeploymentError::NotStarted(self.config.cluster_name.clone()))?
+            .parse()
+            .map_err(|e: crate::TicketError| DeploymentError::State {
+                path: state_path(&self.config),
+                message: format!("the admin ticket: {e}"),
+            })?;
+        let options = ClientOptions::default().timeout(self.config.rollout.node_timeout);
+        let client = IrohRaftManagementClient::new(ticket.members.clone(), Some(&ticket), options)
+            .await
+            .map_err(client_error("connecting"))?;
+        self.client = Some(client.clone());
+        self.renew_ticket().await?;
+        Ok(client)
+    }
+
+    /// Mints a new admin ticket from a current member (a ticket whose issuer was removed is
+    /// refused) and keeps it.
+    async fn renew_ticket(&mut self) -> Result<(), DeploymentError> {
+        let Some(client) = self.client.clone() else {
+            return Ok(());
+        };
+        let ticket = client
+            .mint_ticket(TicketRole::Admin, ADMIN_TICKET_TTL)
+            .await
+            .map_err(client_error("renewing the admin ticket"))?;
+        self.state.admin_ticket = Some(ticket.to_string());
+        self.save()
+    }
+
+    /// The leader's status (asked until a leader answers, within the node timeout).
+    async fn leader_status(&mut self) -> Result<MgmtStatus, DeploymentError> {
+        let client = self.client().await?;
+        let deadline = tokio::time::Instant::now() + self.config.rollout.node_timeout;
+        loop {
+            let status = client.status().await;
+            match status {
+                Ok(s) if s.role == "leader" => return Ok(s),
+                Ok(_) | Err(ClientError::Timeout(_) | ClientError::Unreachable { .. })
+                    if tokio::time::Instant::now() < deadline => {}
+                Ok(s) => {
+                    return Err(DeploymentError::NotReady {
+                        node: s.node_id,
+                        reason: format!(
+                            "no leader answered (node {} knows of {})",
+                            s.node_id, s.leader
+                        ),
+                    });
+                }
+                Err(e) => return Err(client_error("asking for the cluster's status")(e)),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Founds the cluster with the first node (unless the manager did already), then starts
+    /// every node of the configuration: those that are members and not running restart from
+    /// their data dirs, the others join. Each is caught up and ready before the next starts.
+    pub async fn bootstrap(&mut self) -> Result<(), DeploymentError> {
+        if self.state.admin_ticket.is_none() {
+            let first = self.config.nodes[0].clone();
+            if first.data_dir.join(crate::DB_FILE).exists() {
+                return Err(DeploymentError::Config(DeploymentConfigError {
+                    field: "nodes[0].data_dir".into(),
+                    message: format!(
+                        "{} already holds a node, and the manager has no state for this \
+                         cluster in {}: start from empty data dirs, or restore the manager's \
+                         state dir",
+                        first.data_dir.display(),
+                        self.config.state_dir.display()
+                    ),
+                }));
+            }
+            self.say(Some(first.id), "founding the cluster");
+            let binary = self.config.binary.clone();
+            let endpoint = self.launch(&first, &binary, StartMode::Bootstrap).await?;
+            let path = first.data_dir.join("admin-ticket");
+            let ticket = std::fs::read_to_string(&path).map_err(|e| DeploymentError::State {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            self.state.admin_ticket = Some(ticket.trim().to_owned());
+            self.record(&first, &binary, endpoint);
+            self.save()?;
+            self.say(Some(first.id), "running, leads");
+        }
+        // Members that are down restart all at once (one alone could not elect a leader),
+        // then each must catch up; nodes that are not members yet join one at a time.
+        let mut restarted = Vec::new();
+        for node in self.config.nodes.clone() {
+            let running = self.launcher.running(node.id).await;
+            match self.state.nodes.get(&node.id).cloned() {
+                Some(_) if running => self.say(Some(node.id), "running"),
+                Some(record) => {
+                    self.say(Some(node.id), "restarting from its data dir");
+                    self.launch(&node, &record.binary, StartMode::Restart)
+                        .await?;
+                    restarted.push(node.id);
+                }
+                None => {}
+            }
+        }
+        for id in restarted {
+            self.caught_up(id).await?;
+            self.say(Some(id), "caught up and ready");
+        }
+        for node in self.config.nodes.clone() {
+            if !self.state.nodes.contains_key(&node.id) {
+                self.join(&node).await?;
+            }
+        }
+        // A ticket naming every member: clients given it can fail over to any of them.
+        self.renew_ticket().await
+    }
+
+    fn record(&mut self, node: &NodeConfig, binary: &Path, endpoint: String) {
+        self.state.nodes.insert(
+            node.id,
+            NodeRecord {
+                binary: binary.to_owned(),
+                data_dir: node.data_dir.clone(),
+                bind: node.bind.to_string(),
+                endpoint,
+            },
+        );
+    }
+
+    /// Registers the node's key under its id (so the cluster gives it that id), then starts
+    /// it with a join ticket; it is promoted once caught up.
+    async fn join(&mut self, node: &NodeConfig) -> Result<(), DeploymentError> {
+        let key = crate::net::load_or_create_secret_key(&node.data_dir).map_err(|e| {
+            DeploymentError::State {
+                path: node.data_dir.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let addr = EndpointAddr::new(key.public()).with_ip_addr(node.bind);
+        let client = self.client().await?;
+        let status = self.leader_status().await?;
+        match status.members.iter().find(|m| m.id == node.id) {
+            Some(m) if m.key != *key.public().as_bytes() => {
+                return Err(DeploymentError::Config(DeploymentConfigError {
+                    field: format!("node {}", node.id),
+                    message: format!(
+                        "id {} is a member with another key: give this node another id",
+                        node.id
+                    ),
+                }));
+            }
+            Some(_) => {}
+            None => {
+                self.say(Some(node.id), "registering its key");
+                client
+                    .add_learner(node.id, &addr)
+                    .await
+                    .map_err(client_error(format!(
+                        "adding node {} as a learner",
+                        node.id
+                    )))?;
+            }
+        }
+        let ticket = client
+            .mint_ticket(TicketRole::Join, Duration::from_secs(3600))
+            .await
+            .map_err(client_error("minting a join ticket"))?;
+        self.say(Some(node.id), "joining");
+        let binary = self.config.binary.clone();
+        let endpoint = self
+            .launch(node, &binary, StartMode::Join(ticket.to_string()))
+            .await?;
+        self.record(node, &binary, endpoint);
+        self.save()?;
+        self.caught_up(node.id).await?;
+        self.say(Some(node.id), "voter, caught up and ready");
+        Ok(())
+    }
+
+    /// Waits (up to the node timeout) until node `id` is a member, the leader heard from it
+    /// recently, it is within `max_lag` entries of the leader's log, and its readiness checks
+    /// pass when asked of it directly.
+    async fn caught_up(&mut self, id: u64) -> Result<(), DeploymentError> {
+        let deadline = tokio::time::Instant::now() + self.config.rollout.node_timeout;
+        loop {
+            let reason = match self.check_caught_up(id).await {
+                Ok(()) => return Ok(()),
+                Err(r) => r,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DeploymentError::NotReady { node: id, reason });
+            }
+            if !self.launcher.running(id).await {
+                return Err(DeploymentError::NotReady {
+                    node: id,
+                    reason: format!("its process exited ({reason})"),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn check_caught_up(&mut self, id: u64) -> Result<(), String> {
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        let status = client.status().await.map_err(|e| e.to_string())?;
+        if status.role != "leader" {
+            return Err(format!("node {} answered, not the leader", status.node_id));
+        }
+        let member = status
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or("not a member")?;
+        if id != status.node_id {
+            if !member.fresh {
+                return Err("the leader has not heard from it recently".into());
+            }
+            if member.lag > self.config.rollout.max_lag {
+                return Err(format!(
+                    "{} entries behind the leader (at most {} allowed)",
+                    member.lag, self.config.rollout.max_lag
+                ));
+            }
+        }
+        let probe = self.probe(member).await?;
+        let failed: Vec<String> = probe
+            .checks
+            .iter()
+            .filter_map(|c| Some(format!("{}: {}", c.name, c.failure.as_ref()?)))
+            .collect();
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(format!("not ready: {}", failed.join("; "))),
+        }
+    }
+
+    /// The member's readiness checks, asked of it directly.
+    async fn probe(
+        &mut self,
+        member: &MgmtMember,
+    ) -> Result<iroh_raft_actors::wire::MgmtProbe, String> {
+        let addr = endpoint_addr_from_wire(&member.key, &member.addrs).ok_or("invalid address")?;
+        let ticket = self.admin_ticket();
+        let options = ClientOptions::default()
+            .pinned()
+            .timeout(Duration::from_secs(5));
+        let client = IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let probe = client.probe(true).await.map_err(|e| e.to_string());
+        client.close().await;
+        probe
+    }
+
+    /// Every node of the deployment and every member: its process, its place in the
+    /// membership, the leader's view of it, and its readiness checks.
+    pub async fn status(&mut self) -> Result<ClusterStatus, DeploymentError> {
+        let mut any_running = false;
+        for id in self.state.nodes.keys().copied().collect::<Vec<_>>() {
+            any_running |= self.launcher.running(id).await;
+        }
+        if self.state.admin_ticket.is_none() {
+            return Err(DeploymentError::NotStarted(
+                self.config.cluster_name.clone(),
+            ));
+        }
+        // With no process running there is nobody to ask (and no point waiting for one).
+        let status = match any_running {
+            true => self.leader_status().await?,
+            false => MgmtStatus {
+                node_id: 0,
+                cluster_id: [0; 16],
+                leader: 0,
+                term: 0,
+                commit_index: 0,
+                applied_index: 0,
+                role: String::new(),
+                members: Vec::new(),
+            },
+        };
+        let mut ids: Vec<u64> = self.config.nodes.iter().map(|n| n.id).collect();
+        ids.extend(status.members.iter().map(|m| m.id));
+        ids.extend(self.state.nodes.keys());
+        ids.sort_unstable();
+        ids.dedup();
+        let mut nodes = Vec::new();
+        for id in ids {
+            let member = status.members.iter().find(|m| m.id == id).cloned();
+            let running = self.launcher.running(id).await;
+            let (ready, problems) = match &member {
+                Some(m) => match self.probe(m).await {
+                    Ok(p) => {
+                        let failed: Vec<String> = p
+                            .checks
+                            .iter()
+                            .filter_map(|c| Some(format!("{}: {}", c.name, c.failure.as_ref()?)))
+                            .collect();
+                        (Some(failed.is_empty()), failed)
+                    }
+                    Err(e) => (None, vec![e]),
+                },
+                None if !any_running => (None, vec!["down".into()]),
+                None if self.config.nodes.iter().any(|n| n.id == id) => (
+                    None,
+                    vec![format!(
+                        "in the file, not a member (`cluster add {id}` starts it)"
+                    )],
+                ),
+                None => (None, vec!["not a member".into()]),
+            };
+            let record = self.state.nodes.get(&id);
+            nodes.push(NodeState {
+                id,
+                running,
+                member: member.as_ref().map(|m| m.role.clone()),
+                leader: id == status.leader,
+                lag: member.as_ref().map(|m| m.lag),
+                fresh: member.as_ref().is_some_and(|m| m.fresh),
+                ready,
+                problems,
+                binary: record.map(|r| r.binary.clone()),
+                bind: record.map(|r| r.bind.clone()),
+            });
+        }
+        Ok(ClusterStatus {
+            name: self.config.cluster_name.clone(),
+            leader: Some(status.leader).filter(|l| *l != 0),
+            term: status.term,
+            commit_index: status.commit_index,
+            nodes,
+        })
+    }
+
+    /// Refuses to take node `id` out while the cluster could not do without it: every other
+    /// voter must be one the leader heard from recently, and those must be a majority.
+    async fn check_quorum_without(&mut self, id: u64) -> Result<(), DeploymentError> {
+        let deadline = tokio::time::Instant::now() + self.config.rollout.node_timeout;
+        loop {
+            let status = self.leader_status().await?;
+            let voters: Vec<&MgmtMember> = status
+                .members
+                .iter()
+                .filter(|m| m.role == "voter")
+                .collect();
+            let fresh = voters.iter().filter(|m| m.fresh).count();
+            let others_fresh = voters.iter().filter(|m| m.id != id && m.fresh).count();
+            let others_all = voters.iter().filter(|m| m.id != id).all(|m| m.fresh);
+            let needed = voters.len() / 2 + 1;
+            let is_voter = voters.iter().any(|m| m.id == id);
+            if !is_voter || (others_all && others_fresh >= needed) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DeploymentError::WouldLoseQuorum {
+                    node: id,
+                    fresh,
+                    voters: voters.len(),
+                    needed,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Hands leadership away from `id` if it leads; returns once another node leads.
+    async fn hand_over(&mut self, id: u64) -> Result<(), DeploymentError> {
+        let status = self.leader_status().await?;
+        if status.leader != id {
+            return Ok(());
+        }
+        let to = status
+            .members
+            .iter()
+            .filter(|m| m.role == "voter" && m.id != id && m.fresh)
+            .min_by_key(|m| (m.lag, m.id))
+            .map(|m| m.id);
+        let Some(to) = to else {
+            return Ok(()); // A one-voter cluster: nobody to hand over to.
+        };
+        let client = self.client().await?;
+        let (leader, took) = client
+            .transfer_leader(Some(to))
+            .await
+            .map_err(client_error(format!(
+                "handing leadership from node {id} to node {to}"
+            )))?;
+        self.say(
+            Some(id),
+            format!("handed leadership to node {leader} in {took:.0?}"),
+        );
+        Ok(())
+    }
+
+    /// Waits (up to `rollout.drain_timeout`) until no management client but the manager's
+    /// own is connected to node `id`: clients move to the leader on their own once a reply
+    /// names another node, and a client that moved before the node stops loses nothing in
+    /// flight. Clients still there when the bound passes see their node go away.
+    async fn drain(&mut self, id: u64) -> Result<(), DeploymentError> {
+        let status = self.leader_status().await?;
+        let Some(member) = status.members.iter().find(|m| m.id == id) else {
+            return Ok(());
+        };
+        let Some(addr) = endpoint_addr_from_wire(&member.key, &member.addrs) else {
+            return Ok(());
+        };
+        let ticket = self.admin_ticket();
+        let options = ClientOptions::default()
+            .pinned()
+            .timeout(Duration::from_secs(5));
+        let Ok(pinned) = IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options).await
+        else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + self.config.rollout.drain_timeout;
+        let mut left = None;
+        while tokio::time::Instant::now() < deadline {
+            // The manager's own client follows the leader too.
+            let _ = self.leader_status().await;
+            left = match pinned.metrics().await {
+                Ok(text) => mgmt_clients(&text),
+                Err(_) => None,
+            };
+            // Only the pinned client asking.
+            if left.is_none_or(|n| n <= 1) {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        pinned.close().await;
+        if let Some(n) = left.filter(|n| *n > 1) {
+            self.say(
+                Some(id),
+                format!("{} clients still connected; stopping anyway", n - 1),
+            );
+        }
+        Ok(())
+    }
+
+    /// Restarts every node on `binary`, one at a time (see the type's documentation).
+    pub async fn rolling_update(
+        &mut self,
+        binary: impl Into<PathBuf>,
+    ) -> Result<RolloutReport, DeploymentError> {
+        let binary = binary.into();
+        let invalid = |message| DeploymentConfigError {
+            field: "binary".into(),
+            message,
+        };
+        check_binary(&binary).map_err(invalid)?;
+        // Absolute: the state outlives the working directory of this command.
+        let binary = std::path::absolute(&binary)
+            .map_err(|e| invalid(format!("{}: {e}", binary.display())))?;
+        let status = self.leader_status().await?;
+        let mut order: Vec<u64> = self
+            .state
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| *id != status.leader)
+            .collect();
+        if self.state.nodes.contains_key(&status.leader) {
+            order.push(status.leader);
+        }
+        let mut updated = Vec::new();
+        let mut durations = Vec::new();
+        for &id in &order {
+            let node = self.node(id)?;
+            let old = self.state.nodes[&id].binary.clone();
+            self.check_quorum_without(id).await?;
+            self.hand_over(id).await?;
+            self.drain(id).await?;
+            let began = tokio::time::Instant::now();
+            self.say(Some(id), "stopping");
+            self.launcher.stop(id, self.grace()).await?;
+            self.say(Some(id), format!("starting {}", binary.display()));
+            let outcome = match self.launch(&node, &binary, StartMode::Restart).await {
+                Ok(_) => self.caught_up(id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                self.say(
+                    Some(id),
+                    format!("failed: {e}; putting {} back", old.display()),
+                );
+                let _ = self.launcher.stop(id, self.grace()).await;
+                let restored = match self.launch(&node, &old, StartMode::Restart).await {
+                    Ok(_) => match self.caught_up(id).await {
+                        Ok(()) => format!("it runs {} again, caught up and ready", old.display()),
+                        Err(e) => format!("it was restarted on {} but: {e}", old.display()),
+                    },
+                    Err(e) => format!("restarting it on {} failed too: {e}", old.display()),
+                };
+                return Err(DeploymentError::RolloutFailed {
+                    node: id,
+                    reason: e.to_string(),
+                    restored,
+                    updated,
+                });
+            }
+            if let Some(r) = self.state.nodes.get_mut(&id) {
+                r.binary = binary.clone();
+            }
+            self.save()?;
+            updated.push(id);
+            durations.push((id, began.elapsed()));
+            self.say(Some(id), format!("updated in {:.1?}", began.elapsed()));
+        }
+        Ok(RolloutReport { order, durations })
+    }
+
+    /// Starts a new node and has it join: it becomes a voter once caught up. The node is added
+    /// to the manager's configuration.
+    pub async fn add_node(&mut self, node: NodeConfig) -> Result<(), DeploymentError> {
+        if self.state.nodes.contains_key(&node.id) {
+            return Err(DeploymentError::AlreadyMember(node.id));
+        }
+        let mut config = self.config.clone();
+        config.nodes.retain(|n| n.id != node.id);
+        config.nodes.push(node.clone());
+        config.check()?;
+        self.config = config;
+        self.join(&node).await?;
+        self.renew_ticket().await
+    }
+
+    /// Removes node `id` from the membership (the leader hands over first if it is the one
+    /// removed); the node stops by itself once it learns it. Its data dir is kept (a removed
+    /// node cannot come back: its id and key are refused from then on).
+    pub async fn remove_node(&mut self, id: u64) -> Result<(), DeploymentError> {
+        let status = self.leader_status().await?;
+        if !status.members.iter().any(|m| m.id == id) {
+            return Err(DeploymentError::UnknownNode(id));
+        }
+        self.check_quorum_without(id).await?;
+        // The ticket in hand may be the removed node's: mint one from another member first.
+        self.hand_over(id).await?;
+        let client = self.client().await?;
+        self.say(Some(id), "removing it from the membership");
+        client
+            .remove_member(id)
+            .await
+            .map_err(client_error(format!("removing node {id}")))?;
+        // On the leader (not the removed node) before minting: a ticket is only honoured while
+        // its issuer is a member.
+        self.leader_status().await?;
+        self.renew_ticket().await?;
+        self.launcher.stop(id, self.grace()).await?;
+        self.state.nodes.remove(&id);
+        self.config.nodes.retain(|n| n.id != id);
+        self.save()?;
+        self.say(Some(id), "removed and stopped (its data dir is kept)");
+        Ok(())
+    }
+
+    /// Stops every node (followers first, the leader last, each gracefully). The data dirs
+    /// and the manager's state are kept: [`Self::bootstrap`] starts them again.
+    pub async fn stop(&mut self) -> Result<(), DeploymentError> {
+        let leader = match self.client().await {
+            Ok(client) => client.status().await.ok().map(|s| s.leader),
+            Err(_) => None,
+        };
+        if let Some(c) = self.client.take() {
+            c.close().await;
+        }
+        let mut ids: Vec<u64> = self.state.nodes.keys().copied().collect();
+        ids.sort_by_key(|id| Some(*id) == leader);
+        for id in ids {
+            self.launcher.stop(id, self.grace()).await?;
+            self.say(Some(id), "stopped");
+        }
+        Ok(())
+    }
+
+    /// Closes the manager's connection (the nodes keep running).
+    pub async fn close(&mut self) {
+        if let Some(c) = self.client.take() {
+            c.close().await;
+        }
+    }
+}
+
+/// The `iroh_raft_mgmt_clients` gauge in a node's metrics text.
+fn mgmt_clients(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("iroh_raft_mgmt_clients "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn state_path(config: &DeploymentConfig) -> PathBuf {
+    config.state_dir.join("cluster.json")
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

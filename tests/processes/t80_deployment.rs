@@ -1,0 +1,432 @@
+//! Deployments: `ClusterManager` over local `iroh-raft node` processes, and `iroh-raft
+//! cluster` on the command line. Rolling updates of 3 and of 5 processes and scaling 3 → 5 → 3
+//! under a continuous write load lose no acknowledged write, and the longest time without an
+//! acknowledged write stays within twice the election timeout (Testing preset: 300 ms); a
+//! rollout to a binary that exits at start stops at its first node and puts the old binary
+//! back; a broken file is refused, naming the field, before any process starts.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use iroh_raft::{
+    KvCommand, KvResponse, Ticket,
+    deployment::{ClusterManager, DeploymentConfig, DeploymentError, NodeConfig},
+    mgmt::{ClientOptions, IrohRaftManagementClient},
+};
+
+use crate::support::{BIN, WAIT};
+
+/// Runs `iroh-raft ARGS`; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Twice the Testing preset's election timeout.
+const MAX_UNAVAILABLE: Duration = Duration::from_millis(600);
+const WRITERS: u64 = 4;
+
+/// A port nothing listens on (UDP for a node, TCP for its metrics; both free).
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn node_toml(id: u64, dir: &Path) -> String {
+    format!(
+        "[[nodes]]\nid = {id}\nbind = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nmetrics_addr = \
+         \"127.0.0.1:{}\"\n\n",
+        free_port(),
+        dir.join(format!("node-{id}")).display(),
+        free_port()
+    )
+}
+
+/// A deployment file of nodes `1..=n` in `dir`, Testing preset.
+fn write_config(dir: &Path, n: u64) -> PathBuf {
+    let mut text = format!(
+        "cluster_name = \"t80\"\nenvironment = \"testing\"\nbinary = \"{BIN}\"\n\n[rollout]\n\
+         node_timeout = \"60s\"\nmax_lag = 50\n\n"
+    );
+    for id in 1..=n {
+        text += &node_toml(id, dir);
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A closed-loop write load: `WRITERS` clients, each writing a new key at a time. Records
+/// which keys were acknowledged and when.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(Instant, u64)>>>,
+    unknown: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    client: IrohRaftManagementClient,
+}
+
+impl Load {
+    async fn start(ticket: &Ticket) -> Self {
+        let options = ClientOptions::default().timeout(Duration::from_secs(3));
+        let client = IrohRaftManagementClient::new(ticket.members.clone(), Some(ticket), options)
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let unknown = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..WRITERS)
+            .map(|_| {
+                let (client, stop, acked, unknown, next) = (
+                    client.clone(),
+                    stop.clone(),
+                    acked.clone(),
+                    unknown.clone(),
+                    next.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let cmd = KvCommand::Set {
+                            key: format!("k{i}"),
+                            value: format!("v{i}"),
+                        };
+                        match client.propose::<_, KvResponse>(&cmd).await {
+                            Ok(_) => acked.lock().unwrap().push((Instant::now(), i)),
+                            // Not acknowledged: it may or may not be applied; never counted.
+                            Err(_) => {
+                                unknown.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            unknown,
+            tasks,
+            client,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more writes than now were acknowledged.
+    async fn more(&self, n: usize) {
+        let target = self.acked() + n;
+        let deadline = Instant::now() + WAIT;
+        while self.acked() < target {
+            assert!(Instant::now() < deadline, "the write load stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the writers; returns the longest time without an acknowledged write, and checks
+    /// that every acknowledged key reads back (linearizable reads).
+    async fn finish(self, what: &str) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let mut acked = self.acked.lock().unwrap().clone();
+        acked.sort_by_key(|(at, _)| *at);
+        let longest = acked
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .max()
+            .unwrap_or_default();
+
+        let keys: Vec<u64> = acked.iter().map(|(_, i)| *i).collect();
+        for chunk in keys.chunks(64) {
+            let reads = chunk.iter().map(|i| {
+                let client = self.client.clone();
+                async move {
+                    let value: Option<String> = client.read(&format!("k{i}")).await.unwrap();
+                    (*i, value)
+                }
+            });
+            for (i, value) in futures::future::join_all(reads).await {
+                assert_eq!(
+                    value,
+                    Some(format!("v{i}")),
+                    "{what}: acknowledged k{i} lost"
+                );
+            }
+        }
+        eprintln!(
+            "{what}: {} writes acknowledged (all read back), {} not acknowledged, longest \
+             time without an acknowledged write {longest:.0?}",
+            keys.len(),
+            self.unknown.load(Ordering::Relaxed)
+        );
+        self.client.close().await;
+        longest
+    }
+}
+
+/// Kills the node processes a deployment's launcher started (its pid files) however the test
+/// ends: they outlive the manager by design.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid")
+                && let Ok(pid) = std::fs::read_to_string(entry.path())
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+fn reaper(dir: &Path) -> Reaper {
+    Reaper(dir.join(".t80.cluster"))
+}
+
+async fn manager(config: &Path) -> ClusterManager {
+    let config = DeploymentConfig::load(config).unwrap();
+    ClusterManager::new(config)
+        .await
+        .unwrap()
+        .on_progress(|p| eprintln!("manager: node {:?}: {}", p.node, p.message))
+}
+
+/// `path` runs the real binary under another name: the "new" binary of a rollout.
+fn other_name(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::os::unix::fs::symlink(BIN, &path).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 3);
+    let _reaper = reaper(dir.path());
+    let mut m = manager(&config).await;
+    m.bootstrap().await.unwrap();
+    assert!(m.status().await.unwrap().healthy());
+    let load = Load::start(&m.admin_ticket().unwrap()).await;
+    load.more(100).await;
+
+    let leader = m.status().await.unwrap().leader.unwrap();
+    let next = other_name(dir.path(), "iroh-raft-next");
+    let report = m.rolling_update(&next).await.unwrap();
+    assert_eq!(report.order.len(), 3);
+    // Leadership may move on its own meanwhile; it was handed over before its node stopped.
+    assert!(report.order.contains(&leader));
+    load.more(100).await;
+    let status = m.status().await.unwrap();
+    assert!(status.healthy(), "{status:?}");
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.binary.as_deref() == Some(&*next))
+    );
+
+    // A binary that exits at start: the rollout stops at its first node, which gets the
+    // binary it ran before back; the cluster serves throughout.
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'cannot start' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before = m.status().await.unwrap();
+    let first = before
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| Some(*id) != before.leader)
+        .unwrap();
+    match m.rolling_update(&broken).await {
+        Err(DeploymentError::RolloutFailed {
+            node,
+            reason,
+            restored,
+            updated,
+        }) => {
+            assert!(updated.is_empty());
+            assert_eq!(node, first, "a follower goes first");
+            assert!(reason.contains("exited before it was ready"), "{reason}");
+            assert!(reason.contains("cannot start"), "{reason}");
+            assert!(restored.contains("caught up and ready"), "{restored}");
+            eprintln!("rollout to a broken binary stopped at node {node}: {reason}; {restored}");
+        }
+        other => panic!("expected the rollout to stop, got {other:?}"),
+    }
+    let status = m.status().await.unwrap();
+    assert!(status.healthy(), "{status:?}");
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.binary.as_deref() == Some(&*next))
+    );
+    load.more(100).await;
+
+    let longest = load.finish("3-node rolling update").await;
+    assert!(
+        longest <= MAX_UNAVAILABLE,
+        "writes were unavailable for {longest:?} (at most {MAX_UNAVAILABLE:?})"
+    );
+    m.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_three_to_five_roll_five_and_back_to_three_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 3);
+    let _reaper = reaper(dir.path());
+    let mut m = manager(&config).await;
+    m.bootstrap().await.unwrap();
+    let load = Load::start(&m.admin_ticket().unwrap()).await;
+    load.more(100).await;
+
+    for id in [4, 5] {
+        let port = free_port();
+        let node = NodeConfig::new(
+            id,
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            dir.path().join(format!("node-{id}")),
+        );
+        m.add_node(node).await.unwrap();
+        load.more(50).await;
+    }
+    let status = m.status().await.unwrap();
+    assert_eq!(status.nodes.len(), 5);
+    assert!(status.healthy(), "{status:?}");
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.member.as_deref() == Some("voter"))
+    );
+
+    let next = other_name(dir.path(), "iroh-raft-next");
+    let report = m.rolling_update(&next).await.unwrap();
+    assert_eq!(report.order.len(), 5);
+    load.more(100).await;
+
+    // Back to three: the leader among the removed is handed over first.
+    for id in [4, 5] {
+        m.remove_node(id).await.unwrap();
+        load.more(50).await;
+    }
+    let status = m.status().await.unwrap();
+    assert_eq!(
+        status.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(status.healthy(), "{status:?}");
+
+    let longest = load.finish("scale 3 → 5, roll 5, back to 3").await;
+    assert!(
+        longest <= MAX_UNAVAILABLE,
+        "writes were unavailable for {longest:?} (at most {MAX_UNAVAILABLE:?})"
+    );
+    m.stop().await.unwrap();
+}
+
+/// `iroh-raft cluster` end to end, and files refused before anything starts.
+#[test]
+fn the_cluster_command_and_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 3);
+    let _reaper = reaper(dir.path());
+    let file = config.to_str().unwrap();
+
+    let (code, out, err) = cli(&["cluster", "-f", file, "up"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("leader 1"), "{out}");
+    let (code, out, err) = cli(&["cluster", "-f", file, "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    let (code, out, err) = cli(&["cluster", "-f", file, "down"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("every node stopped"));
+    // Down means down: status finds no member.
+    let (code, _, _) = cli(&["cluster", "-f", file, "status"]);
+    assert_ne!(code, 0);
+    // Up again: every node restarts from its data dir.
+    let (code, out, err) = cli(&["cluster", "-f", file, "up"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches(" running ").count(), 3, "{out}");
+    assert!(err.contains("restarting from its data dir"), "{err}");
+    let (code, _, err) = cli(&["cluster", "-f", file, "down"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Refused before any process starts: nothing is created.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let node_2_port = text
+        .lines()
+        .filter(|l| l.starts_with("bind"))
+        .nth(1)
+        .unwrap();
+    for (name, broken, field) in [
+        (
+            "typo",
+            text.replacen("data_dir", "data_dri", 1),
+            "unknown field `data_dri`",
+        ),
+        (
+            "preset",
+            text.replace("\"testing\"", "\"prod\""),
+            "environment: unknown preset 'prod'",
+        ),
+        (
+            "id",
+            text.replacen("id = 2", "id = 1", 1),
+            "nodes[1].id: id 1 is also nodes[0]'s",
+        ),
+        (
+            "port",
+            text.replacen(
+                node_2_port,
+                text.lines().find(|l| l.starts_with("bind")).unwrap(),
+                1,
+            ),
+            "nodes[1].bind:",
+        ),
+    ] {
+        let fresh = dir.path().join(format!("bad-{name}"));
+        std::fs::create_dir(&fresh).unwrap();
+        let broken = broken.replace(dir.path().to_str().unwrap(), fresh.to_str().unwrap());
+        let path = fresh.join("cluster.toml");
+        std::fs::write(&path, broken).unwrap();
+        let (code, _, err) = cli(&["cluster", "-f", path.to_str().unwrap(), "up"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(field), "{name}: {err}");
+        assert_eq!(
+            std::fs::read_dir(&fresh).unwrap().count(),
+            1,
+            "{name}: something was created"
+        );
+    }
+}
