@@ -505,3 +505,174 @@ fn check_writable(dir: &Path) -> Result<(), String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid file of two nodes under `dir`, with `binary` an executable that exists.
+    fn valid(dir: &Path) -> String {
+        let binary = std::env::current_exe().unwrap();
+        format!(
+            "cluster_name = \"c1\"\nenvironment = \"testing\"\nbinary = \"{}\"\n\n\
+             [[nodes]]\nid = 1\nbind = \"127.0.0.1:7001\"\ndata_dir = \"{d}/n1\"\n\
+             metrics_addr = \"127.0.0.1:9001\"\n\n\
+             [[nodes]]\nid = 2\nbind = \"127.0.0.1:7002\"\ndata_dir = \"{d}/n2\"\n",
+            binary.display(),
+            d = dir.display()
+        )
+    }
+
+    fn refused(text: &str, dir: &Path) -> DeploymentConfigError {
+        DeploymentConfig::from_toml(text, dir).expect_err("refused")
+    }
+
+    #[test]
+    fn a_valid_file_loads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DeploymentConfig::from_toml(&valid(dir.path()), dir.path()).unwrap();
+        assert_eq!(c.environment, Preset::Testing);
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.rollout, RolloutConfig::default());
+        assert_eq!(c.state_dir, dir.path().join(".c1.cluster"));
+    }
+
+    #[test]
+    fn relative_paths_are_the_file_s_directory_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = valid(dir.path()).replace(&format!("{}/n1", dir.path().display()), "n1");
+        let c = DeploymentConfig::from_toml(&text, dir.path()).unwrap();
+        assert_eq!(c.nodes[0].data_dir, dir.path().join("n1"));
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ok = valid(d);
+        let cases = [
+            (
+                ok.replace("data_dir", "data_dri"),
+                "toml",
+                "unknown field `data_dri`",
+            ),
+            (
+                ok.replace("\"testing\"", "\"prod\""),
+                "environment",
+                "unknown preset 'prod'",
+            ),
+            (
+                ok.replace("id = 2", "id = 1"),
+                "nodes[1].id",
+                "also nodes[0]'s",
+            ),
+            (
+                ok.replace("id = 2", "id = 0"),
+                "nodes[1].id",
+                "0 is not a node id",
+            ),
+            (
+                ok.replace("7002", "7001"),
+                "nodes[1].bind",
+                "is also nodes[0].bind",
+            ),
+            (
+                ok.replace("7002", "9001"),
+                "nodes[1].bind",
+                "also nodes[0].metrics_addr",
+            ),
+            (ok.replace("7002", "0"), "nodes[1].bind", "fixed port"),
+            (
+                ok.replace("127.0.0.1:7002", "0.0.0.0:7002"),
+                "nodes[1].bind",
+                "wildcard",
+            ),
+            (
+                ok.replace("/n2", "/n1"),
+                "nodes[1].data_dir",
+                "also nodes[0]'s",
+            ),
+            (
+                ok.replace("cluster_name = \"c1\"", "cluster_name = \"a b\""),
+                "cluster_name",
+                "letters",
+            ),
+            (
+                ok.replace("bind = \"127.0.0.1:7002\"", "bind = \"localhost\""),
+                "toml",
+                "invalid",
+            ),
+            (
+                format!("{ok}\n[rollout]\nnode_timeout = \"1 minute\"\n"),
+                "rollout.node_timeout",
+                "duration",
+            ),
+            (
+                format!(
+                    "{ok}\n[backup]\nschedule = \"every day\"\ntarget = \"{}/b\"\n",
+                    d.display()
+                ),
+                "backup",
+                "schedule",
+            ),
+            (
+                ok.replace(
+                    &std::env::current_exe().unwrap().display().to_string(),
+                    "/nonexistent/iroh-raft",
+                ),
+                "binary",
+                "No such file",
+            ),
+            ("cluster_name = \"c1\"\n".to_owned(), "nodes", "no node"),
+        ];
+        for (text, field, says) in cases {
+            let e = refused(&text, d);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Under a regular file: nothing can be created there, whoever runs this.
+        std::fs::write(d.join("file"), "").unwrap();
+        let text = valid(d).replace(
+            &format!("{}/n2", d.display()),
+            &format!("{}/file/n2", d.display()),
+        );
+        let e = refused(&text, d);
+        assert_eq!(e.field, "nodes[1].data_dir", "{e}");
+        assert!(e.message.contains("not a directory"), "{e}");
+        // A directory without write permission (root may write anyway: then it loads).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let locked = d.join("locked");
+            std::fs::create_dir(&locked).unwrap();
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+            let text = valid(d).replace(
+                &format!("{}/n2", d.display()),
+                &format!("{}/locked/n2", d.display()),
+            );
+            let root = std::fs::File::create(locked.join("probe")).is_ok();
+            match DeploymentConfig::from_toml(&text, d) {
+                Err(e) => {
+                    assert!(!root);
+                    assert_eq!(e.field, "nodes[1].data_dir", "{e}");
+                    assert!(e.message.contains("cannot write"), "{e}");
+                }
+                Ok(_) => assert!(root, "a locked data dir was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5").is_err());
+    }
+}

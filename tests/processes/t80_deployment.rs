@@ -430,3 +430,38 @@ fn the_cluster_command_and_bad_files() {
         );
     }
 }
+
+/// A binary that cannot read a data dir (another format version) refuses to start, saying
+/// which versions, and leaves every byte of it as it was: a rollback to an older binary after
+/// a format change fails loudly instead of rewriting the node's data.
+#[test]
+fn a_data_dir_of_another_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = crate::support::spawn(dir.path(), &["--bootstrap"]);
+    crate::support::sigterm(&mut node);
+    let db_path = dir.path().join(iroh_raft::DB_FILE);
+    {
+        let db = redb::Database::open(&db_path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("iroh_raft_meta_v1");
+            let mut table = tx.open_table(meta).unwrap();
+            table
+                .insert("format_version", 99u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let before = std::fs::read(&db_path).unwrap();
+    let (code, stderr) = crate::support::run_until_exit(&[], dir.path());
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("data dir format version 99 is not supported (this build reads 3)"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&db_path).unwrap() == before,
+        "the data dir was rewritten"
+    );
+}

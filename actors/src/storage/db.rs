@@ -102,6 +102,7 @@ impl LogDb {
     /// last commit that fails its checksums for one torn by a crash and drops it, which would
     /// forget votes and entries this node had acknowledged).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        check_version_read_only(path)?;
         let db = Self::builder()
             .create(path)
             .map_err(|e| open_error(path, e))?;
@@ -555,3 +556,36 @@ pub(super) fn put_meta(
 
 #[cfg(test)]
 mod tests;
+
+/// Refuses a file of another layout version before the writable open: that open would change
+/// the file even when it refuses it (redb saves its allocator state when a database closes),
+/// and a binary that cannot read a data dir must leave every byte of it as it was. Opens it
+/// read-only (the file is opened without write access); a file it cannot read that way (new,
+/// empty, needing a repair, not redb) is left to the writable open to create or refuse.
+fn check_version_read_only(path: &Path) -> Result<(), StorageError> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(());
+    }
+    let Ok(db) = redb::ReadOnlyDatabase::open(path) else {
+        return Ok(());
+    };
+    let Ok(tx) = db.begin_read() else {
+        return Ok(());
+    };
+    let Ok(meta) = tx.open_table(META) else {
+        return Ok(());
+    };
+    let found = meta
+        .get(meta_key::FORMAT_VERSION)
+        .ok()
+        .flatten()
+        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes);
+    match found {
+        Some(found) if found != FORMAT_VERSION => Err(StorageError::IncompatibleVersion {
+            found,
+            supported: FORMAT_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
