@@ -8,7 +8,8 @@
 //!   resident memory rose above its level before the third node started (the new node must of
 //!   course hold the 100 MB state itself; everything above that is transfer overhead).
 //!
-//! Run: `cargo run --release --example snapshot_and_compaction -- [compaction|transfer [MB]|both]`
+//! Run: `cargo run --release --example snapshot_and_compaction -- [compaction|transfer [MB]|both [MB]] [--entries N]`
+//! (`--entries`: how many writes the compaction part makes, 200,000 by default)
 
 use std::{
     collections::BTreeMap,
@@ -30,8 +31,15 @@ use serde::{Deserialize, Serialize};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "both".into());
+    // `--entries N`: how many entries the compaction part writes (CI's short mode).
+    let args: Vec<String> = std::env::args().collect();
+    let entries = args
+        .iter()
+        .position(|a| a == "--entries")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(200_000);
     if mode == "compaction" || mode == "both" {
-        compaction(200_000).await?;
+        compaction(entries).await?;
     }
     if mode == "transfer" || mode == "both" {
         let mb = std::env::args()

@@ -5,10 +5,9 @@
 //!   its preset, rollout bounds and backups; loaded from TOML and checked whole (duplicate ids
 //!   or ports, data dirs that cannot be written, an unknown preset, a misspelt field) before
 //!   any process starts.
-//! - [`ClusterManager`]: [`bootstrap`](ClusterManager::bootstrap),
-//!   [`status`](ClusterManager::status), [`rolling_update`](ClusterManager::rolling_update),
-//!   [`add_node`](ClusterManager::add_node), [`remove_node`](ClusterManager::remove_node),
-//!   [`stop`](ClusterManager::stop). Processes go through a [`Launcher`]; everything else
+//! - [`ClusterManager`] runs it: [`ClusterManager::bootstrap`], [`ClusterManager::status`],
+//!   [`ClusterManager::rolling_update`], [`ClusterManager::add_node`],
+//!   [`ClusterManager::remove_node`], [`ClusterManager::stop`]. Processes go through a [`Launcher`]; everything else
 //!   (membership, leadership, health, catch-up) through the management protocol, so a
 //!   launcher of the user's own (ssh, an orchestrator's API) drives nodes on other machines.
 //! - [`LocalLauncher`]: runs the nodes on this machine, their logs in the state dir.

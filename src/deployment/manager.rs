@@ -635,9 +635,10 @@ impl<L: Launcher> ClusterManager<L> {
     ) -> Result<iroh_raft_actors::wire::MgmtProbe, String> {
         let addr = endpoint_addr_from_wire(&member.key, &member.addrs).ok_or("invalid address")?;
         let ticket = self.admin_ticket();
+        // Short: a dial that was lost is tried again by the caller's next round.
         let options = ClientOptions::default()
             .pinned()
-            .timeout(Duration::from_secs(5));
+            .timeout(Duration::from_secs(2));
         let client = IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options)
             .await
             .map_err(|e| e.to_string())?;
@@ -798,9 +799,10 @@ impl<L: Launcher> ClusterManager<L> {
             return Ok(());
         };
         let ticket = self.admin_ticket();
+        // Short: a dial that was lost is tried again by the caller's next round.
         let options = ClientOptions::default()
             .pinned()
-            .timeout(Duration::from_secs(5));
+            .timeout(Duration::from_secs(2));
         let Ok(pinned) = IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options).await
         else {
             return Ok(());
@@ -866,9 +868,22 @@ impl<L: Launcher> ClusterManager<L> {
             let began = tokio::time::Instant::now();
             self.say(Some(id), "stopping");
             self.launcher.stop(id, self.grace()).await?;
-            self.say(Some(id), format!("starting {}", binary.display()));
+            self.say(
+                Some(id),
+                format!(
+                    "stopped in {:.1?}; starting {}",
+                    began.elapsed(),
+                    binary.display()
+                ),
+            );
             let outcome = match self.launch(&node, &binary, StartMode::Restart).await {
-                Ok(_) => self.caught_up(id).await,
+                Ok(_) => {
+                    self.say(
+                        Some(id),
+                        format!("started; {:.1?} since the stop began", began.elapsed()),
+                    );
+                    self.caught_up(id).await
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
