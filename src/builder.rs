@@ -41,6 +41,10 @@ use crate::{
 /// Name of the redb file inside the data dir.
 pub const DB_FILE: &str = "raft.redb";
 
+/// File in the data dir of a node run by `iroh-raft node`: `bind=ADDR` (the address it comes
+/// back on at a restart) and `node=ID`.
+pub const CONF_FILE: &str = "node.conf";
+
 /// How long a failed build waits for its endpoint's close (see [`close_within`]).
 const FAILED_CLOSE_GRACE: Duration = Duration::from_millis(200);
 

@@ -18,7 +18,7 @@ mod preset;
 #[cfg(feature = "otel")]
 pub mod telemetry;
 
-pub use builder::{DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
+pub use builder::{CONF_FILE, DB_FILE, JOIN_PENDING_FILE, Peer, RaftClusterBuilder};
 pub use cluster::RaftCluster;
 pub use error::{BuildError, ConfigError};
 pub mod backups;

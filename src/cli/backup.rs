@@ -319,7 +319,7 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let bound = super::node::bound_address(&cluster, bind);
     write_file(
         &dir.join(super::node::CONF_FILE),
-        &format!("bind={bound}\n"),
+        &format!("bind={bound}\nnode={}\n", cluster.node_id()),
     )?;
     let mut tickets = Vec::new();
     for (role, file) in [

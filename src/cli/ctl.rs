@@ -258,16 +258,10 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
             }
             // The most up-to-date other voter, named: if leadership moved meanwhile, it still
             // goes to a node other than `from`.
-            let to = status
-                .members
-                .iter()
-                .filter(|m| m.role == "voter" && m.id != from && m.fresh)
-                .min_by_key(|m| (m.lag, m.id))
-                .map(|m| m.id)
-                .ok_or_else(|| Failure {
-                    code: 1,
-                    message: format!("node {from} leads and no other voter is reachable"),
-                })?;
+            let to = iroh_raft::mgmt::handover_target(&status, from).ok_or_else(|| Failure {
+                code: 1,
+                message: format!("node {from} leads and no other voter is reachable"),
+            })?;
             let (leader, took) = cli.call().transfer_leader(Some(to)).await?;
             print_one(
                 json,

@@ -112,7 +112,7 @@ impl NodeArgs {
 
 pub(crate) use iroh_raft::deployment::{parse_duration as parse_positive_duration, parse_preset};
 
-pub(crate) const CONF_FILE: &str = "node.conf";
+pub(crate) use iroh_raft::CONF_FILE;
 
 /// The bind address a previous run recorded: in `node.conf`, or, for a node whose join did not
 /// finish, in the pending mark (the address the cluster was given for it).

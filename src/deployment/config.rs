@@ -255,7 +255,11 @@ impl DeploymentConfig {
         } else {
             base
         };
-        Self::from_toml(&text, base)
+        // Absolute: the manager's state and the processes it finds by their data dirs must
+        // not depend on the directory a command runs in.
+        let base = std::path::absolute(base)
+            .map_err(|e| refuse("file", format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, &base)
     }
 
     /// Parses and checks TOML text; relative paths are resolved against `base`.

@@ -13,6 +13,10 @@ use std::{
 
 use super::config::{NodeConfig, ResourceLimits};
 
+/// How long a process gets after a SIGTERM the launcher sends on its own (a start that timed
+/// out), and after a SIGKILL before it is reported as not stopping.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// How a node process starts.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -295,8 +299,12 @@ impl Launcher for LocalLauncher {
         })?;
         let pid = child.id();
         let pid_path = self.pid_path(id);
-        std::fs::write(&pid_path, format!("{pid}\n"))
-            .map_err(Self::io(format!("writing {}", pid_path.display())))?;
+        if let Err(e) = std::fs::write(&pid_path, format!("{pid}\n")) {
+            // Untracked, it could not be stopped later: not left running.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Self::io(format!("writing {}", pid_path.display()))(e));
+        }
         let deadline = tokio::time::Instant::now() + spec.timeout;
         let mut reader = ReadyLine::new(&out_path);
         loop {
@@ -308,10 +316,7 @@ impl Launcher for LocalLauncher {
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                // What it printed last may hold the ready line after all.
-                if let Some(started) = reader.poll() {
-                    return Ok(started);
-                }
+                let _ = std::fs::remove_file(&pid_path);
                 return Err(LaunchError::Exited {
                     node: id,
                     status: status.to_string(),
@@ -319,8 +324,15 @@ impl Launcher for LocalLauncher {
                 });
             }
             if tokio::time::Instant::now() >= deadline {
+                // SIGTERM first: a node killed mid-write leaves a log redb must repair.
+                signal(pid, false);
+                let grace = tokio::time::Instant::now() + STOP_GRACE;
+                while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < grace {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = std::fs::remove_file(&pid_path);
                 return Err(LaunchError::NotReady {
                     node: id,
                     timeout: spec.timeout,
@@ -348,11 +360,18 @@ impl Launcher for LocalLauncher {
             };
             if gone {
                 self.children.remove(&id);
+                let _ = std::fs::remove_file(self.pid_path(id));
                 return Ok(());
             }
-            if !killed && tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if !killed && now >= deadline {
                 signal(pid, true);
                 killed = true;
+            } else if killed && now >= deadline + STOP_GRACE {
+                return Err(LaunchError::Io {
+                    what: format!("stopping node {id} (pid {pid})"),
+                    source: std::io::Error::other("it outlived SIGTERM and SIGKILL"),
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -414,4 +433,17 @@ pub(crate) fn parse_ready(line: &str) -> Option<Started> {
         endpoint: field("endpoint")?.to_owned(),
         pid: None,
     })
+}
+
+/// The node a data dir holds, as its files name it: `node=` in `node.conf` (written at every
+/// start) or in the mark of a join that did not finish. `None` for a dir without either.
+pub(crate) fn held_node(data_dir: &Path) -> Option<u64> {
+    [crate::CONF_FILE, crate::JOIN_PENDING_FILE]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(data_dir.join(f)).ok())
+        .find_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("node="))
+                .and_then(|v| v.trim().parse().ok())
+        })
 }

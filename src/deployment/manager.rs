@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     config::{DeploymentConfig, DeploymentConfigError, NodeConfig, check_binary, preset_name},
-    launcher::{LaunchError, LaunchSpec, Launcher, LocalLauncher, StartMode},
+    launcher::{LaunchError, LaunchSpec, Launcher, LocalLauncher, StartMode, held_node},
 };
 use crate::{
     Ticket, TicketRole,
-    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
+    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient, failed_checks},
 };
 
 /// How long the admin tickets the manager keeps stay valid (it mints a new one each time it
@@ -55,21 +55,32 @@ pub enum DeploymentError {
     /// The node is already a member.
     #[error("node {0} is already a member")]
     AlreadyMember(u64),
-    /// Stopping the node would leave fewer voters the cluster can count on than a majority.
+    /// Taking the node out could cost the cluster its quorum: another voter is not reachable
+    /// from the leader, or the others would not be a majority.
     #[error(
-        "stopping or removing node {node} would give up quorum: {fresh} of {voters} voters are \
-         reachable and a majority is {needed}"
+        "taking node {node} out could give up quorum: of the {voters} voters, the leader has \
+         not heard recently from {unreachable:?}, and without node {node} a majority ({needed}) \
+         must remain"
     )]
     WouldLoseQuorum {
         /// The node.
         node: u64,
-        /// Voters the leader heard from recently (the node included).
-        fresh: usize,
+        /// Other voters the leader has not heard from recently.
+        unreachable: Vec<u64>,
         /// Every voter.
         voters: usize,
         /// A majority.
         needed: usize,
     },
+    /// No node answered as the leader in time.
+    #[error("no leader answered within {0:?} ({1})")]
+    NoLeader(Duration, String),
+    /// Another manager command holds the deployment's lock.
+    #[error(
+        "another manager command is running on this deployment (it holds {0}): wait for it to \
+         finish"
+    )]
+    Busy(PathBuf),
     /// A node did not come back caught up and ready in time.
     #[error("node {node} did not catch up and pass its readiness checks: {reason}")]
     NotReady {
@@ -201,6 +212,8 @@ struct NodeRecord {
 /// readiness checks. The first failure stops the rollout and puts the old binary back on that
 /// node.
 pub struct ClusterManager<L: Launcher = LocalLauncher> {
+    /// Held while the manager lives: one command at a time per deployment.
+    _lock: std::fs::File,
     config: DeploymentConfig,
     launcher: L,
     state: State,
@@ -224,7 +237,12 @@ impl ClusterManager<LocalLauncher> {
         for node in &config.nodes {
             launcher.adopt(node.id, &node.data_dir);
         }
-        let manager = Self::with_launcher(config, launcher).await?;
+        let mut manager = Self::with_launcher(config, launcher).await?;
+        // Nodes the file no longer names (added through the API, or dropped from the file) are
+        // still found by their data dirs.
+        for (id, record) in &manager.state.nodes {
+            manager.launcher.adopt(*id, &record.data_dir);
+        }
         Ok(manager)
     }
 }
@@ -241,8 +259,9 @@ impl<L: Launcher> ClusterManager<L> {
         launcher: L,
     ) -> Result<Self, DeploymentError> {
         config.check()?;
+        let lock = lock_state_dir(&config.state_dir)?;
         let path = state_path(&config);
-        let state = match std::fs::read(&path) {
+        let state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeploymentError::State {
                 path: path.clone(),
                 message: e.to_string(),
@@ -255,7 +274,31 @@ impl<L: Launcher> ClusterManager<L> {
                 });
             }
         };
+        // A node keeps the data dir and address it started with: a file that moved it is refused.
+        for (i, node) in config.nodes.iter().enumerate() {
+            let Some(record) = state.nodes.get(&node.id) else {
+                continue;
+            };
+            let moved = |field: &str, was: String, now: String| {
+                DeploymentError::Config(DeploymentConfigError {
+                    field: format!("nodes[{i}].{field}"),
+                    message: format!(
+                        "node {} runs with {was} (since it joined), not {now}: to move it, add \
+                         a node under a new id and remove this one",
+                        node.id
+                    ),
+                })
+            };
+            if record.data_dir != node.data_dir {
+                let (was, now) = (record.data_dir.display(), node.data_dir.display());
+                return Err(moved("data_dir", was.to_string(), now.to_string()));
+            }
+            if record.bind != node.bind.to_string() {
+                return Err(moved("bind", record.bind.clone(), node.bind.to_string()));
+            }
+        }
         Ok(Self {
+            _lock: lock,
             config,
             launcher,
             state,
@@ -350,6 +393,21 @@ impl<L: Launcher> ClusterManager<L> {
         binary: &Path,
         mode: StartMode,
     ) -> Result<String, DeploymentError> {
+        // A dir that holds another node is refused before anything starts (a second process
+        // with that node's key and log would be that node twice).
+        if let Some(held) = held_node(&node.data_dir)
+            && held != node.id
+        {
+            let i = self.config.nodes.iter().position(|n| n.id == node.id);
+            return Err(DeploymentError::Config(DeploymentConfigError {
+                field: i.map_or("data_dir".into(), |i| format!("nodes[{i}].data_dir")),
+                message: format!(
+                    "{} holds node {held}, not node {}",
+                    node.data_dir.display(),
+                    node.id
+                ),
+            }));
+        }
         let spec = LaunchSpec {
             node: node.clone(),
             binary: binary.to_owned(),
@@ -359,8 +417,9 @@ impl<L: Launcher> ClusterManager<L> {
         };
         let started = self.launcher.start(spec).await?;
         if started.node_id != node.id {
-            // A data dir that holds another node than the configuration says.
-            let _ = self.launcher.stop(started.node_id, self.grace()).await;
+            // A data dir that holds another node than the configuration says (the launcher
+            // knows the process by the configured id).
+            let _ = self.launcher.stop(node.id, self.grace()).await;
             return Err(DeploymentError::NotReady {
                 node: node.id,
                 reason: format!(
@@ -401,13 +460,19 @@ impl<L: Launcher> ClusterManager<L> {
                 path: state_path(&self.config),
                 message: format!("the admin ticket: {e}"),
             })?;
-        let options = ClientOptions::default().timeout(self.config.rollout.node_timeout);
-        let client = IrohRaftManagementClient::new(ticket.members.clone(), Some(&ticket), options)
-            .await
-            .map_err(client_error("connecting"))?;
-        self.client = Some(client.clone());
+        let client = self.connect(&ticket).await?;
+        self.client = Some(client);
         self.renew_ticket().await?;
-        Ok(client)
+        self.client
+            .clone()
+            .ok_or_else(|| DeploymentError::NotStarted(self.config.cluster_name.clone()))
+    }
+
+    async fn connect(&self, ticket: &Ticket) -> Result<IrohRaftManagementClient, DeploymentError> {
+        let options = ClientOptions::default().timeout(self.config.rollout.node_timeout);
+        IrohRaftManagementClient::new(ticket.members.clone(), Some(ticket), options)
+            .await
+            .map_err(client_error("connecting"))
     }
 
     /// Mints a new admin ticket from a current member (a ticket whose issuer was removed is
@@ -421,7 +486,13 @@ impl<L: Launcher> ClusterManager<L> {
             .await
             .map_err(client_error("renewing the admin ticket"))?;
         self.state.admin_ticket = Some(ticket.to_string());
-        self.save()
+        self.save()?;
+        // A client that reconnects presents the ticket it was made with: onto the new one.
+        let renewed = self.connect(&ticket).await?;
+        if let Some(old) = self.client.replace(renewed) {
+            old.close().await;
+        }
+        Ok(())
     }
 
     /// The leader's status (asked until a leader answers, within the node timeout).
@@ -435,13 +506,15 @@ impl<L: Launcher> ClusterManager<L> {
                 Ok(_) | Err(ClientError::Timeout(_) | ClientError::Unreachable { .. })
                     if tokio::time::Instant::now() < deadline => {}
                 Ok(s) => {
-                    return Err(DeploymentError::NotReady {
-                        node: s.node_id,
-                        reason: format!(
-                            "no leader answered (node {} knows of {})",
-                            s.node_id, s.leader
-                        ),
-                    });
+                    let knows = match s.leader {
+                        0 => "none".to_owned(),
+                        l => format!("node {l}"),
+                    };
+                    let why = format!("node {} answered; the leader it knows: {knows}", s.node_id);
+                    return Err(DeploymentError::NoLeader(
+                        self.config.rollout.node_timeout,
+                        why,
+                    ));
                 }
                 Err(e) => return Err(client_error("asking for the cluster's status")(e)),
             }
@@ -524,6 +597,10 @@ impl<L: Launcher> ClusterManager<L> {
     /// Registers the node's key under its id (so the cluster gives it that id), then starts
     /// it with a join ticket; it is promoted once caught up.
     async fn join(&mut self, node: &NodeConfig) -> Result<(), DeploymentError> {
+        // Where an earlier attempt stopped: a node already running, a dir that holds the node
+        // (a join that finished there, or was admitted and not finished), or nothing yet.
+        let held = held_node(&node.data_dir) == Some(node.id);
+        let pending = node.data_dir.join(crate::JOIN_PENDING_FILE).exists();
         let key = crate::net::load_or_create_secret_key(&node.data_dir).map_err(|e| {
             DeploymentError::State {
                 path: node.data_dir.clone(),
@@ -535,8 +612,9 @@ impl<L: Launcher> ClusterManager<L> {
         let status = self.leader_status().await?;
         match status.members.iter().find(|m| m.id == node.id) {
             Some(m) if m.key != *key.public().as_bytes() => {
+                let i = self.config.nodes.iter().position(|n| n.id == node.id);
                 return Err(DeploymentError::Config(DeploymentConfigError {
-                    field: format!("node {}", node.id),
+                    field: i.map_or("id".into(), |i| format!("nodes[{i}].id")),
                     message: format!(
                         "id {} is a member with another key: give this node another id",
                         node.id
@@ -555,20 +633,49 @@ impl<L: Launcher> ClusterManager<L> {
                     )))?;
             }
         }
-        let ticket = client
-            .mint_ticket(TicketRole::Join, Duration::from_secs(3600))
-            .await
-            .map_err(client_error("minting a join ticket"))?;
-        self.say(Some(node.id), "joining");
-        let binary = self.config.binary.clone();
-        let endpoint = self
-            .launch(node, &binary, StartMode::Join(ticket.to_string()))
-            .await?;
-        self.record(node, &binary, endpoint);
-        self.save()?;
+        let binary = self.members_binary();
+        if self.launcher.running(node.id).await {
+            self.say(Some(node.id), "already running");
+        } else {
+            let mode = if held && !pending {
+                StartMode::Restart
+            } else {
+                let ticket = client
+                    .mint_ticket(TicketRole::Join, Duration::from_secs(3600))
+                    .await
+                    .map_err(client_error("minting a join ticket"))?;
+                StartMode::Join(ticket.to_string())
+            };
+            self.say(Some(node.id), "joining");
+            let endpoint = self.launch(node, &binary, mode).await?;
+            self.record(node, &binary, endpoint);
+            self.save()?;
+        }
         self.caught_up(node.id).await?;
+        // A join whose promotion did not finish left a learner: promoted once caught up.
+        let status = self.leader_status().await?;
+        if status
+            .members
+            .iter()
+            .any(|m| m.id == node.id && m.role == "learner")
+        {
+            client
+                .join(node.id, &addr, self.config.rollout.max_lag)
+                .await
+                .map_err(client_error(format!("promoting node {}", node.id)))?;
+        }
         self.say(Some(node.id), "voter, caught up and ready");
         Ok(())
+    }
+
+    /// The binary the members run, for a node that joins them: the one they share, or the
+    /// file's when they run several (a rollout that stopped halfway).
+    fn members_binary(&self) -> PathBuf {
+        let mut binaries = self.state.nodes.values().map(|r| &r.binary);
+        match binaries.next() {
+            Some(first) if binaries.all(|b| b == first) => first.clone(),
+            _ => self.config.binary.clone(),
+        }
     }
 
     /// Waits (up to the node timeout) until node `id` is a member, the leader heard from it
@@ -616,12 +723,7 @@ impl<L: Launcher> ClusterManager<L> {
                 ));
             }
         }
-        let probe = self.probe(member).await?;
-        let failed: Vec<String> = probe
-            .checks
-            .iter()
-            .filter_map(|c| Some(format!("{}: {}", c.name, c.failure.as_ref()?)))
-            .collect();
+        let failed = failed_checks(&self.probe(member).await?);
         match failed.is_empty() {
             true => Ok(()),
             false => Err(format!("not ready: {}", failed.join("; "))),
@@ -633,18 +735,25 @@ impl<L: Launcher> ClusterManager<L> {
         &mut self,
         member: &MgmtMember,
     ) -> Result<iroh_raft_actors::wire::MgmtProbe, String> {
-        let addr = endpoint_addr_from_wire(&member.key, &member.addrs).ok_or("invalid address")?;
-        let ticket = self.admin_ticket();
-        // Short: a dial that was lost is tried again by the caller's next round.
-        let options = ClientOptions::default()
-            .pinned()
-            .timeout(Duration::from_secs(2));
-        let client = IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Longer than a node's own check timeout (3 s), so that a slow check reports itself.
+        let client = self.pinned(member, Duration::from_secs(4)).await?;
         let probe = client.probe(true).await.map_err(|e| e.to_string());
         client.close().await;
         probe
+    }
+
+    /// A client of this member alone (not following the leader), each call within `timeout`.
+    async fn pinned(
+        &self,
+        member: &MgmtMember,
+        timeout: Duration,
+    ) -> Result<IrohRaftManagementClient, String> {
+        let addr = endpoint_addr_from_wire(&member.key, &member.addrs).ok_or("invalid address")?;
+        let options = ClientOptions::default().pinned().timeout(timeout);
+        let ticket = self.admin_ticket();
+        IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Every node of the deployment and every member: its process, its place in the
@@ -685,11 +794,7 @@ impl<L: Launcher> ClusterManager<L> {
             let (ready, problems) = match &member {
                 Some(m) => match self.probe(m).await {
                     Ok(p) => {
-                        let failed: Vec<String> = p
-                            .checks
-                            .iter()
-                            .filter_map(|c| Some(format!("{}: {}", c.name, c.failure.as_ref()?)))
-                            .collect();
+                        let failed = failed_checks(&p);
                         (Some(failed.is_empty()), failed)
                     }
                     Err(e) => (None, vec![e]),
@@ -698,7 +803,8 @@ impl<L: Launcher> ClusterManager<L> {
                 None if self.config.nodes.iter().any(|n| n.id == id) => (
                     None,
                     vec![format!(
-                        "in the file, not a member (`cluster add {id}` starts it)"
+                        "in the file, not a member: `cluster add {id}` joins it (unless a \
+                         removed member had id {id}: ids are never given again)"
                     )],
                 ),
                 None => (None, vec!["not a member".into()]),
@@ -737,18 +843,23 @@ impl<L: Launcher> ClusterManager<L> {
                 .iter()
                 .filter(|m| m.role == "voter")
                 .collect();
-            let fresh = voters.iter().filter(|m| m.fresh).count();
-            let others_fresh = voters.iter().filter(|m| m.id != id && m.fresh).count();
-            let others_all = voters.iter().filter(|m| m.id != id).all(|m| m.fresh);
-            let needed = voters.len() / 2 + 1;
-            let is_voter = voters.iter().any(|m| m.id == id);
-            if !is_voter || (others_all && others_fresh >= needed) {
+            if !voters.iter().any(|m| m.id == id) {
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            let needed = voters.len() / 2 + 1;
+            let unreachable: Vec<u64> = voters
+                .iter()
+                .filter(|m| m.id != id && !m.fresh)
+                .map(|m| m.id)
+                .collect();
+            if unreachable.is_empty() && voters.len() > needed {
+                return Ok(());
+            }
+            // Too few voters can never do without it (one voter of one, or of two): no wait.
+            if voters.len() <= needed || tokio::time::Instant::now() >= deadline {
                 return Err(DeploymentError::WouldLoseQuorum {
                     node: id,
-                    fresh,
+                    unreachable,
                     voters: voters.len(),
                     needed,
                 });
@@ -763,13 +874,7 @@ impl<L: Launcher> ClusterManager<L> {
         if status.leader != id {
             return Ok(());
         }
-        let to = status
-            .members
-            .iter()
-            .filter(|m| m.role == "voter" && m.id != id && m.fresh)
-            .min_by_key(|m| (m.lag, m.id))
-            .map(|m| m.id);
-        let Some(to) = to else {
+        let Some(to) = crate::mgmt::handover_target(&status, id) else {
             return Ok(()); // A one-voter cluster: nobody to hand over to.
         };
         let client = self.client().await?;
@@ -795,16 +900,8 @@ impl<L: Launcher> ClusterManager<L> {
         let Some(member) = status.members.iter().find(|m| m.id == id) else {
             return Ok(());
         };
-        let Some(addr) = endpoint_addr_from_wire(&member.key, &member.addrs) else {
-            return Ok(());
-        };
-        let ticket = self.admin_ticket();
-        // Short: a dial that was lost is tried again by the caller's next round.
-        let options = ClientOptions::default()
-            .pinned()
-            .timeout(Duration::from_secs(2));
-        let Ok(pinned) = IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options).await
-        else {
+        let member = member.clone();
+        let Ok(pinned) = self.pinned(&member, Duration::from_secs(4)).await else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + self.config.rollout.drain_timeout;
@@ -857,17 +954,36 @@ impl<L: Launcher> ClusterManager<L> {
         if self.state.nodes.contains_key(&status.leader) {
             order.push(status.leader);
         }
+        // Every node is known before the first one is touched.
+        let nodes = order
+            .iter()
+            .map(|id| self.node_or_record(*id))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut updated = Vec::new();
         let mut durations = Vec::new();
-        for &id in &order {
-            let node = self.node(id)?;
+        for node in nodes {
+            let id = node.id;
             let old = self.state.nodes[&id].binary.clone();
-            self.check_quorum_without(id).await?;
-            self.hand_over(id).await?;
-            self.drain(id).await?;
+            let untouched =
+                |e: DeploymentError, updated: &Vec<u64>| DeploymentError::RolloutFailed {
+                    node: id,
+                    reason: e.to_string(),
+                    restored: format!("it was not stopped (it runs {})", old.display()),
+                    updated: updated.clone(),
+                };
+            if let Err(e) = self.prepare_stop(id).await {
+                return Err(untouched(e, &updated));
+            }
             let began = tokio::time::Instant::now();
             self.say(Some(id), "stopping");
-            self.launcher.stop(id, self.grace()).await?;
+            if let Err(e) = self.launcher.stop(id, self.grace()).await {
+                return Err(DeploymentError::RolloutFailed {
+                    node: id,
+                    reason: e.to_string(),
+                    restored: format!("it may still run {}", old.display()),
+                    updated,
+                });
+            }
             self.say(
                 Some(id),
                 format!(
@@ -917,11 +1033,46 @@ impl<L: Launcher> ClusterManager<L> {
         Ok(RolloutReport { order, durations })
     }
 
+    /// Before a node is stopped: quorum can do without it, it does not lead, its clients left
+    /// for the leader, and quorum can still do without it (a voter may have gone meanwhile).
+    async fn prepare_stop(&mut self, id: u64) -> Result<(), DeploymentError> {
+        self.check_quorum_without(id).await?;
+        self.hand_over(id).await?;
+        self.drain(id).await?;
+        self.check_quorum_without(id).await
+    }
+
+    /// The node as the file gives it, or as it was recorded when it started (a node the file
+    /// no longer names).
+    fn node_or_record(&self, id: u64) -> Result<NodeConfig, DeploymentError> {
+        if let Ok(node) = self.node(id) {
+            return Ok(node);
+        }
+        let record = self
+            .state
+            .nodes
+            .get(&id)
+            .ok_or(DeploymentError::UnknownNode(id))?;
+        let bind = record.bind.parse().map_err(|_| DeploymentError::State {
+            path: state_path(&self.config),
+            message: format!("node {id}: invalid address {}", record.bind),
+        })?;
+        Ok(NodeConfig::new(id, bind, record.data_dir.clone()))
+    }
+
     /// Starts a new node and has it join: it becomes a voter once caught up. The node is added
-    /// to the manager's configuration.
+    /// to the manager's configuration. Run again after a failure, it finishes what the first
+    /// run started (a node registered, started, or a learner not promoted yet).
     pub async fn add_node(&mut self, node: NodeConfig) -> Result<(), DeploymentError> {
-        if self.state.nodes.contains_key(&node.id) {
-            return Err(DeploymentError::AlreadyMember(node.id));
+        if self.state.nodes.contains_key(&node.id) && self.launcher.running(node.id).await {
+            let status = self.leader_status().await?;
+            if status
+                .members
+                .iter()
+                .any(|m| m.id == node.id && m.role == "voter")
+            {
+                return Err(DeploymentError::AlreadyMember(node.id));
+            }
         }
         let mut config = self.config.clone();
         config.nodes.retain(|n| n.id != node.id);
@@ -935,24 +1086,28 @@ impl<L: Launcher> ClusterManager<L> {
     /// Removes node `id` from the membership (the leader hands over first if it is the one
     /// removed); the node stops by itself once it learns it. Its data dir is kept (a removed
     /// node cannot come back: its id and key are refused from then on).
+    /// Run again after a failure, it finishes: a node no longer a member is stopped and
+    /// forgotten.
     pub async fn remove_node(&mut self, id: u64) -> Result<(), DeploymentError> {
         let status = self.leader_status().await?;
-        if !status.members.iter().any(|m| m.id == id) {
+        let member = status.members.iter().any(|m| m.id == id);
+        if !member && !self.state.nodes.contains_key(&id) {
             return Err(DeploymentError::UnknownNode(id));
         }
-        self.check_quorum_without(id).await?;
-        // The ticket in hand may be the removed node's: mint one from another member first.
-        self.hand_over(id).await?;
-        let client = self.client().await?;
-        self.say(Some(id), "removing it from the membership");
-        client
-            .remove_member(id)
-            .await
-            .map_err(client_error(format!("removing node {id}")))?;
-        // On the leader (not the removed node) before minting: a ticket is only honoured while
-        // its issuer is a member.
-        self.leader_status().await?;
-        self.renew_ticket().await?;
+        if member {
+            self.check_quorum_without(id).await?;
+            self.hand_over(id).await?;
+            // A ticket is honoured only while its issuer is a member: the one in hand is minted
+            // again by the leader (the client is there after this status), not by `id`.
+            self.leader_status().await?;
+            self.renew_ticket().await?;
+            let client = self.client().await?;
+            self.say(Some(id), "removing it from the membership");
+            client
+                .remove_member(id)
+                .await
+                .map_err(client_error(format!("removing node {id}")))?;
+        }
         self.launcher.stop(id, self.grace()).await?;
         self.state.nodes.remove(&id);
         self.config.nodes.retain(|n| n.id != id);
@@ -994,6 +1149,28 @@ fn mgmt_clients(text: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("iroh_raft_mgmt_clients "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
+}
+
+/// Takes the deployment's lock (`STATE_DIR/lock`, released when the process ends): commands
+/// that stop nodes and rewrite the state must not interleave.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DeploymentError> {
+    let path = dir.join("lock");
+    let fail = |e: std::io::Error| DeploymentError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DeploymentError::Busy(path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
 }
 
 fn state_path(config: &DeploymentConfig) -> PathBuf {

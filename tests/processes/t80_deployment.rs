@@ -210,12 +210,46 @@ fn reaper(dir: &Path) -> Reaper {
     Reaper(dir.join(".t80.cluster"))
 }
 
-async fn manager(config: &Path) -> ClusterManager {
+/// What the manager reported, in order: (node, message).
+type Steps = Arc<Mutex<Vec<(u64, String)>>>;
+
+async fn manager(config: &Path) -> (ClusterManager, Steps) {
     let config = DeploymentConfig::load(config).unwrap();
-    ClusterManager::new(config)
+    let steps = Steps::default();
+    let seen = steps.clone();
+    let m = ClusterManager::new(config)
         .await
         .unwrap()
-        .on_progress(|p| eprintln!("manager: node {:?}: {}", p.node, p.message))
+        .on_progress(move |p| {
+            eprintln!("manager: node {:?}: {}", p.node, p.message);
+            seen.lock().unwrap().push((p.node.unwrap_or(0), p.message));
+        });
+    (m, steps)
+}
+
+/// Checks the order of a rollout from the manager's steps since `from`: every node stopped
+/// once, in the reported order; only the last one handed leadership over, before it stopped.
+fn check_rollout_order(steps: &Steps, from: usize, order: &[u64]) {
+    let steps = steps.lock().unwrap()[from..].to_vec();
+    let stops: Vec<u64> = steps
+        .iter()
+        .filter(|(_, m)| m == "stopping")
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(stops, order, "{steps:?}");
+    for (i, (node, _)) in steps
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, m))| m.starts_with("handed leadership"))
+    {
+        assert_eq!(
+            Some(node),
+            order.last(),
+            "only the leader, last, hands over: {steps:?}"
+        );
+        let stop = steps.iter().position(|(n, m)| n == node && m == "stopping");
+        assert!(stop > Some(i), "handed over after it stopped: {steps:?}");
+    }
 }
 
 /// `path` runs the real binary under another name: the "new" binary of a rollout.
@@ -230,18 +264,17 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 3);
     let _reaper = reaper(dir.path());
-    let mut m = manager(&config).await;
+    let (mut m, steps) = manager(&config).await;
     m.bootstrap().await.unwrap();
     assert!(m.status().await.unwrap().healthy());
     let load = Load::start(&m.admin_ticket().unwrap()).await;
     load.more(100).await;
 
-    let leader = m.status().await.unwrap().leader.unwrap();
     let next = other_name(dir.path(), "iroh-raft-next");
+    let from = steps.lock().unwrap().len();
     let report = m.rolling_update(&next).await.unwrap();
     assert_eq!(report.order.len(), 3);
-    // Leadership may move on its own meanwhile; it was handed over before its node stopped.
-    assert!(report.order.contains(&leader));
+    check_rollout_order(&steps, from, &report.order);
     load.more(100).await;
     let status = m.status().await.unwrap();
     assert!(status.healthy(), "{status:?}");
@@ -257,13 +290,7 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
     let broken = dir.path().join("broken");
     std::fs::write(&broken, "#!/bin/sh\necho 'cannot start' >&2\nexit 1\n").unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let before = m.status().await.unwrap();
-    let first = before
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| Some(*id) != before.leader)
-        .unwrap();
+    let from = steps.lock().unwrap().len();
     match m.rolling_update(&broken).await {
         Err(DeploymentError::RolloutFailed {
             node,
@@ -272,7 +299,15 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
             updated,
         }) => {
             assert!(updated.is_empty());
-            assert_eq!(node, first, "a follower goes first");
+            // The first node touched, a follower (nobody handed leadership over).
+            let steps = steps.lock().unwrap()[from..].to_vec();
+            let stopped = steps.iter().find(|(_, m)| m == "stopping").map(|s| s.0);
+            assert_eq!(stopped, Some(node));
+            assert!(
+                !steps
+                    .iter()
+                    .any(|(_, m)| m.starts_with("handed leadership"))
+            );
             assert!(reason.contains("exited before it was ready"), "{reason}");
             assert!(reason.contains("cannot start"), "{reason}");
             assert!(restored.contains("caught up and ready"), "{restored}");
@@ -303,7 +338,7 @@ async fn scale_three_to_five_roll_five_and_back_to_three_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 3);
     let _reaper = reaper(dir.path());
-    let mut m = manager(&config).await;
+    let (mut m, steps) = manager(&config).await;
     m.bootstrap().await.unwrap();
     let load = Load::start(&m.admin_ticket().unwrap()).await;
     load.more(100).await;
@@ -329,8 +364,10 @@ async fn scale_three_to_five_roll_five_and_back_to_three_under_load() {
     );
 
     let next = other_name(dir.path(), "iroh-raft-next");
+    let from = steps.lock().unwrap().len();
     let report = m.rolling_update(&next).await.unwrap();
     assert_eq!(report.order.len(), 5);
+    check_rollout_order(&steps, from, &report.order);
     load.more(100).await;
 
     // Back to three: the leader among the removed is handed over first.
@@ -371,9 +408,13 @@ fn the_cluster_command_and_bad_files() {
     let (code, out, err) = cli(&["cluster", "-f", file, "down"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("every node stopped"));
-    // Down means down: status finds no member.
-    let (code, _, _) = cli(&["cluster", "-f", file, "status"]);
+    // Down means down: every process gone.
+    let (code, out, _) = cli(&["cluster", "-f", file, "status", "--json"]);
     assert_ne!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["running"] == false), "{out}");
     // Up again: every node restarts from its data dir.
     let (code, out, err) = cli(&["cluster", "-f", file, "up"]);
     assert_eq!(code, 0, "{err}");

@@ -28,11 +28,7 @@ fn passed(p: &Result<MgmtProbe, String>) -> bool {
 fn reasons(p: &Result<MgmtProbe, String>) -> Vec<String> {
     match p {
         Err(e) => vec![e.clone()],
-        Ok(p) => p
-            .checks
-            .iter()
-            .filter_map(|c| Some(format!("{}: {}", c.name, c.failure.as_ref()?)))
-            .collect(),
+        Ok(p) => iroh_raft::mgmt::failed_checks(p),
     }
 }
 
