@@ -8,8 +8,10 @@
 //! - [`ClusterManager`] runs it: [`ClusterManager::bootstrap`], [`ClusterManager::status`],
 //!   [`ClusterManager::rolling_update`], [`ClusterManager::add_node`],
 //!   [`ClusterManager::remove_node`], [`ClusterManager::stop`]. Processes go through a [`Launcher`]; everything else
-//!   (membership, leadership, health, catch-up) through the management protocol, so a
-//!   launcher of the user's own (ssh, an orchestrator's API) drives nodes on other machines.
+//!   (membership, leadership, health, catch-up) through the management protocol. The manager
+//!   itself creates a new node's key in its data dir and reads the founder's admin ticket
+//!   there: a launcher of the user's own (ssh, an orchestrator's API) needs those data dirs on
+//!   the manager's file system too.
 //! - [`LocalLauncher`]: runs the nodes on this machine, their logs in the state dir.
 //!
 //! The CLI is `iroh-raft cluster up|status|rolling-update|add|remove|down -f cluster.toml`.

@@ -105,7 +105,9 @@ pub enum LaunchError {
 /// Runs node processes. [`LocalLauncher`] runs them on this machine; an implementation of its
 /// own lets the same [`super::ClusterManager`] drive nodes that something else runs (ssh,
 /// systemd, an orchestrator's API): cluster operations go through the management protocol, the
-/// launcher only starts and stops processes.
+/// launcher only starts and stops processes. The manager reads and writes the nodes' data dirs
+/// directly in two places (a new node's key, the founder's admin ticket), so they must be on
+/// its file system.
 pub trait Launcher: Send {
     /// Starts a node process and waits (up to `spec.timeout`) for its `ready node=ID
     /// endpoint=KEY …` line (a joining node prints it once it caught up and was promoted).

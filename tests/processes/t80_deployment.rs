@@ -506,3 +506,75 @@ fn a_data_dir_of_another_format_is_refused_and_left_untouched() {
         "the data dir was rewritten"
     );
 }
+
+/// Quorum is never knowingly given up: with one of three voters down, removing another is
+/// refused, naming the one the leader cannot hear, and nothing changes. Meanwhile a second
+/// manager of the same deployment is refused while the first one runs, and a file that moves
+/// a node's data dir is refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_is_kept_one_manager_at_a_time_and_nodes_stay_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), 3);
+    let _reaper = reaper(dir.path());
+    let mut config = DeploymentConfig::load(&path).unwrap();
+    config.rollout.node_timeout = Duration::from_secs(5);
+    let mut m = ClusterManager::new(config.clone()).await.unwrap();
+    m.bootstrap().await.unwrap();
+
+    match ClusterManager::new(config.clone()).await {
+        Err(DeploymentError::Busy(lock)) => assert!(lock.ends_with("lock")),
+        other => panic!("a second manager ran beside the first: {other:?}"),
+    }
+
+    // Node 3 dies (not through the manager).
+    let pid = std::fs::read_to_string(dir.path().join(".t80.cluster/node-3.pid")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Once the leader knows (it has not heard from node 3 for an election timeout).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = m.status().await.unwrap();
+        if status.nodes.iter().any(|n| n.id == 3 && !n.fresh) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader still hears node 3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match m.remove_node(2).await {
+        Err(DeploymentError::WouldLoseQuorum {
+            node, unreachable, ..
+        }) => {
+            assert_eq!(node, 2);
+            assert_eq!(unreachable, vec![3]);
+        }
+        other => panic!("removing a second voter of three was not refused: {other:?}"),
+    }
+    let status = m.status().await.unwrap();
+    let two = status.nodes.iter().find(|n| n.id == 2).unwrap();
+    assert!(
+        two.running && two.member.as_deref() == Some("voter"),
+        "{status:?}"
+    );
+    // (Node 3 is not brought back: with the Testing preset's fsync off, a SIGKILL loses what
+    // it had acknowledged, and its leader refuses it as stale.)
+    m.stop().await.unwrap();
+    drop(m);
+
+    // Node 2's data dir moved in the file: refused, naming the field, nothing started.
+    let moved = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("node-2", "node-2-elsewhere");
+    std::fs::write(&path, moved).unwrap();
+    let config = DeploymentConfig::load(&path).unwrap();
+    match ClusterManager::new(config).await {
+        Err(DeploymentError::Config(e)) => {
+            assert_eq!(e.field, "nodes[1].data_dir", "{e}");
+            assert!(e.message.contains("node-2-elsewhere"), "{e}");
+        }
+        other => panic!("a moved data dir was accepted: {other:?}"),
+    }
+    assert!(!dir.path().join("node-2-elsewhere").exists());
+}
