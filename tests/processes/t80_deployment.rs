@@ -395,12 +395,28 @@ async fn scale_three_to_five_roll_five_and_back_to_three_under_load() {
 fn the_cluster_command_and_bad_files() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 3);
+    // Node 3 runs with limits (the last [[nodes]] table).
+    let limited = std::fs::read_to_string(&config).unwrap()
+        + "resources = { max_open_files = 4096, max_memory_mb = 8192 }\n";
+    std::fs::write(&config, limited).unwrap();
     let _reaper = reaper(dir.path());
     let file = config.to_str().unwrap();
 
     let (code, out, err) = cli(&["cluster", "-f", file, "up"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("leader 1"), "{out}");
+    let pid = std::fs::read_to_string(dir.path().join(".t80.cluster/node-3.pid")).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pid.trim())).unwrap();
+    let limit = |name: &str| {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(limit("Max open files"), "4096 4096", "{limits}");
+    assert_eq!(limit("Max data size"), "8589934592 8589934592", "{limits}");
     let (code, out, err) = cli(&["cluster", "-f", file, "status", "--json"]);
     assert_eq!(code, 0, "{err}");
     let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
