@@ -25,6 +25,9 @@ use crate::{
 /// connects, so an admin ticket expires only after this long without a manager command).
 const ADMIN_TICKET_TTL: Duration = Duration::from_secs(30 * 86_400);
 
+/// How long `status` waits for a leader before it reports what each node says of itself.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
 /// How often conditions are checked while the manager waits on them.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -166,13 +169,13 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    /// A leader is known and every node runs, is a member and is ready.
+    /// A leader is known and every node runs, is a member, is ready, and has no problem
+    /// reported (an interrupted rollout, ...).
     pub fn healthy(&self) -> bool {
         self.leader.is_some()
-            && self
-                .nodes
-                .iter()
-                .all(|n| n.running && n.member.is_some() && n.ready == Some(true))
+            && self.nodes.iter().all(|n| {
+                n.running && n.member.is_some() && n.ready == Some(true) && n.problems.is_empty()
+            })
     }
 }
 
@@ -192,6 +195,17 @@ pub struct RolloutReport {
 struct State {
     admin_ticket: Option<String>,
     nodes: BTreeMap<u64, NodeRecord>,
+    /// A node a rolling update was working on (set before its stop, cleared once it runs a
+    /// known binary again): if the manager died meanwhile, the node may run either.
+    #[serde(default)]
+    interrupted: Option<Interrupted>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Interrupted {
+    node: u64,
+    from: PathBuf,
+    to: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -497,8 +511,18 @@ impl<L: Launcher> ClusterManager<L> {
 
     /// The leader's status (asked until a leader answers, within the node timeout).
     async fn leader_status(&mut self) -> Result<MgmtStatus, DeploymentError> {
+        self.leader_status_within(self.config.rollout.node_timeout)
+            .await
+    }
+
+    /// [`Self::leader_status`], waiting at most `wait` for a leader.
+    async fn leader_status_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<MgmtStatus, DeploymentError> {
+        let wait = wait.min(self.config.rollout.node_timeout);
         let client = self.client().await?;
-        let deadline = tokio::time::Instant::now() + self.config.rollout.node_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let status = client.status().await;
             match status {
@@ -511,10 +535,7 @@ impl<L: Launcher> ClusterManager<L> {
                         l => format!("node {l}"),
                     };
                     let why = format!("node {} answered; the leader it knows: {knows}", s.node_id);
-                    return Err(DeploymentError::NoLeader(
-                        self.config.rollout.node_timeout,
-                        why,
-                    ));
+                    return Err(DeploymentError::NoLeader(wait, why));
                 }
                 Err(e) => return Err(client_error("asking for the cluster's status")(e)),
             }
@@ -565,6 +586,16 @@ impl<L: Launcher> ClusterManager<L> {
                     self.launch(&node, &record.binary, StartMode::Restart)
                         .await?;
                     restarted.push(node.id);
+                    // A node a rollout left stopped runs its recorded binary again.
+                    if self
+                        .state
+                        .interrupted
+                        .as_ref()
+                        .is_some_and(|i| i.node == node.id)
+                    {
+                        self.state.interrupted = None;
+                        self.save()?;
+                    }
                 }
                 None => {}
             }
@@ -735,8 +766,17 @@ impl<L: Launcher> ClusterManager<L> {
         &mut self,
         member: &MgmtMember,
     ) -> Result<iroh_raft_actors::wire::MgmtProbe, String> {
+        let addr = endpoint_addr_from_wire(&member.key, &member.addrs).ok_or("invalid address")?;
+        self.probe_at(addr).await
+    }
+
+    /// The readiness checks of the node at `addr`.
+    async fn probe_at(
+        &mut self,
+        addr: EndpointAddr,
+    ) -> Result<iroh_raft_actors::wire::MgmtProbe, String> {
         // Longer than a node's own check timeout (3 s), so that a slow check reports itself.
-        let client = self.pinned(member, Duration::from_secs(4)).await?;
+        let client = self.pinned(addr, Duration::from_secs(4)).await?;
         let probe = client.probe(true).await.map_err(|e| e.to_string());
         client.close().await;
         probe
@@ -745,10 +785,9 @@ impl<L: Launcher> ClusterManager<L> {
     /// A client of this member alone (not following the leader), each call within `timeout`.
     async fn pinned(
         &self,
-        member: &MgmtMember,
+        addr: EndpointAddr,
         timeout: Duration,
     ) -> Result<IrohRaftManagementClient, String> {
-        let addr = endpoint_addr_from_wire(&member.key, &member.addrs).ok_or("invalid address")?;
         let options = ClientOptions::default().pinned().timeout(timeout);
         let ticket = self.admin_ticket();
         IrohRaftManagementClient::new(vec![addr], ticket.as_ref(), options)
@@ -770,7 +809,14 @@ impl<L: Launcher> ClusterManager<L> {
         }
         // With no process running there is nobody to ask (and no point waiting for one).
         let status = match any_running {
-            true => self.leader_status().await?,
+            true => match self.leader_status_within(STATUS_WAIT).await {
+                Ok(status) => status,
+                // No leader (or none reachable): what each node says of itself.
+                Err(DeploymentError::NoLeader(..) | DeploymentError::Client { .. }) => {
+                    return Ok(self.status_without_leader().await);
+                }
+                Err(e) => return Err(e),
+            },
             false => MgmtStatus {
                 node_id: 0,
                 cluster_id: [0; 16],
@@ -810,6 +856,8 @@ impl<L: Launcher> ClusterManager<L> {
                 None => (None, vec!["not a member".into()]),
             };
             let record = self.state.nodes.get(&id);
+            let mut problems = problems;
+            problems.extend(self.interrupted_at(id));
             nodes.push(NodeState {
                 id,
                 running,
@@ -830,6 +878,64 @@ impl<L: Launcher> ClusterManager<L> {
             commit_index: status.commit_index,
             nodes,
         })
+    }
+
+    /// What a status says of a node an interrupted rollout left.
+    fn interrupted_at(&self, id: u64) -> Option<String> {
+        let i = self.state.interrupted.as_ref().filter(|i| i.node == id)?;
+        Some(format!(
+            "a rolling update from {} to {} was interrupted at this node: it may run either \
+             (run the rolling update again)",
+            i.from.display(),
+            i.to.display()
+        ))
+    }
+
+    /// The deployment's nodes when no leader answers: each node's process, and its readiness
+    /// checks asked of it directly (they say why it is not ready: no leader known, ...).
+    async fn status_without_leader(&mut self) -> ClusterStatus {
+        let mut nodes = Vec::new();
+        for (id, record) in self.state.nodes.clone() {
+            let running = self.launcher.running(id).await;
+            let addr = record
+                .endpoint
+                .parse::<iroh::EndpointId>()
+                .ok()
+                .zip(record.bind.parse().ok())
+                .map(|(key, bind)| EndpointAddr::new(key).with_ip_addr(bind));
+            let (ready, mut problems) = match (running, addr) {
+                (false, _) => (None, vec!["down".to_owned()]),
+                (true, None) => (None, vec!["its recorded address is invalid".to_owned()]),
+                (true, Some(addr)) => match self.probe_at(addr).await {
+                    Ok(p) => {
+                        let failed = failed_checks(&p);
+                        (Some(failed.is_empty()), failed)
+                    }
+                    Err(e) => (None, vec![e]),
+                },
+            };
+            problems.insert(0, "no leader answered".to_owned());
+            problems.extend(self.interrupted_at(id));
+            nodes.push(NodeState {
+                id,
+                running,
+                member: None,
+                leader: false,
+                lag: None,
+                fresh: false,
+                ready,
+                problems,
+                binary: Some(record.binary.clone()),
+                bind: Some(record.bind.clone()),
+            });
+        }
+        ClusterStatus {
+            name: self.config.cluster_name.clone(),
+            leader: None,
+            term: 0,
+            commit_index: 0,
+            nodes,
+        }
     }
 
     /// Refuses to take node `id` out while the cluster could not do without it: every other
@@ -900,8 +1006,10 @@ impl<L: Launcher> ClusterManager<L> {
         let Some(member) = status.members.iter().find(|m| m.id == id) else {
             return Ok(());
         };
-        let member = member.clone();
-        let Ok(pinned) = self.pinned(&member, Duration::from_secs(4)).await else {
+        let Some(addr) = endpoint_addr_from_wire(&member.key, &member.addrs) else {
+            return Ok(());
+        };
+        let Ok(pinned) = self.pinned(addr, Duration::from_secs(4)).await else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + self.config.rollout.drain_timeout;
@@ -974,6 +1082,12 @@ impl<L: Launcher> ClusterManager<L> {
             if let Err(e) = self.prepare_stop(id).await {
                 return Err(untouched(e, &updated));
             }
+            self.state.interrupted = Some(Interrupted {
+                node: id,
+                from: old.clone(),
+                to: binary.clone(),
+            });
+            self.save()?;
             let began = tokio::time::Instant::now();
             self.say(Some(id), "stopping");
             if let Err(e) = self.launcher.stop(id, self.grace()).await {
@@ -1015,6 +1129,10 @@ impl<L: Launcher> ClusterManager<L> {
                     },
                     Err(e) => format!("restarting it on {} failed too: {e}", old.display()),
                 };
+                if self.launcher.running(id).await {
+                    self.state.interrupted = None;
+                    self.save()?;
+                }
                 return Err(DeploymentError::RolloutFailed {
                     node: id,
                     reason: e.to_string(),
@@ -1025,6 +1143,7 @@ impl<L: Launcher> ClusterManager<L> {
             if let Some(r) = self.state.nodes.get_mut(&id) {
                 r.binary = binary.clone();
             }
+            self.state.interrupted = None;
             self.save()?;
             updated.push(id);
             durations.push((id, began.elapsed()));

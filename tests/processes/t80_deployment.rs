@@ -325,6 +325,64 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
     );
     load.more(100).await;
 
+    // A rollout interrupted (the manager's future dropped, as a crash or Ctrl-C would end it)
+    // once it began stopping its first node: status says so for that node, and `up` brings
+    // the node back on the binary it had.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let (from, seen) = (steps.lock().unwrap().len(), stopping.clone());
+    let watch = tokio::spawn({
+        let steps = steps.clone();
+        async move {
+            loop {
+                let at = steps.lock().unwrap()[from..]
+                    .iter()
+                    .find(|(_, m)| m == "stopping")
+                    .map(|(n, _)| *n);
+                if let Some(node) = at {
+                    seen.notify_one();
+                    return node;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    tokio::select! {
+        outcome = m.rolling_update(&broken) => panic!("the rollout was not interrupted: {outcome:?}"),
+        _ = stopping.notified() => {}
+    }
+    let node = watch.await.unwrap();
+    let status = m.status().await.unwrap();
+    let it = status.nodes.iter().find(|n| n.id == node).unwrap();
+    assert!(
+        it.problems
+            .iter()
+            .any(|p| p.contains("was interrupted at this node")),
+        "{status:?}"
+    );
+    assert!(!status.healthy());
+    let deadline = Instant::now() + WAIT;
+    while m
+        .status()
+        .await
+        .unwrap()
+        .nodes
+        .iter()
+        .any(|n| n.id == node && n.running)
+    {
+        assert!(Instant::now() < deadline, "node {node} did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.bootstrap().await.unwrap();
+    let status = m.status().await.unwrap();
+    assert!(status.healthy(), "{status:?}");
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.binary.as_deref() == Some(&*next))
+    );
+    load.more(100).await;
+
     let longest = load.finish("3-node rolling update").await;
     assert!(
         longest <= MAX_UNAVAILABLE,
@@ -576,6 +634,31 @@ async fn quorum_is_kept_one_manager_at_a_time_and_nodes_stay_where_they_are() {
     );
     // (Node 3 is not brought back: with the Testing preset's fsync off, a SIGKILL loses what
     // it had acknowledged, and its leader refuses it as stale.)
+    // Quorum lost (node 2 dies too): status still answers, with what each node says.
+    let pid = std::fs::read_to_string(dir.path().join(".t80.cluster/node-2.pid")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let status = m.status().await.unwrap();
+        if status.leader.is_none() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a leader without a quorum: {status:?}"
+        );
+    };
+    let one = status.nodes.iter().find(|n| n.id == 1).unwrap();
+    assert!(one.running && one.ready == Some(false), "{status:?}");
+    assert!(
+        one.problems.iter().any(|p| p.contains("leader")),
+        "{status:?}"
+    );
+    assert!(!status.nodes.iter().find(|n| n.id == 2).unwrap().running);
     m.stop().await.unwrap();
     drop(m);
 
