@@ -407,21 +407,7 @@ impl<L: Launcher> ClusterManager<L> {
         binary: &Path,
         mode: StartMode,
     ) -> Result<String, DeploymentError> {
-        // A dir that holds another node is refused before anything starts (a second process
-        // with that node's key and log would be that node twice).
-        if let Some(held) = held_node(&node.data_dir)
-            && held != node.id
-        {
-            let i = self.config.nodes.iter().position(|n| n.id == node.id);
-            return Err(DeploymentError::Config(DeploymentConfigError {
-                field: i.map_or("data_dir".into(), |i| format!("nodes[{i}].data_dir")),
-                message: format!(
-                    "{} holds node {held}, not node {}",
-                    node.data_dir.display(),
-                    node.id
-                ),
-            }));
-        }
+        self.check_held(node)?;
         let spec = LaunchSpec {
             node: node.clone(),
             binary: binary.to_owned(),
@@ -444,6 +430,25 @@ impl<L: Launcher> ClusterManager<L> {
             });
         }
         Ok(started.endpoint)
+    }
+
+    /// Refuses a data dir that holds another node than `node` (a second process with that
+    /// node's key and log would be that node twice).
+    fn check_held(&self, node: &NodeConfig) -> Result<(), DeploymentError> {
+        match held_node(&node.data_dir) {
+            Some(held) if held != node.id => {
+                let i = self.config.nodes.iter().position(|n| n.id == node.id);
+                Err(DeploymentError::Config(DeploymentConfigError {
+                    field: i.map_or("data_dir".into(), |i| format!("nodes[{i}].data_dir")),
+                    message: format!(
+                        "{} holds node {held}, not node {}",
+                        node.data_dir.display(),
+                        node.id
+                    ),
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn grace(&self) -> Duration {
@@ -628,6 +633,8 @@ impl<L: Launcher> ClusterManager<L> {
     /// Registers the node's key under its id (so the cluster gives it that id), then starts
     /// it with a join ticket; it is promoted once caught up.
     async fn join(&mut self, node: &NodeConfig) -> Result<(), DeploymentError> {
+        // Before the cluster is told of it.
+        self.check_held(node)?;
         // Where an earlier attempt stopped: a node already running, a dir that holds the node
         // (a join that finished there, or was admitted and not finished), or nothing yet.
         let held = held_node(&node.data_dir) == Some(node.id);
@@ -1309,4 +1316,46 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mgmt_clients_gauge_is_read_from_metrics_text() {
+        let text = "# TYPE iroh_raft_mgmt_clients gauge\niroh_raft_mgmt_clients 3\n\
+                    iroh_raft_mgmt_clients_other 9\n";
+        assert_eq!(mgmt_clients(text), Some(3));
+        assert_eq!(mgmt_clients("iroh_raft_term 2\n"), None);
+    }
+
+    #[test]
+    fn a_ready_line_names_the_node_and_its_endpoint() {
+        let started = crate::deployment::launcher::parse_ready(
+            "ready node=4 endpoint=abc123 addr=127.0.0.1:7004 metrics=127.0.0.1:9004",
+        )
+        .unwrap();
+        assert_eq!((started.node_id, started.endpoint.as_str()), (4, "abc123"));
+        assert!(crate::deployment::launcher::parse_ready("join ticket: x").is_none());
+        assert!(crate::deployment::launcher::parse_ready("ready node=x endpoint=e").is_none());
+    }
+
+    #[test]
+    fn a_data_dir_names_the_node_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(held_node(dir.path()), None);
+        std::fs::write(
+            dir.path().join(crate::JOIN_PENDING_FILE),
+            "node=7\nbind=1.2.3.4:5\n",
+        )
+        .unwrap();
+        assert_eq!(held_node(dir.path()), Some(7));
+        std::fs::write(
+            dir.path().join(crate::CONF_FILE),
+            "bind=1.2.3.4:5\nnode=7\n",
+        )
+        .unwrap();
+        assert_eq!(held_node(dir.path()), Some(7));
+    }
 }
