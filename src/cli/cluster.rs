@@ -127,7 +127,10 @@ async fn command(
         }
         ClusterCommand::Remove { id } => {
             manager.remove_node(id).await?;
-            println!("node {id} removed and stopped");
+            println!(
+                "node {id} removed and stopped; delete its [[nodes]] entry from the file (a \
+                 removed id is never given again; its data dir was kept)"
+            );
         }
         ClusterCommand::Down => {
             manager.stop().await?;
