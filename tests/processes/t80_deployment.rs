@@ -252,6 +252,20 @@ fn check_rollout_order(steps: &Steps, from: usize, order: &[u64]) {
     }
 }
 
+/// Every node runs, is a member and ready, with no problem reported, on `binary` as the
+/// manager recorded it.
+async fn healthy_on(m: &mut ClusterManager, binary: &Path) {
+    let status = m.status().await.unwrap();
+    assert!(status.healthy(), "{status:?}");
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.binary.as_deref() == Some(binary)),
+        "{status:?}"
+    );
+}
+
 /// `path` runs the real binary under another name: the "new" binary of a rollout.
 fn other_name(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
@@ -276,14 +290,7 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
     assert_eq!(report.order.len(), 3);
     check_rollout_order(&steps, from, &report.order);
     load.more(100).await;
-    let status = m.status().await.unwrap();
-    assert!(status.healthy(), "{status:?}");
-    assert!(
-        status
-            .nodes
-            .iter()
-            .all(|n| n.binary.as_deref() == Some(&*next))
-    );
+    healthy_on(&mut m, &next).await;
 
     // A binary that exits at start: the rollout stops at its first node, which gets the
     // binary it ran before back; the cluster serves throughout.
@@ -315,14 +322,7 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
         }
         other => panic!("expected the rollout to stop, got {other:?}"),
     }
-    let status = m.status().await.unwrap();
-    assert!(status.healthy(), "{status:?}");
-    assert!(
-        status
-            .nodes
-            .iter()
-            .all(|n| n.binary.as_deref() == Some(&*next))
-    );
+    healthy_on(&mut m, &next).await;
     load.more(100).await;
 
     // A rollout interrupted (the manager's future dropped, as a crash or Ctrl-C would end it)
@@ -373,14 +373,7 @@ async fn rolling_update_of_three_under_load_and_a_broken_binary_rolled_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     m.bootstrap().await.unwrap();
-    let status = m.status().await.unwrap();
-    assert!(status.healthy(), "{status:?}");
-    assert!(
-        status
-            .nodes
-            .iter()
-            .all(|n| n.binary.as_deref() == Some(&*next))
-    );
+    healthy_on(&mut m, &next).await;
     load.more(100).await;
 
     let longest = load.finish("3-node rolling update").await;
