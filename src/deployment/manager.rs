@@ -805,10 +805,7 @@ impl<L: Launcher> ClusterManager<L> {
     /// Every node of the deployment and every member: its process, its place in the
     /// membership, the leader's view of it, and its readiness checks.
     pub async fn status(&mut self) -> Result<ClusterStatus, DeploymentError> {
-        let mut any_running = false;
-        for id in self.state.nodes.keys().copied().collect::<Vec<_>>() {
-            any_running |= self.launcher.running(id).await;
-        }
+        let any_running = self.any_running().await;
         if self.state.admin_ticket.is_none() {
             return Err(DeploymentError::NotStarted(
                 self.config.cluster_name.clone(),
@@ -1245,9 +1242,15 @@ impl<L: Launcher> ClusterManager<L> {
     /// Stops every node (followers first, the leader last, each gracefully). The data dirs
     /// and the manager's state are kept: [`Self::bootstrap`] starts them again.
     pub async fn stop(&mut self) -> Result<(), DeploymentError> {
-        let leader = match self.client().await {
-            Ok(client) => client.status().await.ok().map(|s| s.leader),
-            Err(_) => None,
+        let any_running = self.any_running().await;
+        // The leader goes last; with nothing running there is nobody to ask (and a client
+        // would wait its whole timeout for an answer).
+        let leader = match any_running {
+            true => match self.client().await {
+                Ok(client) => client.status().await.ok().map(|s| s.leader),
+                Err(_) => None,
+            },
+            false => None,
         };
         if let Some(c) = self.client.take() {
             c.close().await;
@@ -1259,6 +1262,16 @@ impl<L: Launcher> ClusterManager<L> {
             self.say(Some(id), "stopped");
         }
         Ok(())
+    }
+
+    /// Whether the launcher reports any node of the state running.
+    async fn any_running(&mut self) -> bool {
+        for id in self.state.nodes.keys().copied().collect::<Vec<_>>() {
+            if self.launcher.running(id).await {
+                return true;
+            }
+        }
+        false
     }
 
     /// Closes the manager's connection (the nodes keep running).

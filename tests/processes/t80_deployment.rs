@@ -197,13 +197,25 @@ impl Drop for Reaper {
             if entry.path().extension().is_some_and(|e| e == "pid")
                 && let Ok(pid) = std::fs::read_to_string(entry.path())
             {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", pid.trim()])
-                    .stderr(std::process::Stdio::null())
-                    .status();
+                signal(pid.trim(), "KILL");
             }
         }
     }
+}
+
+/// Sends `sig` to `pid`; whether it was delivered.
+fn signal(pid: &str, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([&format!("-{sig}"), pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The pid the local launcher recorded for node `id` of the deployment in `dir`.
+fn node_pid(dir: &Path, id: u64) -> String {
+    let path = dir.join(format!(".t80.cluster/node-{id}.pid"));
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
 fn reaper(dir: &Path) -> Reaper {
@@ -456,8 +468,8 @@ fn the_cluster_command_and_bad_files() {
     let (code, out, err) = cli(&["cluster", "-f", file, "up"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("leader 1"), "{out}");
-    let pid = std::fs::read_to_string(dir.path().join(".t80.cluster/node-3.pid")).unwrap();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pid.trim())).unwrap();
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", node_pid(dir.path(), 3))).unwrap();
     let limit = |name: &str| {
         let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
         line[name.len()..]
@@ -487,6 +499,25 @@ fn the_cluster_command_and_bad_files() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.matches(" running ").count(), 3, "{out}");
     assert!(err.contains("restarting from its data dir"), "{err}");
+    // A leader told to stop (SIGTERM, as systemd and Kubernetes stop it) hands over first.
+    let (_, out, err) = cli(&["cluster", "-f", file, "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(out.trim()).expect(&err);
+    let leader = status["leader"].as_u64().unwrap();
+    let pid = node_pid(dir.path(), leader);
+    assert!(signal(&pid, "TERM"));
+    let deadline = Instant::now() + WAIT;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    {
+        assert!(Instant::now() < deadline, "node {leader} did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!(".t80.cluster/node-{leader}.log")))
+        .unwrap();
+    assert!(
+        log.contains(&format!("node {leader} handed leadership to node")),
+        "{log}"
+    );
     let (code, _, err) = cli(&["cluster", "-f", file, "down"]);
     assert_eq!(code, 0, "{err}");
 
@@ -594,12 +625,7 @@ async fn quorum_is_kept_one_manager_at_a_time_and_nodes_stay_where_they_are() {
     }
 
     // Node 3 dies (not through the manager).
-    let pid = std::fs::read_to_string(dir.path().join(".t80.cluster/node-3.pid")).unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    assert!(signal(&node_pid(dir.path(), 3), "KILL"));
     // Once the leader knows (it has not heard from node 3 for an election timeout).
     let deadline = Instant::now() + WAIT;
     loop {
@@ -628,12 +654,7 @@ async fn quorum_is_kept_one_manager_at_a_time_and_nodes_stay_where_they_are() {
     // (Node 3 is not brought back: with the Testing preset's fsync off, a SIGKILL loses what
     // it had acknowledged, and its leader refuses it as stale.)
     // Quorum lost (node 2 dies too): status still answers, with what each node says.
-    let pid = std::fs::read_to_string(dir.path().join(".t80.cluster/node-2.pid")).unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    assert!(signal(&node_pid(dir.path(), 2), "KILL"));
     let deadline = Instant::now() + WAIT;
     let status = loop {
         let status = m.status().await.unwrap();
