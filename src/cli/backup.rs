@@ -100,9 +100,7 @@ pub(crate) async fn save(cli: &Cli, file: &Path, json: bool) -> Result<(), Failu
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| failed(format!("syncing {}: {e}", parent.display())))?;
+    super::node::sync_dir(&parent).map_err(|e| failed(format!("{e:#}")))?;
     print_one(json, info_json(file, &info), || {
         format!(
             "saved {} (index {}, term {}, {} bytes, blake3 {})",

@@ -252,7 +252,14 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
                 print_one(
                     json,
                     json!({ "leader": leader, "transferred": false }),
-                    || format!("node {from} does not lead (node {leader} does): nothing to do"),
+                    || match leader {
+                        0 => {
+                            format!("node {from} does not lead (no leader is known): nothing to do")
+                        }
+                        _ => {
+                            format!("node {from} does not lead (node {leader} does): nothing to do")
+                        }
+                    },
                 );
                 return Ok(());
             }

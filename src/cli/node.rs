@@ -360,7 +360,7 @@ const RECOVERY_FILE: &str = "force-new-cluster.irbk";
 const RECOVERED_FILE: &str = "force-new-cluster.done";
 
 /// Makes the renames and removals in `dir` durable.
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))
