@@ -115,6 +115,7 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     election: Option<Duration>,
     max_log_entries: Option<u64>,
     snapshot_trailing_entries: Option<u64>,
+    lease_reads: bool,
     fsync: Option<bool>,
     request_timeout: Option<Duration>,
     rng_seed: Option<u64>,
@@ -150,6 +151,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             election: None,
             max_log_entries: None,
             snapshot_trailing_entries: None,
+            lease_reads: false,
             fsync: None,
             request_timeout: None,
             rng_seed: None,
@@ -341,6 +343,15 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
+    /// Serves [`RaftCluster::linearizable_query`] on the leader's lease (check-quorum) instead
+    /// of a ReadIndex round with the followers. Off by default: it is linearizable only while
+    /// the nodes' clocks advance at nearly the same rate and no leader is paused for longer than
+    /// an election timeout (see `NodeConfig::lease_reads` for the bound).
+    pub fn lease_reads(mut self, on: bool) -> Self {
+        self.lease_reads = on;
+        self
+    }
+
     /// Seeds the election jitter (reproducible runs).
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = Some(seed);
@@ -375,6 +386,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         config.rng_seed = self.rng_seed;
         config.max_log_entries = max_log_entries;
         config.snapshot_trailing_entries = self.snapshot_trailing_entries.unwrap_or(1_000);
+        config.lease_reads = self.lease_reads;
         Ok(config)
     }
 

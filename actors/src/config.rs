@@ -35,6 +35,16 @@ pub struct NodeConfig {
     /// Entries kept in the log behind a snapshot, so a follower slightly behind catches up from
     /// the log instead of needing the whole snapshot.
     pub snapshot_trailing_entries: u64,
+    /// Serve linearizable reads on the leader's lease instead of a ReadIndex round (raft-rs
+    /// `ReadOnlyOption::LeaseBased`, with check-quorum): no message per read batch, but it
+    /// trusts clocks. A leader cut off from its quorum keeps serving reads until its next
+    /// check-quorum tick, at most one election timeout after it last heard a majority, while
+    /// the others may elect a new leader once their own (randomized, at least one election
+    /// timeout) timers fire after they last heard it. Reads stay linearizable as long as the old
+    /// leader's tick timer runs no slower than the others' by more than a vote round trip per
+    /// election timeout; a leader process paused (a VM stall, SIGSTOP, swap) for longer than an
+    /// election timeout breaks that bound and may serve a stale read. Off by default.
+    pub lease_reads: bool,
 }
 
 impl NodeConfig {
@@ -51,6 +61,7 @@ impl NodeConfig {
             rng_seed: None,
             max_log_entries: 10_000,
             snapshot_trailing_entries: 1_000,
+            lease_reads: false,
         }
     }
 

@@ -94,7 +94,11 @@ impl Driver {
             max_inflight_msgs: config.max_inflight_appends,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: ReadOnlyOption::Safe,
+            read_only_option: if config.lease_reads {
+                ReadOnlyOption::LeaseBased
+            } else {
+                ReadOnlyOption::Safe
+            },
             ..Default::default()
         };
         raft_config.validate()?;

@@ -7,7 +7,10 @@ use super::{Driver, Effects, InitialLog, ProposeRefused};
 use crate::{config::NodeConfig, types::Role};
 
 fn driver(id: u64, voters: &[u64], seed: u64) -> Driver {
-    let mut config = NodeConfig::new(id);
+    driver_with(NodeConfig::new(id), voters, seed)
+}
+
+fn driver_with(mut config: NodeConfig, voters: &[u64], seed: u64) -> Driver {
     config.rng_seed = Some(seed);
     let cs = ConfState {
         voters: voters.to_vec(),
@@ -142,6 +145,29 @@ fn followers_refuse_proposals_with_a_leader_hint() {
         nodes[1].propose(vec![], vec![1]),
         Err(ProposeRefused::NotLeader(Some(1)))
     );
+}
+
+#[test]
+fn a_lease_read_is_confirmed_without_asking_the_followers() {
+    let mut nodes: Vec<Driver> = (1..=3)
+        .map(|id| {
+            let mut config = NodeConfig::new(id);
+            config.lease_reads = true;
+            driver_with(config, &[1, 2, 3], id)
+        })
+        .collect();
+    nodes[0].campaign().unwrap();
+    settle(&mut nodes);
+    nodes[0].read_index(b"lease".to_vec());
+    let fx = round(&mut nodes[0]);
+    let commit = nodes[0].status().commit;
+    let states: Vec<_> = fx
+        .read_states
+        .iter()
+        .map(|rs| (rs.request_ctx.clone(), rs.index))
+        .collect();
+    assert_eq!(states, vec![(b"lease".to_vec(), commit)]);
+    assert!(fx.send_now.is_empty() && fx.send_after_persist.is_empty());
 }
 
 #[test]

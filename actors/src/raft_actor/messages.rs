@@ -177,13 +177,9 @@ where
         // A read not confirmed within two heartbeats was most likely dropped (by a leader that
         // lost its term, or by a new leader not yet ready): the caller retries.
         let deadline = self.now + 2 * TICKS_PER_HEARTBEAT as u64;
-        // A new leader serves ReadIndex only once it has committed in its term (raft-rs drops
-        // earlier requests); until then the read waits here.
-        let issue = self.driver.role() != Role::Leader || self.driver.committed_in_term();
-        self.requests.reads.insert(id, run, deadline, issue);
-        if issue {
-            self.driver.read_index(id.to_le_bytes().to_vec());
-        }
+        // The read joins the next ReadIndex round, started before the next Ready round with
+        // every read taken meanwhile.
+        self.requests.reads.insert(id, run, deadline);
         delegated
     }
 }

@@ -268,14 +268,18 @@ pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<&S, ReadError>) + Send>;
 struct PendingRead<S> {
     run: ReadFn<S>,
     deadline: u64,
-    /// False while the read waits for this node (a new leader) to commit in its term: raft-rs
-    /// drops ReadIndex requests until then, so they are held here instead.
-    issued: bool,
 }
 
-/// Linearizable reads in flight.
+/// Linearizable reads in flight. Reads that arrive together share one ReadIndex round: each
+/// round costs the leader a heartbeat to every follower (or, with a lease, nothing), so a burst
+/// of readers costs one round, not one each.
 pub(crate) struct Reads<S> {
     unconfirmed: BTreeMap<u64, PendingRead<S>>,
+    /// Reads not in a round yet: taken since the last round was issued, or held back while a
+    /// new leader has not committed in its term (raft-rs drops ReadIndex requests until then).
+    waiting: Vec<u64>,
+    /// ReadIndex rounds in flight, by the id their context carries: the reads each confirms.
+    rounds: BTreeMap<u64, Vec<u64>>,
     confirmed: BTreeMap<(u64, u64), ReadFn<S>>,
 }
 
@@ -283,38 +287,40 @@ impl<S> Reads<S> {
     pub(crate) fn new() -> Self {
         Self {
             unconfirmed: BTreeMap::new(),
+            waiting: Vec::new(),
+            rounds: BTreeMap::new(),
             confirmed: BTreeMap::new(),
         }
     }
 
     /// A read waiting for its ReadIndex; it fails with `LeadershipChanged` at `deadline` ticks.
-    pub(crate) fn insert(&mut self, id: u64, run: ReadFn<S>, deadline: u64, issued: bool) {
-        self.unconfirmed.insert(
-            id,
-            PendingRead {
-                run,
-                deadline,
-                issued,
-            },
-        );
+    pub(crate) fn insert(&mut self, id: u64, run: ReadFn<S>, deadline: u64) {
+        self.unconfirmed.insert(id, PendingRead { run, deadline });
+        self.waiting.push(id);
     }
 
-    /// Ids of reads held back until the leader may serve them; marks them issued.
-    pub(crate) fn take_unissued(&mut self) -> Vec<u64> {
-        self.unconfirmed
-            .iter_mut()
-            .filter(|(_, r)| !r.issued)
-            .map(|(&id, r)| {
-                r.issued = true;
-                id
-            })
-            .collect()
+    /// Whether reads wait for a round.
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
-    /// The leader confirmed read `id` at `index`.
-    pub(crate) fn confirm(&mut self, id: u64, index: u64) {
-        if let Some(r) = self.unconfirmed.remove(&id) {
-            self.confirmed.insert((index, id), r.run);
+    /// Puts every waiting read into round `round`; false if none waited.
+    pub(crate) fn start_round(&mut self, round: u64) -> bool {
+        self.waiting.retain(|id| self.unconfirmed.contains_key(id));
+        if self.waiting.is_empty() {
+            return false;
+        }
+        self.rounds.insert(round, std::mem::take(&mut self.waiting));
+        true
+    }
+
+    /// The leader confirmed round `round` at `index`: its reads may be served once `index` is
+    /// applied.
+    pub(crate) fn confirm(&mut self, round: u64, index: u64) {
+        for id in self.rounds.remove(&round).unwrap_or_default() {
+            if let Some(r) = self.unconfirmed.remove(&id) {
+                self.confirmed.insert((index, id), r.run);
+            }
         }
     }
 
@@ -341,10 +347,15 @@ impl<S> Reads<S> {
                 (r.run)(Err(ReadError::LeadershipChanged));
             }
         }
+        let unconfirmed = &self.unconfirmed;
+        self.rounds
+            .retain(|_, ids| ids.iter().any(|id| unconfirmed.contains_key(id)));
     }
 
     /// Fails the reads that still wait for confirmation (leadership changed under them).
     pub(crate) fn fail_unconfirmed(&mut self, err: ReadError) {
+        self.waiting.clear();
+        self.rounds.clear();
         for (_, r) in std::mem::take(&mut self.unconfirmed) {
             (r.run)(Err(err.clone()));
         }

@@ -47,7 +47,26 @@ fn ticks_for(elapsed: Duration, interval: Duration, election_ticks: usize, leade
 impl<S: StateMachine> RaftActor<S> {
     pub(super) fn has_work(&self) -> bool {
         matches!(self.lifecycle, Lifecycle::Running)
-            && (self.driver.has_ready() || !self.replication.outbox.is_empty())
+            && (self.driver.has_ready()
+                || !self.replication.outbox.is_empty()
+                || (self.requests.reads.has_waiting() && self.may_start_read_round()))
+    }
+
+    /// A new leader serves ReadIndex only once it has committed in its term (raft-rs drops
+    /// earlier requests): until then reads wait. A follower forwards the round to its leader.
+    fn may_start_read_round(&self) -> bool {
+        self.driver.role() != Role::Leader || self.driver.committed_in_term()
+    }
+
+    /// Starts one ReadIndex round for every read waiting, if a round may start now.
+    fn start_read_round(&mut self) {
+        if !self.requests.reads.has_waiting() || !self.may_start_read_round() {
+            return;
+        }
+        let round = self.requests.next_id();
+        if self.requests.reads.start_round(round) {
+            self.driver.read_index(round.to_le_bytes().to_vec());
+        }
     }
 
     pub(super) fn on_tick(&mut self) {
@@ -123,6 +142,7 @@ impl<S: StateMachine> RaftActor<S> {
     /// Runs Ready rounds until raft-rs has nothing more, then serves reads and sends.
     pub(super) async fn run_ready(&mut self) {
         self.handled = 0;
+        self.start_read_round();
         for _ in 0..MAX_ROUNDS_PER_RUN {
             if !matches!(self.lifecycle, Lifecycle::Running) {
                 break;
@@ -163,11 +183,7 @@ impl<S: StateMachine> RaftActor<S> {
             self.queue_persist(fx.number, batch, fx.send_after_persist)
                 .await;
         }
-        if self.driver.role() == Role::Leader && self.driver.committed_in_term() {
-            for id in self.requests.reads.take_unissued() {
-                self.driver.read_index(id.to_le_bytes().to_vec());
-            }
-        }
+        self.start_read_round();
         self.requests.reads.serve(self.applied, &self.sm);
         self.check_transfers();
         self.flush_outbox();
