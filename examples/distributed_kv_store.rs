@@ -94,6 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lost = nodes[at].take().ok_or("leader")?;
     let addr: SocketAddr = lost
         .endpoint()
+        .ok_or("an iroh node")?
         .bound_sockets()
         .into_iter()
         .find(SocketAddr::is_ipv4)

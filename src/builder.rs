@@ -21,6 +21,7 @@ type RestoreProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 mod join;
+mod memory;
 
 use join::Created;
 pub use join::JOIN_PENDING_FILE;
@@ -33,7 +34,7 @@ use crate::{
     mgmt::RemoteReader,
     monitoring::MetricsServer,
     net::{
-        PeerAddr, bind_offline_endpoint, close_within, endpoint_peer_addr,
+        PeerAddr, bind_offline_endpoint, close_within,
         load_or_create_secret_key,
     },
 };
@@ -116,6 +117,7 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     max_log_entries: Option<u64>,
     snapshot_trailing_entries: Option<u64>,
     lease_reads: bool,
+    memory: Option<iroh_raft_actors::MemoryNetwork>,
     fsync: Option<bool>,
     request_timeout: Option<Duration>,
     rng_seed: Option<u64>,
@@ -152,6 +154,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             max_log_entries: None,
             snapshot_trailing_entries: None,
             lease_reads: false,
+            memory: None,
             fsync: None,
             request_timeout: None,
             rng_seed: None,
@@ -490,6 +493,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             .state_machine
             .take()
             .ok_or(ConfigError::MissingStateMachine)?;
+        if let Some(network) = self.memory.take() {
+            return self.build_in_memory(network, state_machine).await;
+        }
         let data_dir = self.data_dir.clone().ok_or(ConfigError::MissingDataDir)?;
         let peers = std::mem::take(&mut self.peers)
             .into_iter()
@@ -778,24 +784,25 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
 /// The initial membership: the peers plus this node, checked for duplicates.
 fn initial_members(
     me: NodeId,
-    endpoint: &Endpoint,
+    own: EndpointAddr,
     peers: Vec<(NodeId, PeerAddr)>,
 ) -> Result<Vec<Member>, ConfigError> {
     let mut ids = BTreeSet::new();
     let mut endpoints = BTreeSet::new();
+    let own_id = own.id;
     let mut members = vec![Member {
         node_id: me,
-        addr: endpoint_peer_addr(endpoint).0,
+        addr: own,
     }];
     ids.insert(me);
-    endpoints.insert(endpoint.id());
+    endpoints.insert(own_id);
     for (id, addr) in peers {
         if id == me {
-            if addr.id() != endpoint.id() {
+            if addr.id() != own_id {
                 return Err(ConfigError::SelfMismatch {
                     node: me,
                     listed: addr.id().to_string(),
-                    actual: endpoint.id().to_string(),
+                    actual: own_id.to_string(),
                 });
             }
             continue;

@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use iroh::{Endpoint, protocol::Router};
+use iroh::{Endpoint, EndpointAddr, EndpointId, protocol::Router};
 use iroh_raft_actors::{
-    CodecError, EventStream, FatalError, HealthReport, HealthStatus, Liveness, Node, NodeCalls,
-    NodeId, NodeMetrics, NodeStatus, ProposeError, RaftProtocol, ReadError, SnapshotError,
-    StateMachine, Ticket, TicketRole,
+    CodecError, EventStream, FatalError, HealthReport, HealthStatus, Liveness, MemoryNetwork,
+    Node, NodeCalls, NodeId, NodeMetrics, NodeStatus, ProposeError, RaftProtocol, ReadError,
+    SnapshotError, StateMachine, Ticket, TicketRole,
     backup::{BackupError, HashCheck, SavedBackup},
 };
 
@@ -28,9 +28,13 @@ use crate::{
 /// `shutdown` having been called.
 pub(crate) struct Lifetime<S: StateMachine> {
     node: Node<S>,
-    endpoint: Endpoint,
+    /// `None` for a node on a [`MemoryNetwork`].
+    endpoint: Option<Endpoint>,
+    endpoint_id: EndpointId,
     router: Option<Router>,
     owns_endpoint: bool,
+    /// The in-memory network the node is attached to, left when it stops.
+    memory: Option<MemoryNetwork>,
     pub(crate) stopped: AtomicBool,
     /// Whether the node still serves (published by the runtime).
     liveness: tokio::sync::watch::Receiver<Liveness>,
@@ -50,12 +54,37 @@ impl<S: StateMachine> Lifetime<S> {
         Self {
             liveness: node.facts.liveness(),
             node,
-            endpoint,
+            endpoint_id: endpoint.id(),
+            endpoint: Some(endpoint),
             router,
             owns_endpoint,
+            memory: None,
             stopped: AtomicBool::new(false),
             metrics_server: None,
             backups: None,
+        }
+    }
+
+    /// A node reachable on `network` only, under the key `id` (it is attached already).
+    pub(crate) fn in_memory(node: Node<S>, id: EndpointId, network: MemoryNetwork) -> Self {
+        Self {
+            liveness: node.facts.liveness(),
+            node,
+            endpoint: None,
+            endpoint_id: id,
+            router: None,
+            owns_endpoint: false,
+            memory: Some(network),
+            stopped: AtomicBool::new(false),
+            metrics_server: None,
+            backups: None,
+        }
+    }
+
+    /// Leaves the in-memory network, if the node is on one.
+    fn detach(&self) {
+        if let Some(network) = &self.memory {
+            network.detach(&self.endpoint_id);
         }
     }
 }
@@ -71,8 +100,9 @@ impl<S: StateMachine> Drop for Lifetime<S> {
         // No await in Drop: kill the actors (the StorageActor still makes what it received
         // durable as it stops) and close the network in the background if a runtime is there.
         self.node.kill();
+        self.detach();
         let router = self.router.take();
-        let endpoint = self.owns_endpoint.then(|| self.endpoint.clone());
+        let endpoint = self.endpoint.clone().filter(|_| self.owns_endpoint);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Some(router) = router {
@@ -91,7 +121,6 @@ impl<S: StateMachine> Drop for Lifetime<S> {
 /// when the last clone is dropped.
 pub struct RaftCluster<S: StateMachine> {
     calls: NodeCalls<S>,
-    endpoint: Endpoint,
     lifetime: Arc<Lifetime<S>>,
 }
 
@@ -99,7 +128,6 @@ impl<S: StateMachine> Clone for RaftCluster<S> {
     fn clone(&self) -> Self {
         Self {
             calls: self.calls.clone(),
-            endpoint: self.endpoint.clone(),
             lifetime: self.lifetime.clone(),
         }
     }
@@ -109,7 +137,7 @@ impl<S: StateMachine> std::fmt::Debug for RaftCluster<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftCluster")
             .field("node_id", &self.calls.node_id())
-            .field("endpoint", &self.endpoint.id())
+            .field("endpoint", &self.lifetime.endpoint_id)
             .finish()
     }
 }
@@ -118,7 +146,6 @@ impl<S: StateMachine> RaftCluster<S> {
     pub(crate) fn new(lifetime: Lifetime<S>) -> Self {
         Self {
             calls: lifetime.node.calls.clone(),
-            endpoint: lifetime.endpoint.clone(),
             lifetime: Arc::new(lifetime),
         }
     }
@@ -128,14 +155,23 @@ impl<S: StateMachine> RaftCluster<S> {
         self.calls.node_id()
     }
 
-    /// The iroh endpoint the node uses.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// The iroh endpoint the node uses; `None` for a node on a [`MemoryNetwork`]
+    /// ([`crate::RaftClusterBuilder::in_memory`]).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.lifetime.endpoint.as_ref()
+    }
+
+    /// The node's key: its identity in the cluster.
+    pub fn endpoint_id(&self) -> EndpointId {
+        self.lifetime.endpoint_id
     }
 
     /// The address other members should use for this node.
     pub fn peer_addr(&self) -> PeerAddr {
-        endpoint_peer_addr(&self.endpoint)
+        match &self.lifetime.endpoint {
+            Some(endpoint) => endpoint_peer_addr(endpoint),
+            None => PeerAddr(EndpointAddr::new(self.lifetime.endpoint_id)),
+        }
     }
 
     /// The consensus protocol handler, for applications that run their own iroh `Router`
@@ -364,6 +400,7 @@ impl<S: StateMachine> RaftCluster<S> {
             task.abort();
         }
         let result = self.lifetime.node.shutdown().await;
+        self.lifetime.detach();
         if let Some(server) = &self.lifetime.metrics_server {
             server.close().await;
         }
@@ -372,8 +409,8 @@ impl<S: StateMachine> RaftCluster<S> {
         let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
         if let Some(router) = &self.lifetime.router {
             let _ = router.shutdown().await;
-        } else if self.lifetime.owns_endpoint {
-            self.endpoint.close().await;
+        } else if let Some(endpoint) = self.endpoint().filter(|_| self.lifetime.owns_endpoint) {
+            endpoint.close().await;
         }
         result
     }

@@ -27,6 +27,13 @@ pub enum ConfigError {
     /// A restore founds a new cluster: it cannot also join one.
     #[error("restore_from founds a new cluster: it cannot be combined with joining one")]
     RestoreAndJoin,
+    /// An option that needs files or sockets was combined with
+    /// [`crate::RaftClusterBuilder::in_memory`].
+    #[error("{option} cannot be used with in_memory: a node on a memory network has no files and no sockets")]
+    NotInMemory {
+        /// The builder option.
+        option: &'static str,
+    },
     /// Followers would call elections between heartbeats.
     #[error(
         "election timeout {election:?} must be longer than the heartbeat interval {heartbeat:?}"

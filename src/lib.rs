@@ -32,11 +32,11 @@ pub use iroh_raft_actors::{
     WriteSnapshot, wire::ALPN,
 };
 pub use iroh_raft_actors::{
-    DiscoveryProtocol, HealthCheck, HealthReport, HealthStatus, JoinOptions, NodeMetrics,
-    Transferred,
+    DiscoveryProtocol, HealthCheck, HealthReport, HealthStatus, JoinOptions, MemoryNetwork,
+    NodeMetrics, Transferred,
 };
 pub use kv::{KeyValueStore, KvCommand, KvResponse, KvSnapshot};
-pub use local::start_local_cluster;
+pub use local::{start_local_cluster, start_memory_cluster};
 pub use membership::Members;
 pub use net::PeerAddr;
 pub use preset::Preset;

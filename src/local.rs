@@ -1,8 +1,9 @@
-//! Several nodes in one process on loopback: for tests, demos and benchmarks.
+//! Several nodes in one process, on loopback or in memory: for tests, demos and benchmarks.
 
 use std::path::Path;
 
-use iroh_raft_actors::{NodeId, StateMachine};
+use iroh::{EndpointAddr, SecretKey};
+use iroh_raft_actors::{MemoryNetwork, NodeId, StateMachine};
 
 use crate::{
     BuildError, PeerAddr, RaftCluster, RaftClusterBuilder,
@@ -44,4 +45,36 @@ where
         nodes.push(configure(id, builder).build().await?);
     }
     Ok(nodes)
+}
+
+/// Starts `n` nodes (ids `1..=n`) in memory on a fresh [`MemoryNetwork`]: no files, no sockets,
+/// nothing kept after shutdown (see [`RaftClusterBuilder::in_memory`]). Each builder already has
+/// its id, key, network and the full member list; `configure` adds the rest (state machine,
+/// preset...). The network is returned too, for nodes started later (`.joining()`).
+pub async fn start_memory_cluster<S, F>(
+    n: usize,
+    configure: F,
+) -> Result<(MemoryNetwork, Vec<RaftCluster<S>>), BuildError>
+where
+    S: StateMachine,
+    F: Fn(NodeId, RaftClusterBuilder<S>) -> RaftClusterBuilder<S>,
+{
+    let network = MemoryNetwork::new();
+    let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect();
+    let members: Vec<(NodeId, EndpointAddr)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (i as NodeId + 1, EndpointAddr::new(k.public())))
+        .collect();
+    let mut nodes = Vec::with_capacity(n);
+    for (i, key) in keys.into_iter().enumerate() {
+        let id = i as NodeId + 1;
+        let builder = RaftCluster::builder()
+            .node_id(id)
+            .secret_key(key)
+            .peers(members.clone())
+            .in_memory(&network);
+        nodes.push(configure(id, builder).build().await?);
+    }
+    Ok((network, nodes))
 }

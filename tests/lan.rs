@@ -67,7 +67,7 @@ async fn inside_namespace() {
         .await
         .unwrap();
     let found: BTreeSet<_> = found.iter().map(|a| a.id).collect();
-    let expected: BTreeSet<_> = alpha.iter().map(|n| n.endpoint().id()).collect();
+    let expected: BTreeSet<_> = alpha.iter().map(|n| n.endpoint_id()).collect();
     assert_eq!(found, expected);
     let none = find_members("gamma", Duration::from_secs(2)).await.unwrap();
     assert!(none.is_empty());
@@ -85,7 +85,7 @@ async fn inside_namespace() {
     assert_eq!(status.members.len(), 1);
     assert_eq!(
         status.members[0].key,
-        *beta.endpoint().id().as_bytes(),
+        *beta.endpoint_id().as_bytes(),
         "connected to beta's node"
     );
     client.close().await;

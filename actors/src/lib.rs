@@ -238,7 +238,7 @@ pub use membership::{
 };
 pub use metrics::NodeMetrics;
 pub use node::{Bootstrap, Node, NodeSpec, check_or_bootstrap};
-pub use peer::{Dialer, IrohDialer, Link, PeerActor, RaftProtocol};
+pub use peer::{Dialer, IrohDialer, Link, MemoryNetwork, PeerActor, RaftProtocol};
 pub use raft_actor::{
     CHECKPOINT_HEARTBEATS, ChangeMembership, GetMembers, GetStatus, InspectLog, LinearizableQuery,
     LogView, MAX_MESSAGES_PER_READY, MembersView, NotHeard, PeerHello, Propose, Query,

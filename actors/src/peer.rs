@@ -15,10 +15,13 @@
 //!   through the StorageActor as they arrive and reports [`SnapshotReceived`] once the checksum
 //!   matched.
 //! - [`Dialer`] / [`Link`]: the small interface through which a PeerActor reaches its peer.
-//!   [`IrohDialer`] is the production implementation; a simulation supplies an in-memory one.
+//!   [`IrohDialer`] is the production implementation; [`MemoryNetwork`] connects the nodes of
+//!   one process through channels (tests, benchmarks); the simulation supplies its own lossy
+//!   network.
 
 mod actor;
 mod handler;
+mod memory;
 mod transport;
 
 pub use actor::{
@@ -26,6 +29,7 @@ pub use actor::{
     SnapshotOffer, SnapshotSent, StopPeer,
 };
 pub use handler::{FrameSource, Inbound, RaftProtocol, SnapshotReceived, StreamEnd};
+pub use memory::{MEMORY_LINK_QUEUE, MemoryDialer, MemoryNetwork};
 pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, StreamSink};
 
 /// Outbound batches a PeerActor may have queued before new ones are dropped. Each batch is one

@@ -168,7 +168,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             }
             (None, None) => {
                 let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
-                let members = initial_members(node_id, endpoint, peers)?;
+                let members = initial_members(node_id, endpoint_peer_addr(endpoint).0, peers)?;
                 let bootstrap = if self.joining {
                     Bootstrap::Join(
                         members
@@ -226,7 +226,13 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         ticket: &Ticket,
         node: NodeId,
     ) -> Result<PendingJoin, BuildError> {
-        let accepted = request_join(cluster.endpoint(), ticket, self.join_as_learner).await?;
+        // Join tickets are refused with `in_memory`: a node that presents one has an endpoint.
+        let endpoint = cluster
+            .endpoint()
+            .ok_or(ConfigError::NotInMemory {
+                option: "join_ticket",
+            })?;
+        let accepted = request_join(endpoint, ticket, self.join_as_learner).await?;
         if accepted.id != node {
             return Err(BuildError::JoinUnreachable {
                 reason: format!(

@@ -209,7 +209,8 @@ fn start_failure(dir: &Path, e: BuildError) -> anyhow::Error {
 pub(crate) fn bound_address(cluster: &RaftCluster<KeyValueStore>, bind: SocketAddr) -> SocketAddr {
     cluster
         .endpoint()
-        .bound_sockets()
+        .map(|e| e.bound_sockets())
+        .unwrap_or_default()
         .into_iter()
         .find(|a| a.is_ipv4() == bind.is_ipv4())
         .unwrap_or(bind)
@@ -323,7 +324,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!(
         "ready node={} endpoint={} addr={bound}{metrics}",
         cluster.node_id(),
-        cluster.endpoint().id(),
+        cluster.endpoint_id(),
     );
 
     // Until a signal, or until the node stops for good on its own: removed from the cluster,

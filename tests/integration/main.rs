@@ -5,6 +5,7 @@ mod support;
 
 mod t10_election;
 mod t15_embedding;
+mod t16_memory;
 mod t20_replication;
 mod t30_follower_propose;
 mod t35_events;

@@ -238,7 +238,7 @@ impl TestCluster {
     /// was bound by the test, so the node does not close it), freeing its port for a restart.
     pub async fn stop(&mut self, id: u64) {
         let node = self.nodes[id as usize - 1].take().expect("node is running");
-        let endpoint = node.endpoint().clone();
+        let endpoint = node.endpoint().expect("an iroh node").clone();
         node.shutdown().await.unwrap();
         endpoint.close().await;
     }

@@ -302,7 +302,7 @@ async fn a_join_sent_but_unanswered_keeps_only_the_key_and_a_retry_uses_it() {
 
     // Again with the same data dir and a ticket the cluster answers: the same key joins.
     let joined = build(&ticket).await.unwrap();
-    assert_eq!(joined.endpoint().id(), key.public());
+    assert_eq!(joined.endpoint_id(), key.public());
     joined.shutdown().await.unwrap();
     cluster.shutdown().await;
 }

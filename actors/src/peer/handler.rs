@@ -200,6 +200,59 @@ impl RaftProtocol {
         }
     }
 
+    /// Whether the endpoint `remote` may open a consensus link to this node now: its member id,
+    /// or the close code a QUIC connection from it would be closed with. For transports that
+    /// carry no iroh connection (the in-memory network).
+    pub fn admission(&self, remote: &EndpointId) -> Result<NodeId, CloseCode> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(CloseCode::ShuttingDown);
+        }
+        match self.inner.membership.borrow().admission(remote) {
+            Admission::Member(id) => Ok(id),
+            Admission::Removed(_) => Err(CloseCode::Removed),
+            _ => Err(CloseCode::NotAMember),
+        }
+    }
+
+    /// Serves one link from the endpoint `remote` (a member, see [`Self::admission`]) whose
+    /// frames come from `source`, as the QUIC path serves a connection: until the link ends,
+    /// the node shuts down, or `remote` stops being a member. Returns the close code a QUIC
+    /// connection would have been closed with, if any.
+    pub async fn serve_link(
+        &self,
+        remote: EndpointId,
+        source: &mut dyn FrameSource,
+    ) -> Option<CloseCode> {
+        let from = match self.admission(&remote) {
+            Ok(from) => from,
+            Err(code) => return Some(code),
+        };
+        let mut membership = self.inner.membership.clone();
+        membership.mark_unchanged();
+        let serve = self.serve_stream(from, source);
+        tokio::pin!(serve);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.inner.shutdown.cancelled() => return Some(CloseCode::ShuttingDown),
+                end = &mut serve => {
+                    return match end {
+                        StreamEnd::Refused(e) | StreamEnd::Rejected(e) => Some(e.close_code()),
+                        StreamEnd::Closed => None,
+                    };
+                }
+                changed = membership.changed() => {
+                    if changed.is_err() {
+                        return Some(CloseCode::ShuttingDown);
+                    }
+                    if let Err(code) = self.admission(&remote) {
+                        return Some(code);
+                    }
+                }
+            }
+        }
+    }
+
     /// Member `from` closed its connection to us, with `code` if it was one of ours. When it did
     /// so because it heard nothing from us, our connection to it may be dead: the RaftActor
     /// redials it. The QUIC accept loop calls this; a simulation calls it from its own network.
