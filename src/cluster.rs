@@ -11,8 +11,8 @@ use std::{
 
 use iroh::{Endpoint, EndpointAddr, EndpointId, protocol::Router};
 use iroh_raft_actors::{
-    CodecError, EventStream, FatalError, HealthReport, HealthStatus, Liveness, MemoryNetwork,
-    Node, NodeCalls, NodeId, NodeMetrics, NodeStatus, ProposeError, RaftProtocol, ReadError,
+    CodecError, EventStream, FatalError, HealthReport, HealthStatus, Liveness, MemoryNetwork, Node,
+    NodeCalls, NodeId, NodeMetrics, NodeStatus, ProposeError, RaftProtocol, ReadError,
     SnapshotError, StateMachine, Ticket, TicketRole,
     backup::{BackupError, HashCheck, SavedBackup},
 };

@@ -29,7 +29,9 @@ pub enum ConfigError {
     RestoreAndJoin,
     /// An option that needs files or sockets was combined with
     /// [`crate::RaftClusterBuilder::in_memory`].
-    #[error("{option} cannot be used with in_memory: a node on a memory network has no files and no sockets")]
+    #[error(
+        "{option} cannot be used with in_memory: a node on a memory network has no files and no sockets"
+    )]
     NotInMemory {
         /// The builder option.
         option: &'static str,

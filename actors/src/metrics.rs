@@ -117,6 +117,9 @@ pub struct ConsensusMetrics {
     /// Bytes of the snapshots this node wrote.
     #[default(Histogram::new(size_buckets()))]
     pub snapshot_size_bytes: Histogram,
+    /// On a follower: how much longer than the heartbeat interval passed between two heartbeats from its leader (0 when on time). A busy leader or link shows here long before it costs an election.
+    #[default(Histogram::new(latency_buckets()))]
+    pub heartbeat_delay_seconds: Histogram,
 }
 
 impl ConsensusMetrics {

@@ -20,6 +20,7 @@
 //!   network.
 
 mod actor;
+pub(crate) mod control;
 mod handler;
 mod memory;
 mod transport;
@@ -28,6 +29,7 @@ pub use actor::{
     MAX_BACKOFF, MIN_BACKOFF, Outbound, PeerActor, PeerArgs, PeerUnreachable, Reconnect,
     SnapshotOffer, SnapshotSent, StopPeer,
 };
+pub use control::CONTROL_QUEUE;
 pub use handler::{FrameSource, Inbound, RaftProtocol, SnapshotReceived, StreamEnd};
 pub use memory::{MEMORY_LINK_QUEUE, MemoryDialer, MemoryNetwork};
 pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, StreamSink};

@@ -155,7 +155,10 @@ impl Target {
 
     async fn read(&self, key: String) -> anyhow::Result<()> {
         let value = match self {
-            Target::Library(node) => node.linearizable_query(move |kv| kv.get(&key).cloned()).await?,
+            Target::Library(node) => {
+                node.linearizable_query(move |kv| kv.get(&key).cloned())
+                    .await?
+            }
             Target::Remote(client) => client.read::<String, Option<String>>(&key).await?,
         };
         value.context("a key written before the run is missing")?;
@@ -183,7 +186,12 @@ struct Key {
 
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mode={} workload={}", name(&self.mode), name(&self.workload))?;
+        write!(
+            f,
+            "mode={} workload={}",
+            name(&self.mode),
+            name(&self.workload)
+        )?;
         if self.workload != Workload::Write {
             write!(f, " reads={}", name(&self.reads))?;
         }
@@ -241,9 +249,13 @@ async fn main() -> anyhow::Result<()> {
                             let warmup = Duration::from_secs(args.warmup);
                             run_level(&target, workload, clients, warmup).await?;
                         }
-                        let sample =
-                            run_level(&target, workload, clients, Duration::from_secs(args.seconds))
-                                .await?;
+                        let sample = run_level(
+                            &target,
+                            workload,
+                            clients,
+                            Duration::from_secs(args.seconds),
+                        )
+                        .await?;
                         println!("run={run} {key} {}", show(&sample));
                         samples.entry(key).or_default().push(sample);
                     }
@@ -300,7 +312,10 @@ fn report(samples: &BTreeMap<Key, Vec<Sample>>, floor: Option<&baseline::Floor>)
             (*k, sample)
         })
         .collect();
-    println!("medians of {} run(s):", samples.values().map(Vec::len).max().unwrap_or(0));
+    println!(
+        "medians of {} run(s):",
+        samples.values().map(Vec::len).max().unwrap_or(0)
+    );
     for (key, s) in &medians {
         println!("{key} {}", show(s));
     }

@@ -227,11 +227,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         node: NodeId,
     ) -> Result<PendingJoin, BuildError> {
         // Join tickets are refused with `in_memory`: a node that presents one has an endpoint.
-        let endpoint = cluster
-            .endpoint()
-            .ok_or(ConfigError::NotInMemory {
-                option: "join_ticket",
-            })?;
+        let endpoint = cluster.endpoint().ok_or(ConfigError::NotInMemory {
+            option: "join_ticket",
+        })?;
         let accepted = request_join(endpoint, ticket, self.join_as_learner).await?;
         if accepted.id != node {
             return Err(BuildError::JoinUnreachable {

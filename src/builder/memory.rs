@@ -68,7 +68,12 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             .collect::<Result<Vec<_>, _>>()?;
         let members = initial_members(node_id, EndpointAddr::new(me), peers)?;
         let bootstrap = if self.joining {
-            Bootstrap::Join(members.into_iter().filter(|m| m.node_id != node_id).collect())
+            Bootstrap::Join(
+                members
+                    .into_iter()
+                    .filter(|m| m.node_id != node_id)
+                    .collect(),
+            )
         } else {
             Bootstrap::Initial(members)
         };

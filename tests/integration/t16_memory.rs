@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use iroh_raft::{
-    BuildError, ConfigError, KeyValueStore, MemoryNetwork, Preset, ProposeError, RaftCluster,
-    Role, start_memory_cluster,
+    BuildError, ConfigError, KeyValueStore, MemoryNetwork, Preset, ProposeError, RaftCluster, Role,
+    start_memory_cluster,
 };
 
 use crate::support::{set, wait_for, wait_for_some};
@@ -71,7 +71,10 @@ async fn three_nodes_in_memory_replicate_fail_over_and_refuse_a_removed_member()
         assert_eq!(read(n, "after").await.as_deref(), Some("failover"));
     }
     // A removed member is refused: it stops once it learns of its removal.
-    let follower = rest.iter().find(|n| n.node_id() != second.node_id()).unwrap();
+    let follower = rest
+        .iter()
+        .find(|n| n.node_id() != second.node_id())
+        .unwrap();
     second.remove_member(follower.node_id()).await.unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(20), follower.stopped()).await;
     assert!(stopped.is_ok(), "the removed member did not stop");
@@ -112,7 +115,10 @@ async fn options_needing_files_or_sockets_are_refused_in_memory() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, BuildError::Config(ConfigError::NotInMemory { option: "data_dir" })),
+        matches!(
+            err,
+            BuildError::Config(ConfigError::NotInMemory { option: "data_dir" })
+        ),
         "{err}"
     );
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
@@ -166,8 +172,10 @@ async fn a_node_joins_in_memory_through_a_snapshot_stream() {
     .await;
     let key = iroh::SecretKey::generate();
     let addr = iroh::EndpointAddr::new(key.public());
-    let members: Vec<(u64, iroh::EndpointAddr)> =
-        nodes.iter().map(|n| (n.node_id(), n.peer_addr().0)).collect();
+    let members: Vec<(u64, iroh::EndpointAddr)> = nodes
+        .iter()
+        .map(|n| (n.node_id(), n.peer_addr().0))
+        .collect();
     let joiner = RaftCluster::builder()
         .node_id(4)
         .secret_key(key)

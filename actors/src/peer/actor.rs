@@ -11,10 +11,10 @@ use kameo::{
     message::{Context, Message},
 };
 use raft::eraftpb::Message as RaftMessage;
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tracing::{Instrument, Span, debug, info_span, trace};
 
-use super::{Dialer, Link, LinkError, StreamSink};
+use super::{BoxFuture, Dialer, Link, LinkError, StreamSink, control::ControlLane};
 use crate::{
     consistency::ApplyHash,
     error::Corruption,
@@ -120,6 +120,9 @@ pub struct PeerArgs {
     pub events: ActorRef<EventBus>,
     /// Where bytes, frames, failures, reconnects and round trips to this peer are counted.
     pub metrics: Arc<PeerMetrics>,
+    /// The receiving end of this peer's control lane (votes and heartbeats on a stream of their
+    /// own, see [`super::control`]); `None`: they go with everything else.
+    pub control: Option<mpsc::Receiver<Vec<RaftMessage>>>,
 }
 
 /// Owns the outgoing connection to one peer.
@@ -141,6 +144,10 @@ pub struct PeerActor {
     connected_before: bool,
     /// When the round trip was last recorded.
     rtt_at: Option<Instant>,
+    /// Where each new connection's control stream goes (to the control lane's task).
+    control_streams: Option<mpsc::Sender<Box<dyn StreamSink>>>,
+    /// The control lane's task, stopped with this actor.
+    control_task: Option<JoinHandle<()>>,
 }
 
 /// One peer's counters in the node's [`PeerMetrics`].
@@ -186,6 +193,10 @@ impl PeerActor {
                             notice(code);
                         }
                     });
+                    if let Some(streams) = self.control_streams.clone() {
+                        open_control_stream(streams, self.hello(), link.open_priority_stream())
+                            .await;
+                    }
                     self.link = Some(link);
                     if std::mem::replace(&mut self.connected_before, true) {
                         self.counters.reconnects.inc();
@@ -464,6 +475,22 @@ impl From<LinkError> for SendFailure {
 }
 
 /// Writes Hello, header, every chunk and the end frame; returns the bytes sent.
+/// Opens the control stream on a new connection and hands it to the control lane. A transport
+/// without priority streams, or a failure, leaves the lane sending through the PeerActor.
+async fn open_control_stream(
+    streams: mpsc::Sender<Box<dyn StreamSink>>,
+    hello: Hello,
+    opening: BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>>,
+) {
+    let Ok(mut stream) = opening.await else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    if encode_frame(&Frame::Hello(hello), &mut bytes).is_ok() && stream.send(&bytes).await.is_ok() {
+        let _ = streams.try_send(stream);
+    }
+}
+
 async fn stream_snapshot(
     mut stream: Box<dyn StreamSink>,
     hello: Hello,
@@ -513,10 +540,27 @@ impl Actor for PeerActor {
     type Args = PeerArgs;
     type Error = Infallible;
 
-    async fn on_start(args: Self::Args, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(mut args: Self::Args, me: ActorRef<Self>) -> Result<Self, Self::Error> {
+        let counters = Counters::new(&args.metrics, args.peer);
+        let (control_streams, control_task) = match args.control.take() {
+            Some(messages) => {
+                let (tx, streams) = mpsc::channel(2);
+                let lane = ControlLane {
+                    messages,
+                    streams,
+                    peer: me.downgrade(),
+                    sent_bytes: counters.sent_bytes.clone(),
+                    sent_frames: counters.sent_frames.clone(),
+                };
+                (Some(tx), Some(tokio::spawn(lane.run())))
+            }
+            None => (None, None),
+        };
         Ok(Self {
             span: info_span!("peer", node = args.me, peer = args.peer),
-            counters: Counters::new(&args.metrics, args.peer),
+            counters,
+            control_streams,
+            control_task,
             frames: 0,
             connected_before: false,
             rtt_at: None,
@@ -536,6 +580,9 @@ impl Actor for PeerActor {
     ) -> Result<(), Self::Error> {
         if let Some(mut link) = self.link.take() {
             link.close(CloseCode::ShuttingDown, "shutting down");
+        }
+        if let Some(task) = self.control_task.take() {
+            task.abort();
         }
         Ok(())
     }

@@ -186,6 +186,11 @@ impl Link for MemoryLink {
         }
     }
 
+    fn open_priority_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
+        // No queue is shared between streams here: a stream of its own is all priority means.
+        self.open_stream()
+    }
+
     fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
         let (protocol, me) = (self.protocol.clone(), self.me);
         let open = self.closed.borrow().is_none() && !self.tx.is_closed();
@@ -241,9 +246,9 @@ impl StreamSink for MemoryStream {
         Box::pin(async move {
             match done.await {
                 Ok(StreamEnd::Closed) => Ok(()),
-                Ok(StreamEnd::Rejected(e) | StreamEnd::Refused(e)) => Err(LinkError::Closed(
-                    format!("peer stopped the stream: {e}"),
-                )),
+                Ok(StreamEnd::Rejected(e) | StreamEnd::Refused(e)) => {
+                    Err(LinkError::Closed(format!("peer stopped the stream: {e}")))
+                }
                 Err(_) => Err(LinkError::Closed("the peer stopped reading".into())),
             }
         })

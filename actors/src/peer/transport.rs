@@ -53,6 +53,9 @@ fn write_error(conn: &Connection, e: impl std::fmt::Display) -> LinkError {
     }
 }
 
+/// Send priority of the control stream; every other stream has QUIC's default, 0.
+const CONTROL_PRIORITY: i32 = 1;
+
 /// Opens outgoing links to peers.
 pub trait Dialer: Send + Sync + Debug + 'static {
     /// Dials `hello.to` at `addr` and opens its consensus stream, starting it with `hello`.
@@ -76,6 +79,12 @@ pub trait Link: Send + Debug + 'static {
     /// Opens another stream on the same connection (for a snapshot transfer, so it never holds
     /// up the consensus stream).
     fn open_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>>;
+    /// Opens another stream on the same connection whose data is sent before that of the other
+    /// streams (the control lane: votes and heartbeats). A transport without stream priorities
+    /// fails, and the control messages go on the consensus stream.
+    fn open_priority_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
+        Box::pin(async { Err(LinkError::Closed("no priority streams".into())) })
+    }
     /// Resolves when the connection closes: with our close code if the peer closed it with one.
     /// A transport that cannot tell resolves at once with `None`.
     fn closed(&self) -> BoxFuture<'static, Option<CloseCode>> {
@@ -201,6 +210,20 @@ impl Link for IrohLink {
                 }
                 _ => None,
             }
+        })
+    }
+
+    fn open_priority_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let stream = conn
+                .open_uni()
+                .await
+                .map_err(|e| LinkError::Closed(e.to_string()))?;
+            stream
+                .set_priority(CONTROL_PRIORITY)
+                .map_err(|e| LinkError::Closed(e.to_string()))?;
+            Ok(Box::new(IrohStream { stream }) as Box<dyn StreamSink>)
         })
     }
 

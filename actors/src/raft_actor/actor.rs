@@ -373,6 +373,7 @@ impl<S: StateMachine> Actor for RaftActor<S> {
                 to_me,
                 args.db.clone(),
                 (args.events.clone(), args.metrics.peers.clone()),
+                args.config.control_stream,
             )),
             config: args.config,
             driver,

@@ -260,6 +260,9 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
             InboundPayload::Raft(msgs) => {
                 for m in msgs {
                     trace!(from = msg.from, kind = ?m.msg_type, "step");
+                    if m.msg_type == MessageType::MsgHeartbeat {
+                        self.heartbeat_from(msg.from);
+                    }
                     if !self.check_incoming(&m) {
                         return;
                     }
@@ -281,6 +284,23 @@ impl<S: StateMachine> Message<Inbound> for RaftActor<S> {
 }
 
 impl<S: StateMachine> RaftActor<S> {
+    /// Records how late a heartbeat from `leader` came after its previous one.
+    fn heartbeat_from(&mut self, leader: NodeId) {
+        let now = std::time::Instant::now();
+        if let Some((from, at)) = self.replication.last_heartbeat
+            && from == leader
+        {
+            let late = now
+                .duration_since(at)
+                .saturating_sub(self.config.heartbeat_interval);
+            self.metrics
+                .consensus
+                .heartbeat_delay_seconds
+                .observe(late.as_secs_f64());
+        }
+        self.replication.last_heartbeat = Some((leader, now));
+    }
+
     /// The leader's answer to our forward `id`.
     fn forward_answered(&mut self, id: u64, outcome: ForwardOutcome) {
         match outcome {

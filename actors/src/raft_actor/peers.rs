@@ -16,8 +16,9 @@ use crate::{
     events::EventBus,
     metrics::PeerMetrics,
     peer::{
-        Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable, Reconnect,
-        SnapshotSent, StopPeer,
+        CONTROL_QUEUE, Dialer, Outbound, PEER_MAILBOX, PeerActor, PeerArgs, PeerUnreachable,
+        Reconnect, SnapshotSent, StopPeer,
+        control::{ControlSender, is_control},
     },
     storage::{DbHandle, Member},
     types::NodeId,
@@ -34,6 +35,8 @@ pub(super) struct Replication {
     pub(super) heard: BTreeMap<NodeId, Contact>,
     /// Per peer: the highest incarnation seen in its Hellos (a lower one is a stale data dir).
     pub(super) incarnations: BTreeMap<NodeId, u64>,
+    /// The last heartbeat received, and from whom (the heartbeat delay metric).
+    pub(super) last_heartbeat: Option<(NodeId, std::time::Instant)>,
 }
 
 impl Replication {
@@ -43,6 +46,7 @@ impl Replication {
             outbox: BTreeMap::new(),
             heard: BTreeMap::new(),
             incarnations: BTreeMap::new(),
+            last_heartbeat: None,
         }
     }
 }
@@ -77,6 +81,10 @@ pub(crate) struct Peers {
     incarnation: u64,
     members: BTreeMap<NodeId, EndpointAddr>,
     actors: BTreeMap<NodeId, ActorRef<PeerActor>>,
+    /// Each PeerActor's control lane (votes and heartbeats on a stream of their own); empty
+    /// when the lanes are off.
+    control: BTreeMap<NodeId, ControlSender>,
+    control_lanes: bool,
     dialer: Arc<dyn Dialer>,
     raft: WeakRecipient<PeerUnreachable>,
     snapshot_sent: WeakRecipient<SnapshotSent>,
@@ -93,6 +101,7 @@ impl Peers {
         raft: (WeakRecipient<PeerUnreachable>, WeakRecipient<SnapshotSent>),
         db: DbHandle,
         (events, metrics): (ActorRef<EventBus>, Arc<PeerMetrics>),
+        control_lanes: bool,
     ) -> Self {
         Self {
             me,
@@ -102,6 +111,8 @@ impl Peers {
                 .map(|m| (m.node_id, m.addr.clone()))
                 .collect(),
             actors: BTreeMap::new(),
+            control: BTreeMap::new(),
+            control_lanes,
             dialer,
             raft: raft.0,
             snapshot_sent: raft.1,
@@ -128,16 +139,34 @@ impl Peers {
             if let Some(actor) = self.actors.remove(&id) {
                 let _ = actor.tell(StopPeer).try_send();
             }
+            self.control.remove(&id);
         }
     }
 
     /// Hands a batch to the peer's actor without waiting. Gives the batch back when it could not
     /// be queued (unknown peer, or its queue is full because it is slow or unreachable).
-    pub(crate) fn send(&mut self, to: NodeId, batch: Outbound) -> Result<(), Outbound> {
+    pub(crate) fn send(&mut self, to: NodeId, mut batch: Outbound) -> Result<(), Outbound> {
         if to == self.me {
             return Err(batch);
         }
-        let Some(actor) = self.actor(to) else {
+        if self.actor(to).is_none() {
+            return Err(batch);
+        }
+        if let Some(lane) = self.control.get(&to)
+            && batch.raft.iter().any(is_control)
+        {
+            let control: Vec<_> = batch.raft.extract_if(.., |m| is_control(m)).collect();
+            // A full lane: they go with the rest rather than not at all.
+            if let Err(e) = lane.try_send(control) {
+                let (tokio::sync::mpsc::error::TrySendError::Full(back)
+                | tokio::sync::mpsc::error::TrySendError::Closed(back)) = e;
+                batch.raft.extend(back);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+        }
+        let Some(actor) = self.actors.get(&to) else {
             return Err(batch);
         };
         actor.tell(batch).try_send().map_err(|e| match e {
@@ -151,6 +180,7 @@ impl Peers {
     fn actor(&mut self, to: NodeId) -> Option<&ActorRef<PeerActor>> {
         if self.actors.get(&to).is_some_and(|a| !a.is_alive()) {
             self.actors.remove(&to);
+            self.control.remove(&to);
         }
         if !self.actors.contains_key(&to) {
             let addr = self.members.get(&to)?.clone();
@@ -165,7 +195,14 @@ impl Peers {
                 db: self.db.clone(),
                 events: self.events.clone(),
                 metrics: self.metrics.clone(),
+                control: None,
             };
+            let mut args = args;
+            if self.control_lanes {
+                let (tx, rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
+                args.control = Some(rx);
+                self.control.insert(to, tx);
+            }
             let actor = PeerActor::spawn_with_mailbox(args, mailbox::bounded(PEER_MAILBOX));
             self.actors.insert(to, actor);
         }
@@ -184,6 +221,7 @@ impl Peers {
     /// connection without a code.
     pub(crate) async fn stop_all(&mut self) {
         let actors: Vec<_> = std::mem::take(&mut self.actors).into_values().collect();
+        self.control.clear();
         for actor in &actors {
             let _ = actor.tell(StopPeer).try_send();
         }
