@@ -354,7 +354,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         self
     }
 
-    /// Sends votes and heartbeats on a stream of their own with a higher priority than appends
+    /// Sends votes and heartbeats on a stream of their own, apart from appends
     /// and snapshots (default on), so a saturated link does not delay them into an election.
     /// Turning it off is for measuring what it buys.
     pub fn control_stream(mut self, on: bool) -> Self {

@@ -45,8 +45,8 @@ pub struct NodeConfig {
     /// election timeout; a leader process paused (a VM stall, SIGSTOP, swap) for longer than an
     /// election timeout breaks that bound and may serve a stale read. Off by default.
     pub lease_reads: bool,
-    /// Votes, heartbeats and their answers on a stream of their own with a higher send priority
-    /// than appends and snapshots (see the peer module's control lane). On by default; off only
+    /// Votes, heartbeats and their answers on a stream of their own, apart from appends and
+    /// snapshots (see the peer module's control lane). On by default; off only
     /// to measure what it buys.
     pub control_stream: bool,
 }

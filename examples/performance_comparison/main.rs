@@ -70,6 +70,10 @@ struct Args {
     /// the followers), lease (the leader's check-quorum lease).
     #[arg(long, value_delimiter = ',', default_value = "index")]
     reads: Vec<Reads>,
+    /// Votes and heartbeats on the consensus stream instead of a stream of their own (for
+    /// comparison only).
+    #[arg(long)]
+    no_control_stream: bool,
     /// Skip measuring the machine's fdatasync and round-trip floor.
     #[arg(long)]
     no_floor: bool,
@@ -367,6 +371,7 @@ struct Cluster {
 
 async fn start(args: &Args, mode: Mode, reads: Reads) -> anyhow::Result<(Cluster, Target)> {
     let (fsync, max_log_entries) = (!args.no_fsync, args.max_log_entries);
+    let control_stream = !args.no_control_stream;
     #[cfg(feature = "otel")]
     let otlp = match args.otlp_sampling {
         Some(ratio) => Some((otlp_sink().await?, ratio)),
@@ -379,6 +384,7 @@ async fn start(args: &Args, mode: Mode, reads: Reads) -> anyhow::Result<(Cluster
             .fsync(fsync)
             .max_log_entries(max_log_entries)
             .lease_reads(reads == Reads::Lease)
+            .control_stream(control_stream)
             .remote_reads(iroh_raft::kv::remote_get);
         #[cfg(feature = "otel")]
         let b = match &otlp {

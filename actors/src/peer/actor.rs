@@ -194,7 +194,7 @@ impl PeerActor {
                         }
                     });
                     if let Some(streams) = self.control_streams.clone() {
-                        open_control_stream(streams, self.hello(), link.open_priority_stream())
+                        open_control_stream(streams, self.hello(), link.open_control_stream())
                             .await;
                     }
                     self.link = Some(link);
@@ -476,7 +476,7 @@ impl From<LinkError> for SendFailure {
 
 /// Writes Hello, header, every chunk and the end frame; returns the bytes sent.
 /// Opens the control stream on a new connection and hands it to the control lane. A transport
-/// without priority streams, or a failure, leaves the lane sending through the PeerActor.
+/// without control streams, or a failure, leaves the lane sending through the PeerActor.
 async fn open_control_stream(
     streams: mpsc::Sender<Box<dyn StreamSink>>,
     hello: Hello,

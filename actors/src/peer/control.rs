@@ -1,6 +1,5 @@
 //! The control lane of one peer: votes, heartbeats, their answers and `TimeoutNow` travel on a
-//! stream of their own, with a higher send priority than appends and snapshot chunks, fed by a
-//! queue of their own. A leader saturating a follower with appends (the PeerActor waiting on
+//! stream of their own (QUIC interleaves a connection's streams), fed by a queue of their own. A leader saturating a follower with appends (the PeerActor waiting on
 //! QUIC flow control, its mailbox full) or streaming it a large snapshot still reaches it with
 //! heartbeats on time, so a busy link never costs an election.
 //!
@@ -8,7 +7,7 @@
 //! (`try_send`: a full queue sends them with the rest instead), everything else to the
 //! PeerActor. The PeerActor owns the connection: each time it connects it opens the control
 //! stream (starting with a Hello, like every stream) and hands it here. Without a control stream
-//! (not connected yet, a transport without priority streams, or the stream failed) the lane
+//! (not connected yet, a transport without one, or the stream failed) the lane
 //! hands its messages to the PeerActor, which sends them on the consensus stream and dials if
 //! needed. Raft tolerates the reordering between the two streams.
 

@@ -186,8 +186,7 @@ impl Link for MemoryLink {
         }
     }
 
-    fn open_priority_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
-        // No queue is shared between streams here: a stream of its own is all priority means.
+    fn open_control_stream(&self) -> BoxFuture<'static, Result<Box<dyn StreamSink>, LinkError>> {
         self.open_stream()
     }
 
