@@ -401,6 +401,36 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         Ok(config)
     }
 
+    /// How the management plane admits clients and brings newcomers in.
+    fn mgmt_options(&self) -> iroh_raft_actors::mgmt::MgmtOptions<S> {
+        iroh_raft_actors::mgmt::MgmtOptions {
+            allowlist: self.mgmt_allowlist.clone(),
+            reader: self.remote_reader.clone(),
+            join_options: self.join_options,
+        }
+    }
+
+    /// How a node with no stored state enters: founding with `peers` (plus itself at `own`),
+    /// or, with [`Self::joining`], waiting to be added by them.
+    fn new_bootstrap(
+        &self,
+        node_id: NodeId,
+        own: EndpointAddr,
+        peers: Vec<(NodeId, PeerAddr)>,
+    ) -> Result<Bootstrap, ConfigError> {
+        let members = initial_members(node_id, own, peers)?;
+        Ok(if self.joining {
+            Bootstrap::Join(
+                members
+                    .into_iter()
+                    .filter(|m| m.node_id != node_id)
+                    .collect(),
+            )
+        } else {
+            Bootstrap::Initial(members)
+        })
+    }
+
     /// This node joins a running cluster instead of founding one: [`Self::peers`] are (some of)
     /// its current members, whose connections it admits; it starts with no configuration and
     /// waits for a member to add it ([`RaftCluster::join`] or [`RaftCluster::add_learner`]),
@@ -743,11 +773,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             bootstrap,
             dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
             storage_spawn,
-            mgmt: iroh_raft_actors::mgmt::MgmtOptions {
-                allowlist: self.mgmt_allowlist.clone(),
-                reader: self.remote_reader.clone(),
-                join_options: self.join_options,
-            },
+            mgmt: self.mgmt_options(),
             parent: self.parent.clone(),
         };
         if let Some(name) = &self.lan_name {

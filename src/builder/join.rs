@@ -22,7 +22,7 @@ use std::{
 use iroh::Endpoint;
 use iroh_raft_actors::{Bootstrap, Identity, NodeId, StateMachine, Ticket};
 
-use super::{RaftClusterBuilder, initial_members};
+use super::RaftClusterBuilder;
 use crate::{
     BuildError, ConfigError, RaftCluster,
     discovery::{Accepted, PendingJoin, request_join},
@@ -168,18 +168,12 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             }
             (None, None) => {
                 let node_id = self.node_id.ok_or(ConfigError::MissingNodeId)?;
-                let members = initial_members(node_id, endpoint_peer_addr(endpoint).0, peers)?;
-                let bootstrap = if self.joining {
-                    Bootstrap::Join(
-                        members
-                            .into_iter()
-                            .filter(|m| m.node_id != node_id)
-                            .collect(),
-                    )
-                } else {
-                    Bootstrap::Initial(members)
-                };
-                Ok((node_id, bootstrap, Join::None))
+                let own = endpoint_peer_addr(endpoint).0;
+                Ok((
+                    node_id,
+                    self.new_bootstrap(node_id, own, peers)?,
+                    Join::None,
+                ))
             }
         }
     }

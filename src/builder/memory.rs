@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use iroh::{EndpointAddr, SecretKey};
 use iroh_raft_actors::{
-    Bootstrap, LogDb, MemoryNetwork, Node, NodeSpec, StartError, StateMachine, StateMachineSource,
+    LogDb, MemoryNetwork, Node, NodeSpec, StartError, StateMachine, StateMachineSource,
     StorageSpawn,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::{RaftClusterBuilder, initial_members};
+use super::RaftClusterBuilder;
 use crate::{
     cluster::{Lifetime, RaftCluster},
     error::{BuildError, ConfigError},
@@ -66,17 +66,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             .into_iter()
             .map(|p| p.addr.map(|a| (p.id, a)))
             .collect::<Result<Vec<_>, _>>()?;
-        let members = initial_members(node_id, EndpointAddr::new(me), peers)?;
-        let bootstrap = if self.joining {
-            Bootstrap::Join(
-                members
-                    .into_iter()
-                    .filter(|m| m.node_id != node_id)
-                    .collect(),
-            )
-        } else {
-            Bootstrap::Initial(members)
-        };
+        let bootstrap = self.new_bootstrap(node_id, EndpointAddr::new(me), peers)?;
         let db = LogDb::in_memory().map_err(StartError::from)?;
         let storage_spawn = match Handle::current().runtime_flavor() {
             RuntimeFlavor::CurrentThread => StorageSpawn::Task,
@@ -90,11 +80,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             bootstrap,
             dialer: Arc::new(network.dialer(me)),
             storage_spawn,
-            mgmt: iroh_raft_actors::mgmt::MgmtOptions {
-                allowlist: self.mgmt_allowlist.clone(),
-                reader: self.remote_reader.clone(),
-                join_options: self.join_options,
-            },
+            mgmt: self.mgmt_options(),
             parent: self.parent.clone(),
         };
         let node = Node::start(spec).await?;

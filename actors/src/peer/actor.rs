@@ -121,7 +121,7 @@ pub struct PeerArgs {
     /// Where bytes, frames, failures, reconnects and round trips to this peer are counted.
     pub metrics: Arc<PeerMetrics>,
     /// The receiving end of this peer's control lane (votes and heartbeats on a stream of their
-    /// own, see [`super::control`]); `None`: they go with everything else.
+    /// own, see the peer module's control lane); `None`: they go with everything else.
     pub control: Option<mpsc::Receiver<Vec<RaftMessage>>>,
 }
 
