@@ -18,7 +18,7 @@ use std::{
 };
 
 use iroh_raft::{
-    ClusterEvent, EventItem, Ticket, TicketRole,
+    Ticket, TicketRole,
     actors::wire::MgmtErrorKind,
     mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
     net::load_or_create_secret_key,
@@ -29,6 +29,7 @@ use super::node::parse_positive_duration;
 
 mod health;
 mod status;
+mod watch;
 
 /// Where and how to reach the cluster.
 #[derive(clap::Args, Debug)]
@@ -90,7 +91,7 @@ enum CtlCommand {
         action: Option<SnapshotAction>,
     },
     /// Print events as they happen (Ctrl-C to stop).
-    Watch,
+    Watch(watch::WatchArgs),
     /// Mint a ticket signed by a member.
     Ticket {
         /// join, admin or read-only.
@@ -301,29 +302,9 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
                 || ticket.to_string(),
             );
         }
-        CtlCommand::Watch => watch(cli, json).await?,
+        CtlCommand::Watch(args) => watch::run(cli, args, json).await?,
     }
     Ok(())
-}
-
-/// Prints events until Ctrl-C or the node ends the stream (only subscribing is bounded by the
-/// deadline).
-async fn watch(cli: &Cli, json: bool) -> Result<(), Failure> {
-    let mut events = cli.call().subscribe().await?;
-    loop {
-        let item = tokio::select! {
-            item = events.next() => item,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        match item {
-            None => return Ok(()),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(EventItem::Missed(n))) => print_one(json, json!({ "missed": n }), || {
-                format!("… missed {n} events")
-            }),
-            Some(Ok(EventItem::Event(ev))) => print_event(json, events.last_seq, &ev),
-        }
-    }
 }
 
 pub(crate) fn print_one(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
@@ -331,14 +312,5 @@ pub(crate) fn print_one(json: bool, value: serde_json::Value, human: impl FnOnce
         println!("{value}");
     } else {
         println!("{}", human());
-    }
-}
-
-fn print_event(json: bool, seq: u64, ev: &ClusterEvent) {
-    if json {
-        let value = serde_json::to_value(ev).unwrap_or(serde_json::Value::Null);
-        println!("{}", json!({ "seq": seq, "event": value }));
-    } else {
-        println!("{seq:>6}  {ev:?}");
     }
 }
