@@ -31,7 +31,7 @@ use crate::{
     backups::{BackupConfig, Schedule},
     cluster::{Lifetime, RaftCluster},
     error::{BuildError, ConfigError},
-    mgmt::RemoteReader,
+    mgmt::{RemoteReader, RemoteWatcher, WatchStep},
     monitoring::MetricsServer,
     net::{PeerAddr, bind_offline_endpoint, close_within, load_or_create_secret_key},
 };
@@ -129,6 +129,7 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     restore_progress: Option<RestoreProgress>,
     mgmt_allowlist: BTreeMap<iroh::EndpointId, MgmtRole>,
     remote_reader: Option<RemoteReader<S>>,
+    remote_watcher: Option<RemoteWatcher<S>>,
     parent: Option<SupervisorParent<S>>,
     metrics_addr: Option<SocketAddr>,
     #[cfg(feature = "otel")]
@@ -167,6 +168,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             restore_progress: None,
             mgmt_allowlist: BTreeMap::new(),
             remote_reader: None,
+            remote_watcher: None,
             parent: None,
             metrics_addr: None,
             #[cfg(feature = "otel")]
@@ -406,6 +408,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         iroh_raft_actors::mgmt::MgmtOptions {
             allowlist: self.mgmt_allowlist.clone(),
             reader: self.remote_reader.clone(),
+            watcher: self.remote_watcher.clone(),
             join_options: self.join_options,
         }
     }
@@ -514,6 +517,17 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         reader: impl Fn(&S, &[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
     ) -> Self {
         self.remote_reader = Some(Arc::new(reader));
+        self
+    }
+
+    /// Serves watches to remote clients: `watcher` runs on the state machine after every apply
+    /// with the client's encoded query and the previous step's cursor, and answers the changes
+    /// since (see [`crate::kv::remote_watch`] for the KV store).
+    pub fn remote_watches(
+        mut self,
+        watcher: impl Fn(&S, &[u8], Option<u64>) -> Result<WatchStep, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.remote_watcher = Some(Arc::new(watcher));
         self
     }
 

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod cli;
@@ -27,10 +27,11 @@ enum Command {
     /// it may be applied), or no answer in time; 2 bad usage; 3 refused; 4 unreachable (no
     /// member admitted the CLI within --timeout: nothing was sent).
     Ctl(Box<cli::ctl::CtlArgs>),
-    /// Put, get (linearizable) and delete keys of the built-in KV store of a cluster.
-    /// Exit codes: 0 done; 1 failed, not found, or outcome unknown (a write was sent and got
-    /// no answer: it may be applied); 2 bad usage (a value too large: nothing sent); 3
-    /// refused; 4 unreachable (nothing was sent).
+    /// The built-in KV store of a cluster, etcdctl's verbs: put, get (a key or --prefix;
+    /// linearizable), range, delete, cas, txn, watch. Exit codes: 0 done; 1 failed, not found,
+    /// or outcome unknown (a write was sent and got no answer: it may be applied); 2 bad usage
+    /// (a value too large: nothing sent); 3 refused; 4 unreachable (nothing was sent); 5 a
+    /// compare-and-swap found another value (nothing changed).
     Kv(Box<cli::kv::KvArgs>),
     /// Inspect backup files: `snapshot status FILE` verifies one and prints what it holds.
     /// Exit codes: 0 verified; 1 it does not verify (the reason is printed); 2 bad usage.
@@ -48,6 +49,44 @@ enum Command {
     /// Create a node's key in its data dir (kept if there is one) and print its endpoint id:
     /// what `restore --member` needs of every founding member beforehand.
     Keygen(cli::backup::KeygenArgs),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell), e.g.
+    /// `iroh-raft completions bash > ~/.local/share/bash-completion/completions/iroh-raft`.
+    Completions(cli::docs::CompletionsArgs),
+    /// Print the man page of iroh-raft (roff), or with --out DIR write one page per command
+    /// and subcommand there (iroh-raft.1, iroh-raft-ctl.1, ...).
+    Man(cli::docs::ManArgs),
+}
+
+/// Prints a parse error and exits: help and version go to stdout with status 0, anything else
+/// to stderr with status 2 and the usage line of the (sub)command it is about (clap leaves it
+/// out of some errors, such as a value that does not parse).
+fn usage_error(e: clap::Error) -> ! {
+    use clap::{CommandFactory, error::ErrorKind};
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || matches!(
+            e.kind(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        )
+    {
+        e.exit()
+    }
+    let text = e.render().to_string();
+    eprint!("{text}");
+    if !text.contains("Usage:") {
+        // The deepest subcommand the arguments name.
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut path = vec![cmd.get_name().to_owned()];
+        for arg in std::env::args().skip(1) {
+            if let Some(sub) = cmd.find_subcommand(&arg).cloned() {
+                path.push(arg);
+                cmd = sub;
+            }
+        }
+        let mut cmd = cmd.bin_name(path.join(" "));
+        eprintln!("\n{}", cmd.render_usage());
+    }
+    exit_now(2)
 }
 
 /// Ends the process at once with `code`: what QUIC may still wait for (acknowledgements from
@@ -84,7 +123,7 @@ fn init_tracing(cli: &Cli) {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     init_tracing(&cli);
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(args).await,
@@ -95,6 +134,10 @@ async fn main() {
         Command::Restore(args) => cli::backup::restore(*args).await,
         Command::Keygen(args) => cli::backup::keygen(args),
         Command::Cluster(args) => cli::cluster::run(*args).await,
+        Command::Completions(args) => {
+            cli::docs::completions(Cli::command(), args, &mut std::io::stdout())
+        }
+        Command::Man(args) => cli::docs::man(Cli::command(), args, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => exit_now(0),

@@ -82,6 +82,17 @@ impl<S: StateMachine> RaftCluster<S> {
         self.calls().add_voter(id, addr.into().0).await
     }
 
+    /// Gives member `id` new addresses (a node that moved, or a NAT that changed): its key and
+    /// role stay, and every node dials it there from the moment the change applies. A new key
+    /// is a new member (refused here: use [`Self::replace`]).
+    pub async fn update_address(
+        &self,
+        id: NodeId,
+        addr: impl Into<PeerAddr>,
+    ) -> Result<u64, ProposeError> {
+        self.calls().update_address(id, addr.into().0).await
+    }
+
     /// Makes learner `id` a voter now, however far behind it is.
     pub async fn promote(&self, id: NodeId) -> Result<u64, ProposeError> {
         self.calls().promote(id).await

@@ -6,8 +6,9 @@ mod client;
 
 pub use client::{
     ClientError, ClientOptions, DEFAULT_TIMEOUT, EventSubscription, IrohRaftManagementClient,
+    KvWatch, WatchStream,
 };
-pub use iroh_raft_actors::mgmt::{MgmtProtocol, RemoteReader};
+pub use iroh_raft_actors::mgmt::{MgmtProtocol, RemoteReader, RemoteWatcher, WatchStep};
 
 use iroh_raft_actors::wire::{MgmtProbe, MgmtStatus};
 

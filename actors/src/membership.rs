@@ -97,6 +97,15 @@ pub enum MembershipChange {
         /// Its endpoint id and addresses.
         addr: EndpointAddr,
     },
+    /// Give a member new addresses (its role and key stay; a new key is a new member: use
+    /// [`MembershipChange::Replace`]). Replicated like any change: every node dials the member
+    /// at the new addresses from then on.
+    UpdateAddress {
+        /// The member.
+        id: NodeId,
+        /// Its endpoint id (unchanged) and new addresses.
+        addr: EndpointAddr,
+    },
 }
 
 /// Why a membership change was refused before it was proposed.
@@ -163,6 +172,17 @@ pub enum MembershipRefusal {
     /// left yet): one at a time.
     #[error("another membership change is in progress; retry once it is applied")]
     InProgress,
+    /// An address update named another key than the member's: keys are identities (replace
+    /// the member to change it).
+    #[error(
+        "node {id} is endpoint {endpoint}: an address update keeps the key (replace the member to change it)"
+    )]
+    KeyChange {
+        /// The member.
+        id: NodeId,
+        /// Its endpoint.
+        endpoint: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -368,6 +388,25 @@ impl Membership {
                 member(*id)?;
                 last_voter(*id)?;
                 (vec![single(ConfChangeType::RemoveNode, *id)], vec![])
+            }
+            MembershipChange::UpdateAddress { id, addr } => {
+                let current = self
+                    .members
+                    .get(id)
+                    .ok_or(MembershipRefusal::NotAMember(*id))?;
+                if current.id != addr.id {
+                    return Err(MembershipRefusal::KeyChange {
+                        id: *id,
+                        endpoint: current.id.to_string(),
+                    });
+                }
+                // The member's own role again: raft-rs leaves the configuration as it is, and
+                // the context carries the new addresses.
+                let kind = match cs.voters.contains(id) {
+                    true => ConfChangeType::AddNode,
+                    false => ConfChangeType::AddLearnerNode,
+                };
+                (vec![single(kind, *id)], vec![(*id, addr.clone())])
             }
             MembershipChange::Replace { old, id, addr } => {
                 member(*old)?;

@@ -29,4 +29,4 @@ pub use messages::{
     Admit, Admitted, Disconnected, GetMgmtState, Join, MgmtState, MintTicket, OpenSubscription,
     Remove, Replace, SubscriptionEnded,
 };
-pub use server::{MgmtProtocol, RemoteReader};
+pub use server::{MgmtProtocol, RemoteReader, RemoteWatcher, WatchStep};

@@ -386,7 +386,8 @@ impl<S: StateMachine> Node<S> {
                 raft_restartable,
             })
             .await;
-        let mgmt_protocol = MgmtProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.reader);
+        let mgmt_protocol = MgmtProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.reader)
+            .with_watcher(mgmt_options.watcher);
         let discovery_protocol =
             DiscoveryProtocol::new(calls.clone(), mgmt.clone(), mgmt_options.join_options);
         let protocol = RaftProtocol::new(

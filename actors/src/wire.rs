@@ -99,6 +99,9 @@
 //!   completion order, not request order. A [`MgmtRequest::Subscribe`] gets
 //!   [`MgmtResponse::Subscribed`], then [`MgmtResponse::Event`] / [`MgmtResponse::Missed`]
 //!   replies until the client stops the stream (clients give a subscription a lane of its own).
+//!   A [`MgmtRequest::Watch`] (an application query, e.g. the KV store's keys from a revision)
+//!   gets [`MgmtResponse::Watching`], then [`MgmtResponse::Changes`] whenever the node applies
+//!   entries that match, on a lane of its own too; it counts as a subscription.
 //!   A [`MgmtRequest::Backup`] (admin only) gets [`MgmtResponse::BackupStarted`], the backup
 //!   file in [`MgmtResponse::BackupPiece`]s and [`MgmtResponse::BackupEnd`], on a lane of its
 //!   own too; the client checks the file's hash itself. When the client finishes its side

@@ -19,7 +19,7 @@ use std::{
 
 use iroh_raft::{
     Ticket, TicketRole,
-    actors::wire::MgmtErrorKind,
+    actors::wire::{MgmtErrorKind, endpoint_addr_from_wire},
     mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
     net::load_or_create_secret_key,
 };
@@ -27,7 +27,9 @@ use serde_json::json;
 
 use super::node::parse_positive_duration;
 
+mod endpoint;
 mod health;
+mod member;
 mod status;
 mod watch;
 
@@ -45,7 +47,11 @@ pub(crate) struct Connect {
     key_dir: Option<PathBuf>,
     /// The longest the whole command may take, finding a member included (500ms, 3s, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_positive_duration)]
-    timeout: Duration,
+    pub(crate) timeout: Duration,
+    /// Aim the command at this member (its raft id) rather than at whichever answers first
+    /// (writes are still forwarded to the leader by it).
+    #[arg(long, value_name = "ID", global = true)]
+    endpoint: Option<u64>,
 }
 
 /// Options of `iroh-raft ctl`.
@@ -68,12 +74,24 @@ enum CtlCommand {
     Health,
     /// The answering member's metrics (OpenMetrics text, what its /metrics serves).
     Metrics,
-    /// Members with their roles and addresses.
+    /// Members with their roles and addresses (`member list`).
+    #[command(hide = true)]
     Members,
-    /// Remove a member (the leader hands over first if it is the one removed).
+    /// Remove a member (`member remove`).
+    #[command(hide = true)]
     RemoveMember {
         /// Its raft id.
         id: u64,
+    },
+    /// Membership: list, add (as a learner or a voter), promote, update-address, remove.
+    Member {
+        #[command(subcommand)]
+        action: member::MemberAction,
+    },
+    /// Every member's own status or health, asked of each member: one row each.
+    Endpoint {
+        #[command(subcommand)]
+        action: endpoint::EndpointAction,
     },
     /// Hand leadership to a voter (default: the most up-to-date one).
     TransferLeader {
@@ -172,6 +190,10 @@ pub(crate) struct Cli {
     /// The CLI's identity and ticket, for clients of one member each.
     key: iroh::SecretKey,
     ticket: Ticket,
+    /// `--timeout`: what a watch's resubscription gets, long after the command's deadline.
+    timeout: Duration,
+    /// `--endpoint`: the member every call goes to.
+    pub(crate) endpoint: Option<u64>,
 }
 
 impl Cli {
@@ -185,12 +207,38 @@ impl Cli {
         let options = ClientOptions::default().key(key.clone()).timeout(c.timeout);
         let members = c.cluster.members.clone();
         let client = IrohRaftManagementClient::new(members, Some(&c.cluster), options).await?;
-        Ok(Self {
+        let mut cli = Self {
             client,
             deadline,
             key,
             ticket: c.cluster.clone(),
-        })
+            timeout: c.timeout,
+            endpoint: c.endpoint,
+        };
+        if let Some(id) = c.endpoint {
+            // Whoever answers first names the member's addresses; from then on only it is asked.
+            let status = cli.call().status().await?;
+            let member = status.members.iter().find(|m| m.id == id).ok_or_else(|| {
+                Failure::usage(format!(
+                    "--endpoint {id}: no such member (see `ctl member list`)"
+                ))
+            })?;
+            let addr =
+                endpoint_addr_from_wire(&member.key, &member.addrs).ok_or_else(|| Failure {
+                    code: 1,
+                    message: format!("member {id} has an invalid endpoint id"),
+                })?;
+            let pinned = cli.pinned(addr).await?;
+            let found = std::mem::replace(&mut cli.client, pinned);
+            found.close().await;
+        }
+        Ok(cli)
+    }
+
+    /// The client with the whole `--timeout` again (a watch resubscribing long after the
+    /// command started).
+    pub(crate) fn fresh(&self) -> IrohRaftManagementClient {
+        self.client.with_timeout(self.timeout)
     }
 
     /// A client of the member at `addr` alone (it never moves to another), within what is
@@ -235,7 +283,9 @@ async fn ctl(cli: &Cli, cmd: CtlCommand, json: bool) -> Result<(), Failure> {
     match cmd {
         CtlCommand::Status => status::print(cli, json, false).await?,
         CtlCommand::Members => status::print(cli, json, true).await?,
-        CtlCommand::Health => health::print(cli, json).await?,
+        CtlCommand::Health => health::print(cli, json, cli.endpoint).await?,
+        CtlCommand::Member { action } => member::run(cli, action, json).await?,
+        CtlCommand::Endpoint { action } => endpoint::run(cli, action, json).await?,
         CtlCommand::Metrics => print!("{}", cli.call().metrics().await?),
         CtlCommand::RemoveMember { id } => {
             let index = cli.call().remove_member(id).await?;

@@ -254,7 +254,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .bind_address(bind)
         // A factory, so that a crashed RaftActor restarts from durable state with a fresh store.
         .state_machine_factory(KeyValueStore::new)
-        .remote_reads(iroh_raft::kv::remote_get)
+        .remote_reads(iroh_raft::kv::remote_query)
+        .remote_watches(iroh_raft::kv::remote_watch)
         .preset(args.preset);
     if args.bootstrap {
         builder = builder.node_id(args.node_id.unwrap_or(1));

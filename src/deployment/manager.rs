@@ -830,6 +830,8 @@ impl<L: Launcher> ClusterManager<L> {
                 applied_index: 0,
                 role: String::new(),
                 members: Vec::new(),
+                db_size_bytes: 0,
+                version: String::new(),
             },
         };
         let mut ids: Vec<u64> = self.config.nodes.iter().map(|n| n.id).collect();

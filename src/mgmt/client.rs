@@ -49,14 +49,17 @@ use crate::net::{bind_offline_endpoint, close_within};
 
 mod error;
 mod events;
+mod kv;
 mod lanes;
 mod options;
 mod session;
+mod watch;
 
 pub use error::ClientError;
 pub use events::EventSubscription;
 use lanes::Session;
 pub use options::{ClientOptions, DEFAULT_TIMEOUT};
+pub use watch::{KvWatch, WatchStream};
 
 /// How long [`IrohRaftManagementClient::close`] waits for the nodes to acknowledge the close. A
 /// live node on a LAN acknowledges within milliseconds; QUIC would otherwise keep retransmitting
@@ -385,6 +388,17 @@ impl IrohRaftManagementClient {
         .await
     }
 
+    /// Gives member `id` new addresses (same key, same role).
+    pub async fn update_address(
+        &self,
+        id: NodeId,
+        addr: &EndpointAddr,
+    ) -> Result<u64, ClientError> {
+        let (key, addrs) = (*addr.id.as_bytes(), addr_strings(addr));
+        self.change(MgmtRequest::UpdateAddress { id, key, addrs })
+            .await
+    }
+
     /// Makes a learner a voter.
     pub async fn promote(&self, id: NodeId) -> Result<u64, ClientError> {
         self.change(MgmtRequest::Promote { id }).await
@@ -452,6 +466,7 @@ impl IrohRaftManagementClient {
             iroh::endpoint::Connection,
             iroh::endpoint::SendStream,
             iroh::endpoint::RecvStream,
+            NodeId,
         ),
         ClientError,
     > {
@@ -472,7 +487,7 @@ impl IrohRaftManagementClient {
         send.write_all(batch.bytes())
             .await
             .map_err(|e| unreachable(&e))?;
-        Ok((session.conn, send, recv))
+        Ok((session.conn, send, recv, session.node_id))
     }
 
     /// Streams the connected node's events from now on.
@@ -487,7 +502,7 @@ impl IrohRaftManagementClient {
     pub async fn resume(&self, epoch: u64, after: u64) -> Result<EventSubscription, ClientError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         // A lane of its own, so that events never hold up other requests.
-        let (conn, send, mut recv) = self
+        let (conn, send, mut recv, _) = self
             .own_lane(MgmtRequest::Subscribe { epoch, after }, deadline)
             .await?;
         let mut reader = MgmtReader::new();
@@ -533,7 +548,7 @@ impl IrohRaftManagementClient {
         use tokio::io::AsyncWriteExt;
         let deadline = tokio::time::Instant::now() + self.timeout;
         // A lane of its own: the pieces never hold up other requests.
-        let (_conn, _send, mut recv) = self.own_lane(MgmtRequest::Backup, deadline).await?;
+        let (_conn, _send, mut recv, _) = self.own_lane(MgmtRequest::Backup, deadline).await?;
         let mut reader = MgmtReader::new();
         // The member confirms the point and writes a snapshot first: allow it time.
         let idle = self.timeout.max(BACKUP_IDLE);

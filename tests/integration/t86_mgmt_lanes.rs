@@ -410,6 +410,8 @@ impl ProtocolHandler for DropsProposals {
                             applied_index: 0,
                             role: "follower".into(),
                             members: Vec::new(),
+                            db_size_bytes: 0,
+                            version: String::new(),
                         }),
                         MgmtRequest::Propose { .. } => {
                             proposals.fetch_add(1, Ordering::SeqCst);

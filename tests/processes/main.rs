@@ -9,6 +9,7 @@ mod linearizability;
 
 mod t10_cluster;
 mod t20_cli;
+mod t25_etcdctl;
 mod t30_join;
 mod t40_degraded;
 mod t45_pause;

@@ -116,6 +116,17 @@ impl<S: StateMachine> NodeCalls<S> {
             .await
     }
 
+    /// Gives member `id` new addresses (its key and role stay): every node dials it there from
+    /// the moment the change applies.
+    pub async fn update_address(
+        &self,
+        id: NodeId,
+        addr: EndpointAddr,
+    ) -> Result<u64, ProposeError> {
+        self.change_now(MembershipChange::UpdateAddress { id, addr })
+            .await
+    }
+
     /// Adds a voter directly. Prefer [`Node::join`](crate::Node::join): a voter that starts
     /// empty weakens the quorum until it has caught up.
     pub async fn add_voter(&self, id: NodeId, addr: EndpointAddr) -> Result<u64, ProposeError> {

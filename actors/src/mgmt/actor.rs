@@ -45,6 +45,8 @@ pub struct MgmtOptions<S: StateMachine> {
     pub allowlist: BTreeMap<EndpointId, MgmtRole>,
     /// Answers remote reads (`None`: remote reads are unsupported).
     pub reader: Option<super::RemoteReader<S>>,
+    /// Answers remote watches (`None`: unsupported).
+    pub watcher: Option<super::RemoteWatcher<S>>,
     /// How newcomers that present a join ticket are brought in.
     pub join_options: JoinOptions,
 }
@@ -54,6 +56,7 @@ impl<S: StateMachine> Default for MgmtOptions<S> {
         Self {
             allowlist: BTreeMap::new(),
             reader: None,
+            watcher: None,
             join_options: JoinOptions::default(),
         }
     }
@@ -64,6 +67,7 @@ impl<S: StateMachine> Clone for MgmtOptions<S> {
         Self {
             allowlist: self.allowlist.clone(),
             reader: self.reader.clone(),
+            watcher: self.watcher.clone(),
             join_options: self.join_options,
         }
     }
@@ -74,6 +78,7 @@ impl<S: StateMachine> std::fmt::Debug for MgmtOptions<S> {
         f.debug_struct("MgmtOptions")
             .field("allowlist", &self.allowlist.len())
             .field("reads", &self.reader.is_some())
+            .field("watches", &self.watcher.is_some())
             .field("join_options", &self.join_options)
             .finish()
     }

@@ -47,12 +47,31 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// answer.
 pub type RemoteReader<S> = Arc<dyn Fn(&S, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
 
+/// One step of a remote watch, as a [`RemoteWatcher`] answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchStep {
+    /// The encoded changes since the cursor (`None`: none that match).
+    pub changes: Option<Vec<u8>>,
+    /// Where the next step looks from.
+    pub cursor: u64,
+    /// The step was cut short: ask again at once rather than after the next apply.
+    pub more: bool,
+}
+
+/// Serves a remote watch: runs on the state machine (after each apply) with the client's
+/// encoded query and the previous step's cursor (`None` the first time), and answers the
+/// changes since then. An `Err` ends the watch with that message (e.g. the revision asked for
+/// is no longer kept).
+pub type RemoteWatcher<S> =
+    Arc<dyn Fn(&S, &[u8], Option<u64>) -> Result<WatchStep, String> + Send + Sync>;
+
 /// The management protocol handler. Cheap to clone; it holds the node's actor references and
 /// watches, no state of its own (that is the [`MgmtActor`]'s).
 pub struct MgmtProtocol<S: StateMachine> {
     calls: NodeCalls<S>,
     mgmt: ActorRef<MgmtActor<S>>,
     reader: Option<RemoteReader<S>>,
+    watcher: Option<RemoteWatcher<S>>,
     /// The node's leadership as its RaftActor publishes it.
     leadership: watch::Receiver<Leadership>,
 }
@@ -63,6 +82,7 @@ impl<S: StateMachine> Clone for MgmtProtocol<S> {
             calls: self.calls.clone(),
             mgmt: self.mgmt.clone(),
             reader: self.reader.clone(),
+            watcher: self.watcher.clone(),
             leadership: self.leadership.clone(),
         }
     }
@@ -73,6 +93,7 @@ impl<S: StateMachine> std::fmt::Debug for MgmtProtocol<S> {
         f.debug_struct("MgmtProtocol")
             .field("node_id", &self.calls.node_id())
             .field("reads", &self.reader.is_some())
+            .field("watches", &self.watcher.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -138,8 +159,16 @@ impl<S: StateMachine> MgmtProtocol<S> {
             calls,
             mgmt,
             reader,
+            watcher: None,
             leadership,
         }
+    }
+
+    /// Serves remote watches with `watcher` ([`MgmtRequest::Watch`]; without one they are
+    /// answered [`MgmtErrorKind::Unsupported`]).
+    pub fn with_watcher(mut self, watcher: Option<RemoteWatcher<S>>) -> Self {
+        self.watcher = watcher;
+        self
     }
 
     /// The leader this node knows of (0: none); every reply carries it, so clients find the

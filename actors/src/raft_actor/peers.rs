@@ -123,8 +123,9 @@ impl Peers {
     }
 
     /// Follows a membership change: new members become reachable, removed ones are dropped
-    /// (their PeerActors stop and close their connections).
+    /// (their PeerActors stop and close their connections). A member whose addresses changed gets a new PeerActor, which dials the new ones.
     pub(crate) fn set_members(&mut self, members: &[Member]) {
+        let before = std::mem::take(&mut self.members);
         self.members = members
             .iter()
             .map(|m| (m.node_id, m.addr.clone()))
@@ -132,7 +133,7 @@ impl Peers {
         let gone: Vec<NodeId> = self
             .actors
             .keys()
-            .filter(|id| !self.members.contains_key(id))
+            .filter(|id| self.members.get(id) != before.get(id) || !self.members.contains_key(id))
             .copied()
             .collect();
         for id in gone {

@@ -23,7 +23,7 @@ use crate::{
     state_machine::StateMachine,
     storage::PersistBatch,
     trace::TraceContext,
-    types::{NodeId, Role},
+    types::{Leadership, NodeId, Role},
 };
 
 /// Ready rounds run back to back before the actor looks at its mailbox and timers again. A
@@ -347,14 +347,17 @@ impl<S: StateMachine> RaftActor<S> {
         }
     }
 
+    /// A soft-state change of this round; `self.published` still holds the previous round's.
     fn on_role_change(&mut self, role: Role, leader: Option<NodeId>) {
         let term = self.driver.term();
         info!(node = self.id(), ?role, ?leader, term, "role changed");
-        self.publish(ClusterEvent::RoleChanged {
-            node: self.id(),
-            role,
-            term,
-        });
+        if role_changed(self.published, role, term) {
+            self.publish(ClusterEvent::RoleChanged {
+                node: self.id(),
+                role,
+                term,
+            });
+        }
         if let Some(new_leader) = leader {
             self.publish(ClusterEvent::LeaderElected { new_leader, term });
         }
@@ -380,6 +383,14 @@ impl<S: StateMachine> RaftActor<S> {
     }
 }
 
+/// Whether a soft-state change is a new role or term. raft-rs reports its soft state when the
+/// known leader changes too: a follower that hears a candidate of a new term (leader: none),
+/// then the winner (leader: it) reports twice in one role and term, and `RoleChanged` must not
+/// repeat for the second.
+fn role_changed(published: Leadership, role: Role, term: u64) -> bool {
+    (published.role, published.term) != (role, term)
+}
+
 /// The storage batch for what a Ready round must make durable.
 fn persist_batch(p: Persist) -> PersistBatch {
     PersistBatch {
@@ -394,7 +405,88 @@ fn persist_batch(p: Persist) -> PersistBatch {
 
 #[cfg(test)]
 mod tests {
+    use raft::eraftpb::ConfState;
+
     use super::*;
+    use crate::{
+        config::NodeConfig,
+        driver::{Driver, InitialLog},
+    };
+
+    /// Rounds on every node with an instant disk, every message delivered, until all is quiet;
+    /// each node's `(role, term)` whose `RoleChanged` the actor would publish, in order (the
+    /// actor's `published` leadership kept as it keeps it: after every round).
+    fn settle_role_events(
+        nodes: &mut [Driver],
+        published: &mut [Leadership],
+    ) -> Vec<Vec<(Role, u64)>> {
+        let mut events = vec![Vec::new(); nodes.len()];
+        for _ in 0..50 {
+            let mut msgs = Vec::new();
+            for (i, d) in nodes.iter_mut().enumerate() {
+                while let Some(fx) = d.ready() {
+                    d.on_persisted(fx.number);
+                    if let Some(last) = fx.committed.last() {
+                        d.advance_apply_to(last.index);
+                    }
+                    if let Some((role, _)) = fx.role_change
+                        && role_changed(published[i], role, d.term())
+                    {
+                        events[i].push((role, d.term()));
+                    }
+                    published[i] = Leadership {
+                        leader: d.leader(),
+                        term: d.term(),
+                        role: d.role(),
+                    };
+                    msgs.extend(fx.send_now);
+                    msgs.extend(fx.send_after_persist);
+                }
+            }
+            if msgs.is_empty() {
+                return events;
+            }
+            for m in msgs {
+                nodes[m.to as usize - 1].step(m).unwrap();
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    #[test]
+    fn a_follower_reports_one_role_change_when_the_leader_moves() {
+        let mut nodes: Vec<Driver> = (1..=3)
+            .map(|id| {
+                let mut config = NodeConfig::new(id);
+                config.rng_seed = Some(id);
+                let log = InitialLog {
+                    conf_state: ConfState {
+                        voters: vec![1, 2, 3],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                Driver::new(&config, log, 0).unwrap()
+            })
+            .collect();
+        let mut published = vec![Leadership::default(); 3];
+        nodes[0].campaign().unwrap();
+        settle_role_events(&mut nodes, &mut published);
+        assert_eq!(nodes[1].leader(), Some(1));
+        let term = nodes[0].term();
+
+        // Node 2 hears node 3's vote request (leader: none), then node 3 leading (leader: 3):
+        // two soft-state changes in one role and term, one RoleChanged.
+        nodes[0].transfer_leader(3);
+        let events = settle_role_events(&mut nodes, &mut published);
+        assert_eq!(nodes[1].leader(), Some(3));
+        assert_eq!(events[1], vec![(Role::Follower, term + 1)]);
+        assert_eq!(
+            events[2],
+            vec![(Role::Candidate, term + 1), (Role::Leader, term + 1)]
+        );
+        assert_eq!(events[0], vec![(Role::Follower, term + 1)]);
+    }
 
     #[test]
     fn a_leader_catches_up_only_after_an_election_timeout_without_a_tick() {

@@ -12,7 +12,7 @@ use crate::trace::TraceContext;
 pub const MGMT_ALPN: &[u8] = b"iroh-raft-mgmt/0";
 
 /// Version carried in [`MgmtRequest::Hello`].
-pub const MGMT_VERSION: u32 = 5;
+pub const MGMT_VERSION: u32 = 6;
 
 /// Largest management message (8 MiB: a command of up to 4 MiB with room to spare).
 pub const MAX_MGMT_FRAME: usize = 8 * 1024 * 1024;
@@ -70,6 +70,10 @@ pub struct MgmtStatus {
     pub role: String,
     /// Every member.
     pub members: Vec<MgmtMember>,
+    /// Size of the answering node's database file in bytes (0 in memory, or not read yet).
+    pub db_size_bytes: u64,
+    /// The answering node's software version (`iroh-raft-actors` crate version).
+    pub version: String,
 }
 
 /// Health as the answering node sees it.
@@ -142,6 +146,15 @@ pub enum MgmtRequest {
         /// Largest lag at promotion.
         max_lag: u64,
     },
+    /// Give a member new addresses (same key, same role).
+    UpdateAddress {
+        /// Raft id.
+        id: u64,
+        /// Endpoint id (must be the member's).
+        key: [u8; 32],
+        /// Its new direct addresses.
+        addrs: Vec<String>,
+    },
     /// Make a learner a voter.
     Promote {
         /// The learner.
@@ -197,6 +210,14 @@ pub enum MgmtRequest {
     /// [`MgmtResponse::BackupStarted`], the file's bytes in [`MgmtResponse::BackupPiece`]s,
     /// then [`MgmtResponse::BackupEnd`] (or an error). Clients give it a lane of its own.
     Backup,
+    /// Stream the state machine's changes through the node's remote watcher (the query's
+    /// encoding is the watcher's business): [`MgmtResponse::Watching`], then
+    /// [`MgmtResponse::Changes`] until the client stops the stream or the node ends it with an
+    /// error. Clients give it a lane of its own.
+    Watch {
+        /// The encoded query.
+        query: Vec<u8>,
+    },
 }
 
 /// One health check's outcome.
@@ -266,6 +287,7 @@ impl MgmtRequest {
             MgmtRequest::AddVoter { .. } => "add_voter",
             MgmtRequest::Join { .. } => "join",
             MgmtRequest::Promote { .. } => "promote",
+            MgmtRequest::UpdateAddress { .. } => "update_address",
             MgmtRequest::Remove { .. } => "remove",
             MgmtRequest::TransferLeader { .. } => "transfer_leader",
             MgmtRequest::Snapshot => "snapshot",
@@ -276,6 +298,7 @@ impl MgmtRequest {
             MgmtRequest::Metrics => "metrics",
             MgmtRequest::Probe { .. } => "probe",
             MgmtRequest::Backup => "backup",
+            MgmtRequest::Watch { .. } => "watch",
         }
     }
 }
@@ -327,6 +350,13 @@ pub enum MgmtResponse {
         epoch: u64,
         /// The number of the last event before the first one that follows.
         after: u64,
+    },
+    /// The watch is in place: its changes follow.
+    Watching,
+    /// Changes for a [`MgmtRequest::Watch`] (encoded by the node's remote watcher).
+    Changes {
+        /// The encoded changes.
+        bytes: Vec<u8>,
     },
     /// A backup's point is confirmed and its snapshot pinned: its bytes follow.
     BackupStarted {

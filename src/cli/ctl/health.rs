@@ -72,10 +72,15 @@ async fn ask(cli: &Cli, m: &MgmtMember) -> Row {
     }
 }
 
-pub(super) async fn print(cli: &Cli, json: bool) -> Result<(), Failure> {
+/// Every member's rows (only member `only`'s when given).
+pub(super) async fn print(cli: &Cli, json: bool, only: Option<u64>) -> Result<(), Failure> {
     let status = cli.call().status().await?;
     let view: Option<MgmtHealth> = cli.call().health().await.ok();
-    let rows = join_all(status.members.iter().map(|m| ask(cli, m))).await;
+    let members = status
+        .members
+        .iter()
+        .filter(|m| only.is_none_or(|id| id == m.id));
+    let rows = join_all(members.map(|m| ask(cli, m))).await;
     let unhealthy = rows
         .iter()
         .filter(|r| !passed(&r.live) || !passed(&r.ready))

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{Cli, Failure, hex};
 
 /// The leader's status if it can be had within the deadline (else the first answer).
-async fn leader_view(cli: &Cli) -> Result<MgmtStatus, Failure> {
+pub(super) async fn leader_view(cli: &Cli) -> Result<MgmtStatus, Failure> {
     let mut status = cli.call().status().await?;
     if status.leader != 0 && status.node_id != status.leader {
         // The first call moved the client to the leader if it could: ask there.

@@ -69,6 +69,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 | MgmtRequest::AddVoter { .. }
                 | MgmtRequest::Join { .. }
                 | MgmtRequest::Promote { .. }
+                | MgmtRequest::UpdateAddress { .. }
                 | MgmtRequest::Remove { .. }
                 | MgmtRequest::TransferLeader { .. }
                 | MgmtRequest::Snapshot
@@ -113,6 +114,10 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
             },
             MgmtRequest::Promote { id } => changed(cluster.promote(id).await),
+            MgmtRequest::UpdateAddress { id, key, addrs } => match addr_from_wire(&key, &addrs) {
+                Some(addr) => changed(cluster.update_address(id, addr).await),
+                None => error(MgmtErrorKind::Malformed, "invalid endpoint id", None),
+            },
             MgmtRequest::Remove { id } => {
                 let remove = self.mgmt.ask(Remove { id }).await;
                 changed(remove.map_err(|e| cluster.propose_failed(e)))
@@ -173,11 +178,13 @@ impl<S: StateMachine> MgmtProtocol<S> {
             },
             // Answered above.
             MgmtRequest::Metrics | MgmtRequest::Probe { .. } => node_down(),
-            MgmtRequest::Subscribe { .. } | MgmtRequest::Backup => error(
-                MgmtErrorKind::Malformed,
-                "a subscription or backup is served by the lane",
-                None,
-            ),
+            MgmtRequest::Subscribe { .. } | MgmtRequest::Backup | MgmtRequest::Watch { .. } => {
+                error(
+                    MgmtErrorKind::Malformed,
+                    "a subscription or backup is served by the lane",
+                    None,
+                )
+            }
             MgmtRequest::MintTicket {
                 role,
                 valid_for_secs,
@@ -318,6 +325,8 @@ async fn status<S: StateMachine>(cluster: &NodeCalls<S>) -> MgmtResponse {
         applied_index: status.applied_index,
         role: role_name(status.role).into(),
         members,
+        db_size_bytes: u64::try_from(cluster.metrics().storage.db_size_bytes.get()).unwrap_or(0),
+        version: env!("CARGO_PKG_VERSION").into(),
     })
 }
 

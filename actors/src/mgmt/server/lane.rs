@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    EventItem, StateMachine,
+    ClusterEvent, EventItem, StateMachine,
     wire::{
         CloseCode, MgmtBatch, MgmtCall, MgmtErrorKind, MgmtReader, MgmtReply, MgmtRequest,
         MgmtResponse, MgmtRole,
@@ -28,7 +28,7 @@ use super::{
         actor::{MAX_SUBSCRIPTIONS, MgmtActor},
         messages::{OpenSubscription, SubscriptionEnded},
     },
-    MgmtProtocol,
+    MgmtProtocol, RemoteWatcher,
     answer::{node_down, read_error},
     error, tell_from_drop,
 };
@@ -226,31 +226,54 @@ impl<S: StateMachine> MgmtProtocol<S> {
             });
             return None;
         }
-        let MgmtRequest::Subscribe { epoch, after } = request else {
-            let this = self.clone();
-            // A traced caller's call is served as part of its trace.
-            let span = match trace {
-                Some(t) => {
-                    let kind = request.kind_name();
-                    let span = tracing::info_span!("serve", node = self.calls.node_id(), kind);
-                    t.adopt(&span);
-                    span
-                }
-                None => tracing::Span::none(),
-            };
-            return Some(
-                async move {
-                    let response = this.answer(role, request).await;
+        let stream = match request {
+            MgmtRequest::Subscribe { epoch, after } => Streamed::Events { epoch, after },
+            MgmtRequest::Watch { query } => match &self.watcher {
+                Some(watcher) => Streamed::Changes {
+                    watcher: watcher.clone(),
+                    query: query.into(),
+                },
+                None => {
                     drop(held);
-                    MgmtReply {
+                    let response = error(
+                        MgmtErrorKind::Unsupported,
+                        "this node serves no remote watches",
+                        None,
+                    );
+                    let reply = MgmtReply {
                         id,
                         leader: 0,
                         response,
-                    }
+                    };
+                    return Some(async move { reply }.boxed());
                 }
-                .instrument(span)
-                .boxed(),
-            );
+            },
+            request => {
+                let this = self.clone();
+                // A traced caller's call is served as part of its trace.
+                let span = match trace {
+                    Some(t) => {
+                        let kind = request.kind_name();
+                        let span = tracing::info_span!("serve", node = self.calls.node_id(), kind);
+                        t.adopt(&span);
+                        span
+                    }
+                    None => tracing::Span::none(),
+                };
+                return Some(
+                    async move {
+                        let response = this.answer(role, request).await;
+                        drop(held);
+                        MgmtReply {
+                            id,
+                            leader: 0,
+                            response,
+                        }
+                    }
+                    .instrument(span)
+                    .boxed(),
+                );
+            }
         };
         drop(held);
         let (out, cluster, mgmt) = (out.clone(), self.cluster(), self.mgmt.clone());
@@ -265,7 +288,14 @@ impl<S: StateMachine> MgmtProtocol<S> {
                 (Some(cluster), Ok(true)) => {
                     // Counted from here: released when this task ends, however it ends.
                     let _subscribed = Subscribed { mgmt, connection };
-                    subscribe(&cluster, id, epoch, after, &out).await
+                    match stream {
+                        Streamed::Events { epoch, after } => {
+                            subscribe(&cluster, id, epoch, after, &out).await
+                        }
+                        Streamed::Changes { watcher, query } => {
+                            watch(&cluster, &watcher, query, id, &out).await
+                        }
+                    }
                 }
                 _ => Some(node_down()),
             };
@@ -273,6 +303,17 @@ impl<S: StateMachine> MgmtProtocol<S> {
         });
         None
     }
+}
+
+/// A call answered by a stream of replies from a task of its own, counted as a subscription.
+enum Streamed<S: StateMachine> {
+    /// The node's events.
+    Events { epoch: u64, after: u64 },
+    /// The state machine's changes through the node's remote watcher.
+    Changes {
+        watcher: RemoteWatcher<S>,
+        query: Arc<[u8]>,
+    },
 }
 
 /// Sends the answer that ends a streamed call `id`, if it has one (a stream whose client went
@@ -450,4 +491,74 @@ async fn subscribe<S: StateMachine>(
         }
     }
     None
+}
+
+/// Streams a remote watch as replies to call `id`: the watcher's first step, then one after
+/// every apply on this node (at once while it says there is more), until the client stops
+/// reading or the watcher fails; `Some` is the answer that ends it.
+async fn watch<S: StateMachine>(
+    cluster: &NodeCalls<S>,
+    watcher: &RemoteWatcher<S>,
+    query: Arc<[u8]>,
+    id: u64,
+    out: &mpsc::Sender<MgmtReply>,
+) -> Option<MgmtResponse> {
+    let reply = |response| MgmtReply {
+        id,
+        leader: 0,
+        response,
+    };
+    // Subscribed before the first step: an apply after that step wakes the next one.
+    let mut events = match cluster.subscribe().await {
+        Ok(e) => e,
+        Err(e) => return Some(read_error(&e)),
+    };
+    let mut cursor = None;
+    let mut confirmed = false;
+    loop {
+        let (watcher, query, at) = (watcher.clone(), query.clone(), cursor);
+        let step = match cluster.query(move |sm| watcher(sm, &query, at)).await {
+            Ok(Ok(step)) => step,
+            Ok(Err(why)) => return Some(error(MgmtErrorKind::Refused, why, None)),
+            Err(e) => return Some(read_error(&e)),
+        };
+        if !confirmed {
+            confirmed = true;
+            if out.send(reply(MgmtResponse::Watching)).await.is_err() {
+                return None;
+            }
+        }
+        if let Some(bytes) = step.changes {
+            // Waits while the client reads slowly: the watcher's cursor holds its place.
+            if out
+                .send(reply(MgmtResponse::Changes { bytes }))
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+        cursor = Some(step.cursor);
+        if step.more {
+            continue;
+        }
+        // The next apply (or a snapshot installed, or events missed: look again anyway).
+        loop {
+            let item = tokio::select! {
+                item = events.next() => item,
+                _ = out.closed() => return None,
+            };
+            match item {
+                None => return Some(node_down()),
+                Some(EventItem::Event(
+                    ClusterEvent::Applied { .. } | ClusterEvent::SnapshotInstalled { .. },
+                ))
+                | Some(EventItem::Missed(_)) => break,
+                Some(EventItem::Event(ClusterEvent::NodeStopped { .. })) => {
+                    return Some(node_down());
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
