@@ -22,6 +22,7 @@ mod t77_tickets;
 mod t80_malformed_frames;
 mod t85_mgmt;
 mod t86_mgmt_lanes;
+mod t87_kv_client;
 mod t90_config_errors;
 mod t95_monitoring;
 mod t96_prometheus;

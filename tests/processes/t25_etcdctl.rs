@@ -596,12 +596,86 @@ fn member_verbs_endpoint_rows_watch_lines_and_bad_arguments() {
             "--voter",
         ][..],
         &["ctl", "--cluster", &c.admin, "endpoint", "sideways"][..],
-        &["completions", "tcsh"][..],
     ] {
         let out = cli_in(c.keys.path(), args, b"");
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
         assert!(out.stderr.contains("Usage:"), "{args:?}: {}", out.stderr);
     }
-    send_sigterm(&fourth);
+
+    // Human `ctl watch` (the member the CLI talks to): time, node, kind, fields.
+    let mut watch = Command::new(BIN)
+        .args(["ctl", "--cluster", &c.admin, "--endpoint", "4", "watch"])
+        .arg("--key-dir")
+        .arg(c.keys.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let out = BufReader::new(watch.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let line = 'found: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no leader-elected line from node 4"
+        );
+        let leader = c.leader();
+        let to = [1u64, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+        let _ = ctl(&c, &["transfer-leader", &to.to_string()]);
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+            if line.contains("leader-elected") {
+                break 'found line;
+            }
+        }
+    };
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 6, "{line}");
+    assert!(
+        fields[0].len() == 12 && fields[0].as_bytes()[8] == b'.',
+        "{line}"
+    );
+    assert_eq!(
+        (fields[1], fields[2], fields[3]),
+        ("node", "4", "leader-elected"),
+        "{line}"
+    );
+    assert!(
+        fields[4].starts_with("leader=") && fields[5].starts_with("term="),
+        "{line}"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // Shell completions and man pages come from the same definitions.
+    let bash = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(bash.status.success());
+    let bash = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        bash.contains("iroh-raft") && bash.contains("update-address"),
+        "bash completions"
+    );
+    let tcsh = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(tcsh.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&tcsh.stderr).contains("Usage:"));
+    let man = Command::new(BIN).arg("man").output().unwrap();
+    assert!(man.status.success());
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH iroh-raft 1"));
+
+    // member remove: the node learns it and exits with status 0.
+    let removed = json(&ok(ctl(&c, &["--json", "member", "remove", "4"])).stdout);
+    assert_eq!(removed["action"], "remove");
     wait_exit(&mut fourth);
+    let list = json(&ok(ctl(&c, &["--json", "member", "list"])).stdout);
+    assert_eq!(role(&list, 4), None);
 }
