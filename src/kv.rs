@@ -15,10 +15,12 @@
 //! - Snapshots: [`KvSnapshot`], an O(1) structural share of the map, written in format v2
 //!   (with revisions); v1 snapshots are still restored.
 //!
-//! Layout: `command` (the proposal wire types), `store` (the map and its writes), `txn`,
+//! Layout: `command` (the proposal wire types), `entry` (a key's value and revisions as the
+//! map holds them), `store` (the map, its writes and reads), `txn`,
 //! `watch` (the history), `snapshot` (the format), `remote` (the management readers).
 
 mod command;
+mod entry;
 mod remote;
 mod snapshot;
 mod store;

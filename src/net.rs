@@ -86,38 +86,61 @@ pub fn load_or_create_secret_key(data_dir: &Path) -> Result<SecretKey, BuildErro
     };
     std::fs::create_dir_all(data_dir).map_err(data_dir_err)?;
     let path = data_dir.join(SECRET_KEY_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let bytes: [u8; 32] =
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| BuildError::Identity {
-                        path: path.clone(),
-                        reason: format!("expected 32 bytes, found {}", bytes.len()),
-                    })?;
-            Ok(SecretKey::from_bytes(&bytes))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match read_key(&path) {
+        Err(BuildError::DataDir { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             let key = SecretKey::generate();
-            write_private(&path, &key.to_bytes()).map_err(data_dir_err)?;
-            Ok(key)
+            // The new key's public half names the file it is written to first: no other
+            // process writes that one.
+            let tmp = path.with_extension(format!("tmp.{}", key.public().fmt_short()));
+            match create_private(&path, &tmp, &key.to_bytes()) {
+                Ok(()) => Ok(key),
+                // Another process created it meanwhile (two CLI commands run at once on a new
+                // key dir): its key is the one kept, so it is the one used.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key(&path),
+                Err(e) => Err(data_dir_err(e)),
+            }
         }
-        Err(e) => Err(data_dir_err(e)),
+        other => other,
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn read_key(path: &Path) -> Result<SecretKey, BuildError> {
+    let bytes = std::fs::read(path).map_err(|source| BuildError::DataDir {
+        path: path.parent().unwrap_or(path).to_owned(),
+        source,
+    })?;
+    let bytes: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| BuildError::Identity {
+            path: path.to_owned(),
+            reason: format!("expected 32 bytes, found {}", bytes.len()),
+        })?;
+    Ok(SecretKey::from_bytes(&bytes))
+}
+
+/// Creates `path` with `bytes`, readable by its owner only, complete or not at all: written to
+/// `tmp` (a file of this process's own), synced, then linked into place, which fails with
+/// `AlreadyExists` when another process got there first (never overwriting its key).
+fn create_private(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = options.open(tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(tmp, path));
+    let _ = std::fs::remove_file(tmp);
+    linked?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Concurrent bidirectional streams a peer may open on one connection: room for the management
@@ -229,5 +252,27 @@ mod tests {
             load_or_create_secret_key(dir.path()),
             Err(BuildError::Identity { .. })
         ));
+    }
+
+    #[test]
+    fn processes_creating_the_key_at_once_all_get_the_one_kept() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let keys: Vec<_> = (0..8)
+                .map(|_| {
+                    let (dir, barrier) = (dir.path().to_owned(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        load_or_create_secret_key(&dir).unwrap().public()
+                    })
+                })
+                .collect();
+            let keys: Vec<_> = keys.into_iter().map(|t| t.join().unwrap()).collect();
+            let kept = load_or_create_secret_key(dir.path()).unwrap().public();
+            assert!(keys.iter().all(|k| *k == kept), "{keys:?}");
+            let files = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(files, 1, "temporary files left behind");
+        }
     }
 }

@@ -35,6 +35,11 @@
 //!   RaftActor the same messages the facade sends, and their replies leave in batches stamped
 //!   with the leader read from the [`Facts`]. No request waits behind another in the
 //!   MgmtActor's mailbox: only admission, subscriptions, tickets and workflows go there.
+//!   Streamed calls run in a task of their own each and send their replies to the lane:
+//!   event subscriptions (from the EventBus), backups (from the snapshot store) and remote
+//!   watches, which run the application's [`mgmt::RemoteWatcher`] on the state machine
+//!   (a RaftActor `Query`) once, then again after each `Applied` event (the built-in KV
+//!   store's watcher answers from the change history it keeps per member).
 //! - [`DiscoveryProtocol`], joins by ticket ([`wire::DISCOVERY_ALPN`]): checks the newcomer's
 //!   ticket, adds it as a learner, answers with its id and the membership, then asks the
 //!   MgmtActor to run its join.

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 
 use imbl::OrdMap;
 
-use super::store::Entry;
+use super::entry::Entry;
 use crate::WriteSnapshot;
 
 /// What starts a v2 (or later) snapshot: no v1 key is this long.

@@ -7,7 +7,8 @@ use std::ops::Bound;
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
-use super::watch::{Change, History};
+use super::entry::Entry;
+use super::watch::{Change, History, WatchCompacted, WatchEvent};
 use super::{KeyValue, KvCommand, KvResponse, KvSnapshot};
 use crate::StateMachine;
 
@@ -20,27 +21,6 @@ pub const MAX_RANGE_KVS: usize = 10_000;
 /// when there is one, and one key and value fit in a 4 MiB command): an answer stays under
 /// the 8 MiB management frame whatever the size of the values.
 pub const MAX_RANGE_BYTES: usize = 4 << 20;
-
-/// A key's value and revisions, as the map holds them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Entry {
-    pub(super) value: String,
-    pub(super) create_revision: u64,
-    pub(super) mod_revision: u64,
-    pub(super) version: u64,
-}
-
-impl Entry {
-    pub(super) fn to_kv(&self, key: &str) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: self.value.clone(),
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-            version: self.version,
-        }
-    }
-}
 
 /// Keys in order from a point, as a [`KeyValueStore::range`] or [`KeyValueStore::prefix`]
 /// read them.
@@ -296,5 +276,26 @@ impl StateMachine for KeyValueStore {
         self.revision = revision;
         self.history.reset(revision);
         Ok(())
+    }
+}
+
+impl KeyValueStore {
+    /// The changes with revision `from_revision` or later to `key` (every key starting with
+    /// `key` when `prefix`), in order, at most `max_events` of them (0: no limit) except that
+    /// a revision's changes are never split: the last revision is always whole. Also returns
+    /// the revision to continue from and whether the answer was cut at `max_events` (then
+    /// call again at once from that revision).
+    ///
+    /// Fails when `from_revision` is at most [`Self::revision`] but older than the changes
+    /// this replica keeps ([`WATCH_HISTORY`], and none from before its last snapshot restore).
+    pub fn changes_since(
+        &self,
+        from_revision: u64,
+        key: &str,
+        prefix: bool,
+        max_events: usize,
+    ) -> Result<(Vec<WatchEvent>, u64, bool), WatchCompacted> {
+        self.history
+            .since(self.revision, from_revision, (key, prefix), max_events, 0)
     }
 }

@@ -49,7 +49,7 @@ impl KeyValueStore {
     /// Whether `compare` holds now: an absent key has value `None` and every number 0.
     fn holds(&self, compare: &Compare) -> bool {
         let entry = self.map.get(&compare.key);
-        let number = |field: fn(&super::store::Entry) -> u64| entry.map_or(0, field);
+        let number = |field: fn(&super::entry::Entry) -> u64| entry.map_or(0, field);
         let ordering = match &compare.target {
             CompareTarget::Value(v) => entry.map(|e| e.value.as_str()).cmp(&v.as_deref()),
             CompareTarget::Version(n) => number(|e| e.version).cmp(n),

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::KeyValue;
-use super::store::{Entry, KeyValueStore};
+use super::entry::Entry;
 
 /// The most changes (one per key changed) a replica keeps for watchers.
 pub const WATCH_HISTORY: usize = 10_000;
@@ -244,26 +244,5 @@ impl History {
             }
         }
         Ok((events, from.max(revision + 1), false))
-    }
-}
-
-impl KeyValueStore {
-    /// The changes with revision `from_revision` or later to `key` (every key starting with
-    /// `key` when `prefix`), in order, at most `max_events` of them (0: no limit) except that
-    /// a revision's changes are never split: the last revision is always whole. Also returns
-    /// the revision to continue from and whether the answer was cut at `max_events` (then
-    /// call again at once from that revision).
-    ///
-    /// Fails when `from_revision` is at most [`Self::revision`] but older than the changes
-    /// this replica keeps ([`WATCH_HISTORY`], and none from before its last snapshot restore).
-    pub fn changes_since(
-        &self,
-        from_revision: u64,
-        key: &str,
-        prefix: bool,
-        max_events: usize,
-    ) -> Result<(Vec<WatchEvent>, u64, bool), WatchCompacted> {
-        self.history
-            .since(self.revision, from_revision, (key, prefix), max_events, 0)
     }
 }
