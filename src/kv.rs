@@ -36,7 +36,8 @@ pub use command::{
 /// One step of a remote watch: the management protocol's type, which [`remote_watch`] answers.
 pub use iroh_raft_actors::mgmt::WatchStep;
 pub use remote::{
-    KvQuery, WATCH_BATCH_BYTES, WATCH_BATCH_EVENTS, remote_get, remote_query, remote_watch,
+    KV_QUERY_MAGIC, KvQuery, WATCH_BATCH_BYTES, WATCH_BATCH_EVENTS, remote_get, remote_query,
+    remote_watch,
 };
 pub use snapshot::KvSnapshot;
 pub use store::{KeyValueStore, MAX_RANGE_BYTES, MAX_RANGE_KVS, RangeResult};

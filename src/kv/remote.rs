@@ -15,7 +15,21 @@ pub const WATCH_BATCH_EVENTS: usize = 1_000;
 /// 8 MiB management frame unless one revision alone is larger.
 pub const WATCH_BATCH_BYTES: usize = 4 << 20;
 
-/// A read of the built-in store, the query of [`remote_query`].
+/// What a [`KvQuery`]'s encoding starts with. A query without it is the older form (a
+/// postcard-encoded key, [`remote_get`]'s), which [`remote_query`] still answers: four 0xFF
+/// bytes cannot start one (they would announce a key of more than 256 MiB).
+pub const KV_QUERY_MAGIC: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, b'K', b'V', b'Q', 1];
+
+impl KvQuery {
+    /// The query as [`remote_query`] reads it: [`KV_QUERY_MAGIC`], then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = KV_QUERY_MAGIC.to_vec();
+        postcard::to_io(self, &mut bytes).expect("a Vec takes any length");
+        bytes
+    }
+}
+
+/// A read of the built-in store, the query of [`remote_query`] ([`KvQuery::encode`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvQuery {
     /// One key.
@@ -60,6 +74,10 @@ pub fn remote_get(kv: &KeyValueStore, query: &[u8]) -> Result<Vec<u8>, String> {
 /// bytes of keys and values (whatever the limit, 0 included; [`RangeResult::more`] says it was
 /// cut), so it fits the 8 MiB management frame: read on from just after the last key.
 pub fn remote_query(kv: &KeyValueStore, query: &[u8]) -> Result<Vec<u8>, String> {
+    // The older form: a key, answered with its value alone (clients built before revisions).
+    let Some(query) = query.strip_prefix(&KV_QUERY_MAGIC[..]) else {
+        return remote_get(kv, query);
+    };
     let query: KvQuery =
         postcard::from_bytes(query).map_err(|e| format!("query is not a KvQuery: {e}"))?;
     let limit = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);

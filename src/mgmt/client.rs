@@ -343,10 +343,14 @@ impl IrohRaftManagementClient {
         query: &Q,
     ) -> Result<A, ClientError> {
         let query = postcard::to_allocvec(query).map_err(|e| ClientError::Codec(e.to_string()))?;
+        let value = self.read_encoded(query).await?;
+        postcard::from_bytes(&value).map_err(|e| ClientError::Codec(e.to_string()))
+    }
+
+    /// A linearizable read of an already encoded query; the answer as the reader encoded it.
+    pub async fn read_encoded(&self, query: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         match self.request(MgmtRequest::Read { query }).await? {
-            MgmtResponse::ReadResult { value } => {
-                postcard::from_bytes(&value).map_err(|e| ClientError::Codec(e.to_string()))
-            }
+            MgmtResponse::ReadResult { value } => Ok(value),
             other => Err(ClientError::Codec(format!("unexpected answer {other:?}"))),
         }
     }

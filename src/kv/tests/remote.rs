@@ -3,7 +3,7 @@
 use super::*;
 
 fn query(kv: &KeyValueStore, q: KvQuery) -> RangeResult {
-    let answer = remote_query(kv, &postcard::to_allocvec(&q).unwrap()).unwrap();
+    let answer = remote_query(kv, &q.encode()).unwrap();
     postcard::from_bytes(&answer).unwrap()
 }
 
@@ -68,11 +68,18 @@ fn remote_queries() {
         },
     );
     assert_eq!(r, kv.prefix("b/", 0));
+    let mut truncated = KvQuery::Get { key: "b/1".into() }.encode();
+    truncated.pop();
     assert!(
-        remote_query(&kv, b"\xff\xff")
+        remote_query(&kv, &truncated)
             .unwrap_err()
             .contains("KvQuery")
     );
+    // The older form, a key alone, is still answered with the value alone.
+    let old = remote_query(&kv, &postcard::to_allocvec("b/1").unwrap()).unwrap();
+    let value: Option<String> = postcard::from_bytes(&old).unwrap();
+    assert_eq!(value, kv.get("b/1").cloned());
+    assert!(remote_query(&kv, b"\xff\xff").unwrap_err().contains("key"));
 }
 
 #[test]

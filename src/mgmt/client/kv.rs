@@ -55,7 +55,8 @@ impl IrohRaftManagementClient {
 
     /// Reads a query of the store (linearizable).
     pub async fn kv_query(&self, query: &KvQuery) -> Result<RangeResult, ClientError> {
-        self.read(query).await
+        let answer = self.read_encoded(query.encode()).await?;
+        postcard::from_bytes(&answer).map_err(|e| ClientError::Codec(e.to_string()))
     }
 
     /// Reads `key` with its revisions (linearizable).
