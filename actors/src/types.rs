@@ -20,6 +20,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// Its name as the management protocol and the CLI print it (`leader`, `follower`,
+    /// `candidate`, `pre-candidate`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Follower => "follower",
+        }
+    }
+
     pub(crate) fn from_raft(role: raft::StateRole) -> Self {
         match role {
             raft::StateRole::Follower => Role::Follower,

@@ -238,7 +238,15 @@ fn ctl_and_kv_against_a_running_node() {
     let (code, _, err) = cli(keys.path(), &["ctl", "--cluster", admin, "transfer-leader"]);
     assert_eq!(code, 1, "{err}");
     let mut watch = Command::new(BIN)
-        .args(["ctl", "--cluster", admin, "--json", "watch", "--applied", "--key-dir"])
+        .args([
+            "ctl",
+            "--cluster",
+            admin,
+            "--json",
+            "watch",
+            "--applied",
+            "--key-dir",
+        ])
         .arg(keys.path())
         .stdout(Stdio::piped())
         .spawn()

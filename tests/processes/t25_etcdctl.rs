@@ -239,6 +239,17 @@ fn kv_verbs_carry_revisions_and_txn_and_cas_are_atomic_under_8_writers() {
     }
 }
 
+/// The lines `out` prints, as they come.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}
+
 /// A `kv watch` process: its JSON lines arrive on a channel; its stderr lines on another.
 struct Watcher {
     child: std::process::Child,
@@ -256,20 +267,8 @@ fn watcher(c: &Cluster, args: &[&str]) -> Watcher {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (tx, errors) = mpsc::channel();
-    let err = BufReader::new(child.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in err.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(child.stdout.take().unwrap());
+    let errors = lines_of(child.stderr.take().unwrap());
     Watcher {
         child,
         lines,
@@ -533,13 +532,7 @@ fn member_verbs_endpoint_rows_watch_lines_and_bad_arguments() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = BufReader::new(watch.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(watch.stdout.take().unwrap());
     // A leadership change is seen by every member: each one's stream reports it.
     let to = [1u64, 2, 3].into_iter().find(|&id| id != leader).unwrap();
     // Until the merged stream is open on every member, the change may be missed: repeat it.
@@ -611,13 +604,7 @@ fn member_verbs_endpoint_rows_watch_lines_and_bad_arguments() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = BufReader::new(watch.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(watch.stdout.take().unwrap());
     let deadline = Instant::now() + WAIT;
     let line = 'found: loop {
         assert!(

@@ -12,7 +12,7 @@ use std::{fmt::Write as _, time::Duration};
 use chrono::{DateTime, FixedOffset, Local, SecondsFormat};
 use futures_util::future::join_all;
 use iroh_raft::{
-    ClusterEvent, EventItem, NodeId, Role,
+    ClusterEvent, EventItem, NodeId,
     actors::wire::endpoint_addr_from_wire,
     mgmt::{ClientError, EventSubscription, IrohRaftManagementClient},
 };
@@ -254,7 +254,7 @@ fn describe(ev: &ClusterEvent) -> (&'static str, Vec<(&'static str, Value)>) {
         ),
         E::RoleChanged { role, term, .. } => (
             "role_changed",
-            vec![("role", json!(role_name(*role))), ("term", json!(term))],
+            vec![("role", json!(role.name())), ("term", json!(term))],
         ),
         E::Applied { index } => ("applied", vec![("index", json!(index))]),
         E::SnapshotTaken { index } => ("snapshot_taken", vec![("index", json!(index))]),
@@ -283,17 +283,6 @@ fn describe(ev: &ClusterEvent) -> (&'static str, Vec<(&'static str, Value)>) {
     }
 }
 
-/// As `ctl status` names roles.
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Candidate => "candidate",
-        Role::PreCandidate => "pre-candidate",
-        Role::Follower => "follower",
-        _ => "unknown",
-    }
-}
-
 /// A field's value in a human line: lists comma-separated (`-` when empty), text quoted as in
 /// JSON unless it is one plain word.
 fn human(value: &Value) -> String {
@@ -314,6 +303,7 @@ fn human(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iroh_raft::Role;
 
     const HUMAN: Format = Format {
         json: false,

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    FatalError, MemberRole, ProposeError, ReadError, Role, StateMachine, TicketRole, TransferError,
+    FatalError, MemberRole, ProposeError, ReadError, StateMachine, TicketRole, TransferError,
     wire::{
         MgmtCheck, MgmtErrorKind, MgmtHealth, MgmtMember, MgmtProbe, MgmtRequest, MgmtResponse,
         MgmtRole, MgmtStatus,
@@ -254,15 +254,6 @@ pub(super) fn read_error(e: &ReadError) -> MgmtResponse {
     error(kind, e, None)
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Candidate => "candidate",
-        Role::PreCandidate => "pre-candidate",
-        Role::Follower => "follower",
-    }
-}
-
 fn changed(result: Result<u64, ProposeError>) -> MgmtResponse {
     match result {
         Ok(index) => MgmtResponse::Changed { index },
@@ -323,7 +314,7 @@ async fn status<S: StateMachine>(cluster: &NodeCalls<S>) -> MgmtResponse {
         term: status.term,
         commit_index: status.commit_index,
         applied_index: status.applied_index,
-        role: role_name(status.role).into(),
+        role: status.role.name().into(),
         members,
         db_size_bytes: u64::try_from(cluster.metrics().storage.db_size_bytes.get()).unwrap_or(0),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -358,7 +349,7 @@ async fn health<S: StateMachine>(cluster: &NodeCalls<S>) -> MgmtResponse {
         healthy_voters,
         voters,
         storage_ok: cluster.fatal_error().is_none(),
-        role: role_name(status.role).into(),
+        role: status.role.name().into(),
         apply_lag: status.commit_index.saturating_sub(status.applied_index),
         data_corruption: status.diverged,
         stopped: None,
