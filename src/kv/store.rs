@@ -287,7 +287,7 @@ impl KeyValueStore {
     /// call again at once from that revision).
     ///
     /// Fails when `from_revision` is at most [`Self::revision`] but older than the changes
-    /// this replica keeps ([`WATCH_HISTORY`], and none from before its last snapshot restore).
+    /// this replica keeps ([`super::WATCH_HISTORY`], and none from before its last snapshot restore).
     pub fn changes_since(
         &self,
         from_revision: u64,

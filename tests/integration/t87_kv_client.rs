@@ -97,7 +97,7 @@ async fn kv_verbs_watch_and_address_updates_through_the_client() {
     }
     let seen: Vec<_> = events
         .iter()
-        .map(|e| (e.kind.clone(), e.kv.key.as_str(), e.kv.mod_revision))
+        .map(|e| (e.kind, e.kv.key.as_str(), e.kv.mod_revision))
         .collect();
     assert_eq!(
         seen,
