@@ -158,22 +158,32 @@ impl KeyValueStore {
     /// change; the caller commits `revision` to the store. The returned change holds the
     /// entry the put replaced.
     pub(super) fn put(&mut self, revision: u64, key: String, value: String) -> &Change {
-        let (create_revision, version) = match self.map.get(&key) {
-            Some(e) => (e.create_revision, e.version + 1),
-            None => (revision, 1),
-        };
-        let entry = Entry {
-            value,
-            create_revision,
-            mod_revision: revision,
-            version,
-        };
-        // The history's copy of the key and value: the only allocations a write adds.
+        // The history's copy of the key and value: the only allocations a write adds. An
+        // existing key is changed in place (one walk down the map, as a plain insert takes).
         let change_key = key.clone();
-        let change_entry = entry.clone();
-        let prev = self.map.insert(key, entry);
+        let (entry, prev) = match self.map.get_mut(&key) {
+            Some(e) => {
+                let prev = Entry {
+                    value: std::mem::replace(&mut e.value, value),
+                    ..*e
+                };
+                e.mod_revision = revision;
+                e.version += 1;
+                (e.clone(), Some(prev))
+            }
+            None => {
+                let entry = Entry {
+                    value,
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                };
+                self.map.insert(key, entry.clone());
+                (entry, None)
+            }
+        };
         self.history
-            .push(Change::new(revision, change_key, Some(change_entry), prev))
+            .push(Change::new(revision, change_key, Some(entry), prev))
     }
 
     /// Removes `key` at `revision` and records the change, as [`Self::put`]; `None` (and no
