@@ -248,9 +248,20 @@ impl Cli {
         addr: iroh::EndpointAddr,
     ) -> Result<IrohRaftManagementClient, ClientError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
+        self.pinned_for(addr, left.max(Duration::from_millis(1)))
+            .await
+    }
+
+    /// A client of the member at `addr` alone whose calls may take `timeout` each (a watch's,
+    /// long after the command's deadline).
+    pub(crate) async fn pinned_for(
+        &self,
+        addr: iroh::EndpointAddr,
+        timeout: Duration,
+    ) -> Result<IrohRaftManagementClient, ClientError> {
         let options = ClientOptions::default()
             .key(self.key.clone())
-            .timeout(left.max(Duration::from_millis(1)))
+            .timeout(timeout)
             .pinned();
         IrohRaftManagementClient::new(vec![addr], Some(&self.ticket), options).await
     }

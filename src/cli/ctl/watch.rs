@@ -7,10 +7,10 @@
 //! A stream that ends or fails is resumed after the last event seen ([`RESUME_TRIES`] times in
 //! a row at most); trouble goes to stderr, events to stdout.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use chrono::{DateTime, FixedOffset, Local, SecondsFormat};
-use futures_util::future::join_all;
+use futures_util::{StreamExt, future::join_all, stream::FuturesUnordered};
 use iroh_raft::{
     ClusterEvent, EventItem, NodeId,
     actors::wire::endpoint_addr_from_wire,
@@ -50,6 +50,9 @@ struct Format {
     applied: bool,
 }
 
+/// How often `--cluster-wide` asks for the membership, to watch members that joined since.
+const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
+
 /// Prints events until Ctrl-C. Exit 1 once every stream is lost for good.
 pub(super) async fn run(cli: &Cli, args: WatchArgs, json: bool) -> Result<(), Failure> {
     let format = Format {
@@ -57,7 +60,7 @@ pub(super) async fn run(cli: &Cli, args: WatchArgs, json: bool) -> Result<(), Fa
         applied: args.applied,
     };
     let watches = if args.cluster_wide {
-        every_member(cli).await?
+        members(cli, &BTreeSet::new()).await?
     } else {
         // The first subscription is bounded by --timeout, and fails with its exit code.
         let events = cli.call().subscribe().await?;
@@ -65,42 +68,74 @@ pub(super) async fn run(cli: &Cli, args: WatchArgs, json: bool) -> Result<(), Fa
         let node = client.session().await.map_or(0, |(id, _)| id);
         vec![(Watch::new(node, client), Some(events))]
     };
-    let clients: Vec<_> = watches.iter().map(|(w, _)| w.client.clone()).collect();
-    let all = join_all(
-        watches
-            .into_iter()
-            .map(|(w, first)| w.follow(first, format)),
-    );
-    let result = tokio::select! {
-        _ = all => Err(Failure {
-            code: 1,
-            message: "every event stream was lost".into(),
-        }),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+    let mut known: BTreeSet<NodeId> = watches.iter().map(|(w, _)| w.node).collect();
+    // Every node watched at some point (a member given up on is looked for again).
+    let mut ever = known.clone();
+    let mut clients: Vec<_> = watches.iter().map(|(w, _)| w.client.clone()).collect();
+    let mut following: FuturesUnordered<_> = watches
+        .into_iter()
+        .map(|(w, first)| w.follow(first, format))
+        .collect();
+    let mut refresh = tokio::time::interval(MEMBERS_REFRESH);
+    refresh.tick().await;
+    let result = loop {
+        tokio::select! {
+            ended = following.next() => {
+                // Given up on: found again (at its addresses then) if it is still a member.
+                if let Some(node) = ended {
+                    known.remove(&node);
+                }
+                if following.is_empty() {
+                    break Err(Failure {
+                        code: 1,
+                        message: "every event stream was lost".into(),
+                    });
+                }
+            }
+            // Members that joined since: watched too, from when they are found.
+            _ = refresh.tick(), if args.cluster_wide => {
+                let Ok(new) = members(cli, &known).await else { continue };
+                for (w, first) in new {
+                    match ever.insert(w.node) {
+                        true => eprintln!("node {}: a new member: watching it too", w.node),
+                        false => eprintln!("node {}: watching it again", w.node),
+                    }
+                    known.insert(w.node);
+                    clients.push(w.client.clone());
+                    following.push(w.follow(first, format));
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        }
     };
     // A pinned client has an endpoint of its own: closed, not dropped with its connection open.
     join_all(clients.iter().map(|c| c.close())).await;
     result
 }
 
-/// A watch of every member the connected one knows, each through a client of its own (they
-/// subscribe when followed: one that is down is retried like a lost stream). Each subscription
-/// may take `--timeout`, however long ago the command started.
-async fn every_member(cli: &Cli) -> Result<Vec<(Watch, Option<EventSubscription>)>, Failure> {
-    let status = cli.call().status().await?;
-    let timeout = cli.fresh().timeout();
+/// A watch of every member the connected one knows but `known`, each through a client of its
+/// own (they subscribe when followed: one that is down is retried like a lost stream). Each
+/// subscription may take `--timeout`, however long ago the command started. Fails when no
+/// member could be had at all (the first time only: `known` is empty).
+async fn members(
+    cli: &Cli,
+    known: &BTreeSet<NodeId>,
+) -> Result<Vec<(Watch, Option<EventSubscription>)>, Failure> {
+    let client = cli.fresh();
+    let status = client.status().await?;
+    let timeout = client.timeout();
     let mut watches = Vec::new();
-    for m in &status.members {
+    for m in status.members.iter().filter(|m| !known.contains(&m.id)) {
         let Some(addr) = endpoint_addr_from_wire(&m.key, &m.addrs) else {
             eprintln!("node {}: not watched: invalid endpoint id", m.id);
             continue;
         };
-        match cli.pinned(addr).await {
-            Ok(client) => watches.push((Watch::new(m.id, client.with_timeout(timeout)), None)),
+        match cli.pinned_for(addr, timeout).await {
+            Ok(client) => watches.push((Watch::new(m.id, client), None)),
             Err(e) => eprintln!("node {}: not watched: {e}", m.id),
         }
     }
-    if watches.is_empty() {
+    if watches.is_empty() && known.is_empty() {
         return Err(Failure {
             code: 1,
             message: "no member to watch".into(),
@@ -131,8 +166,8 @@ impl Watch {
     }
 
     /// Prints the member's events; resumes its stream when it ends or fails, waiting longer
-    /// each time, until [`RESUME_TRIES`] tries in a row got nothing.
-    async fn follow(mut self, mut events: Option<EventSubscription>, format: Format) {
+    /// each time, until [`RESUME_TRIES`] tries in a row got nothing. Returns the node.
+    async fn follow(mut self, mut events: Option<EventSubscription>, format: Format) -> NodeId {
         let mut tries = 0;
         loop {
             let why = match events.take() {
@@ -152,7 +187,7 @@ impl Watch {
                     }
                     Err(e @ (ClientError::Refused { .. } | ClientError::Forbidden(_))) => {
                         eprintln!("node {}: not watched: {e}", self.node);
-                        return;
+                        return self.node;
                     }
                     Err(e) => e.to_string(),
                 },
@@ -160,7 +195,7 @@ impl Watch {
             tries += 1;
             if tries > RESUME_TRIES {
                 eprintln!("node {}: {why}; given up", self.node);
-                return;
+                return self.node;
             }
             let wait = RESUME_BACKOFF * 2u32.pow(tries - 1);
             eprintln!("node {}: {why}; retrying in {wait:?}", self.node);
