@@ -205,6 +205,49 @@ fn start_failure(dir: &Path, e: BuildError) -> anyhow::Error {
     }
 }
 
+/// A node that comes back on another address than the membership's (a recreated pod, a moved
+/// VM, `--bind` changed) tells the cluster (`update_address` for itself, which it can send: it
+/// dials out), retrying until the change applies. A wildcard address is not announced.
+async fn announce_address(cluster: RaftCluster<KeyValueStore>, bound: SocketAddr) {
+    if bound.ip().is_unspecified() {
+        return;
+    }
+    let id = cluster.node_id();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        if let Ok(members) = cluster.members().await {
+            // Not a member (yet): a joining node's address comes with its join.
+            let Some(me) = members.members.iter().find(|m| m.node_id == id) else {
+                return;
+            };
+            if me.addr.ip_addrs().any(|a| *a == bound) {
+                return;
+            }
+            let addr = iroh::EndpointAddr::new(cluster.endpoint_id()).with_ip_addr(bound);
+            match cluster.update_address(id, addr).await {
+                Ok(index) => {
+                    eprintln!("node {id} is now at {bound} (index {index})");
+                    return;
+                }
+                // Refused, or the node stopped: asking again would not help.
+                Err(
+                    e @ (iroh_raft::ProposeError::Membership(_)
+                    | iroh_raft::ProposeError::Fatal(_)
+                    | iroh_raft::ProposeError::ShuttingDown),
+                ) => {
+                    tracing::warn!(error = %e, "could not announce this node's new address");
+                    return;
+                }
+                // No leader yet, a timeout, an unknown outcome: the same change again is
+                // harmless (an address the member already has changes nothing).
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// The address the node's endpoint bound for `bind` (its port when `bind` asked for any).
 pub(crate) fn bound_address(cluster: &RaftCluster<KeyValueStore>, bind: SocketAddr) -> SocketAddr {
     cluster
@@ -296,6 +339,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         &dir.join(CONF_FILE),
         &format!("bind={bound}\nnode={}\n", cluster.node_id()),
     )?;
+    tokio::spawn(announce_address(cluster.clone(), bound));
     if restore.is_some() {
         // The mark first: a crash between the two resumes from the backup, idempotently.
         let stamp = std::time::SystemTime::now()

@@ -512,6 +512,52 @@ fn member_verbs_endpoint_rows_watch_lines_and_bad_arguments() {
             }
         },
     );
+    // Moved again without telling anyone: the node announces its new address itself (what a
+    // recreated pod with a new IP needs).
+    send_sigterm(&fourth);
+    wait_exit(&mut fourth);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let again = format!("127.0.0.1:{port}");
+    fourth = spawn(dir.path(), &["--bind", &again]);
+    cli_until(
+        c.keys.path(),
+        &["ctl", "--cluster", &c.admin, "--json", "member", "list"],
+        "node 4's own announcement of its new address",
+        |o| {
+            o.code == 0
+                && json(&o.stdout)["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["id"] == 4 && m["addrs"][0] == again.as_str())
+        },
+    );
+    ok(kv(&c, &["put", "after-second-move", "1"], ""));
+    let commit = json(&ok(ctl(&c, &["--json", "status"])).stdout)["commit_index"]
+        .as_u64()
+        .unwrap();
+    cli_until(
+        c.keys.path(),
+        &[
+            "ctl",
+            "--cluster",
+            &c.admin,
+            "--json",
+            "--endpoint",
+            "4",
+            "endpoint",
+            "status",
+        ],
+        "node 4 to apply a write at its second address",
+        |o| {
+            o.code == 0 && json(&o.stdout)["endpoints"][0]["applied_index"].as_u64() >= Some(commit)
+        },
+    );
+
     // Endpoint rows: one per member, each answered by the member itself.
     let rows = json(&ok(ctl(&c, &["--json", "endpoint", "status"])).stdout);
     let rows = rows["endpoints"].as_array().unwrap().clone();
