@@ -8,7 +8,10 @@
 //! nodes' command size limit (`MAX_COMMAND_SIZE`, 4 MiB): a larger one is refused before
 //! anything is sent.
 
-use std::{io::Read, path::PathBuf};
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
 
 use iroh_raft::{
     KvResponse,
@@ -47,7 +50,7 @@ enum KvCmd {
     },
     /// Read KEY (linearizable), or with --prefix every key that starts with it, in key order.
     /// Human output: the value alone for one key; KEY and VALUE lines for --prefix (like
-    /// etcdctl). Exit 1 when a single KEY is not found.
+    /// etcdctl). Exit 1 when a single KEY is not found (with --json: exit 0, no kvs).
     Get {
         /// The key (or prefix).
         key: String,
@@ -149,15 +152,21 @@ fn read_value(what: &str, input: impl Read) -> Result<String, Failure> {
         .map_err(|_| Failure::usage(format!("the value from {what} is not UTF-8 text")))
 }
 
+/// The contents of `path`, or of stdin without one, as [`read_value`] reads them.
+fn read_file_or_stdin(path: Option<&Path>) -> Result<String, Failure> {
+    let Some(path) = path else {
+        return read_value("stdin", std::io::stdin().lock());
+    };
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    read_value(&path.display().to_string(), file)
+}
+
 fn value_of(value: Option<String>, file: Option<PathBuf>) -> Result<String, Failure> {
     match (value, file) {
-        (Some(v), _) if v == "-" => read_value("stdin", std::io::stdin().lock()),
+        (Some(v), _) if v == "-" => read_file_or_stdin(None),
         (Some(v), _) => Ok(v),
-        (None, Some(path)) => {
-            let file = std::fs::File::open(&path)
-                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-            read_value(&path.display().to_string(), file)
-        }
+        (None, Some(path)) => read_file_or_stdin(Some(&path)),
         (None, None) => Err(Failure::usage("no value given".into())),
     }
 }
@@ -169,14 +178,7 @@ pub(crate) async fn run_kv(args: KvArgs) -> Result<(), Failure> {
             value, value_file, ..
         } => Input::Value(value_of(value.clone(), value_file.clone())?),
         KvCmd::Txn { file } => {
-            let text = match file {
-                Some(path) => {
-                    let file = std::fs::File::open(path)
-                        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-                    read_value(&path.display().to_string(), file)?
-                }
-                None => read_value("stdin", std::io::stdin().lock())?,
-            };
+            let text = read_file_or_stdin(file.as_deref())?;
             Input::Txn(txn::parse(&text).map_err(|e| Failure::usage(format!("txn: {e}")))?)
         }
         _ => Input::None,
@@ -338,22 +340,20 @@ async fn kv(cli: &Cli, cmd: KvCmd, input: Input, json: bool) -> Result<(), Failu
 }
 
 fn print_txn(json: bool, r: &KvResponse) {
-    let results: Vec<serde_json::Value> = r
-        .results
-        .iter()
-        .map(|res| match res {
-            TxnOpResult::Put { previous } => {
-                json!({ "op": "put", "previous": previous.as_ref().map(kv_json) })
-            }
-            TxnOpResult::Delete { previous } => {
-                json!({ "op": "delete", "deleted": u64::from(previous.is_some()), "previous": previous.as_ref().map(kv_json) })
-            }
-            TxnOpResult::Get { kv } => json!({ "op": "get", "kv": kv.as_ref().map(kv_json) }),
-            #[allow(unreachable_patterns)]
-            _ => json!({ "op": "unknown" }),
-        })
-        .collect();
     if json {
+        let results: Vec<serde_json::Value> = r
+            .results
+            .iter()
+            .map(|res| match res {
+                TxnOpResult::Put { previous } => {
+                    json!({ "op": "put", "previous": previous.as_ref().map(kv_json) })
+                }
+                TxnOpResult::Delete { previous } => {
+                    json!({ "op": "delete", "deleted": u64::from(previous.is_some()), "previous": previous.as_ref().map(kv_json) })
+                }
+                TxnOpResult::Get { kv } => json!({ "op": "get", "kv": kv.as_ref().map(kv_json) }),
+            })
+            .collect();
         println!(
             "{}",
             json!({ "succeeded": r.applied, "revision": r.revision, "results": results })
@@ -368,8 +368,6 @@ fn print_txn(json: bool, r: &KvResponse) {
             TxnOpResult::Delete { previous } => println!("{}", u64::from(previous.is_some())),
             TxnOpResult::Get { kv: Some(kv) } => println!("{}\n{}", kv.key, kv.value),
             TxnOpResult::Get { kv: None } => {}
-            #[allow(unreachable_patterns)]
-            _ => {}
         }
     }
 }

@@ -119,6 +119,43 @@ async fn kv_verbs_watch_and_address_updates_through_the_client() {
     assert_eq!(batch.events.len(), 2);
     assert!(batch.events.iter().all(|e| e.kv.mod_revision == r.revision));
 
+    // More changes than a member keeps (one transaction of them): a watch from revision 1 is
+    // refused with what to do, once the member it reaches has applied them.
+    let bulk = Txn {
+        success: (0..=iroh_raft::kv::WATCH_HISTORY)
+            .map(|i| TxnOp::Put {
+                key: format!("bulk/{i:05}"),
+                value: "x".into(),
+            })
+            .collect(),
+        ..Txn::default()
+    };
+    assert!(client.kv_txn(bulk).await.unwrap().applied);
+    let from_the_start = WatchQuery {
+        key: "cfg/".into(),
+        prefix: true,
+        start_revision: 1,
+    };
+    wait_for("a watch from revision 1 refused as no longer kept", || {
+        let client = client.clone();
+        let query = from_the_start.clone();
+        async move {
+            match client.kv_watch(&query).await {
+                Err(ClientError::Failed {
+                    kind: MgmtErrorKind::Refused,
+                    message,
+                }) => {
+                    assert!(message.contains("no longer kept"), "{message}");
+                    true
+                }
+                // A member that has not applied the transaction yet still keeps revision 1.
+                Ok(_) => false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+
     // A member's new address is replicated; a new key is refused.
     let mut moved = cluster.addrs[1].0.clone();
     moved = moved.with_ip_addr("127.0.0.1:1".parse().unwrap());

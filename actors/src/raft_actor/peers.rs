@@ -123,7 +123,8 @@ impl Peers {
     }
 
     /// Follows a membership change: new members become reachable, removed ones are dropped
-    /// (their PeerActors stop and close their connections). A member whose addresses changed gets a new PeerActor, which dials the new ones.
+    /// (their PeerActors stop and close their connections). A member whose addresses changed
+    /// gets a new PeerActor, which dials the new ones.
     pub(crate) fn set_members(&mut self, members: &[Member]) {
         let before = std::mem::take(&mut self.members);
         self.members = members
@@ -133,7 +134,12 @@ impl Peers {
         let gone: Vec<NodeId> = self
             .actors
             .keys()
-            .filter(|id| self.members.get(id) != before.get(id) || !self.members.contains_key(id))
+            // Gone (`None` now), or at other addresses.
+            .filter(|id| {
+                self.members
+                    .get(id)
+                    .is_none_or(|now| before.get(id) != Some(now))
+            })
             .copied()
             .collect();
         for id in gone {

@@ -181,7 +181,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
             MgmtRequest::Subscribe { .. } | MgmtRequest::Backup | MgmtRequest::Watch { .. } => {
                 error(
                     MgmtErrorKind::Malformed,
-                    "a subscription or backup is served by the lane",
+                    "a streamed call (subscription, backup, watch) is served by the lane",
                     None,
                 )
             }

@@ -240,11 +240,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                         "this node serves no remote watches",
                         None,
                     );
-                    let reply = MgmtReply {
-                        id,
-                        leader: 0,
-                        response,
-                    };
+                    let reply = reply_to(id, response);
                     return Some(async move { reply }.boxed());
                 }
             },
@@ -264,11 +260,7 @@ impl<S: StateMachine> MgmtProtocol<S> {
                     async move {
                         let response = this.answer(role, request).await;
                         drop(held);
-                        MgmtReply {
-                            id,
-                            leader: 0,
-                            response,
-                        }
+                        reply_to(id, response)
                     }
                     .instrument(span)
                     .boxed(),
@@ -305,6 +297,15 @@ impl<S: StateMachine> MgmtProtocol<S> {
     }
 }
 
+/// A reply to call `id` (the lane stamps the leader when it sends it).
+fn reply_to(id: u64, response: MgmtResponse) -> MgmtReply {
+    MgmtReply {
+        id,
+        leader: 0,
+        response,
+    }
+}
+
 /// A call answered by a stream of replies from a task of its own, counted as a subscription.
 enum Streamed<S: StateMachine> {
     /// The node's events.
@@ -320,12 +321,7 @@ enum Streamed<S: StateMachine> {
 /// away has none).
 async fn send_last(out: &mpsc::Sender<MgmtReply>, id: u64, response: Option<MgmtResponse>) {
     if let Some(response) = response {
-        let reply = MgmtReply {
-            id,
-            leader: 0,
-            response,
-        };
-        let _ = out.send(reply).await;
+        let _ = out.send(reply_to(id, response)).await;
     }
 }
 
@@ -383,11 +379,7 @@ async fn backup<S: StateMachine>(
     id: u64,
     out: &mpsc::Sender<MgmtReply>,
 ) -> Option<MgmtResponse> {
-    let reply = |response| MgmtReply {
-        id,
-        leader: 0,
-        response,
-    };
+    let reply = |response| reply_to(id, response);
     let mut stream = match cluster.backup(true).await {
         Ok(s) => s,
         Err(e) => return Some(backup_error(&e)),
@@ -449,15 +441,7 @@ async fn subscribe<S: StateMachine>(
         epoch: events.epoch(),
         after: events.last_seq(),
     };
-    if out
-        .send(MgmtReply {
-            id,
-            leader: 0,
-            response: subscribed,
-        })
-        .await
-        .is_err()
-    {
+    if out.send(reply_to(id, subscribed)).await.is_err() {
         return None;
     }
     loop {
@@ -478,15 +462,7 @@ async fn subscribe<S: StateMachine>(
             EventItem::Missed(count) => MgmtResponse::Missed { count },
         };
         // Waits while the client reads slowly: the event bus then reports what it dropped.
-        if out
-            .send(MgmtReply {
-                id,
-                leader: 0,
-                response,
-            })
-            .await
-            .is_err()
-        {
+        if out.send(reply_to(id, response)).await.is_err() {
             break;
         }
     }
@@ -503,11 +479,7 @@ async fn watch<S: StateMachine>(
     id: u64,
     out: &mpsc::Sender<MgmtReply>,
 ) -> Option<MgmtResponse> {
-    let reply = |response| MgmtReply {
-        id,
-        leader: 0,
-        response,
-    };
+    let reply = |response| reply_to(id, response);
     // Subscribed before the first step: an apply after that step wakes the next one.
     let mut events = match cluster.subscribe().await {
         Ok(e) => e,
