@@ -33,14 +33,14 @@ use crate::{
     error::{BuildError, ConfigError},
     mgmt::{RemoteReader, RemoteWatcher, WatchStep},
     monitoring::MetricsServer,
-    net::{PeerAddr, bind_offline_endpoint, close_within, load_or_create_secret_key},
+    net::{PeerAddr, close_within, load_or_create_secret_key},
 };
 
 /// Name of the redb file inside the data dir.
 pub const DB_FILE: &str = "raft.redb";
 
 /// File in the data dir of a node run by `iroh-raft node`: `bind=ADDR` (the address it comes
-/// back on at a restart) and `node=ID`.
+/// back on at a restart), `node=ID`, and its relays (`relay=URL` lines, `relay_ca=PATH`).
 pub const CONF_FILE: &str = "node.conf";
 
 /// How long a failed build waits for its endpoint's close (see [`close_within`]).
@@ -132,6 +132,8 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     remote_watcher: Option<RemoteWatcher<S>>,
     parent: Option<SupervisorParent<S>>,
     metrics_addr: Option<SocketAddr>,
+    relays: Vec<iroh::RelayUrl>,
+    relay_ca: Option<PathBuf>,
     #[cfg(feature = "otel")]
     otlp: Option<crate::telemetry::OtlpOptions>,
 }
@@ -171,6 +173,8 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             remote_watcher: None,
             parent: None,
             metrics_addr: None,
+            relays: Vec::new(),
+            relay_ca: None,
             #[cfg(feature = "otel")]
             otlp: None,
         }
@@ -410,7 +414,43 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             reader: self.remote_reader.clone(),
             watcher: self.remote_watcher.clone(),
             join_options: self.join_options,
+            relays: self.relays.clone(),
         }
+    }
+
+    /// Makes the node reachable through the relay server at `url` (call again for more), for
+    /// members behind NATs: the node keeps a connection to its home relay, dials every member
+    /// through the relays as well as at its direct addresses, and moves to a direct path when
+    /// hole punching finds one. Default: no relays (direct addresses only). Give every member
+    /// the same relays; the tickets the node issues name them, and a newcomer that joins with
+    /// such a ticket and no relays of its own uses the ticket's.
+    ///
+    /// What a relay can see, and how to run one: [`crate::net::Relays`] and the README.
+    pub fn relay_url(mut self, url: iroh::RelayUrl) -> Self {
+        self.relays.push(url);
+        self
+    }
+
+    /// Trusts the PEM certificates in `path` as certificate authorities for the relays' TLS
+    /// (a relay with a certificate of a private CA, or a self-signed one), besides the usual
+    /// web roots. A file that cannot be read or holds no certificate fails the build with
+    /// [`ConfigError::RelayCa`].
+    pub fn relay_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.relay_ca = Some(path.into());
+        self
+    }
+
+    /// The relays the node uses: its own, else its join ticket's, with the CA file read.
+    fn resolve_relays(&self) -> Result<crate::net::Relays, ConfigError> {
+        let urls = match (&self.join_ticket, self.relays.is_empty()) {
+            (Some(ticket), true) => ticket.relays.clone(),
+            _ => self.relays.clone(),
+        };
+        let extra_roots = match &self.relay_ca {
+            Some(path) => crate::net::read_relay_ca(path)?,
+            None => Vec::new(),
+        };
+        Ok(crate::net::Relays { urls, extra_roots })
     }
 
     /// How a node with no stored state enters: founding with `peers` (plus itself at `own`),
@@ -549,6 +589,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             return self.build_in_memory(network, state_machine).await;
         }
         let data_dir = self.data_dir.clone().ok_or(ConfigError::MissingDataDir)?;
+        let relays = self.resolve_relays()?;
+        self.relays = relays.urls.clone();
         let peers = std::mem::take(&mut self.peers)
             .into_iter()
             .map(|p| p.addr.map(|a| (p.id, a)))
@@ -581,7 +623,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             Some(ep) => Ok((ep, false)),
             None => {
                 let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                self.own_endpoint(&data_dir, bind, &mut created)
+                self.own_endpoint(&data_dir, bind, &relays, &mut created)
                     .await
                     .map(|ep| (ep, true))
             }
@@ -703,6 +745,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
         &mut self,
         data_dir: &std::path::Path,
         bind: SocketAddr,
+        relays: &crate::net::Relays,
         created: &mut Created,
     ) -> Result<Endpoint, BuildError> {
         let key = match self.secret_key.take() {
@@ -712,7 +755,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 load_or_create_secret_key(data_dir)?
             }
         };
-        bind_offline_endpoint(key, bind).await
+        crate::net::bind_endpoint_with_relays(key, bind, crate::net::transport_config(), relays)
+            .await
     }
 
     async fn start(
@@ -785,7 +829,9 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             state_machine,
             db,
             bootstrap,
-            dialer: Arc::new(IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT)),
+            dialer: Arc::new(
+                IrohDialer::new(endpoint.clone(), DIAL_TIMEOUT).with_relays(self.relays.clone()),
+            ),
             storage_spawn,
             mgmt: self.mgmt_options(),
             parent: self.parent.clone(),

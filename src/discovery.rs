@@ -85,8 +85,9 @@ pub(crate) async fn request_join(
     let bytes = encode_discovery(&request).map_err(|e| BuildError::JoinUnreachable {
         reason: e.to_string(),
     })?;
-    let mut dials: FuturesUnordered<_> = ticket
-        .members
+    // Through the ticket's relays too: the members may be behind NATs.
+    let members = ticket.members_via_relays();
+    let mut dials: FuturesUnordered<_> = members
         .iter()
         .map(|member| async move {
             let conn = endpoint.connect(member.clone(), DISCOVERY_ALPN).await;

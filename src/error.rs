@@ -36,6 +36,14 @@ pub enum ConfigError {
         /// The builder option.
         option: &'static str,
     },
+    /// The file of certificate authorities to trust for relays could not be used.
+    #[error("relay CA file {path}: {reason}")]
+    RelayCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Followers would call elections between heartbeats.
     #[error(
         "election timeout {election:?} must be longer than the heartbeat interval {heartbeat:?}"

@@ -1,13 +1,16 @@
 //! Node identity and iroh endpoints: the secret key kept in a data dir, peer addresses in
 //! `<endpoint-id>@<ip:port>` form, and an endpoint that works offline (no relays, no DNS or pkarr
-//! lookups, no port mapping, bound to the given address only).
+//! lookups, no port mapping, bound to the given address only), or through relays of the
+//! cluster's own ([`Relays`]): members behind NATs reach each other through them until a direct
+//! path is punched.
 
 use std::{fmt, net::SocketAddr, path::Path, str::FromStr};
 
 use iroh::{
-    Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
+    Endpoint, EndpointAddr, EndpointId, RelayMap, RelayMode, RelayUrl, SecretKey,
     endpoint::{PortmapperConfig, presets},
 };
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use crate::error::{BuildError, ConfigError};
 
@@ -154,10 +157,7 @@ pub async fn bind_offline_endpoint(
     secret_key: SecretKey,
     bind: SocketAddr,
 ) -> Result<Endpoint, BuildError> {
-    let transport = iroh::endpoint::QuicTransportConfig::builder()
-        .max_concurrent_bidi_streams(iroh::endpoint::VarInt::from_u32(MAX_STREAMS))
-        .build();
-    bind_offline_endpoint_with(secret_key, bind, transport).await
+    bind_offline_endpoint_with(secret_key, bind, transport_config()).await
 }
 
 /// [`bind_offline_endpoint`] with a QUIC transport configuration of the caller's (windows,
@@ -184,6 +184,100 @@ pub async fn bind_offline_endpoint_with(
         .bind()
         .await
         .map_err(|e| bind_err(&e))
+}
+
+/// The relay servers an endpoint uses, and the extra certificate authorities it trusts for
+/// them.
+///
+/// A relay forwards QUIC packets between endpoints that cannot reach each other directly (both
+/// behind NATs, say) and tells each endpoint the address it is seen at, so that the two can punch
+/// a direct path; it sees which endpoint ids talk to which, and how much, but not what they say
+/// (the packets are end-to-end encrypted QUIC) and it admits no one to the cluster (admission
+/// rests on the members' keys, as always). Each endpoint keeps a connection to one of them, its
+/// home relay; every member of a cluster should use the same relays, since a peer is dialled
+/// through this node's relays.
+///
+/// A relay's URL is its HTTPS address (`https://relay.example.com`); its QUIC address discovery
+/// is expected on UDP port 7842 of the same host, as the `iroh-relay` server runs it.
+#[derive(Debug, Clone, Default)]
+pub struct Relays {
+    /// The relays' URLs (empty: no relays, direct addresses only).
+    pub urls: Vec<RelayUrl>,
+    /// Certificate authorities trusted for the relays' TLS certificates besides the usual web
+    /// roots (a relay with a certificate of a private CA, or a self-signed one).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl Relays {
+    /// No relays.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
+/// Reads the PEM certificates in `path` (one or more `BEGIN CERTIFICATE` blocks), to trust for
+/// relays ([`Relays::extra_roots`]).
+pub fn read_relay_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let invalid = |reason: String| ConfigError::RelayCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("no BEGIN CERTIFICATE block in it".into()));
+    }
+    Ok(certs)
+}
+
+/// Binds an endpoint on `bind` like [`bind_offline_endpoint_with`], but reachable through
+/// `relays` when there are any: the endpoint connects to its home relay, learns the address it
+/// is seen at from the relays' QUIC address discovery, and dials peers through the relays while
+/// it tries direct paths (hole punching). Still no DNS or pkarr lookups and no port mapping.
+pub async fn bind_endpoint_with_relays(
+    secret_key: SecretKey,
+    bind: SocketAddr,
+    transport: iroh::endpoint::QuicTransportConfig,
+    relays: &Relays,
+) -> Result<Endpoint, BuildError> {
+    if relays.is_empty() {
+        return bind_offline_endpoint_with(secret_key, bind, transport).await;
+    }
+    let bind_err = |e: &dyn fmt::Display| BuildError::Bind {
+        addr: bind,
+        reason: e.to_string(),
+    };
+    let ca = iroh::tls::CaTlsConfig::default().with_extra_roots(relays.extra_roots.clone());
+    Endpoint::builder(presets::Minimal)
+        .secret_key(secret_key)
+        .relay_mode(RelayMode::Custom(RelayMap::from_iter(
+            relays.urls.iter().cloned(),
+        )))
+        .ca_tls_config(ca)
+        .clear_address_lookup()
+        .clear_ip_transports()
+        .bind_addr(bind)
+        .map_err(|e| bind_err(&e))?
+        .portmapper_config(PortmapperConfig::Disabled)
+        .net_report_config(iroh::NetReportConfig::minimal())
+        .transport_config(transport)
+        .bind()
+        .await
+        .map_err(|e| bind_err(&e))
+}
+
+/// The stream limits every endpoint of ours uses.
+pub(crate) fn transport_config() -> iroh::endpoint::QuicTransportConfig {
+    iroh::endpoint::QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(iroh::endpoint::VarInt::from_u32(MAX_STREAMS))
+        .build()
 }
 
 /// Loads (or creates) the key in `data_dir` and binds an offline endpoint on `bind`: the usual

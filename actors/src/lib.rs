@@ -249,7 +249,7 @@ pub use membership::{
 };
 pub use metrics::NodeMetrics;
 pub use node::{Bootstrap, Node, NodeSpec, check_or_bootstrap};
-pub use peer::{Dialer, IrohDialer, Link, MemoryNetwork, PeerActor, RaftProtocol};
+pub use peer::{Dialer, IrohDialer, Link, LinkPath, MemoryNetwork, PeerActor, RaftProtocol};
 pub use raft_actor::{
     CHECKPOINT_HEARTBEATS, ChangeMembership, GetMembers, GetStatus, InspectLog, LinearizableQuery,
     LogView, MAX_MESSAGES_PER_READY, MembersView, NotHeard, PeerHello, Propose, Query,
@@ -267,7 +267,8 @@ pub use supervisor::{
     node_failure,
 };
 pub use ticket::{
-    ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, ParseError, Ticket, TicketError, TicketRole,
+    ClusterId, MAX_TICKET_LEN, MAX_TICKET_MEMBERS, MAX_TICKET_RELAYS, ParseError, Ticket,
+    TicketError, TicketRole,
 };
 pub use trace::{TraceContext, sample_proposal, set_sampling};
 pub use types::{Leadership, NodeId, NodeStatus, Role};

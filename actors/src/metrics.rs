@@ -165,6 +165,12 @@ pub struct PeerMetrics {
     pub peer_sent_failures: Family<PeerLabel, Counter>,
     /// Connections to a peer established again after one was lost or refused.
     pub peer_reconnects: Family<PeerLabel, Counter>,
+    /// 1 while the connection to a peer sends through a relay, 0 while it goes straight to
+    /// the peer's address (absent until a connection was made).
+    pub peer_relayed: Family<PeerLabel, Gauge>,
+    /// Times the connection to a peer moved to another path: relayed to direct (a hole was
+    /// punched), direct to relayed, or to another address.
+    pub peer_path_changes: Family<PeerLabel, Counter>,
     /// Seconds to stream a snapshot to a follower, as etcd_network_snapshot_send_total_duration_seconds.
     #[default(Histogram::new(snapshot_buckets()))]
     pub snapshot_send_duration_seconds: Histogram,

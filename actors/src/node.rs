@@ -370,6 +370,7 @@ impl<S: StateMachine> Node<S> {
             secret: secret_key,
             membership: facts.membership(),
             allowlist: mgmt_options.allowlist,
+            relays: mgmt_options.relays,
         };
         // The youngest child: a StorageActor or RaftActor restart restarts it too (its
         // workflows answer `Interrupted`, clients retry), and its own crash touches nothing else.

@@ -32,7 +32,7 @@ pub use actor::{
 pub use control::CONTROL_QUEUE;
 pub use handler::{FrameSource, Inbound, RaftProtocol, SnapshotReceived, StreamEnd};
 pub use memory::{MEMORY_LINK_QUEUE, MemoryDialer, MemoryNetwork};
-pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, StreamSink};
+pub use transport::{BoxFuture, Dialer, IrohDialer, Link, LinkError, LinkPath, StreamSink};
 
 /// Outbound batches a PeerActor may have queued before new ones are dropped. Each batch is one
 /// Ready round's worth of messages for that peer, so this is far more than a healthy peer needs.

@@ -15,15 +15,28 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use data_encoding::{BASE32_NOPAD, BASE32_NOPAD_NOCASE, HEXLOWER, HEXLOWER_PERMISSIVE};
-use iroh::{EndpointAddr, EndpointId, SecretKey, Signature};
+use iroh::{EndpointAddr, EndpointId, RelayUrl, SecretKey, Signature};
 use serde::{Deserialize, Serialize};
 
-/// What every printed ticket starts with; the `1` is the format version.
+/// What every printed ticket of format 1 starts with (a ticket without relays).
 const PREFIX: &str = "irohraft1";
 
-/// Signed before the ticket body, so the signature means "this is an iroh-raft ticket" and
-/// nothing else signed with the same key can be replayed as one.
+/// What every printed ticket of format 2 starts with (a ticket naming the cluster's relays).
+const PREFIX_V2: &str = "irohraft2";
+
+/// Signed before a format-1 ticket's body, so the signature means "this is an iroh-raft ticket"
+/// and nothing else signed with the same key can be replayed as one.
 const DOMAIN: &[u8] = b"iroh-raft ticket v1\0";
+
+/// The same for format 2: a format-1 signature never verifies as a format-2 ticket (relays
+/// cannot be added to a ticket after it was signed) and the other way round.
+const DOMAIN_V2: &[u8] = b"iroh-raft ticket v2\0";
+
+/// The most relay URLs a ticket may name: 8.
+pub const MAX_TICKET_RELAYS: usize = 8;
+
+/// The longest relay URL a ticket may carry, in bytes.
+const MAX_RELAY_URL_LEN: usize = 512;
 
 /// The longest ticket text [`Ticket::from_str`] reads, in bytes: 16 KiB. A ticket of
 /// [`MAX_TICKET_MEMBERS`] members with a few addresses each is a few KiB, so this only bounds
@@ -188,19 +201,30 @@ fn malformed(why: impl Into<String>) -> TicketError {
 /// issuer's endpoint id, and the 64-byte signature. The signature covers
 /// `b"iroh-raft ticket v1\0"` followed by the postcard encoding of every field but itself; the
 /// domain separator keeps a ticket signature from ever being valid for another message signed
-/// with the same endpoint key. Relay URLs and custom addresses are not part of a ticket.
+/// with the same endpoint key.
+///
+/// A ticket of a cluster that runs with relays ([`Ticket::relays`] not empty) is printed in
+/// format 2: `irohraft2`, then the same encoding with the relay URLs (as strings, at most
+/// [`MAX_TICKET_RELAYS`]) after the members, signed under `b"iroh-raft ticket v2\0"`. A
+/// ticket without relays is always printed in format 1, so releases that only read format 1
+/// read it. Custom addresses are not part of a ticket.
 ///
 /// Parsing reads at most [`MAX_TICKET_LEN`] bytes of text and [`MAX_TICKET_MEMBERS`] members,
 /// reports anything it cannot read as [`TicketError::Malformed`], and never panics.
 ///
 /// Changing any public field afterwards makes [`Ticket::verify_signature`] fail (relay URLs or
-/// custom addresses added to `members` are the exception: they are not part of a ticket).
+/// custom addresses added to `members` are the exception: only [`Ticket::relays`] are part of
+/// a ticket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
     /// The cluster this ticket is for.
     pub cluster_id: ClusterId,
     /// Members to dial, by endpoint id and direct socket addresses.
     pub members: Vec<EndpointAddr>,
+    /// The relays the cluster's members are reachable through (empty: none, direct addresses
+    /// only). A newcomer with no relays of its own uses these, and dials every member through
+    /// them as well as at its direct addresses.
+    pub relays: Vec<RelayUrl>,
     /// What the ticket grants.
     pub role: TicketRole,
     /// The ticket is valid while the time is before this, in unix seconds.
@@ -226,6 +250,23 @@ struct Wire {
     signature: Signature,
 }
 
+/// Format 2's body: format 1's with the relay URLs after the members.
+#[derive(Serialize, Deserialize)]
+struct BodyV2 {
+    cluster_id: ClusterId,
+    members: Vec<([u8; 32], Vec<SocketAddr>)>,
+    relays: Vec<String>,
+    role: TicketRole,
+    expires_at: u64,
+    issuer: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireV2 {
+    body: BodyV2,
+    signature: Signature,
+}
+
 impl Ticket {
     /// Signs a ticket with `secret`; the issuer is `secret`'s public key, which must be a member
     /// of the cluster for the ticket to be honoured.
@@ -240,6 +281,21 @@ impl Ticket {
         role: TicketRole,
         expires_at: SystemTime,
     ) -> Ticket {
+        Self::issue_with_relays(secret, cluster_id, members, Vec::new(), role, expires_at)
+    }
+
+    /// [`Ticket::issue`] for a cluster whose members are also reachable through `relays`
+    /// (printed in format 2 when there are any). Only the first [`MAX_TICKET_RELAYS`] are kept.
+    pub fn issue_with_relays(
+        secret: &SecretKey,
+        cluster_id: ClusterId,
+        members: Vec<EndpointAddr>,
+        mut relays: Vec<RelayUrl>,
+        role: TicketRole,
+        expires_at: SystemTime,
+    ) -> Ticket {
+        relays.dedup();
+        relays.truncate(MAX_TICKET_RELAYS);
         let members = members
             .iter()
             .map(|a| {
@@ -250,20 +306,58 @@ impl Ticket {
         let mut ticket = Ticket {
             cluster_id,
             members,
+            relays,
             role,
             expires_at: unix_secs(expires_at),
             issuer: secret.public(),
             signature: Signature::from_bytes(&[0; Signature::LENGTH]),
         };
-        ticket.signature = secret.sign(&signed_bytes(&ticket.body()));
+        ticket.signature = secret.sign(&ticket.signed_bytes());
         ticket
     }
 
     /// Checks that `issuer` signed exactly this ticket.
     pub fn verify_signature(&self) -> Result<(), TicketError> {
         self.issuer
-            .verify(&signed_bytes(&self.body()), &self.signature)
+            .verify(&self.signed_bytes(), &self.signature)
             .map_err(|_| TicketError::BadSignature)
+    }
+
+    /// `members` with the ticket's relays added to each member's addresses: what to dial.
+    pub fn members_via_relays(&self) -> Vec<EndpointAddr> {
+        self.members
+            .iter()
+            .map(|m| crate::wire::with_relays(m.clone(), &self.relays))
+            .collect()
+    }
+
+    /// The domain separator of the ticket's format followed by the postcard encoding of its
+    /// body.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let bytes = if self.relays.is_empty() {
+            postcard::to_extend(&self.body(), DOMAIN.to_vec())
+        } else {
+            postcard::to_extend(&self.body_v2(), DOMAIN_V2.to_vec())
+        };
+        bytes.expect("plain records")
+    }
+
+    fn body_v2(&self) -> BodyV2 {
+        let Body {
+            cluster_id,
+            members,
+            role,
+            expires_at,
+            issuer,
+        } = self.body();
+        BodyV2 {
+            cluster_id,
+            members,
+            relays: self.relays.iter().map(|r| r.to_string()).collect(),
+            role,
+            expires_at,
+            issuer,
+        }
     }
 
     /// Checks everything that makes a ticket honoured, given the cluster this node belongs to,
@@ -317,6 +411,46 @@ impl Ticket {
         }
     }
 
+    fn from_wire_v2(wire: WireV2) -> Result<Self, TicketError> {
+        let BodyV2 {
+            cluster_id,
+            members,
+            relays,
+            role,
+            expires_at,
+            issuer,
+        } = wire.body;
+        if relays.is_empty() || relays.len() > MAX_TICKET_RELAYS {
+            return Err(malformed(format!(
+                "{} relays in a format-2 ticket, 1 to {MAX_TICKET_RELAYS} are accepted",
+                relays.len()
+            )));
+        }
+        let relays = relays
+            .iter()
+            .map(|r| {
+                if r.len() > MAX_RELAY_URL_LEN {
+                    return Err(malformed("a relay URL longer than 512 bytes"));
+                }
+                r.parse::<RelayUrl>()
+                    .map_err(|e| malformed(format!("relay URL {r:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = Body {
+            cluster_id,
+            members,
+            role,
+            expires_at,
+            issuer,
+        };
+        let mut ticket = Self::from_wire(Wire {
+            body,
+            signature: wire.signature,
+        })?;
+        ticket.relays = relays;
+        Ok(ticket)
+    }
+
     fn from_wire(wire: Wire) -> Result<Self, TicketError> {
         let Body {
             cluster_id,
@@ -345,6 +479,7 @@ impl Ticket {
         Ok(Ticket {
             cluster_id,
             members,
+            relays: Vec::new(),
             role,
             expires_at,
             issuer: key(&issuer, "the issuer's endpoint id")?,
@@ -353,25 +488,31 @@ impl Ticket {
     }
 }
 
-/// The domain separator followed by the postcard encoding of `body`.
-fn signed_bytes(body: &Body) -> Vec<u8> {
-    postcard::to_extend(body, DOMAIN.to_vec()).expect("plain records")
-}
-
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl fmt::Display for Ticket {
-    /// `irohraft1` and lowercase unpadded base32; see [`Ticket`] for the format.
+    /// `irohraft1` (or `irohraft2` with relays) and lowercase unpadded base32; see [`Ticket`]
+    /// for the format.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let wire = Wire {
-            body: self.body(),
-            signature: self.signature,
+        let (prefix, bytes) = if self.relays.is_empty() {
+            let wire = Wire {
+                body: self.body(),
+                signature: self.signature,
+            };
+            (PREFIX, postcard::to_allocvec(&wire))
+        } else {
+            let wire = WireV2 {
+                body: self.body_v2(),
+                signature: self.signature,
+            };
+            (PREFIX_V2, postcard::to_allocvec(&wire))
         };
-        let bytes = postcard::to_allocvec(&wire).expect("plain records");
-        let text = BASE32_NOPAD.encode(&bytes).to_ascii_lowercase();
-        write!(f, "{PREFIX}{text}")
+        let text = BASE32_NOPAD
+            .encode(&bytes.expect("plain records"))
+            .to_ascii_lowercase();
+        write!(f, "{prefix}{text}")
     }
 }
 
@@ -387,23 +528,43 @@ impl FromStr for Ticket {
                 s.len()
             )));
         }
-        let payload = s
-            .get(..PREFIX.len())
-            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
-            .and_then(|_| s.get(PREFIX.len()..))
-            .ok_or_else(|| malformed(format!("it does not start with {PREFIX:?}")))?;
+        let after = |prefix: &str| {
+            s.get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(prefix))
+                .and_then(|_| s.get(prefix.len()..))
+        };
+        let (payload, v2) = match (after(PREFIX), after(PREFIX_V2)) {
+            (Some(p), _) => (p, false),
+            (None, Some(p)) => (p, true),
+            (None, None) => {
+                return Err(malformed(format!(
+                    "it does not start with {PREFIX:?} or {PREFIX_V2:?}"
+                )));
+            }
+        };
         let bytes = BASE32_NOPAD_NOCASE
             .decode(payload.as_bytes())
             .map_err(|e| malformed(format!("bad base32: {e}")))?;
-        let (wire, rest) = postcard::take_from_bytes::<Wire>(&bytes)
-            .map_err(|e| malformed(format!("cut short or corrupted: {e}")))?;
-        if !rest.is_empty() {
-            return Err(malformed(format!(
-                "{} unexpected trailing bytes",
-                rest.len()
-            )));
+        let trailing = |rest: &[u8]| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                Err(malformed(format!(
+                    "{} unexpected trailing bytes",
+                    rest.len()
+                )))
+            }
+        };
+        let cut = |e: postcard::Error| malformed(format!("cut short or corrupted: {e}"));
+        if v2 {
+            let (wire, rest) = postcard::take_from_bytes::<WireV2>(&bytes).map_err(cut)?;
+            trailing(rest)?;
+            Ticket::from_wire_v2(wire)
+        } else {
+            let (wire, rest) = postcard::take_from_bytes::<Wire>(&bytes).map_err(cut)?;
+            trailing(rest)?;
+            Ticket::from_wire(wire)
         }
-        Ticket::from_wire(wire)
     }
 }
 

@@ -236,6 +236,19 @@ impl CloseCode {
     }
 }
 
+/// `addr` with each of `relays` added to it (a member of a cluster with relays is reachable
+/// through them as well as at its direct addresses). An address that names a relay of its own
+/// keeps it.
+pub fn with_relays(addr: iroh::EndpointAddr, relays: &[iroh::RelayUrl]) -> iroh::EndpointAddr {
+    relays.iter().fold(addr, |a, r| {
+        if a.relay_urls().any(|own| own == r) {
+            a
+        } else {
+            a.with_relay_url(r.clone())
+        }
+    })
+}
+
 /// An endpoint address from its key bytes and direct addresses written as strings (the wire's
 /// form in the management and discovery protocols); addresses that do not parse are skipped,
 /// an invalid key gives `None`.

@@ -46,6 +46,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (self.join_ticket.is_some(), "join_ticket"),
             (self.restore_from.is_some(), "restore_from"),
             (self.backups.is_some(), "backups"),
+            (!self.relays.is_empty(), "relay_url"),
+            (self.relay_ca.is_some(), "relay_ca_file"),
         ]
         .into_iter()
         .find_map(|(set, option)| set.then_some(option))

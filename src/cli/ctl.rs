@@ -52,6 +52,30 @@ pub(crate) struct Connect {
     /// (writes are still forwarded to the leader by it).
     #[arg(long, value_name = "ID", global = true)]
     endpoint: Option<u64>,
+    /// Reach the members through this relay (repeat for several; default: the relays the
+    /// ticket names, if any).
+    #[arg(long, value_name = "URL", global = true)]
+    relay: Vec<iroh::RelayUrl>,
+    /// PEM file of CA certificates to trust for the relays' TLS, besides the usual web roots.
+    #[arg(long, value_name = "FILE", global = true)]
+    relay_ca: Option<PathBuf>,
+}
+
+impl Connect {
+    /// The relays the command's clients use.
+    fn relays(&self) -> Result<iroh_raft::net::Relays, Failure> {
+        let extra_roots = match &self.relay_ca {
+            Some(path) => iroh_raft::net::read_relay_ca(path).map_err(|e| Failure {
+                code: 2,
+                message: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        Ok(iroh_raft::net::Relays {
+            urls: self.relay.clone(),
+            extra_roots,
+        })
+    }
 }
 
 /// Options of `iroh-raft ctl`.
@@ -194,6 +218,8 @@ pub(crate) struct Cli {
     timeout: Duration,
     /// `--endpoint`: the member every call goes to.
     pub(crate) endpoint: Option<u64>,
+    /// `--relay`, `--relay-ca`.
+    relays: iroh_raft::net::Relays,
 }
 
 impl Cli {
@@ -204,7 +230,11 @@ impl Cli {
             code: 1,
             message: format!("CLI identity: {e}"),
         })?;
-        let options = ClientOptions::default().key(key.clone()).timeout(c.timeout);
+        let relays = c.relays()?;
+        let options = ClientOptions::default()
+            .key(key.clone())
+            .timeout(c.timeout)
+            .relays(relays.clone());
         let members = c.cluster.members.clone();
         let client = IrohRaftManagementClient::new(members, Some(&c.cluster), options).await?;
         let mut cli = Self {
@@ -214,6 +244,7 @@ impl Cli {
             ticket: c.cluster.clone(),
             timeout: c.timeout,
             endpoint: c.endpoint,
+            relays,
         };
         if let Some(id) = c.endpoint {
             // Whoever answers first names the member's addresses; from then on only it is asked.
@@ -262,6 +293,7 @@ impl Cli {
         let options = ClientOptions::default()
             .key(self.key.clone())
             .timeout(timeout)
+            .relays(self.relays.clone())
             .pinned();
         IrohRaftManagementClient::new(vec![addr], Some(&self.ticket), options).await
     }

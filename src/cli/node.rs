@@ -81,6 +81,16 @@ pub(crate) struct NodeArgs {
     /// With an s3:// target: the endpoint of an S3-compatible store (http:// allowed).
     #[arg(long, value_name = "URL")]
     backup_s3_endpoint: Option<String>,
+    /// A relay server of the cluster's, for members behind NATs (repeat for several), e.g.
+    /// https://relay.example.com: members reach each other through it until hole punching finds
+    /// a direct path. Give every member the same relays. Tickets name them, and a node that
+    /// joins with such a ticket and no --relay uses the ticket's. Remembered for restarts.
+    #[arg(long, value_name = "URL")]
+    relay: Vec<iroh::RelayUrl>,
+    /// PEM file of CA certificates to trust for the relays' TLS, besides the usual web roots (a
+    /// relay with a private CA's or a self-signed certificate). Remembered for restarts.
+    #[arg(long, value_name = "FILE")]
+    relay_ca: Option<PathBuf>,
     /// Serve /metrics (Prometheus), /livez, /readyz and /health over HTTP on this address
     /// (ip:port; port 0 picks one, printed on the `ready` line as metrics=…).
     #[arg(long, value_name = "ADDR")]
@@ -113,6 +123,31 @@ impl NodeArgs {
 pub(crate) use iroh_raft::deployment::{parse_duration as parse_positive_duration, parse_preset};
 
 pub(crate) use iroh_raft::CONF_FILE;
+
+/// The relays (`relay=URL` lines) and relay CA file (`relay_ca=PATH`) a previous run recorded
+/// in `node.conf`.
+fn stored_relays(dir: &Path) -> anyhow::Result<(Vec<iroh::RelayUrl>, Option<PathBuf>)> {
+    let path = dir.join(CONF_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let relays = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("relay="))
+        .map(|url| {
+            url.trim()
+                .parse()
+                .with_context(|| format!("{}: relay={url} is not a relay URL", path.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let ca = text
+        .lines()
+        .find_map(|l| l.strip_prefix("relay_ca="))
+        .map(|p| PathBuf::from(p.trim()));
+    Ok((relays, ca))
+}
 
 /// The bind address a previous run recorded: in `node.conf`, or, for a node whose join did not
 /// finish, in the pending mark (the address the cluster was given for it).
@@ -259,6 +294,23 @@ pub(crate) fn bound_address(cluster: &RaftCluster<KeyValueStore>, bind: SocketAd
         .unwrap_or(bind)
 }
 
+/// `node.conf`'s text: the bound address, the node id, and the relays.
+fn node_conf(
+    bound: SocketAddr,
+    node: u64,
+    relays: &[iroh::RelayUrl],
+    relay_ca: Option<&Path>,
+) -> String {
+    let mut text = format!("bind={bound}\nnode={node}\n");
+    for url in relays {
+        text.push_str(&format!("relay={url}\n"));
+    }
+    if let Some(ca) = relay_ca {
+        text.push_str(&format!("relay_ca={}\n", ca.display()));
+    }
+    text
+}
+
 pub(crate) fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
@@ -312,6 +364,26 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         builder = builder.metrics_addr(addr);
     }
+    let (stored_urls, stored_ca) = stored_relays(dir)?;
+    let mut relays = if args.relay.is_empty() {
+        stored_urls
+    } else {
+        args.relay.clone()
+    };
+    let relay_ca = args
+        .relay_ca
+        .clone()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .or(stored_ca);
+    for url in &relays {
+        builder = builder.relay_url(url.clone());
+    }
+    if let Some(path) = &relay_ca {
+        builder = builder.relay_ca_file(path);
+    }
+    if let (true, Some(ticket)) = (relays.is_empty(), &args.join) {
+        relays = ticket.relays.clone();
+    }
     if let (Some(schedule), Some(mut target)) =
         (args.backup_schedule.clone(), args.backup_target.clone())
     {
@@ -337,7 +409,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let bound = bound_address(&cluster, bind);
     write_file(
         &dir.join(CONF_FILE),
-        &format!("bind={bound}\nnode={}\n", cluster.node_id()),
+        &node_conf(bound, cluster.node_id(), &relays, relay_ca.as_deref()),
     )?;
     tokio::spawn(announce_address(cluster.clone(), bound));
     if restore.is_some() {

@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 const BACKUP_IDLE: Duration = Duration::from_secs(300);
 use tracing::Instrument;
 
-use crate::net::{bind_offline_endpoint, close_within};
+use crate::net::{bind_endpoint_with_relays, close_within, transport_config};
 
 mod error;
 mod events;
@@ -76,6 +76,8 @@ pub struct IrohRaftManagementClient {
 
 struct Inner {
     endpoint: Endpoint,
+    /// Relays every member is also dialled through.
+    relays: Vec<iroh::RelayUrl>,
     ticket: Option<String>,
     /// Addresses to try, in order (learned members are added).
     members: Mutex<Vec<EndpointAddr>>,
@@ -116,13 +118,22 @@ impl IrohRaftManagementClient {
             });
         }
         let key = options.key.unwrap_or_else(SecretKey::generate);
-        let endpoint = bind_offline_endpoint(key, ([0, 0, 0, 0], 0).into())
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                reason: e.to_string(),
-            })?;
+        let mut relays = options.relays;
+        if let (Some(ticket), true) = (ticket, relays.urls.is_empty()) {
+            relays.urls = ticket.relays.clone();
+        }
+        let endpoint =
+            bind_endpoint_with_relays(key, ([0, 0, 0, 0], 0).into(), transport_config(), &relays)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    reason: e.to_string(),
+                })?;
         let (timeout, pinned) = (options.timeout, options.pinned);
-        Ok(Self::assemble(endpoint, members, ticket, (timeout, pinned)))
+        let mut client = Self::assemble(endpoint, members, ticket, (timeout, pinned));
+        Arc::get_mut(&mut client.inner)
+            .expect("not shared yet")
+            .relays = relays.urls;
+        Ok(client)
     }
 
     fn assemble(
@@ -134,6 +145,7 @@ impl IrohRaftManagementClient {
         Self {
             inner: Arc::new(Inner {
                 endpoint,
+                relays: Vec::new(),
                 ticket: ticket.map(ToString::to_string),
                 members: Mutex::new(members),
                 ids: Mutex::new(HashMap::new()),

@@ -19,6 +19,7 @@ mod t65_integrity;
 mod t70_admission;
 mod t75_membership;
 mod t77_tickets;
+mod t78_relay;
 mod t80_malformed_frames;
 mod t85_mgmt;
 mod t86_mgmt_lanes;

@@ -49,6 +49,9 @@ pub struct MgmtOptions<S: StateMachine> {
     pub watcher: Option<super::RemoteWatcher<S>>,
     /// How newcomers that present a join ticket are brought in.
     pub join_options: JoinOptions,
+    /// The relays the cluster's members are reachable through, named in the tickets this node
+    /// issues (empty: none).
+    pub relays: Vec<iroh::RelayUrl>,
 }
 
 impl<S: StateMachine> Default for MgmtOptions<S> {
@@ -58,6 +61,7 @@ impl<S: StateMachine> Default for MgmtOptions<S> {
             reader: None,
             watcher: None,
             join_options: JoinOptions::default(),
+            relays: Vec::new(),
         }
     }
 }
@@ -69,6 +73,7 @@ impl<S: StateMachine> Clone for MgmtOptions<S> {
             reader: self.reader.clone(),
             watcher: self.watcher.clone(),
             join_options: self.join_options,
+            relays: self.relays.clone(),
         }
     }
 }
@@ -80,6 +85,7 @@ impl<S: StateMachine> std::fmt::Debug for MgmtOptions<S> {
             .field("reads", &self.reader.is_some())
             .field("watches", &self.watcher.is_some())
             .field("join_options", &self.join_options)
+            .field("relays", &self.relays)
             .finish()
     }
 }
@@ -94,6 +100,8 @@ pub struct MgmtArgs<S: StateMachine> {
     pub membership: watch::Receiver<Arc<Membership>>,
     /// The allowlist.
     pub allowlist: BTreeMap<EndpointId, MgmtRole>,
+    /// The relays named in the tickets this node issues.
+    pub relays: Vec<iroh::RelayUrl>,
 }
 
 impl<S: StateMachine> Clone for MgmtArgs<S> {
@@ -103,6 +111,7 @@ impl<S: StateMachine> Clone for MgmtArgs<S> {
             secret: self.secret.clone(),
             membership: self.membership.clone(),
             allowlist: self.allowlist.clone(),
+            relays: self.relays.clone(),
         }
     }
 }
@@ -164,6 +173,7 @@ pub struct MgmtActor<S: StateMachine> {
     pub(super) secret: SecretKey,
     pub(super) membership: watch::Receiver<Arc<Membership>>,
     pub(super) allowlist: BTreeMap<EndpointId, MgmtRole>,
+    pub(super) relays: Vec<iroh::RelayUrl>,
     pub(super) connections: BTreeMap<u64, Connection>,
     pub(super) per_key: BTreeMap<EndpointId, usize>,
     pub(super) workflows: BTreeMap<Workflow, Running>,
@@ -190,6 +200,7 @@ impl<S: StateMachine> Actor for MgmtActor<S> {
             secret: args.secret,
             membership: args.membership,
             allowlist: args.allowlist,
+            relays: args.relays,
             connections: BTreeMap::new(),
             per_key: BTreeMap::new(),
             workflows: BTreeMap::new(),
@@ -277,10 +288,11 @@ impl<S: StateMachine> MgmtActor<S> {
             .take(MAX_TICKET_MEMBERS)
             .map(|m| m.addr)
             .collect();
-        Ok(Ticket::issue(
+        Ok(Ticket::issue_with_relays(
             &self.secret,
             ClusterId(membership.cluster_id()),
             members,
+            self.relays.clone(),
             role,
             SystemTime::now() + valid_for,
         ))

@@ -3,7 +3,7 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use iroh::EndpointAddr;
-use iroh_metrics::{Counter, Histogram};
+use iroh_metrics::{Counter, Gauge, Histogram};
 use kameo::{
     Actor,
     actor::{ActorRef, WeakActorRef, WeakRecipient},
@@ -12,9 +12,9 @@ use kameo::{
 };
 use raft::eraftpb::Message as RaftMessage;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
-use tracing::{Instrument, Span, debug, info_span, trace};
+use tracing::{Instrument, Span, debug, info, info_span, trace};
 
-use super::{BoxFuture, Dialer, Link, LinkError, StreamSink, control::ControlLane};
+use super::{BoxFuture, Dialer, Link, LinkError, LinkPath, StreamSink, control::ControlLane};
 use crate::{
     consistency::ApplyHash,
     error::Corruption,
@@ -144,6 +144,8 @@ pub struct PeerActor {
     connected_before: bool,
     /// When the round trip was last recorded.
     rtt_at: Option<Instant>,
+    /// The path the connection was last seen sending on.
+    path: Option<LinkPath>,
     /// Where each new connection's control stream goes (to the control lane's task).
     control_streams: Option<mpsc::Sender<Box<dyn StreamSink>>>,
     /// The control lane's task, stopped with this actor.
@@ -158,6 +160,7 @@ struct Counters {
     failures: Arc<Counter>,
     reconnects: Arc<Counter>,
     rtt: Arc<Histogram>,
+    path_changes: Arc<Counter>,
 }
 
 impl Counters {
@@ -169,6 +172,7 @@ impl Counters {
             failures: metrics.peer_sent_failures.get_or_create(&label),
             reconnects: metrics.peer_reconnects.get_or_create(&label),
             rtt: metrics.peer_round_trip_time_seconds.get_or_create(&label),
+            path_changes: metrics.peer_path_changes.get_or_create(&label),
         }
     }
 }
@@ -391,14 +395,36 @@ impl PeerActor {
 }
 
 impl PeerActor {
-    /// Records the connection's round-trip estimate, at most once per [`RTT_EVERY`].
+    /// Records the connection's round-trip estimate and the path it sends on, at most once
+    /// per [`RTT_EVERY`].
     fn record_rtt(&mut self) {
         if self.rtt_at.is_some_and(|t| t.elapsed() < RTT_EVERY) {
             return;
         }
         self.rtt_at = Some(Instant::now());
-        if let Some(rtt) = self.link.as_ref().and_then(|l| l.rtt()) {
+        let Some(link) = self.link.as_ref() else {
+            return;
+        };
+        if let Some(rtt) = link.rtt() {
             self.counters.rtt.observe(rtt.as_secs_f64());
+        }
+        let path = link.path();
+        if path.is_some() && path != self.path {
+            let now = path.as_ref().expect("checked");
+            let relayed = matches!(now, LinkPath::Relayed(_));
+            // Created at the first path seen: before that the peer has no path to report.
+            let label = PeerLabel {
+                peer: self.args.peer,
+            };
+            let gauge: Arc<Gauge> = self.args.metrics.peer_relayed.get_or_create(&label);
+            gauge.set(i64::from(relayed));
+            if let Some(before) = &self.path {
+                self.counters.path_changes.inc();
+                info!(peer = self.args.peer, path = %now, was = %before, "path to peer changed");
+            } else {
+                info!(peer = self.args.peer, path = %now, "path to peer");
+            }
+            self.path = path;
         }
     }
 
@@ -564,6 +590,7 @@ impl Actor for PeerActor {
             frames: 0,
             connected_before: false,
             rtt_at: None,
+            path: None,
             args,
             link: None,
             retry_at: None,

@@ -95,6 +95,28 @@ pub trait Link: Send + Debug + 'static {
     fn rtt(&self) -> Option<Duration> {
         None
     }
+    /// The network path the connection sends on now, if the transport can tell.
+    fn path(&self) -> Option<LinkPath> {
+        None
+    }
+}
+
+/// The network path a link's connection sends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkPath {
+    /// Straight to the peer's IP address (a direct path, hole-punched through NATs or not).
+    Direct(std::net::SocketAddr),
+    /// Through a relay server, which forwards the connection's encrypted packets.
+    Relayed(iroh::RelayUrl),
+}
+
+impl std::fmt::Display for LinkPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkPath::Direct(addr) => write!(f, "direct to {addr}"),
+            LinkPath::Relayed(url) => write!(f, "relayed through {url}"),
+        }
+    }
 }
 
 /// An extra outgoing stream.
@@ -112,6 +134,8 @@ pub struct IrohDialer {
     /// `None` once closed. Locked once per connection attempt, never across an await.
     endpoint: Arc<Mutex<Option<Endpoint>>>,
     timeout: Duration,
+    /// Relays every peer is also dialled through (the cluster's relays).
+    relays: Vec<iroh::RelayUrl>,
 }
 
 impl IrohDialer {
@@ -120,7 +144,16 @@ impl IrohDialer {
         Self {
             endpoint: Arc::new(Mutex::new(Some(endpoint))),
             timeout,
+            relays: Vec::new(),
         }
+    }
+
+    /// Dials every peer through `relays` as well as at its direct addresses: the members of a
+    /// cluster with relays are connected to them (each its home relay), so a member behind a
+    /// NAT is reached through the relay until a direct path is found.
+    pub fn with_relays(mut self, relays: Vec<iroh::RelayUrl>) -> Self {
+        self.relays = relays;
+        self
     }
 
     fn endpoint(&self) -> Option<Endpoint> {
@@ -139,6 +172,7 @@ impl Dialer for IrohDialer {
     ) -> BoxFuture<'static, Result<Box<dyn Link>, LinkError>> {
         let endpoint = self.endpoint();
         let timeout = self.timeout;
+        let addr = crate::wire::with_relays(addr, &self.relays);
         Box::pin(async move {
             let endpoint =
                 endpoint.ok_or_else(|| LinkError::Connect("the node is shutting down".into()))?;
@@ -200,6 +234,16 @@ impl Link for IrohLink {
         let paths = self.conn.paths();
         let selected = paths.iter().find(|p| p.is_selected());
         selected.map(|p| p.rtt())
+    }
+
+    fn path(&self) -> Option<LinkPath> {
+        let paths = self.conn.paths();
+        let selected = paths.iter().find(|p| p.is_selected())?;
+        match selected.remote_addr() {
+            iroh::TransportAddr::Ip(addr) => Some(LinkPath::Direct(*addr)),
+            iroh::TransportAddr::Relay(url) => Some(LinkPath::Relayed(url.clone())),
+            _ => None,
+        }
     }
 
     fn closed(&self) -> BoxFuture<'static, Option<CloseCode>> {

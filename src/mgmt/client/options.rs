@@ -20,6 +20,9 @@ pub struct ClientOptions {
     /// status answers and moves to the leader). A pinned client of one member asks that
     /// member, and no other, for everything: per-member health, metrics, status.
     pub pinned: bool,
+    /// Relays to reach the members through (default: none, or the ticket's relays when the
+    /// client connects with a ticket that names some), and CAs to trust for them.
+    pub relays: crate::net::Relays,
 }
 
 impl Default for ClientOptions {
@@ -28,6 +31,7 @@ impl Default for ClientOptions {
             key: None,
             timeout: DEFAULT_TIMEOUT,
             pinned: false,
+            relays: crate::net::Relays::none(),
         }
     }
 }
@@ -42,6 +46,12 @@ impl ClientOptions {
     /// Sets the longest one call may take.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Reaches the members through `relays` (see [`ClientOptions::relays`]).
+    pub fn relays(mut self, relays: crate::net::Relays) -> Self {
+        self.relays = relays;
         self
     }
 

@@ -39,6 +39,7 @@ impl IrohRaftManagementClient {
         let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
             reason: e.to_string(),
         };
+        let addr = iroh_raft_actors::wire::with_relays(addr, &self.inner.relays);
         let conn = self
             .inner
             .endpoint
