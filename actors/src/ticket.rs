@@ -622,6 +622,89 @@ mod tests {
         assert_eq!(check(&t, EXPIRY - 1), Ok(()));
     }
 
+    fn relay(n: u8) -> RelayUrl {
+        format!("https://relay{n}.example.com").parse().unwrap()
+    }
+
+    #[test]
+    fn a_ticket_with_relays_is_format_2_and_signed_over_them() {
+        let members = vec![addr(1), addr(2)];
+        let t = Ticket::issue_with_relays(
+            &key(1),
+            CLUSTER,
+            members,
+            vec![relay(1), relay(2)],
+            TicketRole::Join,
+            at(EXPIRY),
+        );
+        let s = t.to_string();
+        assert!(s.starts_with("irohraft2"), "{s}");
+        let back: Ticket = s.parse().unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.relays, vec![relay(1), relay(2)]);
+        assert_eq!(check(&back, EXPIRY - 1), Ok(()));
+        // Every member is dialled through the relays too.
+        for m in back.members_via_relays() {
+            assert_eq!(m.relay_urls().count(), 2);
+            assert_eq!(m.ip_addrs().count(), 2);
+        }
+        // Relays cannot be added, removed or changed after signing.
+        let tampers: [fn(&mut Ticket); 3] = [
+            |t| t.relays.push(relay(3)),
+            |t| t.relays[0] = relay(3),
+            |t| t.relays.clear(),
+        ];
+        for tamper in tampers {
+            let mut forged = t.clone();
+            tamper(&mut forged);
+            let reparsed: Ticket = forged.to_string().parse().unwrap();
+            assert_eq!(reparsed.verify_signature(), Err(TicketError::BadSignature));
+        }
+        // Without relays the same ticket is format 1, readable by older releases.
+        assert!(
+            ticket(TicketRole::Join)
+                .to_string()
+                .starts_with("irohraft1")
+        );
+    }
+
+    #[test]
+    fn a_format_2_ticket_with_bad_relays_is_malformed() {
+        let body = |relays: Vec<String>| BodyV2 {
+            cluster_id: CLUSTER,
+            members: vec![(*key(1).public().as_bytes(), vec![])],
+            relays,
+            role: TicketRole::Join,
+            expires_at: EXPIRY,
+            issuer: *key(1).public().as_bytes(),
+        };
+        let text = |body: BodyV2| {
+            let wire = WireV2 {
+                body,
+                signature: Signature::from_bytes(&[0; 64]),
+            };
+            let bytes = postcard::to_allocvec(&wire).unwrap();
+            format!(
+                "{PREFIX_V2}{}",
+                BASE32_NOPAD.encode(&bytes).to_ascii_lowercase()
+            )
+        };
+        for relays in [
+            vec![],
+            vec!["not a url".to_string()],
+            vec![format!("https://{}.example.com", "a".repeat(600))],
+            (0..9)
+                .map(|i| format!("https://r{i}.example.com"))
+                .collect(),
+        ] {
+            let parsed = text(body(relays.clone())).parse::<Ticket>();
+            assert!(
+                matches!(parsed, Err(TicketError::Malformed(_))),
+                "{relays:?}: {parsed:?}"
+            );
+        }
+    }
+
     #[test]
     fn cluster_ids_and_roles_round_trip() {
         let id = ClusterId::random();
@@ -660,7 +743,7 @@ mod tests {
     #[test]
     fn signed_by_another_key_than_the_issuer_is_bad() {
         let mut t = ticket(TicketRole::Admin);
-        t.signature = key(2).sign(&signed_bytes(&t.body()));
+        t.signature = key(2).sign(&t.signed_bytes());
         assert_eq!(t.issuer, key(1).public());
         assert_eq!(check(&t, 0), Err(TicketError::BadSignature));
     }
