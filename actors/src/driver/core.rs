@@ -133,6 +133,25 @@ impl Driver {
         Role::from_raft(self.raw.raft.state)
     }
 
+    /// Whether `heard` (this node included or not) holds a quorum of the voters (of both
+    /// configurations while a joint change is under way).
+    pub(crate) fn is_quorum(&self, heard: impl IntoIterator<Item = NodeId>) -> bool {
+        // raft-rs's own hasher, inferred from the call.
+        let mut set = std::collections::HashSet::default();
+        set.extend(heard);
+        self.raw.raft.prs().has_quorum(&set)
+    }
+
+    /// A leader gives up leadership in its term: it becomes a follower with no known leader
+    /// (the step raft-rs's check-quorum takes). Anything else is left alone.
+    pub(crate) fn step_down(&mut self) {
+        if self.role() == Role::Leader {
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+            self.reseed_election_timeout();
+        }
+    }
+
     /// The leader this node knows of.
     pub(crate) fn leader(&self) -> Option<NodeId> {
         Some(self.raw.raft.leader_id).filter(|&id| id != raft::INVALID_ID)

@@ -409,8 +409,7 @@ impl PeerActor {
             self.counters.rtt.observe(rtt.as_secs_f64());
         }
         let path = link.path();
-        if path.is_some() && path != self.path {
-            let now = path.as_ref().expect("checked");
+        if let Some(now) = path.as_ref().filter(|p| Some(*p) != self.path.as_ref()) {
             let relayed = matches!(now, LinkPath::Relayed(_));
             // Created at the first path seen: before that the peer has no path to report.
             let label = PeerLabel {

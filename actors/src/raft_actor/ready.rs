@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     actor::{Lifecycle, RaftActor},
@@ -83,6 +83,7 @@ impl<S: StateMachine> RaftActor<S> {
             self.now += 1;
             self.driver.tick();
         }
+        self.step_down_without_quorum();
         self.requests.expire(self.now);
         self.check_transfers();
         self.driver.leave_joint_if_stuck();
@@ -109,6 +110,41 @@ impl<S: StateMachine> RaftActor<S> {
             self.config.election_ticks(),
             leader,
         )
+    }
+
+    /// A leader that has had no answer from a quorum of voters for an election timeout steps
+    /// down on this tick. raft-rs's own check-quorum looks only once per election timeout, at
+    /// whether each voter was heard since its previous look, so a leader cut off just after a
+    /// look would lead on for up to two election timeouts, taking writes it cannot commit (and,
+    /// with lease reads, serving reads its lease no longer covers). Stepping down is always
+    /// safe: the term stays, nothing is voted, and the proposals and reads it held fail as at
+    /// any leader change. The silence clocks start when the node became leader.
+    fn step_down_without_quorum(&mut self) {
+        if self.driver.role() != Role::Leader {
+            return;
+        }
+        let (now, timeout, me) = (self.now, self.config.election_ticks() as u64, self.id());
+        let conf = self.driver.conf_state();
+        let mut answered = vec![me];
+        for peer in conf.voters.iter().chain(&conf.voters_outgoing) {
+            let contact = self
+                .replication
+                .heard
+                .entry(*peer)
+                .or_insert(Contact::new(now));
+            if now.saturating_sub(contact.answer) < timeout {
+                answered.push(*peer);
+            }
+        }
+        if !self.driver.is_quorum(answered.iter().copied()) {
+            warn!(
+                node = me,
+                term = self.driver.term(),
+                heard = ?answered,
+                "stepping down: no answer from a quorum of voters for an election timeout"
+            );
+            self.driver.step_down();
+        }
     }
 
     /// A leader or candidate expects every voter to answer within an election timeout; a peer
@@ -367,7 +403,8 @@ impl<S: StateMachine> RaftActor<S> {
         if role != Role::Follower {
             // From now on this node expects answers: start every voter's silence clock.
             let now = self.now;
-            for peer in self.driver.conf_state().voters {
+            let conf = self.driver.conf_state();
+            for peer in conf.voters.into_iter().chain(conf.voters_outgoing) {
                 self.replication
                     .heard
                     .entry(peer)
