@@ -134,6 +134,7 @@ pub struct RaftClusterBuilder<S: StateMachine> {
     metrics_addr: Option<SocketAddr>,
     relays: Vec<iroh::RelayUrl>,
     relay_ca: Option<PathBuf>,
+    congestion: Option<crate::net::CongestionControl>,
     #[cfg(feature = "otel")]
     otlp: Option<crate::telemetry::OtlpOptions>,
 }
@@ -175,6 +176,7 @@ impl<S: StateMachine> Default for RaftClusterBuilder<S> {
             metrics_addr: None,
             relays: Vec::new(),
             relay_ca: None,
+            congestion: None,
             #[cfg(feature = "otel")]
             otlp: None,
         }
@@ -437,6 +439,15 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
     /// [`ConfigError::RelayCa`].
     pub fn relay_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.relay_ca = Some(path.into());
+        self
+    }
+
+    /// The congestion controller of the node's QUIC connections (default
+    /// [`CongestionControl::Cubic`](crate::net::CongestionControl)). BBR keeps throughput up on
+    /// long links with random packet loss, where Cubic backs off at every loss. Applies to the
+    /// endpoint the node binds itself, not to one given with [`Self::endpoint`].
+    pub fn congestion_control(mut self, cc: crate::net::CongestionControl) -> Self {
+        self.congestion = Some(cc);
         self
     }
 
@@ -755,8 +766,8 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
                 load_or_create_secret_key(data_dir)?
             }
         };
-        crate::net::bind_endpoint_with_relays(key, bind, crate::net::transport_config(), relays)
-            .await
+        let transport = crate::net::transport_config_with(self.congestion.unwrap_or_default());
+        crate::net::bind_endpoint_with_relays(key, bind, transport, relays).await
     }
 
     async fn start(

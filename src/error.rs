@@ -36,6 +36,12 @@ pub enum ConfigError {
         /// The builder option.
         option: &'static str,
     },
+    /// A congestion controller name that is not `cubic` or `bbr`.
+    #[error("unknown congestion controller {given:?}: use cubic or bbr")]
+    InvalidCongestionControl {
+        /// What was given.
+        given: String,
+    },
     /// The file of certificate authorities to trust for relays could not be used.
     #[error("relay CA file {path}: {reason}")]
     RelayCa {

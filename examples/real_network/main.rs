@@ -53,6 +53,9 @@ struct Args {
     /// Runs of everything; each figure printed is the median over runs.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// QUIC congestion controllers to compare, comma separated: cubic, bbr.
+    #[arg(long, value_delimiter = ',', default_value = "cubic")]
+    congestion: Vec<iroh_raft::net::CongestionControl>,
 }
 
 /// One level's figures.
@@ -75,46 +78,49 @@ fn main() -> anyhow::Result<()> {
     let fsync = floor.fdatasync;
     println!("floor: fdatasync p50 {:.3} ms", ms(fsync));
     println!(
-        "{:>5} {:>7} {:>6} {:>7} {:>10} {:>9} {:>9} {:>14}",
-        "nodes", "rtt_ms", "loss%", "clients", "ops/s", "p50_ms", "p99_ms", "p50/(rtt+fsync)"
+        "{:>5} {:>7} {:>6} {:>6} {:>7} {:>10} {:>9} {:>9} {:>14}",
+        "nodes", "rtt_ms", "loss%", "cc", "clients", "ops/s", "p50_ms", "p99_ms", "p50/(rtt+fsync)"
     );
     let mut rows = Vec::new();
     for &nodes in &args.nodes {
         for &rtt_ms in &args.rtt_ms {
             let losses: &[f64] = if rtt_ms == 0 { &[0.0] } else { &args.loss };
             for &loss in losses {
-                let mut runs: Vec<Vec<Sample>> = Vec::new();
-                for _ in 0..args.runs {
-                    runs.push(run_setup(&rt, &args, nodes, rtt_ms, loss)?);
-                }
-                for (i, &clients) in args.clients.iter().enumerate() {
-                    let s = median(runs.iter().map(|r| r[i]).collect());
-                    let rtt = Duration::from_millis(rtt_ms);
-                    let ratio = ms(s.p50) / ms(rtt + fsync);
-                    println!(
-                        "{nodes:>5} {rtt_ms:>7} {loss:>6.1} {clients:>7} {:>10.0} {:>9.2} {:>9.2} {:>14.2}",
-                        s.ops_per_sec,
-                        ms(s.p50),
-                        ms(s.p99),
-                        ratio
-                    );
-                    rows.push((nodes, rtt_ms, loss, clients, s));
+                for &cc in &args.congestion {
+                    let mut runs: Vec<Vec<Sample>> = Vec::new();
+                    for _ in 0..args.runs {
+                        runs.push(run_setup(&rt, &args, (nodes, rtt_ms, loss), cc)?);
+                    }
+                    let cc_name = format!("{cc:?}").to_lowercase();
+                    for (i, &clients) in args.clients.iter().enumerate() {
+                        let s = median(runs.iter().map(|r| r[i]).collect());
+                        let rtt = Duration::from_millis(rtt_ms);
+                        let ratio = ms(s.p50) / ms(rtt + fsync);
+                        println!(
+                            "{nodes:>5} {rtt_ms:>7} {loss:>6.1} {cc_name:>6} {clients:>7} {:>10.0} {:>9.2} {:>9.2} {:>14.2}",
+                            s.ops_per_sec,
+                            ms(s.p50),
+                            ms(s.p99),
+                            ratio
+                        );
+                        rows.push((nodes, rtt_ms, loss, cc, clients, s));
+                    }
                 }
             }
         }
     }
     // Throughput at each round trip against the same size's unemulated figure.
     println!("\nthroughput against the same cluster with no emulation (loss 0):");
-    for &(nodes, rtt_ms, loss, clients, s) in &rows {
+    for &(nodes, rtt_ms, loss, cc, clients, s) in &rows {
         if rtt_ms == 0 || loss != 0.0 {
             continue;
         }
         if let Some((.., base)) = rows
             .iter()
-            .find(|r| r.0 == nodes && r.1 == 0 && r.3 == clients)
+            .find(|r| r.0 == nodes && r.1 == 0 && r.3 == cc && r.4 == clients)
         {
             println!(
-                "  {nodes} nodes, {rtt_ms} ms, {clients} clients: {:.2} x",
+                "  {nodes} nodes, {rtt_ms} ms, {cc:?}, {clients} clients: {:.2} x",
                 s.ops_per_sec / base.ops_per_sec
             );
         }
@@ -126,9 +132,8 @@ fn main() -> anyhow::Result<()> {
 fn run_setup(
     rt: &tokio::runtime::Runtime,
     args: &Args,
-    nodes: usize,
-    rtt_ms: u64,
-    loss: f64,
+    (nodes, rtt_ms, loss): (usize, u64, f64),
+    cc: iroh_raft::net::CongestionControl,
 ) -> anyhow::Result<Vec<Sample>> {
     let mut lab = lab::Lab::new();
     let hosts: Vec<lab::Host> = (1..=nodes).map(|i| lab.host(&format!("n{i}"))).collect();
@@ -140,7 +145,7 @@ fn run_setup(
             loss: loss / 100.0,
         });
     }
-    let cluster = netcluster::NetCluster::start(&hosts)?;
+    let cluster = netcluster::NetCluster::start_with(&hosts, cc)?;
     let leader = cluster.leader().context("no leader")?;
     let mut samples = Vec::new();
     for &clients in &args.clients {

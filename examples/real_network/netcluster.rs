@@ -28,6 +28,14 @@ pub struct NetCluster {
 
 impl NetCluster {
     pub fn start(hosts: &[Host]) -> anyhow::Result<Self> {
+        Self::start_with(hosts, iroh_raft::net::CongestionControl::default())
+    }
+
+    /// [`NetCluster::start`] with a congestion controller.
+    pub fn start_with(
+        hosts: &[Host],
+        cc: iroh_raft::net::CongestionControl,
+    ) -> anyhow::Result<Self> {
         let dirs = tempfile::tempdir()?;
         let keys: Vec<SecretKey> = hosts.iter().map(|_| SecretKey::generate()).collect();
         let peers: Vec<(u64, String)> = hosts
@@ -46,6 +54,7 @@ impl NetCluster {
                 .bind_address(format!("{}:{PORT}", host.ip))
                 .peers(peers.clone())
                 .preset(Preset::Production)
+                .congestion_control(cc)
                 .state_machine(KeyValueStore::new());
             let (tx, rx) = mpsc::channel();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -48,6 +48,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (self.backups.is_some(), "backups"),
             (!self.relays.is_empty(), "relay_url"),
             (self.relay_ca.is_some(), "relay_ca_file"),
+            (self.congestion.is_some(), "congestion_control"),
         ]
         .into_iter()
         .find_map(|(set, option)| set.then_some(option))

@@ -91,6 +91,10 @@ pub(crate) struct NodeArgs {
     /// relay with a private CA's or a self-signed certificate). Remembered for restarts.
     #[arg(long, value_name = "FILE")]
     relay_ca: Option<PathBuf>,
+    /// Congestion controller of the node's QUIC connections: cubic (default) or bbr (keeps
+    /// throughput up on long links with random packet loss).
+    #[arg(long, value_name = "cubic|bbr", default_value = "cubic")]
+    congestion: iroh_raft::net::CongestionControl,
     /// Serve /metrics (Prometheus), /livez, /readyz and /health over HTTP on this address
     /// (ip:port; port 0 picks one, printed on the `ready` line as metrics=…).
     #[arg(long, value_name = "ADDR")]
@@ -364,6 +368,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         builder = builder.metrics_addr(addr);
     }
+    builder = builder.congestion_control(args.congestion);
     let (stored_urls, stored_ca) = stored_relays(dir)?;
     let mut relays = if args.relay.is_empty() {
         stored_urls
