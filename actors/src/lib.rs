@@ -73,7 +73,8 @@
 //! latency; snapshot save and install), the StorageActor's `StorageMetrics` (group commit
 //! duration and size, the file's size, and the start of the write in progress), the
 //! PeerActors' and the protocol handler's `PeerMetrics` (per peer as the `peer` label: bytes,
-//! frames, send failures, reconnects, the connection's round-trip estimate, snapshot sends),
+//! frames, send failures, reconnects, the connection's round-trip estimate, the path it sends
+//! on now (`peer_relayed`: through a relay or direct, and `peer_path_changes`), snapshot sends),
 //! the EventBus's `EventMetrics` and the management plane's `MgmtMetrics` (requests by kind
 //! and outcome, admission refusals by reason). Their registry is the node's: the facade adds
 //! iroh's endpoint metrics, an application its own. The liveness and readiness checks are
@@ -186,6 +187,19 @@
 //! One QUIC connection per direction per pair of members: one unidirectional stream on it
 //! carries the consensus frames, and each snapshot transfer opens one more (see [`wire`]). A
 //! join is one bidirectional stream on a connection of the discovery ALPN.
+//!
+//! # Across NATs
+//! [`IrohDialer::with_relays`] dials every peer through the cluster's relays as well as at its
+//! direct addresses, so members behind NATs reach each other through a relay until iroh's hole
+//! punching finds a direct path; the PeerActor reads the connection's selected path
+//! ([`Link::path`]) with its round-trip estimate and counts every move. Tickets name the relays
+//! ([`Ticket::relays`]), and the MgmtActor signs the ones it issues with them.
+//!
+//! # Leaving leadership
+//! Besides raft-rs's check-quorum (one look per election timeout at whether each voter was
+//! heard since the last look), the RaftActor steps its leader down on the first tick at which
+//! no quorum of voters has answered for an election timeout: a leader cut off from the
+//! majority stops taking writes within one election timeout, not two.
 //!
 //! # In one process
 //! [`MemoryNetwork`] is a [`Dialer`] whose links are channels into the receiving node's

@@ -1,5 +1,7 @@
-//! A three-member etcd cluster on loopback, run from Debian's `etcd-server` binary: free ports
-//! picked at start, data dirs in a temp dir, etcd's default durability (the WAL is fsynced
+//! An etcd cluster run from Debian's `etcd-server` binary: three members on loopback on free
+//! ports picked at start ([`EtcdCluster::start`]), or members started by commands given
+//! ([`EtcdCluster::start_members`]: one per network namespace in the `network` binary); data
+//! dirs in a temp dir, etcd's default durability (the WAL is fsynced
 //! before a write is acknowledged; `--unsafe-no-fsync` is never passed).
 //!
 //! The members share one process group. [`EtcdCluster`] owns it: `stop` ends it gracefully, and
@@ -45,6 +47,17 @@ pub struct EtcdCluster {
     _dir: TempDir,
 }
 
+/// One member for [`EtcdCluster::start_members`].
+pub struct MemberSpec {
+    pub name: String,
+    /// `http://IP:PORT`, listened on and advertised.
+    pub client_url: String,
+    /// `http://IP:PORT`, listened on and advertised to the other members.
+    pub peer_url: String,
+    /// What runs the member; its arguments are added.
+    pub command: Command,
+}
+
 /// What [`EtcdCluster::wait_healthy`] found.
 pub struct Health {
     /// The client URL of the member every member names as leader.
@@ -67,19 +80,29 @@ pub fn binary_version(bin: &Path) -> anyhow::Result<String> {
 }
 
 impl EtcdCluster {
-    /// Spawns three members of a new cluster; they are not serving yet (`wait_healthy`).
+    /// Spawns three members of a new cluster on loopback; they are not serving yet
+    /// (`wait_healthy`).
     pub fn start(bin: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("etcd-bench").tempdir()?;
         let ports = free_ports(6)?;
-        let names: Vec<String> = (1..=3).map(|i| format!("m{i}")).collect();
-        let peer_urls: Vec<String> = ports[3..]
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+        let specs = (0..3)
+            .map(|i| MemberSpec {
+                name: format!("m{}", i + 1),
+                client_url: format!("http://127.0.0.1:{}", ports[i]),
+                peer_url: format!("http://127.0.0.1:{}", ports[3 + i]),
+                command: Command::new(bin),
+            })
             .collect();
-        let initial_cluster = names
+        Self::start_members(specs)
+    }
+
+    /// Spawns one member of a new cluster per spec, each from its own command (the etcd binary,
+    /// or a wrapper that execs it, such as `ip netns exec NS etcd`: the member's pid must be the
+    /// command's). They are not serving yet (`wait_healthy`).
+    pub fn start_members(specs: Vec<MemberSpec>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("etcd-bench").tempdir()?;
+        let initial_cluster = specs
             .iter()
-            .zip(&peer_urls)
-            .map(|(n, u)| format!("{n}={u}"))
+            .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("bench-{}", std::process::id());
@@ -88,18 +111,22 @@ impl EtcdCluster {
             group: None,
             _dir: dir,
         };
-        for (i, name) in names.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{}", ports[i]);
+        for spec in specs {
+            let MemberSpec {
+                name,
+                client_url,
+                peer_url,
+                command: mut cmd,
+            } = spec;
             let log = cluster._dir.path().join(format!("{name}.log"));
-            let mut cmd = Command::new(bin);
             cmd.arg("--name")
-                .arg(name)
+                .arg(&name)
                 .arg("--data-dir")
-                .arg(cluster._dir.path().join(name))
+                .arg(cluster._dir.path().join(&name))
                 .args(["--listen-client-urls", &client_url])
                 .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_urls[i]])
-                .args(["--initial-advertise-peer-urls", &peer_urls[i]])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial_cluster])
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &token])
@@ -111,26 +138,34 @@ impl EtcdCluster {
                 .process_group(cluster.group.map_or(0, |g| g.as_raw_nonzero().get()));
             // SAFETY: the closure only makes one async-signal-safe system call (prctl).
             // If this process is killed outright (no Drop), the kernel kills the member too.
+            // (The signal follows the thread that spawned the member: spawn from a long-lived one.)
             unsafe {
                 cmd.pre_exec(|| {
                     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
                     Ok(())
                 });
             }
+            let program = cmd.get_program().to_owned();
             let child = cmd
                 .spawn()
-                .with_context(|| format!("spawning {}", bin.display()))?;
+                .with_context(|| format!("spawning {} for member {name}", program.display()))?;
             if cluster.group.is_none() {
                 cluster.group = Pid::from_raw(child.id() as i32);
             }
             cluster.members.push(Member {
-                name: name.clone(),
+                name,
                 client_url,
                 child,
                 log,
             });
         }
         Ok(cluster)
+    }
+
+    /// The members' process ids.
+    #[allow(dead_code)] // used by the `network` binary only
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(|m| m.child.id()).collect()
     }
 
     /// Waits until every member names the same leader and a write through it commits.
