@@ -53,6 +53,10 @@ struct Args {
     /// Runs of everything; each figure printed is the median over runs.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Jitter on every link, in percent of its one-way delay (uniform: packets are reordered,
+    /// as with netem's jitter).
+    #[arg(long, default_value_t = 10)]
+    jitter_pct: u32,
     /// QUIC congestion controllers to compare, comma separated: cubic, bbr.
     #[arg(long, value_delimiter = ',', default_value = "cubic")]
     congestion: Vec<iroh_raft::net::CongestionControl>,
@@ -141,7 +145,7 @@ fn run_setup(
         let one_way = Duration::from_millis(rtt_ms) / 2;
         lab.set_all_links(lab::Link {
             delay: one_way,
-            jitter: one_way / 10,
+            jitter: one_way * args.jitter_pct / 100,
             loss: loss / 100.0,
         });
     }
