@@ -21,7 +21,7 @@ use iroh_raft::{
 
 use crate::{
     lab::{Host, Lab, Nat},
-    nodes::{NetCluster, WAIT, block_on_in},
+    nodes::{NetCluster, WAIT, block_on_in, cli},
     relay::{QAD_PORT, RelayCerts, start_relay},
 };
 
@@ -255,6 +255,26 @@ fn members_behind_nats_form_a_cluster_through_our_relay_and_punch_direct_paths()
         Some(true),
         "the member behind the symmetric NAT is reached through the relay"
     );
+
+    // The CLI reaches the members through the relays its ticket names, trusting the relay's CA
+    // only when told to.
+    let keys = tempfile::tempdir().unwrap();
+    let admin = ticket.to_string();
+    let ca_arg = ca.display().to_string();
+    let status = cli(
+        &relay_host,
+        keys.path(),
+        &["ctl", "--cluster", &admin, "--relay-ca", &ca_arg, "--json", "status"],
+    );
+    assert_eq!(status.code, 0, "{status:?}");
+    let parsed: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(parsed["members"].as_array().map(Vec::len), Some(3), "{parsed}");
+    let untrusted = cli(
+        &relay_host,
+        keys.path(),
+        &["ctl", "--cluster", &admin, "--timeout", "3s", "status"],
+    );
+    assert_ne!(untrusted.code, 0, "a relay with an untrusted certificate was used: {untrusted:?}");
 
     // The relay goes down: the direct pair keeps committing; the relayed-only member is
     // reported unreachable.
