@@ -7,6 +7,8 @@ mod lab;
 mod nodes;
 mod relay;
 
+#[path = "../common/kv_history.rs"]
+mod kv_history;
 #[path = "../simulation/linearizability.rs"]
 mod linearizability;
 

@@ -9,7 +9,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -17,14 +17,14 @@ use std::{
 
 use iroh::EndpointAddr;
 use iroh_raft::{
-    KvCommand, KvResponse, Ticket,
-    actors::wire::MgmtErrorKind,
-    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
+    Ticket,
+    mgmt::{ClientOptions, IrohRaftManagementClient},
 };
 
 use crate::{
+    kv_history::{self, History},
     lab::{Host, Lab, Link},
-    linearizability::{self, Event, Op, Output},
+    linearizability::{self, Event, Op},
     nodes::{NetCluster, WAIT, block_on_in, status_of},
 };
 
@@ -36,18 +36,6 @@ const PACE: Duration = Duration::from_millis(40);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// The Production preset's election timeout.
 const ELECTION: Duration = Duration::from_millis(700);
-
-#[derive(Default)]
-struct History {
-    clock: AtomicU64,
-    events: Mutex<Vec<Event>>,
-}
-
-impl History {
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::SeqCst)
-    }
-}
 
 #[test]
 fn a_leader_cut_off_in_a_minority_steps_down_and_nothing_acknowledged_is_lost() {
@@ -252,25 +240,6 @@ fn wait_leader(host: &Host, cluster: &NetCluster, among: &[u64]) -> u64 {
     }
 }
 
-/// What an error says about a write: `None` if it certainly did not take effect, else unknown.
-fn write_outcome(e: &ClientError) -> Option<Output> {
-    match e {
-        ClientError::Unreachable { .. }
-        | ClientError::Refused { .. }
-        | ClientError::Forbidden(_)
-        | ClientError::TooLarge { .. } => None,
-        ClientError::Failed {
-            kind:
-                MgmtErrorKind::Unavailable
-                | MgmtErrorKind::Refused
-                | MgmtErrorKind::Malformed
-                | MgmtErrorKind::Forbidden,
-            ..
-        } => None,
-        _ => Some(Output::Unknown),
-    }
-}
-
 /// One client: puts, compare-and-swaps and linearizable reads on a few keys until told to
 /// stop. `pinned`: talk to that member only (the first leader), never follow the leader.
 async fn client(
@@ -302,50 +271,7 @@ async fn client(
                 new: Some(value.clone()),
             },
         };
-        let call = history.tick();
-        let output = match &op {
-            Op::Get => client
-                .read::<String, Option<String>>(&key)
-                .await
-                .ok()
-                .map(Output::Get),
-            Op::Put(v) => {
-                let cmd = KvCommand::Set {
-                    key: key.clone(),
-                    value: v.clone(),
-                };
-                match client.propose::<_, KvResponse>(&cmd).await {
-                    Ok(r) => Some(Output::Put {
-                        previous: r.previous,
-                    }),
-                    Err(e) => write_outcome(&e),
-                }
-            }
-            Op::Cas { expected, new } => {
-                let cmd = KvCommand::CompareAndSwap {
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    new: new.clone(),
-                };
-                match client.propose::<_, KvResponse>(&cmd).await {
-                    Ok(r) => Some(Output::Cas {
-                        applied: r.applied,
-                        previous: r.previous,
-                    }),
-                    Err(e) => write_outcome(&e),
-                }
-            }
-        };
-        let Some(output) = output else { continue };
-        let ret = (output != Output::Unknown).then(|| history.tick());
-        history.events.lock().unwrap().push(Event {
-            client: id,
-            key,
-            op,
-            call,
-            ret,
-            output,
-        });
+        kv_history::perform(&client, &history, id, key, op).await;
     }
     client.close().await;
     n
@@ -358,22 +284,6 @@ async fn final_reads(ticket: &Ticket, history: &History) {
     let client = IrohRaftManagementClient::new(ticket.members.clone(), Some(ticket), options)
         .await
         .unwrap();
-    for k in 0..KEYS {
-        let key = format!("k{k}");
-        let call = history.tick();
-        let value = client
-            .read::<String, Option<String>>(&key)
-            .await
-            .expect("the healed cluster serves a linearizable read");
-        let ret = history.tick();
-        history.events.lock().unwrap().push(Event {
-            client: CLIENTS + 1,
-            key,
-            op: Op::Get,
-            call,
-            ret: Some(ret),
-            output: Output::Get(value),
-        });
-    }
+    kv_history::final_reads(&client, history, CLIENTS + 1, KEYS).await;
     client.close().await;
 }

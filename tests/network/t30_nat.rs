@@ -264,17 +264,32 @@ fn members_behind_nats_form_a_cluster_through_our_relay_and_punch_direct_paths()
     let status = cli(
         &relay_host,
         keys.path(),
-        &["ctl", "--cluster", &admin, "--relay-ca", &ca_arg, "--json", "status"],
+        &[
+            "ctl",
+            "--cluster",
+            &admin,
+            "--relay-ca",
+            &ca_arg,
+            "--json",
+            "status",
+        ],
     );
     assert_eq!(status.code, 0, "{status:?}");
     let parsed: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
-    assert_eq!(parsed["members"].as_array().map(Vec::len), Some(3), "{parsed}");
+    assert_eq!(
+        parsed["members"].as_array().map(Vec::len),
+        Some(3),
+        "{parsed}"
+    );
     let untrusted = cli(
         &relay_host,
         keys.path(),
         &["ctl", "--cluster", &admin, "--timeout", "3s", "status"],
     );
-    assert_ne!(untrusted.code, 0, "a relay with an untrusted certificate was used: {untrusted:?}");
+    assert_ne!(
+        untrusted.code, 0,
+        "a relay with an untrusted certificate was used: {untrusted:?}"
+    );
 
     // The relay goes down: the direct pair keeps committing; the relayed-only member is
     // reported unreachable.

@@ -4,6 +4,8 @@
 
 mod support;
 
+#[path = "../common/kv_history.rs"]
+mod kv_history;
 #[path = "../simulation/linearizability.rs"]
 mod linearizability;
 

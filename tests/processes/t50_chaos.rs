@@ -9,21 +9,21 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use iroh_raft::{
-    KvCommand, KvResponse, Ticket,
-    actors::wire::MgmtErrorKind,
-    mgmt::{ClientError, ClientOptions, IrohRaftManagementClient},
+    Ticket,
+    mgmt::{ClientOptions, IrohRaftManagementClient},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{
-    linearizability::{self, Event, Op, Output},
+    kv_history::{self, History},
+    linearizability::{self, Op},
     support::{Cluster, WAIT, client_of, signal, spawn_with},
 };
 
@@ -58,19 +58,6 @@ fn chaos_soak() {
         env("CHAOS_ROUNDS", 40) as usize,
         env("CHAOS_SEED", 0xc4a0_5001),
     );
-}
-
-/// The clients' shared record: every operation, ordered by one counter.
-#[derive(Default)]
-struct History {
-    clock: AtomicU64,
-    events: Mutex<Vec<Event>>,
-}
-
-impl History {
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::SeqCst)
-    }
 }
 
 fn run(rounds: usize, seed: u64) {
@@ -211,26 +198,6 @@ async fn leader_of(ticket: &Ticket) -> u64 {
     }
 }
 
-/// What an error says about a write: `None` if it certainly did not take effect (nothing was
-/// sent, or the node refused it before proposing), else unknown.
-fn write_outcome(e: &ClientError) -> Option<Output> {
-    match e {
-        ClientError::Unreachable { .. }
-        | ClientError::Refused { .. }
-        | ClientError::Forbidden(_)
-        | ClientError::TooLarge { .. } => None,
-        ClientError::Failed {
-            kind:
-                MgmtErrorKind::Unavailable
-                | MgmtErrorKind::Refused
-                | MgmtErrorKind::Malformed
-                | MgmtErrorKind::Forbidden,
-            ..
-        } => None,
-        _ => Some(Output::Unknown),
-    }
-}
-
 /// One client: random operations on a few keys until told to stop; returns how many it tried.
 async fn client(
     id: usize,
@@ -260,50 +227,7 @@ async fn client(
                 new: Some(value.clone()),
             },
         };
-        let call = history.tick();
-        let output = match &op {
-            Op::Get => client
-                .read::<String, Option<String>>(&key)
-                .await
-                .ok()
-                .map(Output::Get),
-            Op::Put(v) => {
-                let cmd = KvCommand::Set {
-                    key: key.clone(),
-                    value: v.clone(),
-                };
-                match client.propose::<_, KvResponse>(&cmd).await {
-                    Ok(r) => Some(Output::Put {
-                        previous: r.previous,
-                    }),
-                    Err(e) => write_outcome(&e),
-                }
-            }
-            Op::Cas { expected, new } => {
-                let cmd = KvCommand::CompareAndSwap {
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    new: new.clone(),
-                };
-                match client.propose::<_, KvResponse>(&cmd).await {
-                    Ok(r) => Some(Output::Cas {
-                        applied: r.applied,
-                        previous: r.previous,
-                    }),
-                    Err(e) => write_outcome(&e),
-                }
-            }
-        };
-        let Some(output) = output else { continue };
-        let ret = (output != Output::Unknown).then(|| history.tick());
-        history.events.lock().unwrap().push(Event {
-            client: id,
-            key,
-            op,
-            call,
-            ret,
-            output,
-        });
+        kv_history::perform(&client, &history, id, key, op).await;
     }
     client.close().await;
     n
@@ -313,23 +237,7 @@ async fn client(
 /// acknowledged write.
 async fn final_reads(ticket: &Ticket, history: &History) {
     let client = client_of(ticket.members.clone(), ticket).await;
-    for k in 0..KEYS {
-        let key = format!("k{k}");
-        let call = history.tick();
-        let value = client
-            .read::<String, Option<String>>(&key)
-            .await
-            .expect("the healed cluster serves a linearizable read");
-        let ret = history.tick();
-        history.events.lock().unwrap().push(Event {
-            client: CLIENTS,
-            key,
-            op: Op::Get,
-            call,
-            ret: Some(ret),
-            output: Output::Get(value),
-        });
-    }
+    kv_history::final_reads(&client, history, CLIENTS, KEYS).await;
     client.close().await;
 }
 
