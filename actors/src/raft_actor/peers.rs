@@ -37,6 +37,9 @@ pub(super) struct Replication {
     pub(super) incarnations: BTreeMap<NodeId, u64>,
     /// The last heartbeat received, and from whom (the heartbeat delay metric).
     pub(super) last_heartbeat: Option<(NodeId, std::time::Instant)>,
+    /// The leader's last tick found no quorum of voters answering within an election timeout
+    /// (it steps down if the next tick finds the same).
+    pub(super) quorum_silent: bool,
 }
 
 impl Replication {
@@ -47,6 +50,7 @@ impl Replication {
             heard: BTreeMap::new(),
             incarnations: BTreeMap::new(),
             last_heartbeat: None,
+            quorum_silent: false,
         }
     }
 }

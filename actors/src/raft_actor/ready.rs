@@ -119,8 +119,13 @@ impl<S: StateMachine> RaftActor<S> {
     /// with lease reads, serving reads its lease no longer covers). Stepping down is always
     /// safe: the term stays, nothing is voted, and the proposals and reads it held fail as at
     /// any leader change. The silence clocks start when the node became leader.
+    ///
+    /// It takes two ticks in a row to find the silence: ticks go before messages, so after a
+    /// stall (a long Ready round, a starved process) the first tick may run while answers that
+    /// arrived meanwhile still wait in the mailbox; before the next tick they are handled.
     fn step_down_without_quorum(&mut self) {
         if self.driver.role() != Role::Leader {
+            self.replication.quorum_silent = false;
             return;
         }
         let (now, timeout, me) = (self.now, self.config.election_ticks() as u64, self.id());
@@ -136,7 +141,10 @@ impl<S: StateMachine> RaftActor<S> {
                 answered.push(*peer);
             }
         }
-        if !self.driver.is_quorum(answered.iter().copied()) {
+        let silent = !self.driver.is_quorum(answered.iter().copied());
+        let confirmed = silent && self.replication.quorum_silent;
+        self.replication.quorum_silent = silent && !confirmed;
+        if confirmed {
             warn!(
                 node = me,
                 term = self.driver.term(),
