@@ -197,9 +197,9 @@
 //!
 //! # Leaving leadership
 //! Besides raft-rs's check-quorum (one look per election timeout at whether each voter was
-//! heard since the last look), the RaftActor steps its leader down on the first tick at which
-//! no quorum of voters has answered for an election timeout: a leader cut off from the
-//! majority stops taking writes within one election timeout, not two.
+//! heard since the last look), the RaftActor steps its leader down when two ticks in a row find
+//! that no quorum of voters has answered for an election timeout: a leader cut off from the
+//! majority stops taking writes about one election timeout later, not up to two.
 //!
 //! # In one process
 //! [`MemoryNetwork`] is a [`Dialer`] whose links are channels into the receiving node's
