@@ -457,11 +457,7 @@ impl<S: StateMachine> RaftClusterBuilder<S> {
             (Some(ticket), true) => ticket.relays.clone(),
             _ => self.relays.clone(),
         };
-        let extra_roots = match &self.relay_ca {
-            Some(path) => crate::net::read_relay_ca(path)?,
-            None => Vec::new(),
-        };
-        Ok(crate::net::Relays { urls, extra_roots })
+        crate::net::Relays::with_ca_file(urls, self.relay_ca.as_deref())
     }
 
     /// How a node with no stored state enters: founding with `peers` (plus itself at `own`),

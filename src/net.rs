@@ -202,6 +202,15 @@ impl Relays {
     pub fn is_empty(&self) -> bool {
         self.urls.is_empty()
     }
+
+    /// `urls`, trusting the PEM certificates in `ca` (when given) besides the web roots.
+    pub fn with_ca_file(urls: Vec<RelayUrl>, ca: Option<&Path>) -> Result<Self, ConfigError> {
+        let extra_roots = match ca {
+            Some(path) => read_relay_ca(path)?,
+            None => Vec::new(),
+        };
+        Ok(Self { urls, extra_roots })
+    }
 }
 
 /// Reads the PEM certificates in `path` (one or more `BEGIN CERTIFICATE` blocks), to trust for

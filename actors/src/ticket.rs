@@ -290,12 +290,17 @@ impl Ticket {
         secret: &SecretKey,
         cluster_id: ClusterId,
         members: Vec<EndpointAddr>,
-        mut relays: Vec<RelayUrl>,
+        relays: Vec<RelayUrl>,
         role: TicketRole,
         expires_at: SystemTime,
     ) -> Ticket {
-        relays.dedup();
-        relays.truncate(MAX_TICKET_RELAYS);
+        let mut unique: Vec<RelayUrl> = Vec::new();
+        for r in relays {
+            if unique.len() < MAX_TICKET_RELAYS && !unique.contains(&r) {
+                unique.push(r);
+            }
+        }
+        let relays = unique;
         let members = members
             .iter()
             .map(|a| {
@@ -639,6 +644,19 @@ mod tests {
         );
         let s = t.to_string();
         assert!(s.starts_with("irohraft2"), "{s}");
+        let repeated = Ticket::issue_with_relays(
+            &key(1),
+            CLUSTER,
+            vec![addr(1)],
+            vec![relay(1), relay(2), relay(1)],
+            TicketRole::Join,
+            at(EXPIRY),
+        );
+        assert_eq!(
+            repeated.relays,
+            vec![relay(1), relay(2)],
+            "each relay named once"
+        );
         let back: Ticket = s.parse().unwrap();
         assert_eq!(back, t);
         assert_eq!(back.relays, vec![relay(1), relay(2)]);

@@ -64,17 +64,12 @@ pub(crate) struct Connect {
 impl Connect {
     /// The relays the command's clients use.
     fn relays(&self) -> Result<iroh_raft::net::Relays, Failure> {
-        let extra_roots = match &self.relay_ca {
-            Some(path) => iroh_raft::net::read_relay_ca(path).map_err(|e| Failure {
+        iroh_raft::net::Relays::with_ca_file(self.relay.clone(), self.relay_ca.as_deref()).map_err(
+            |e| Failure {
                 code: 2,
                 message: e.to_string(),
-            })?,
-            None => Vec::new(),
-        };
-        Ok(iroh_raft::net::Relays {
-            urls: self.relay.clone(),
-            extra_roots,
-        })
+            },
+        )
     }
 }
 

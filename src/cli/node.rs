@@ -635,3 +635,37 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_conf_remembers_the_relays() {
+        let dir = tempfile::tempdir().unwrap();
+        let relays: Vec<iroh::RelayUrl> = vec![
+            "https://relay1.example.com".parse().unwrap(),
+            "https://relay2.example.com:8443".parse().unwrap(),
+        ];
+        let ca = Path::new("/etc/iroh-raft/relay-ca.pem");
+        let text = node_conf(([10, 0, 0, 1], 7001).into(), 3, &relays, Some(ca));
+        std::fs::write(dir.path().join(CONF_FILE), &text).unwrap();
+        assert_eq!(
+            stored_relays(dir.path()).unwrap(),
+            (relays, Some(ca.to_owned()))
+        );
+        assert_eq!(
+            stored_bind(dir.path()).unwrap(),
+            Some(([10, 0, 0, 1], 7001).into())
+        );
+        // None recorded, none used; a damaged line is an error, not silently dropped.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(stored_relays(empty.path()).unwrap(), (Vec::new(), None));
+        std::fs::write(
+            dir.path().join(CONF_FILE),
+            "bind=10.0.0.1:7001\nrelay=::nonsense\n",
+        )
+        .unwrap();
+        assert!(stored_relays(dir.path()).is_err());
+    }
+}

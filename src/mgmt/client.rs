@@ -129,15 +129,13 @@ impl IrohRaftManagementClient {
                     reason: e.to_string(),
                 })?;
         let (timeout, pinned) = (options.timeout, options.pinned);
-        let mut client = Self::assemble(endpoint, members, ticket, (timeout, pinned));
-        Arc::get_mut(&mut client.inner)
-            .expect("not shared yet")
-            .relays = relays.urls;
-        Ok(client)
+        let endpoint = (endpoint, relays.urls);
+        Ok(Self::assemble(endpoint, members, ticket, (timeout, pinned)))
     }
 
+    /// A client on `endpoint` that dials every member through `relays` too.
     fn assemble(
-        endpoint: Endpoint,
+        (endpoint, relays): (Endpoint, Vec<iroh::RelayUrl>),
         members: Vec<EndpointAddr>,
         ticket: Option<&Ticket>,
         (timeout, pinned): (Duration, bool),
@@ -145,7 +143,7 @@ impl IrohRaftManagementClient {
         Self {
             inner: Arc::new(Inner {
                 endpoint,
-                relays: Vec::new(),
+                relays,
                 ticket: ticket.map(ToString::to_string),
                 members: Mutex::new(members),
                 ids: Mutex::new(HashMap::new()),
@@ -186,9 +184,14 @@ impl IrohRaftManagementClient {
                 reason: "no member address given".into(),
             });
         }
-        Self::assemble(endpoint, members, ticket, (DEFAULT_TIMEOUT, false))
-            .admitted()
-            .await
+        Self::assemble(
+            (endpoint, Vec::new()),
+            members,
+            ticket,
+            (DEFAULT_TIMEOUT, false),
+        )
+        .admitted()
+        .await
     }
 
     /// Finds a member that admits this client and, within the same timeout, learns the

@@ -113,12 +113,9 @@ where
     F: std::future::Future<Output = Option<T>>,
 {
     let ticket = ticket.clone();
-    let roots = iroh_raft::net::read_relay_ca(ca).unwrap();
+    // The ticket's relays, trusting the test's CA.
+    let relays = Relays::with_ca_file(Vec::new(), Some(ca)).unwrap();
     block_on_in(host, move || async move {
-        let relays = Relays {
-            urls: Vec::new(),
-            extra_roots: roots,
-        };
         let mut options = ClientOptions::default()
             .timeout(Duration::from_secs(3))
             .relays(relays);
